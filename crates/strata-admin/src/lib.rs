@@ -1,0 +1,123 @@
+//! The broker's HTTP side: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
+//!
+//! This crate owns the HTTP routes and their status codes. It reads broker state only
+//! through the [`AdminState`] trait, so it depends on no other Strata crate, and the
+//! broker never depends on HTTP.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the HTTP endpoints need to know about the broker.
+pub trait AdminState: Send + Sync + 'static {
+    /// `Ok` when the broker serves Kafka clients; otherwise why not.
+    fn readiness(&self) -> Result<(), String>;
+    /// All metrics in Prometheus text exposition format.
+    fn metrics_text(&self) -> String;
+}
+
+type Shared = Arc<dyn AdminState>;
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Shared>) -> impl IntoResponse {
+    match state.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics_text(),
+    )
+}
+
+/// The routes, for serving or for tests.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves the routes on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: Shared,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct Fake(AtomicBool);
+
+    impl AdminState for Fake {
+        fn readiness(&self) -> Result<(), String> {
+            if self.0.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("starting".into())
+            }
+        }
+        fn metrics_text(&self) -> String {
+            "strata_test_total 1\n".into()
+        }
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn routes_answer_with_the_right_status() {
+        let state = Arc::new(Fake(AtomicBool::new(false)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, state.clone(), stop.clone()));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+        let r = get(addr, "/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.0 503") && r.contains("starting"),
+            "{r}"
+        );
+        state.0.store(true, Ordering::SeqCst);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+        assert!(get(addr, "/metrics").await.contains("strata_test_total 1"));
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.0 404"));
+        stop.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,348 @@
+//! The broker's shared state and its background work: what every connection handler
+//! reaches through `Arc<Broker>`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use strata_log::{LogManager, Partition, PartitionKey};
+use strata_meta::{BrokerInfo, Command, CommandResult, MetaNode, PartitionMeta, TopicMeta};
+use strata_telemetry::Metrics;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::config::{BrokerConfig, ConfigError, TopicConfig, validate_topic_configs};
+use crate::errors;
+
+/// Largest partition count one CreateTopics request may ask for.
+pub const MAX_PARTITIONS: i32 = 100_000;
+/// How often partitions are reconciled with metadata even without a change notice.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Where clients should connect to this broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+pub struct Broker {
+    pub(crate) node_id: i32,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) cluster_id: String,
+    pub(crate) config: BrokerConfig,
+    pub(crate) meta: MetaNode,
+    pub(crate) logs: LogManager,
+    pub(crate) metrics: Metrics,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// Why a topic could not be created.
+#[derive(Debug)]
+pub(crate) struct TopicError {
+    pub code: ResponseError,
+    pub message: String,
+}
+
+impl TopicError {
+    fn new(code: ResponseError, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for TopicError {
+    fn from(e: ConfigError) -> Self {
+        Self::new(ResponseError::InvalidConfig, e.to_string())
+    }
+}
+
+/// Kafka's rule for topic names.
+pub(crate) fn validate_topic_name(name: &str) -> Result<(), TopicError> {
+    let bad = |why: &str| {
+        Err(TopicError::new(
+            ResponseError::InvalidTopicException,
+            format!("topic name {name:?} {why}"),
+        ))
+    };
+    if name.is_empty() {
+        return bad("is empty");
+    }
+    if name == "." || name == ".." {
+        return bad("may not be \".\" or \"..\"");
+    }
+    if name.len() > 249 {
+        return bad("is longer than 249 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("may contain only ASCII letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// A topic creation as validated, ready to commit.
+pub(crate) struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i16,
+    pub configs: BTreeMap<String, String>,
+}
+
+impl Broker {
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub(crate) fn topic(&self, name: &str) -> Option<TopicMeta> {
+        self.meta.read(|s| s.topics.get(name).cloned())
+    }
+
+    pub(crate) fn topic_by_id(&self, id: Uuid) -> Option<TopicMeta> {
+        self.meta.read(|s| s.topic_by_id(id).cloned())
+    }
+
+    pub(crate) fn topic_config(&self, topic: &TopicMeta) -> TopicConfig {
+        TopicConfig::resolve(&topic.configs, &self.config)
+    }
+
+    /// Checks a creation request against names, sizes and configs (not existence).
+    pub(crate) fn check_new_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<NewTopic, TopicError> {
+        validate_topic_name(name)?;
+        let partitions = match partitions {
+            -1 => self.config.num_partitions(),
+            n if (1..=MAX_PARTITIONS).contains(&n) => n,
+            n => {
+                return Err(TopicError::new(
+                    ResponseError::InvalidPartitions,
+                    format!("number of partitions must be between 1 and {MAX_PARTITIONS}, got {n}"),
+                ));
+            }
+        };
+        let brokers = self.meta.read(|s| s.brokers.len()).max(1);
+        let replication_factor = match replication_factor {
+            -1 => self.config.default_replication_factor(),
+            n => n,
+        };
+        if replication_factor < 1 || replication_factor as usize > brokers {
+            return Err(TopicError::new(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {replication_factor} is not possible with {brokers} broker(s)"
+                ),
+            ));
+        }
+        let configs = validate_topic_configs(configs)?;
+        Ok(NewTopic {
+            name: name.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+        })
+    }
+
+    /// Commits a new topic through the metadata service and creates its local logs.
+    pub(crate) async fn create_topic(&self, t: NewTopic) -> Result<TopicMeta, TopicError> {
+        let partitions = (0..t.partitions)
+            .map(|_| PartitionMeta {
+                leader: self.node_id,
+                leader_epoch: 0,
+                replicas: vec![self.node_id],
+                isr: vec![self.node_id],
+                log_start_offset: 0,
+            })
+            .collect();
+        let id = Uuid::new_v4();
+        let cmd = Command::CreateTopic {
+            name: t.name.clone(),
+            id,
+            partitions,
+            configs: t.configs,
+        };
+        match self.meta.write(cmd).await {
+            Ok(CommandResult::TopicAlreadyExists) => Err(TopicError::new(
+                ResponseError::TopicAlreadyExists,
+                format!("topic {:?} already exists", t.name),
+            )),
+            Ok(_) => {
+                let topic = self.topic(&t.name).ok_or_else(|| {
+                    TopicError::new(
+                        ResponseError::UnknownTopicOrPartition,
+                        "topic vanished while being created",
+                    )
+                })?;
+                info!(topic = %topic.name, topic_id = %topic.id, partitions = topic.partitions.len(), "created topic");
+                for p in 0..topic.partitions.len() as i32 {
+                    if let Err(e) = self.partition_log(&topic, p) {
+                        warn!(topic = %topic.name, partition = p, error = %e.message, "could not create partition log yet");
+                    }
+                }
+                Ok(topic)
+            }
+            Err(e) => Err(TopicError::new(errors::meta_error(&e), e.to_string())),
+        }
+    }
+
+    /// The local log of a partition this broker leads, created on first use.
+    pub(crate) fn partition_log(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+    ) -> Result<Arc<Partition>, TopicError> {
+        let Some(meta) = usize::try_from(partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+        else {
+            return Err(TopicError::new(
+                ResponseError::UnknownTopicOrPartition,
+                format!("topic {:?} has no partition {partition}", topic.name),
+            ));
+        };
+        if meta.leader != self.node_id {
+            return Err(TopicError::new(
+                ResponseError::NotLeaderOrFollower,
+                format!(
+                    "broker {} does not lead {}-{partition}",
+                    self.node_id, topic.name
+                ),
+            ));
+        }
+        let key = PartitionKey {
+            topic_id: topic.id,
+            partition,
+        };
+        let log = match self.logs.get(key) {
+            Some(log) => log,
+            None => {
+                let config = self.topic_config(topic).log_config();
+                self.logs
+                    .get_or_create(key, &topic.name, config, self.now_ms())
+                    .map_err(|e| TopicError::new(errors::log_error(&e), e.to_string()))?
+            }
+        };
+        // Metadata is the truth about where the log starts (retention, DeleteRecords).
+        if meta.log_start_offset > log.offsets().log_start {
+            log.advance_log_start(meta.log_start_offset, self.now_ms())
+                .map_err(|e| TopicError::new(errors::log_error(&e), e.to_string()))?;
+        }
+        Ok(log)
+    }
+
+    /// Brings local logs in line with metadata: logs for every partition led here (with
+    /// the topic's current settings and log start offset), and no data for topics that
+    /// no longer exist.
+    pub(crate) fn reconcile(&self) {
+        let topics: Vec<TopicMeta> = self.meta.read(|s| s.topics.values().cloned().collect());
+        let live: std::collections::BTreeSet<Uuid> = topics.iter().map(|t| t.id).collect();
+        for topic in &topics {
+            let config = self.topic_config(topic).log_config();
+            for (i, pm) in topic.partitions.iter().enumerate() {
+                if pm.leader != self.node_id {
+                    continue;
+                }
+                match self.partition_log(topic, i as i32) {
+                    Ok(log) => log.set_config(config.clone()),
+                    Err(e) => {
+                        warn!(topic = %topic.name, partition = i, error = %e.message, "could not open partition log")
+                    }
+                }
+            }
+        }
+        for id in self.logs.topic_ids() {
+            if !live.contains(&id)
+                && let Err(e) = self.logs.remove_topic(id)
+            {
+                warn!(topic_id = %id, error = %e, "could not delete data of a deleted topic");
+            }
+        }
+    }
+
+    /// One retention pass: for each partition with segments past its topic's
+    /// `retention.ms`/`retention.bytes`, commit the new log start offset to metadata,
+    /// then delete the segments.
+    pub(crate) async fn enforce_retention(&self) {
+        let now = self.now_ms();
+        for (key, log) in self.logs.partitions() {
+            let Some(topic) = self.topic_by_id(key.topic_id) else {
+                continue;
+            };
+            let cfg = self.topic_config(&topic);
+            let Some(target) = log.retention_target(now, cfg.retention_ms(), cfg.retention_bytes())
+            else {
+                continue;
+            };
+            let cmd = Command::AdvanceLogStartOffset {
+                topic_id: key.topic_id,
+                partition: key.partition,
+                offset: target,
+            };
+            match self.meta.write(cmd).await {
+                Ok(CommandResult::Ok) => {
+                    if let Err(e) = log.advance_log_start(target, now) {
+                        warn!(topic = %topic.name, partition = key.partition, error = %e, "retention could not delete segments");
+                    }
+                }
+                Ok(other) => {
+                    debug!(topic = %topic.name, partition = key.partition, result = ?other, "retention skipped")
+                }
+                Err(e) => {
+                    warn!(topic = %topic.name, partition = key.partition, error = %e, "retention could not commit the log start offset")
+                }
+            }
+        }
+    }
+
+    /// Runs reconciliation on every metadata change (and periodically) and retention every
+    /// `log.retention.check.interval.ms`, until shutdown.
+    pub(crate) async fn run_background(self: Arc<Self>) {
+        let mut changes = self.meta.subscribe();
+        let mut reconcile_tick = tokio::time::interval(RECONCILE_INTERVAL);
+        let mut retention_tick = tokio::time::interval(Duration::from_millis(
+            self.config.retention_check_interval_ms(),
+        ));
+        retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tokio::task::block_in_place(|| self.reconcile());
+                }
+                _ = reconcile_tick.tick() => tokio::task::block_in_place(|| self.reconcile()),
+                _ = retention_tick.tick() => self.enforce_retention().await,
+            }
+        }
+    }
+
+    /// Registers this broker's endpoint in metadata.
+    pub(crate) async fn register(
+        meta: &MetaNode,
+        node_id: i32,
+        endpoint: &Endpoint,
+    ) -> Result<(), strata_meta::MetaError> {
+        meta.write(Command::RegisterBroker(BrokerInfo {
+            node_id,
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            rack: None,
+        }))
+        .await
+        .map(|_| ())
+    }
+}

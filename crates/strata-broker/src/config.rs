@@ -1,0 +1,536 @@
+//! Kafka configuration, by Kafka's names: the broker-level settings a Strata broker
+//! honours, the topic-level settings a topic may override, and how the two resolve.
+//!
+//! Each setting is declared once in a table ([`BROKER_CONFIGS`], [`TOPIC_CONFIGS`]) with
+//! its type, default, validation and documentation; DescribeConfigs, CreateTopics
+//! validation and the config file all read the same table. A setting a Kafka user might
+//! expect but Strata does not implement is absent, so setting it is an error rather
+//! than a silent no-op.
+
+use std::collections::BTreeMap;
+
+use strata_log::LogConfig;
+
+/// Kafka's config types, with the codes DescribeConfigs v3+ uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean = 1,
+    String = 2,
+    Int = 3,
+    Short = 4,
+    Long = 5,
+    List = 7,
+}
+
+/// What values a setting accepts beyond its type.
+#[derive(Debug, Clone, Copy)]
+pub enum Check {
+    Any,
+    AtLeast(i64),
+    OneOf(&'static [&'static str]),
+}
+
+/// One declared setting.
+#[derive(Debug)]
+pub struct ConfigDef {
+    pub name: &'static str,
+    pub ty: ConfigType,
+    pub default: &'static str,
+    pub check: Check,
+    pub doc: &'static str,
+}
+
+/// A value that does not fit its setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown config {0:?}")]
+    Unknown(String),
+    #[error("invalid value {value:?} for config {name:?}: {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+}
+
+const fn def(
+    name: &'static str,
+    ty: ConfigType,
+    default: &'static str,
+    check: Check,
+    doc: &'static str,
+) -> ConfigDef {
+    ConfigDef {
+        name,
+        ty,
+        default,
+        check,
+        doc,
+    }
+}
+
+/// Broker-level Kafka settings Strata honours.
+pub static BROKER_CONFIGS: &[ConfigDef] = &[
+    def(
+        "num.partitions",
+        ConfigType::Int,
+        "1",
+        Check::AtLeast(1),
+        "Partitions of an auto-created topic, or of a CreateTopics request that asks for the default (-1).",
+    ),
+    def(
+        "default.replication.factor",
+        ConfigType::Short,
+        "1",
+        Check::AtLeast(1),
+        "Replication factor of auto-created topics. A single-node cluster accepts only 1.",
+    ),
+    def(
+        "auto.create.topics.enable",
+        ConfigType::Boolean,
+        "true",
+        Check::Any,
+        "Create a topic when a client asks for its metadata and it does not exist.",
+    ),
+    def(
+        "message.max.bytes",
+        ConfigType::Int,
+        "1048588",
+        Check::AtLeast(0),
+        "Largest record batch the broker accepts (default for the topic's max.message.bytes).",
+    ),
+    def(
+        "socket.request.max.bytes",
+        ConfigType::Int,
+        "104857600",
+        Check::AtLeast(1),
+        "Largest request frame a client may send; larger frames close the connection.",
+    ),
+    def(
+        "log.segment.bytes",
+        ConfigType::Int,
+        "1073741824",
+        Check::AtLeast(14),
+        "Size at which a segment is rolled (default for segment.bytes).",
+    ),
+    def(
+        "log.roll.ms",
+        ConfigType::Long,
+        "604800000",
+        Check::AtLeast(1),
+        "Age at which a segment is rolled (default for segment.ms).",
+    ),
+    def(
+        "log.retention.ms",
+        ConfigType::Long,
+        "604800000",
+        Check::AtLeast(-1),
+        "How long to keep a segment after its newest record (default for retention.ms; -1 keeps forever).",
+    ),
+    def(
+        "log.retention.bytes",
+        ConfigType::Long,
+        "-1",
+        Check::AtLeast(-1),
+        "Size above which old segments are deleted (default for retention.bytes; -1 means no limit).",
+    ),
+    def(
+        "log.retention.check.interval.ms",
+        ConfigType::Long,
+        "300000",
+        Check::AtLeast(1),
+        "How often retention runs.",
+    ),
+    def(
+        "log.index.interval.bytes",
+        ConfigType::Int,
+        "4096",
+        Check::AtLeast(0),
+        "Bytes of log between offset index entries (default for index.interval.bytes).",
+    ),
+    def(
+        "log.cleanup.policy",
+        ConfigType::List,
+        "delete",
+        Check::OneOf(&["delete"]),
+        "Default cleanup.policy. Only delete is implemented.",
+    ),
+    def(
+        "min.insync.replicas",
+        ConfigType::Int,
+        "1",
+        Check::AtLeast(1),
+        "Default min.insync.replicas.",
+    ),
+];
+
+/// Topic-level settings and the broker setting each one defaults to.
+pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
+    (
+        def(
+            "cleanup.policy",
+            ConfigType::List,
+            "delete",
+            Check::OneOf(&["delete"]),
+            "Only delete is implemented: whole segments are deleted by retention.",
+        ),
+        "log.cleanup.policy",
+    ),
+    (
+        def(
+            "retention.ms",
+            ConfigType::Long,
+            "604800000",
+            Check::AtLeast(-1),
+            "How long to keep a segment after its newest record; -1 keeps forever.",
+        ),
+        "log.retention.ms",
+    ),
+    (
+        def(
+            "retention.bytes",
+            ConfigType::Long,
+            "-1",
+            Check::AtLeast(-1),
+            "Size above which a partition's oldest segments are deleted; -1 means no limit.",
+        ),
+        "log.retention.bytes",
+    ),
+    (
+        def(
+            "segment.bytes",
+            ConfigType::Int,
+            "1073741824",
+            Check::AtLeast(14),
+            "Size at which a segment is rolled.",
+        ),
+        "log.segment.bytes",
+    ),
+    (
+        def(
+            "segment.ms",
+            ConfigType::Long,
+            "604800000",
+            Check::AtLeast(1),
+            "Age at which a segment is rolled.",
+        ),
+        "log.roll.ms",
+    ),
+    (
+        def(
+            "max.message.bytes",
+            ConfigType::Int,
+            "1048588",
+            Check::AtLeast(0),
+            "Largest record batch accepted.",
+        ),
+        "message.max.bytes",
+    ),
+    (
+        def(
+            "index.interval.bytes",
+            ConfigType::Int,
+            "4096",
+            Check::AtLeast(0),
+            "Bytes of log between offset index entries.",
+        ),
+        "log.index.interval.bytes",
+    ),
+    (
+        def(
+            "min.insync.replicas",
+            ConfigType::Int,
+            "1",
+            Check::AtLeast(1),
+            "Replicas that must have a write before acks=all succeeds.",
+        ),
+        "min.insync.replicas",
+    ),
+];
+
+fn find_broker(name: &str) -> Option<&'static ConfigDef> {
+    BROKER_CONFIGS.iter().find(|d| d.name == name)
+}
+
+pub fn find_topic(name: &str) -> Option<&'static (ConfigDef, &'static str)> {
+    TOPIC_CONFIGS.iter().find(|(d, _)| d.name == name)
+}
+
+impl ConfigDef {
+    /// Checks `value` against the type and constraint; returns it normalised.
+    pub fn validate(&self, value: &str) -> Result<String, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            name: self.name.to_string(),
+            value: value.to_string(),
+            reason,
+        };
+        let v = value.trim();
+        let number = match self.ty {
+            ConfigType::Boolean => {
+                return match v.to_ascii_lowercase().as_str() {
+                    b @ ("true" | "false") => Ok(b.to_string()),
+                    _ => Err(invalid("expected true or false".into())),
+                };
+            }
+            ConfigType::Short => Some(
+                v.parse::<i16>()
+                    .map(i64::from)
+                    .map_err(|e| invalid(e.to_string()))?,
+            ),
+            ConfigType::Int => Some(
+                v.parse::<i32>()
+                    .map(i64::from)
+                    .map_err(|e| invalid(e.to_string()))?,
+            ),
+            ConfigType::Long => Some(v.parse::<i64>().map_err(|e| invalid(e.to_string()))?),
+            ConfigType::String | ConfigType::List => None,
+        };
+        match (self.check, number) {
+            (Check::AtLeast(min), Some(n)) if n < min => {
+                Err(invalid(format!("must be at least {min}")))
+            }
+            (Check::OneOf(allowed), _) => {
+                let items: Vec<&str> = v.split(',').map(str::trim).collect();
+                match items.iter().find(|i| !allowed.contains(i)) {
+                    Some(bad) => Err(invalid(format!(
+                        "{bad:?} is not supported; allowed: {}",
+                        allowed.join(", ")
+                    ))),
+                    None => Ok(items.join(",")),
+                }
+            }
+            _ => Ok(number.map_or_else(|| v.to_string(), |n| n.to_string())),
+        }
+    }
+}
+
+/// Where a config value came from, with DescribeConfigs' source codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigSource {
+    TopicConfig = 1,
+    StaticBroker = 4,
+    Default = 5,
+}
+
+/// The broker-level Kafka settings in force, with which ones were set explicitly.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerConfig {
+    explicit: BTreeMap<&'static str, String>,
+}
+
+impl BrokerConfig {
+    /// Builds the broker config from `name = value` pairs (config file, environment).
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let mut explicit = BTreeMap::new();
+        for (name, value) in pairs {
+            let d = find_broker(name).ok_or_else(|| ConfigError::Unknown(name.to_string()))?;
+            explicit.insert(d.name, d.validate(value)?);
+        }
+        Ok(Self { explicit })
+    }
+
+    /// Every declared broker setting: (definition, value, source).
+    pub fn entries(&self) -> impl Iterator<Item = (&'static ConfigDef, &str, ConfigSource)> {
+        BROKER_CONFIGS
+            .iter()
+            .map(|d| match self.explicit.get(d.name) {
+                Some(v) => (d, v.as_str(), ConfigSource::StaticBroker),
+                None => (d, d.default, ConfigSource::Default),
+            })
+    }
+
+    /// The value and source of one broker setting.
+    pub fn get(&self, name: &str) -> Option<(&str, ConfigSource)> {
+        self.entries()
+            .find(|(d, _, _)| d.name == name)
+            .map(|(_, v, s)| (v, s))
+    }
+
+    fn number(&self, name: &str) -> i64 {
+        // Values were validated on the way in, and defaults are valid by construction.
+        self.get(name)
+            .and_then(|(v, _)| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|(v, _)| v == "true")
+    }
+
+    pub fn num_partitions(&self) -> i32 {
+        self.number("num.partitions") as i32
+    }
+
+    pub fn default_replication_factor(&self) -> i16 {
+        self.number("default.replication.factor") as i16
+    }
+
+    pub fn auto_create_topics(&self) -> bool {
+        self.flag("auto.create.topics.enable")
+    }
+
+    pub fn socket_request_max_bytes(&self) -> usize {
+        self.number("socket.request.max.bytes") as usize
+    }
+
+    pub fn retention_check_interval_ms(&self) -> u64 {
+        self.number("log.retention.check.interval.ms") as u64
+    }
+}
+
+/// Validates a topic's config overrides (CreateTopics, and later AlterConfigs).
+pub fn validate_topic_configs(
+    configs: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    configs
+        .iter()
+        .map(|(name, value)| {
+            let (d, _) = find_topic(name).ok_or_else(|| ConfigError::Unknown(name.clone()))?;
+            Ok((name.clone(), d.validate(value)?))
+        })
+        .collect()
+}
+
+/// A topic's effective settings: its overrides over the broker's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicConfig {
+    values: BTreeMap<&'static str, (String, ConfigSource)>,
+}
+
+impl TopicConfig {
+    pub fn resolve(overrides: &BTreeMap<String, String>, broker: &BrokerConfig) -> Self {
+        let values = TOPIC_CONFIGS
+            .iter()
+            .map(|(d, synonym)| {
+                let value = match overrides.get(d.name) {
+                    Some(v) => (v.clone(), ConfigSource::TopicConfig),
+                    None => broker
+                        .get(synonym)
+                        .map_or((d.default.to_string(), ConfigSource::Default), |(v, s)| {
+                            (v.to_string(), s)
+                        }),
+                };
+                (d.name, value)
+            })
+            .collect();
+        Self { values }
+    }
+
+    /// (definition, broker synonym, value, source) of every topic setting.
+    pub fn entries(
+        &self,
+    ) -> impl Iterator<Item = (&'static ConfigDef, &'static str, &str, ConfigSource)> {
+        TOPIC_CONFIGS.iter().filter_map(|(d, synonym)| {
+            self.values
+                .get(d.name)
+                .map(|(v, s)| (d, *synonym, v.as_str(), *s))
+        })
+    }
+
+    fn number(&self, name: &str) -> i64 {
+        self.values
+            .get(name)
+            .and_then(|(v, _)| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn retention_ms(&self) -> i64 {
+        self.number("retention.ms")
+    }
+
+    pub fn retention_bytes(&self) -> i64 {
+        self.number("retention.bytes")
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.number("max.message.bytes").max(0) as usize
+    }
+
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.number("segment.bytes").max(14) as u64,
+            segment_ms: self.number("segment.ms").max(1),
+            index_interval_bytes: self.number("index.interval.bytes").max(0) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_values() {
+        for d in BROKER_CONFIGS
+            .iter()
+            .chain(TOPIC_CONFIGS.iter().map(|(d, _)| d))
+        {
+            assert_eq!(d.validate(d.default).unwrap(), d.default, "{}", d.name);
+        }
+        for (d, synonym) in TOPIC_CONFIGS {
+            let b = find_broker(synonym).unwrap();
+            assert_eq!(b.default, d.default, "{} and {synonym} agree", d.name);
+        }
+    }
+
+    #[test]
+    fn broker_config_rejects_unknown_and_invalid() {
+        assert_eq!(
+            BrokerConfig::from_pairs([("num.partitionz", "3")]).unwrap_err(),
+            ConfigError::Unknown("num.partitionz".into())
+        );
+        assert!(BrokerConfig::from_pairs([("num.partitions", "0")]).is_err());
+        assert!(BrokerConfig::from_pairs([("auto.create.topics.enable", "yes")]).is_err());
+        let c = BrokerConfig::from_pairs([
+            ("num.partitions", "3"),
+            ("auto.create.topics.enable", "FALSE"),
+        ])
+        .unwrap();
+        assert_eq!(c.num_partitions(), 3);
+        assert!(!c.auto_create_topics());
+        assert_eq!(
+            c.get("num.partitions"),
+            Some(("3", ConfigSource::StaticBroker))
+        );
+        assert_eq!(
+            c.get("message.max.bytes"),
+            Some(("1048588", ConfigSource::Default))
+        );
+    }
+
+    #[test]
+    fn topic_config_resolves_overrides_then_broker_then_default() {
+        let broker = BrokerConfig::from_pairs([("log.retention.ms", "1000")]).unwrap();
+        let mut o = BTreeMap::new();
+        o.insert("segment.bytes".to_string(), "4096".to_string());
+        let t = TopicConfig::resolve(&o, &broker);
+        assert_eq!(t.retention_ms(), 1000);
+        assert_eq!(t.log_config().segment_bytes, 4096);
+        assert_eq!(t.retention_bytes(), -1);
+        let sources: BTreeMap<_, _> = t.entries().map(|(d, _, _, s)| (d.name, s)).collect();
+        assert_eq!(sources["segment.bytes"], ConfigSource::TopicConfig);
+        assert_eq!(sources["retention.ms"], ConfigSource::StaticBroker);
+        assert_eq!(sources["retention.bytes"], ConfigSource::Default);
+    }
+
+    #[test]
+    fn topic_config_validation_names_the_problem() {
+        let mut o = BTreeMap::new();
+        o.insert("cleanup.policy".to_string(), "compact".to_string());
+        assert!(
+            matches!(validate_topic_configs(&o), Err(ConfigError::Invalid { name, .. }) if name == "cleanup.policy")
+        );
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".to_string(), "-2".to_string());
+        assert!(validate_topic_configs(&o).is_err());
+        let mut o = BTreeMap::new();
+        o.insert("flush.ms".to_string(), "1".to_string());
+        assert_eq!(
+            validate_topic_configs(&o),
+            Err(ConfigError::Unknown("flush.ms".into()))
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Fetch: whole stored batches, long-polling until `min_bytes` are ready or `max_wait_ms`
+//! passes. Records are never decoded: a fetch is a set of slices of segment files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::select_all;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use strata_log::Partition;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::broker::Broker;
+use crate::errors;
+
+/// One requested partition, resolved once per request.
+struct Target {
+    topic: usize,
+    partition: i32,
+    offset: i64,
+    max_bytes: usize,
+    log: Result<Arc<Partition>, ResponseError>,
+}
+
+/// What one read pass found for a partition.
+enum Found {
+    Data(strata_log::ReadResult),
+    Error(ResponseError),
+}
+
+fn resolve(
+    broker: &Broker,
+    req: &FetchRequest,
+    version: i16,
+) -> (Vec<(TopicName, Uuid)>, Vec<Target>) {
+    let mut topics = Vec::with_capacity(req.topics.len());
+    let mut targets = Vec::new();
+    for (ti, t) in req.topics.iter().enumerate() {
+        let (meta, missing) = if version >= 13 {
+            (
+                broker.topic_by_id(t.topic_id),
+                ResponseError::UnknownTopicId,
+            )
+        } else {
+            (
+                broker.topic(&t.topic),
+                ResponseError::UnknownTopicOrPartition,
+            )
+        };
+        topics.push((t.topic.clone(), t.topic_id));
+        for p in &t.partitions {
+            let log = match &meta {
+                None => Err(missing),
+                Some(topic) => broker
+                    .partition_log(topic, p.partition)
+                    .map_err(|e| e.code)
+                    .and_then(|log| {
+                        let ours = usize::try_from(p.partition)
+                            .ok()
+                            .and_then(|i| topic.partitions.get(i))
+                            .map_or(0, |m| m.leader_epoch);
+                        match p.current_leader_epoch {
+                            e if e < 0 || e == ours => Ok(log),
+                            e if e < ours => Err(ResponseError::FencedLeaderEpoch),
+                            _ => Err(ResponseError::UnknownLeaderEpoch),
+                        }
+                    }),
+            };
+            targets.push(Target {
+                topic: ti,
+                partition: p.partition,
+                offset: p.fetch_offset,
+                max_bytes: p.partition_max_bytes.max(0) as usize,
+                log,
+            });
+        }
+    }
+    (topics, targets)
+}
+
+/// Reads every target once, within the request's total byte budget. The first
+/// partition with data may exceed the budget by one batch so consumers make progress.
+fn read_all(targets: &[(Arc<Partition>, i64, usize)], max_bytes: usize) -> (Vec<Found>, usize) {
+    let mut total = 0usize;
+    let mut found = Vec::with_capacity(targets.len());
+    for (log, offset, partition_max) in targets {
+        let budget = (*partition_max).min(max_bytes.saturating_sub(total));
+        match log.read(*offset, budget, total == 0) {
+            Ok(r) => {
+                total += r.records.len();
+                found.push(Found::Data(r));
+            }
+            Err(e) => found.push(Found::Error(errors::log_error(&e))),
+        }
+    }
+    (found, total)
+}
+
+pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
+    // Strata keeps no fetch sessions (KIP-227): every fetch is a full fetch, and a
+    // session id of 0 in the response tells the client so.
+    if req.session_id != 0 {
+        return FetchResponse::default()
+            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+    }
+    if req.session_epoch > 0 {
+        return FetchResponse::default()
+            .with_error_code(ResponseError::InvalidFetchSessionEpoch.code());
+    }
+    let (topics, targets) = resolve(broker, &req, version);
+    let readable: Vec<(Arc<Partition>, i64, usize)> = targets
+        .iter()
+        .filter_map(|t| {
+            t.log
+                .as_ref()
+                .ok()
+                .map(|l| (l.clone(), t.offset, t.max_bytes))
+        })
+        .collect();
+    let has_resolve_error = targets.iter().any(|t| t.log.is_err());
+    let max_bytes = req.max_bytes.max(0) as usize;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
+    let found = loop {
+        // Subscribe before reading so that an append between the read and the wait
+        // still wakes us.
+        let mut watchers: Vec<_> = readable.iter().map(|(log, _, _)| log.subscribe()).collect();
+        let work = readable.clone();
+        let (found, total) =
+            match tokio::task::spawn_blocking(move || read_all(&work, max_bytes)).await {
+                Ok(x) => x,
+                Err(_) => (
+                    readable
+                        .iter()
+                        .map(|_| Found::Error(ResponseError::KafkaStorageError))
+                        .collect(),
+                    0,
+                ),
+            };
+        let any_error = has_resolve_error || found.iter().any(|f| matches!(f, Found::Error(_)));
+        if total >= min_bytes || any_error || readable.is_empty() || Instant::now() >= deadline {
+            break found;
+        }
+        let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
+        tokio::select! {
+            _ = changed => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            () = broker.shutdown.cancelled() => {}
+        }
+        if broker.shutdown.is_cancelled() {
+            break found;
+        }
+    };
+    build(broker, topics, targets, found, req.isolation_level)
+}
+
+fn build(
+    broker: &Broker,
+    topics: Vec<(TopicName, Uuid)>,
+    targets: Vec<Target>,
+    found: Vec<Found>,
+    isolation_level: i8,
+) -> FetchResponse {
+    let mut responses: Vec<FetchableTopicResponse> = topics
+        .into_iter()
+        .map(|(name, id)| {
+            FetchableTopicResponse::default()
+                .with_topic(name)
+                .with_topic_id(id)
+        })
+        .collect();
+    let mut found = found.into_iter();
+    for t in targets {
+        let outcome = match t.log {
+            Err(code) => Found::Error(code),
+            Ok(_) => found
+                .next()
+                .unwrap_or(Found::Error(ResponseError::KafkaStorageError)),
+        };
+        let part = PartitionData::default()
+            .with_partition_index(t.partition)
+            .with_aborted_transactions((isolation_level == 1).then(Vec::new));
+        let part = match outcome {
+            Found::Data(r) => {
+                broker
+                    .metrics
+                    .kafka
+                    .fetch_records_bytes_total
+                    .inc_by(r.records.len() as u64);
+                part.with_high_watermark(r.offsets.high_watermark)
+                    .with_last_stable_offset(r.offsets.high_watermark)
+                    .with_log_start_offset(r.offsets.log_start)
+                    .with_records(Some(r.records))
+            }
+            Found::Error(code) => part
+                .with_error_code(code.code())
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1)
+                .with_records(Some(Bytes::new())),
+        };
+        if let Some(topic) = responses.get_mut(t.topic) {
+            topic.partitions.push(part);
+        }
+    }
+    FetchResponse::default().with_responses(responses)
+}

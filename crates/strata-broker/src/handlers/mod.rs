@@ -1,0 +1,224 @@
+//! Request dispatch: from a request frame to a response frame (or a reason to close the
+//! connection), with per-API metrics.
+//!
+//! Each handler converts between Kafka's wire structs and the log/metadata calls at this
+//! boundary; nothing below it sees wire types.
+
+mod api_versions;
+mod configs;
+mod fetch;
+mod list_offsets;
+mod metadata;
+mod produce;
+mod topics;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kafka_protocol::protocol::StrBytes;
+use strata_protocol::frame::{self, RequestPrefix};
+use tracing::debug;
+
+use crate::broker::Broker;
+
+/// The APIs this broker implements and the versions it serves of each. Minimums are
+/// the oldest versions Kafka 4 still accepts; maximums are the newest whose every
+/// field this broker honours.
+pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 16),
+    (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
+    (ApiKey::DescribeConfigs, 1, 4),
+];
+
+fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|&(_, min, max)| (min, max))
+}
+
+/// What the connection should do with a request.
+pub(crate) enum Outcome {
+    /// Write this frame back.
+    Respond(Bytes),
+    /// Nothing to send (Produce with acks=0).
+    Silent,
+    /// Close the connection; `reason` is a metric label, `detail` goes to the log.
+    Close {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+fn close(reason: &'static str, detail: impl ToString) -> Outcome {
+    Outcome::Close {
+        reason,
+        detail: detail.to_string(),
+    }
+}
+
+/// Handles one request frame (without its size prefix).
+pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes) -> Outcome {
+    let prefix = match RequestPrefix::parse(&frame) {
+        Ok(p) => p,
+        Err(e) => return close("malformed_header", e),
+    };
+    let api = match prefix.api() {
+        Ok(api) => api,
+        Err(e) => return close("unknown_api_key", e),
+    };
+    let version = prefix.api_version;
+    let Some((min, max)) = supported(api) else {
+        return close("unsupported_api", format!("{api:?} is not implemented"));
+    };
+    if version < min || version > max {
+        if api == ApiKey::ApiVersions {
+            // Kafka's fallback: answer in v0 with the supported ranges so the client can
+            // retry with a version both sides know.
+            return encode(
+                broker,
+                prefix.correlation_id,
+                api,
+                0,
+                api_versions::unsupported_version(),
+            );
+        }
+        return close(
+            "unsupported_version",
+            format!("{api:?} v{version} is outside the supported range {min}..={max}"),
+        );
+    }
+    let started = Instant::now();
+    let (header, request) = match frame::decode_request(frame, api, version) {
+        Ok(x) => x,
+        Err(e) => return close("malformed_request", e),
+    };
+    let client = header.client_id.unwrap_or_else(StrBytes::new);
+    debug!(api = ?api, version, correlation_id = prefix.correlation_id, client = %client, "request");
+    let response = match request {
+        RequestKind::ApiVersions(r) => {
+            Some(ResponseKind::ApiVersions(api_versions::handle(&r, version)))
+        }
+        RequestKind::Metadata(r) => Some(ResponseKind::Metadata(
+            metadata::handle(broker, r, version).await,
+        )),
+        RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(
+            topics::create(broker, r, version).await,
+        )),
+        RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
+            topics::delete(broker, r, version).await,
+        )),
+        RequestKind::Produce(r) => match produce::handle(broker, r, version).await {
+            Ok(resp) => resp.map(ResponseKind::Produce),
+            // acks=0 and a partition failed: closing is the only signal such a producer gets.
+            Err(detail) => return close("acks0_produce_error", detail),
+        },
+        RequestKind::Fetch(r) => Some(ResponseKind::Fetch(fetch::handle(broker, r, version).await)),
+        RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
+            list_offsets::handle(broker, r, version).await,
+        )),
+        RequestKind::DescribeConfigs(r) => Some(ResponseKind::DescribeConfigs(configs::describe(
+            broker, &r, version,
+        ))),
+        other => return close("unsupported_api", format!("{other:?} has no handler")),
+    };
+    let label = api_label(api);
+    let m = &broker.metrics.kafka;
+    m.requests_total.with_label_values(&[label]).inc();
+    m.request_duration_seconds
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
+    match response {
+        None => Outcome::Silent,
+        Some(body) => {
+            for code in error_codes(&body) {
+                let name = ResponseError::try_from_code(code)
+                    .map_or_else(|| "NONE".to_string(), |e| e.to_string());
+                m.request_errors_total
+                    .with_label_values(&[label, &name])
+                    .inc();
+            }
+            encode(broker, prefix.correlation_id, api, version, body)
+        }
+    }
+}
+
+fn encode(
+    broker: &Broker,
+    correlation_id: i32,
+    api: ApiKey,
+    version: i16,
+    body: ResponseKind,
+) -> Outcome {
+    match frame::encode_response(correlation_id, api, version, &body) {
+        Ok(bytes) => Outcome::Respond(bytes),
+        Err(e) => {
+            broker
+                .metrics
+                .kafka
+                .request_errors_total
+                .with_label_values(&[api_label(api), "ENCODE_FAILED"])
+                .inc();
+            close("encode_failed", e)
+        }
+    }
+}
+
+/// A static metric label per API (no allocation per request).
+fn api_label(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::Produce => "Produce",
+        ApiKey::Fetch => "Fetch",
+        ApiKey::ListOffsets => "ListOffsets",
+        ApiKey::Metadata => "Metadata",
+        ApiKey::ApiVersions => "ApiVersions",
+        ApiKey::CreateTopics => "CreateTopics",
+        ApiKey::DeleteTopics => "DeleteTopics",
+        ApiKey::DescribeConfigs => "DescribeConfigs",
+        _ => "Other",
+    }
+}
+
+/// The non-zero error codes in a response, for the error metric.
+fn error_codes(body: &ResponseKind) -> Vec<i16> {
+    let codes: Vec<i16> = match body {
+        ResponseKind::ApiVersions(r) => vec![r.error_code],
+        ResponseKind::Metadata(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                std::iter::once(t.error_code).chain(t.partitions.iter().map(|p| p.error_code))
+            })
+            .collect(),
+        ResponseKind::CreateTopics(r) => r.topics.iter().map(|t| t.error_code).collect(),
+        ResponseKind::DeleteTopics(r) => r.responses.iter().map(|t| t.error_code).collect(),
+        ResponseKind::Produce(r) => r
+            .responses
+            .iter()
+            .flat_map(|t| t.partition_responses.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::Fetch(r) => std::iter::once(r.error_code)
+            .chain(
+                r.responses
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            )
+            .collect(),
+        ResponseKind::ListOffsets(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::DescribeConfigs(r) => r.results.iter().map(|x| x.error_code).collect(),
+        _ => Vec::new(),
+    };
+    codes.into_iter().filter(|&c| c != 0).collect()
+}

@@ -1,0 +1,205 @@
+//! Produce: validate each partition's batch, append it, and answer once it is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::produce_request::PartitionProduceData;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::StrBytes;
+use strata_log::Partition;
+use strata_meta::TopicMeta;
+use strata_protocol::batch;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use crate::broker::Broker;
+use crate::errors;
+
+/// A partition-level failure: the code and a message for the client (v8+) and the log.
+struct Failure(ResponseError, String);
+
+/// An append that must become durable before the partition is acknowledged.
+struct Pending {
+    topic: usize,
+    partition: usize,
+    log: Arc<Partition>,
+    end: i64,
+}
+
+fn append(
+    broker: &Broker,
+    topic: Option<&TopicMeta>,
+    data: &PartitionProduceData,
+    acks: i16,
+) -> Result<(Arc<Partition>, i64, i64, i64), Failure> {
+    if !matches!(acks, -1..=1) {
+        return Err(Failure(
+            ResponseError::InvalidRequiredAcks,
+            format!("acks must be -1, 0 or 1, not {acks}"),
+        ));
+    }
+    let Some(topic) = topic else {
+        return Err(Failure(
+            ResponseError::UnknownTopicOrPartition,
+            "unknown topic".into(),
+        ));
+    };
+    let log = broker
+        .partition_log(topic, data.index)
+        .map_err(|e| Failure(e.code, e.message))?;
+    let records = data.records.as_deref().unwrap_or_default();
+    let headers = batch::validate_all(records)
+        .map_err(|e| Failure(errors::batch_error(&e), e.to_string()))?;
+    let [header] = headers.as_slice() else {
+        return Err(Failure(
+            ResponseError::InvalidRecord,
+            format!(
+                "a produce request must carry exactly one record batch per partition, not {}",
+                headers.len()
+            ),
+        ));
+    };
+    let max = broker.topic_config(topic).max_message_bytes();
+    if header.total_len() > max {
+        return Err(Failure(
+            ResponseError::MessageTooLarge,
+            format!(
+                "record batch of {} bytes exceeds max.message.bytes {max}",
+                header.total_len()
+            ),
+        ));
+    }
+    if header.is_transactional() {
+        return Err(Failure(
+            ResponseError::InvalidTxnState,
+            "transactions are not supported".into(),
+        ));
+    }
+    let leader_epoch = usize::try_from(data.index)
+        .ok()
+        .and_then(|i| topic.partitions.get(i))
+        .map_or(0, |p| p.leader_epoch);
+    let info = log
+        .append(records, &headers, leader_epoch, broker.now_ms())
+        .map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;
+    broker
+        .metrics
+        .kafka
+        .produce_records_bytes_total
+        .inc_by(records.len() as u64);
+    Ok((log, info.base_offset, info.last_offset, info.log_start))
+}
+
+fn failed(index: i32, f: Failure) -> PartitionProduceResponse {
+    PartitionProduceResponse::default()
+        .with_index(index)
+        .with_error_code(f.0.code())
+        .with_error_message(Some(StrBytes::from_string(f.1)))
+        .with_base_offset(-1)
+        .with_log_append_time_ms(-1)
+        .with_log_start_offset(-1)
+}
+
+/// `Ok(None)`: acks=0, nothing to send. `Err`: acks=0 and something failed, so the
+/// connection must be closed (Kafka's only way to tell such a producer).
+pub(super) async fn handle(
+    broker: &Arc<Broker>,
+    req: ProduceRequest,
+    version: i16,
+) -> Result<Option<ProduceResponse>, String> {
+    let acks = req.acks;
+    let mut responses = Vec::with_capacity(req.topic_data.len());
+    let mut pending = Vec::new();
+    let mut first_error = None;
+    for (ti, t) in req.topic_data.into_iter().enumerate() {
+        let topic = if version >= 13 {
+            broker.topic_by_id(t.topic_id)
+        } else {
+            broker.topic(&t.name)
+        };
+        let mut parts = Vec::with_capacity(t.partition_data.len());
+        for (pi, data) in t.partition_data.iter().enumerate() {
+            match append(broker, topic.as_ref(), data, acks) {
+                Ok((log, base, last, start)) => {
+                    pending.push(Pending {
+                        topic: ti,
+                        partition: pi,
+                        log,
+                        end: last + 1,
+                    });
+                    parts.push(
+                        PartitionProduceResponse::default()
+                            .with_index(data.index)
+                            .with_base_offset(base)
+                            .with_log_append_time_ms(-1)
+                            .with_log_start_offset(start),
+                    );
+                }
+                Err(f) => {
+                    warn!(topic = %t.name.0, partition = data.index, error = %f.0, reason = %f.1, "produce rejected");
+                    first_error.get_or_insert_with(|| format!("{}: {}", f.0, f.1));
+                    parts.push(failed(data.index, f));
+                }
+            }
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(t.name)
+                .with_topic_id(t.topic_id)
+                .with_partition_responses(parts),
+        );
+    }
+    let mut durable = JoinSet::new();
+    let slots: Vec<(usize, usize)> = pending.iter().map(|p| (p.topic, p.partition)).collect();
+    for (k, p) in pending.into_iter().enumerate() {
+        durable.spawn(async move { (k, p.log.wait_durable(p.end).await) });
+    }
+    if acks == 0 {
+        // Nobody waits for the answer, but the data must still reach the disk so that
+        // consumers can see it.
+        tokio::spawn(async move {
+            while let Some(joined) = durable.join_next().await {
+                if let Ok((_, Err(e))) = joined {
+                    warn!(error = %e, "acks=0 produce could not be synced");
+                }
+            }
+        });
+        return match first_error {
+            Some(e) => Err(e),
+            None => Ok(None),
+        };
+    }
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let mut confirmed = vec![false; slots.len()];
+    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, durable.join_next()).await {
+        match joined {
+            Ok((k, Ok(()))) => confirmed[k] = true,
+            Ok((k, Err(e))) => {
+                confirmed[k] = true;
+                let (ti, pi) = slots[k];
+                let part = &mut responses[ti].partition_responses[pi];
+                *part = failed(part.index, Failure(errors::log_error(&e), e.to_string()));
+            }
+            Err(join) => warn!(error = %join, "durability wait failed"),
+        }
+    }
+    // Whatever is unconfirmed at the deadline times out. The syncs carry on in the
+    // background, so the data still becomes durable and visible.
+    durable.detach_all();
+    for (k, &(ti, pi)) in slots.iter().enumerate() {
+        if !confirmed[k] {
+            let part = &mut responses[ti].partition_responses[pi];
+            *part = failed(
+                part.index,
+                Failure(
+                    ResponseError::RequestTimedOut,
+                    "timed out waiting for the write to be synced".into(),
+                ),
+            );
+        }
+    }
+    Ok(Some(ProduceResponse::default().with_responses(responses)))
+}

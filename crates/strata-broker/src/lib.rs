@@ -1,0 +1,22 @@
+//! The Kafka server: connections, request handlers and the long-poll purgatory.
+//!
+//! This crate owns the Kafka side of a broker: accepting connections, turning request
+//! frames into calls on the partition log (`strata-log`) and the metadata service
+//! (`strata-meta`), Kafka's configuration names and error codes, auto topic creation,
+//! retention scheduling, and orderly shutdown. Wire structs from `kafka-protocol` stop
+//! at the handlers: the log and the metadata service only see plain values.
+//!
+//! It must not write segment files itself, decide Raft membership, or serve HTTP.
+
+mod broker;
+mod clock;
+mod config;
+mod connection;
+mod errors;
+mod handlers;
+mod server;
+
+pub use broker::Endpoint;
+pub use clock::{Clock, SystemClock};
+pub use config::{BROKER_CONFIGS, BrokerConfig, ConfigDef, ConfigError, TOPIC_CONFIGS};
+pub use server::{BrokerOptions, Health, RunningBroker, StartError};

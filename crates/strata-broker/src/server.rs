@@ -1,0 +1,278 @@
+//! Starting and stopping a broker: metadata registration, log recovery, the accept loop,
+//! and the orderly shutdown Kubernetes relies on at every rolling upgrade.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use strata_log::LogManager;
+use strata_meta::{Command, CommandResult, MetaNode};
+use strata_telemetry::Metrics;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::{Broker, Endpoint};
+use crate::clock::Clock;
+use crate::config::BrokerConfig;
+
+/// Everything a broker needs besides its metadata node and listener.
+pub struct BrokerOptions {
+    pub node_id: i32,
+    /// Root of the partition logs (`<data-dir>/log`).
+    pub log_dir: PathBuf,
+    /// Where clients should connect; defaults to the listener's address.
+    pub advertised: Option<Endpoint>,
+    pub config: BrokerConfig,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metadata: {0}")]
+    Meta(#[from] strata_meta::MetaError),
+    #[error("partition logs: {0}")]
+    Log(#[from] strata_log::LogError),
+    #[error("kafka listener: {0}")]
+    Listener(std::io::Error),
+    #[error("metadata returned {0:?} when initialising the cluster id")]
+    ClusterId(CommandResult),
+}
+
+/// A running broker.
+pub struct RunningBroker {
+    broker: Arc<Broker>,
+    health: Health,
+    kafka_addr: SocketAddr,
+    connections: TaskTracker,
+    accept: JoinHandle<()>,
+    background: JoinHandle<()>,
+}
+
+/// Answers readiness probes: ready while the listener accepts and no shutdown began.
+#[derive(Clone)]
+pub struct Health {
+    shutdown: CancellationToken,
+    listening: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.shutdown.is_cancelled() {
+            return Err("shutting down".into());
+        }
+        if !self.listening.load(Ordering::SeqCst) {
+            return Err("the Kafka listener stopped".into());
+        }
+        Ok(())
+    }
+}
+
+/// A Kafka cluster id: 16 random bytes in URL-safe base64 without padding, as Kafka
+/// writes them.
+fn new_cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut bits: u32 = 0;
+    let mut nbits = 0;
+    let mut out = String::with_capacity(22);
+    for b in bytes {
+        bits = (bits << 8) | u32::from(b);
+        nbits += 8;
+        while nbits >= 6 {
+            nbits -= 6;
+            out.push(ALPHABET[((bits >> nbits) & 63) as usize] as char);
+        }
+    }
+    if nbits > 0 {
+        out.push(ALPHABET[((bits << (6 - nbits)) & 63) as usize] as char);
+    }
+    out
+}
+
+/// This host's name, for advertising a listener bound to all interfaces.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+impl RunningBroker {
+    /// Recovers the logs, registers with metadata and starts serving `listener`.
+    pub async fn start(
+        opts: BrokerOptions,
+        meta: MetaNode,
+        listener: TcpListener,
+    ) -> Result<Self, StartError> {
+        let kafka_addr = listener.local_addr().map_err(StartError::Listener)?;
+        let cluster_id = match meta
+            .write(Command::InitCluster {
+                cluster_id: new_cluster_id(),
+            })
+            .await?
+        {
+            CommandResult::ClusterId(id) => id,
+            other => return Err(StartError::ClusterId(other)),
+        };
+        let now = opts.clock.now_ms();
+        let log_dir = opts.log_dir.clone();
+        let metrics = opts.metrics.log.clone();
+        let logs = tokio::task::spawn_blocking(move || LogManager::open(log_dir, metrics, now))
+            .await
+            .map_err(|e| StartError::Listener(std::io::Error::other(e)))??;
+        let endpoint = opts.advertised.unwrap_or_else(|| Endpoint {
+            host: if kafka_addr.ip().is_unspecified() {
+                host_name()
+            } else {
+                kafka_addr.ip().to_string()
+            },
+            port: kafka_addr.port(),
+        });
+        Broker::register(&meta, opts.node_id, &endpoint).await?;
+        let broker = Arc::new(Broker {
+            node_id: opts.node_id,
+            endpoint,
+            cluster_id,
+            config: opts.config,
+            meta,
+            logs,
+            metrics: opts.metrics,
+            clock: opts.clock,
+            shutdown: CancellationToken::new(),
+        });
+        {
+            let b = broker.clone();
+            tokio::task::spawn_blocking(move || b.reconcile())
+                .await
+                .map_err(|e| StartError::Listener(std::io::Error::other(e)))?;
+        }
+        let background = tokio::spawn(broker.clone().run_background());
+        let connections = TaskTracker::new();
+        let health = Health {
+            shutdown: broker.shutdown.clone(),
+            listening: Arc::new(AtomicBool::new(true)),
+        };
+        let accept = tokio::spawn(accept_loop(
+            broker.clone(),
+            listener,
+            connections.clone(),
+            health.listening.clone(),
+        ));
+        info!(
+            addr = %kafka_addr,
+            advertised = %format!("{}:{}", broker.endpoint.host, broker.endpoint.port),
+            node_id = broker.node_id,
+            cluster_id = %broker.cluster_id,
+            "kafka listener ready"
+        );
+        Ok(Self {
+            broker,
+            health,
+            kafka_addr,
+            connections,
+            accept,
+            background,
+        })
+    }
+
+    pub fn kafka_addr(&self) -> SocketAddr {
+        self.kafka_addr
+    }
+
+    /// A handle that answers readiness probes for as long as anyone holds it.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (cutting long-poll waits short),
+    /// syncs every log and stops the metadata node. Connections still busy after
+    /// `grace` are abandoned.
+    pub async fn shutdown(self, grace: Duration) {
+        info!("shutting down: no new connections, finishing in-flight requests");
+        self.broker.shutdown.cancel();
+        let _ = self.accept.await;
+        self.connections.close();
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.connections.len(),
+                "connections still busy after the grace period"
+            );
+        }
+        let _ = self.background.await;
+        let broker = self.broker.clone();
+        match tokio::task::spawn_blocking(move || broker.logs.sync_all()).await {
+            Ok(Ok(())) => info!("partition logs synced"),
+            Ok(Err(e)) => warn!(error = %e, "syncing partition logs failed"),
+            Err(e) => warn!(error = %e, "syncing partition logs failed"),
+        }
+        if let Err(e) = self.broker.meta.shutdown().await {
+            warn!(error = %e, "metadata node did not shut down cleanly");
+        }
+        info!("shutdown complete");
+    }
+}
+
+async fn accept_loop(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    connections: TaskTracker,
+    listening: Arc<AtomicBool>,
+) {
+    // Clears the readiness flag however the loop ends.
+    struct Stopped(Arc<AtomicBool>);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+    let _stopped = Stopped(listening);
+    loop {
+        let accepted = tokio::select! {
+            () = broker.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                connections.spawn(crate::connection::serve(broker.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                broker
+                    .metrics
+                    .kafka
+                    .connection_errors_total
+                    .with_label_values(&["accept_error"])
+                    .inc();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_ids_look_like_kafkas() {
+        let a = new_cluster_id();
+        assert_eq!(a.len(), 22);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_ne!(a, new_cluster_id());
+    }
+}

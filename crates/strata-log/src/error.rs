@@ -1,0 +1,46 @@
+use std::path::PathBuf;
+
+/// Errors of the partition log. Messages are written for the operator reading the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("offset {offset} is outside the log's range [{log_start}, {high_watermark}]")]
+    OffsetOutOfRange {
+        offset: i64,
+        log_start: i64,
+        high_watermark: i64,
+    },
+    #[error("partition log {path} is offline after a disk error: {reason}")]
+    Offline { path: PathBuf, reason: String },
+    #[error("segment {path} holds a corrupt batch at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("partition directory {path} has an unexpected name")]
+    BadDirectory { path: PathBuf },
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Whether this error means the disk is full (the request may succeed later).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.raw_os_error() == Some(28))
+    }
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;

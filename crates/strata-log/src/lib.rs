@@ -1,0 +1,25 @@
+//! The partition log: Kafka record batches in segment files on local disk.
+//!
+//! This crate owns everything between "a validated batch" and "bytes on disk": segment
+//! files and their sparse offset and time indexes, offset assignment, group-committed
+//! `fdatasync`, crash recovery (a torn or corrupt tail is found by CRC and cut off),
+//! segment rolling by size and age, and deletion of whole old segments when the log start
+//! offset moves. The on-disk format is documented in `docs/storage-format.md`.
+//!
+//! It must not know about Kafka requests, topics' configs as Kafka names, or the metadata
+//! service: callers pass plain numbers (`LogConfig`, retention limits, the time) and
+//! decide when a log start offset may move (the broker commits it to metadata first).
+//! Time comes in as arguments, never from the system clock, so tests control it.
+
+mod error;
+mod index;
+mod manager;
+mod partition;
+mod segment;
+
+pub use error::{LogError, Result};
+pub use manager::{LogManager, PartitionKey};
+pub use partition::{AppendInfo, LogConfig, Offsets, Partition, ReadResult, SegmentInfo};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,741 @@
+//! One partition's log: an ordered set of segments, the last one active.
+//!
+//! Writes append to the active segment under a short lock; durability comes from a group
+//! commit: the first producer waiting for a sync becomes the flusher, everything appended
+//! before its `fdatasync` is covered by it, and producers that arrive meanwhile share the
+//! next one. The high watermark is the end of what has been synced: consumers never see
+//! data that a crash could still take back.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use prometheus::IntGauge;
+use strata_protocol::batch::{self, BatchHeader};
+use strata_protocol::records;
+use strata_telemetry::LogMetrics;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::error::{LogError, Result};
+use crate::segment::{self, Segment};
+
+/// Per-partition settings that shape the files (the topic's `segment.*` configs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `segment.bytes`: roll the active segment before it grows past this.
+    pub segment_bytes: u64,
+    /// `segment.ms`: roll the active segment once it is this old.
+    pub segment_ms: i64,
+    /// `index.interval.bytes`: bytes of log between offset-index entries.
+    pub index_interval_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+        }
+    }
+}
+
+/// Where a partition's log begins and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offsets {
+    /// First offset still readable.
+    pub log_start: i64,
+    /// End of the synced (durable, readable) log.
+    pub high_watermark: i64,
+    /// Next offset to be assigned.
+    pub log_end: i64,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub log_start: i64,
+}
+
+/// The result of a read: whole batches as stored, and the offsets at the time of reading.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    pub records: Bytes,
+    pub offsets: Offsets,
+}
+
+/// Size and age of one segment, for retention decisions and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size: u64,
+    pub max_timestamp: i64,
+}
+
+struct Inner {
+    segments: BTreeMap<i64, Segment>,
+    log_start: i64,
+    /// Synced position: everything before `hw_position` in segment `hw_segment` (and all of
+    /// every earlier segment) is durable, up to offset `hw`.
+    hw: i64,
+    hw_segment: i64,
+    hw_position: u64,
+    config: LogConfig,
+    /// Set after an fsync failure: the page cache may have dropped data, so the log takes
+    /// no more writes until a restart recovers it from disk.
+    failed: Option<String>,
+}
+
+impl Inner {
+    fn active(&self) -> Option<&Segment> {
+        self.segments.values().next_back()
+    }
+
+    fn log_end(&self) -> i64 {
+        self.active().map_or(self.log_start, |s| s.next_offset)
+    }
+
+    fn offsets(&self) -> Offsets {
+        Offsets {
+            log_start: self.log_start,
+            high_watermark: self.hw,
+            log_end: self.log_end(),
+        }
+    }
+
+    /// Bytes of segment `base` that readers may see.
+    fn visible_end(&self, seg: &Segment) -> u64 {
+        use std::cmp::Ordering::*;
+        match seg.base_offset.cmp(&self.hw_segment) {
+            Less => seg.size,
+            Equal => self.hw_position.min(seg.size),
+            Greater => 0,
+        }
+    }
+
+    fn advance_hw(&mut self, segment: i64, position: u64, offset: i64) {
+        if (segment, position) > (self.hw_segment, self.hw_position) {
+            self.hw_segment = segment;
+            self.hw_position = position;
+        }
+        self.hw = self.hw.max(offset);
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+}
+
+/// A partition's log on local disk.
+pub struct Partition {
+    topic: String,
+    partition: i32,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+    /// Serialises flushers; see the module docs.
+    flush: tokio::sync::Mutex<()>,
+    hw_tx: watch::Sender<i64>,
+    metrics: LogMetrics,
+    gauges: Gauges,
+}
+
+/// This partition's series of the per-partition gauges, resolved once.
+struct Gauges {
+    end_offset: IntGauge,
+    start_offset: IntGauge,
+    size_bytes: IntGauge,
+}
+
+fn offset_of_log_file(path: &Path) -> Option<i64> {
+    if path.extension()? != "log" {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+impl Partition {
+    /// Opens the partition in `dir` (creating it if needed), recovering every segment.
+    pub(crate) fn open(
+        dir: PathBuf,
+        topic: String,
+        partition: i32,
+        config: LogConfig,
+        metrics: LogMetrics,
+        now_ms: i64,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create", &dir, e))?;
+        let mut bases = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| LogError::io("list", &dir, e))? {
+            let entry = entry.map_err(|e| LogError::io("list", &dir, e))?;
+            let path = entry.path();
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("log") => match offset_of_log_file(&path) {
+                    Some(base) => bases.push(base),
+                    None => warn!(path = %path.display(), "ignoring file with an unexpected name"),
+                },
+                Some("tmp") => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
+        bases.sort_unstable();
+        let mut segments = BTreeMap::new();
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment::file_stem(&dir, base).with_extension("log");
+            let next_base = bases.get(i + 1).copied();
+            let recovered = Segment::open(
+                path.clone(),
+                base,
+                config.index_interval_bytes,
+                next_base,
+                now_ms,
+            )?;
+            if recovered.truncated > 0 {
+                warn!(
+                    path = %path.display(),
+                    truncated_bytes = recovered.truncated,
+                    kept_bytes = recovered.segment.size,
+                    "cut a torn or corrupt tail off a segment during recovery"
+                );
+                metrics
+                    .recovery_truncated_bytes_total
+                    .inc_by(recovered.truncated);
+            }
+            segments.insert(base, recovered.segment);
+        }
+        let log_start = bases.first().copied().unwrap_or(0);
+        if segments.is_empty() {
+            let seg = Segment::create(&dir, 0, config.index_interval_bytes, now_ms)?;
+            sync_dir(&dir)?;
+            segments.insert(0, seg);
+        }
+        let mut inner = Inner {
+            segments,
+            log_start,
+            hw: log_start,
+            hw_segment: log_start,
+            hw_position: 0,
+            config,
+            failed: None,
+        };
+        // Everything that survived recovery is on disk: it is all durable.
+        if let Some(active) = inner.active() {
+            let (base, size, next) = (active.base_offset, active.size, active.next_offset);
+            inner.advance_hw(base, size, next);
+        }
+        let hw = inner.hw;
+        let part = partition.to_string();
+        let labels = [topic.as_str(), part.as_str()];
+        let gauges = Gauges {
+            end_offset: metrics.end_offset.with_label_values(&labels),
+            start_offset: metrics.start_offset.with_label_values(&labels),
+            size_bytes: metrics.size_bytes.with_label_values(&labels),
+        };
+        let p = Self {
+            topic,
+            partition,
+            dir,
+            inner: Mutex::new(inner),
+            flush: tokio::sync::Mutex::new(()),
+            hw_tx: watch::Sender::new(hw),
+            metrics,
+            gauges,
+        };
+        p.publish_metrics(&p.inner.lock());
+        Ok(p)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn offsets(&self) -> Offsets {
+        self.inner.lock().offsets()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.lock().size_bytes()
+    }
+
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        self.inner
+            .lock()
+            .segments
+            .values()
+            .map(|s| SegmentInfo {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size: s.size,
+                max_timestamp: s.max_timestamp,
+            })
+            .collect()
+    }
+
+    /// A receiver that changes whenever the high watermark advances (long-polling fetches
+    /// wait on it).
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.hw_tx.subscribe()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        self.inner.lock().config = config;
+    }
+
+    fn publish_metrics(&self, inner: &Inner) {
+        let o = inner.offsets();
+        self.gauges.end_offset.set(o.log_end);
+        self.gauges.start_offset.set(o.log_start);
+        self.gauges.size_bytes.set(inner.size_bytes() as i64);
+    }
+
+    /// Removes this partition's metric series (the partition is being deleted).
+    pub(crate) fn forget_metrics(&self) {
+        let part = self.partition.to_string();
+        let labels = [self.topic.as_str(), part.as_str()];
+        let _ = self.metrics.end_offset.remove_label_values(&labels);
+        let _ = self.metrics.start_offset.remove_label_values(&labels);
+        let _ = self.metrics.size_bytes.remove_label_values(&labels);
+    }
+
+    fn check_online(&self, inner: &Inner) -> Result<()> {
+        match &inner.failed {
+            Some(reason) => Err(LogError::Offline {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, inner: &mut Inner, err: &LogError) {
+        error!(path = %self.dir.display(), error = %err, "partition log taken offline");
+        self.metrics
+            .io_errors_total
+            .with_label_values(&["fsync"])
+            .inc();
+        inner.failed = Some(err.to_string());
+    }
+
+    /// Appends already-validated batches (`records`, with their headers from
+    /// [`strata_protocol::batch::validate_all`]), assigning offsets. The data is written but
+    /// not yet durable: call [`Partition::wait_durable`] with `last_offset + 1`.
+    pub fn append(
+        &self,
+        records: &[u8],
+        headers: &[BatchHeader],
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
+        let mut inner = self.inner.lock();
+        self.check_online(&inner)?;
+        let count: i64 = headers.iter().map(|h| h.last_offset_delta as i64 + 1).sum();
+        let base_offset = inner.log_end();
+        let last_offset = base_offset + count - 1;
+        let needs_roll = inner.active().is_none_or(|a| {
+            a.size > 0
+                && (a.size + records.len() as u64 > inner.config.segment_bytes
+                    || now_ms - a.created_ms >= inner.config.segment_ms
+                    || !a.fits_offset(last_offset))
+        });
+        if needs_roll {
+            self.roll(&mut inner, now_ms)?;
+        }
+        let mut data = records.to_vec();
+        let mut pos = 0usize;
+        let mut next = base_offset;
+        for h in headers {
+            batch::set_base_offset(&mut data[pos..], next);
+            batch::set_partition_leader_epoch(&mut data[pos..], leader_epoch);
+            pos += h.total_len();
+            next += h.last_offset_delta as i64 + 1;
+        }
+        let Some(active) = inner.segments.values_mut().next_back() else {
+            return Err(LogError::Offline {
+                path: self.dir.clone(),
+                reason: "no active segment".into(),
+            });
+        };
+        if let Err(e) = active.write(&data) {
+            self.metrics
+                .io_errors_total
+                .with_label_values(&["write"])
+                .inc();
+            return Err(e);
+        }
+        let mut pos = active.size;
+        let mut next = base_offset;
+        for h in headers {
+            let mut placed = *h;
+            placed.base_offset = next;
+            active.track(&placed, pos);
+            pos += h.total_len() as u64;
+            next = placed.next_offset();
+        }
+        let info = AppendInfo {
+            base_offset,
+            last_offset,
+            log_start: inner.log_start,
+        };
+        self.publish_metrics(&inner);
+        Ok(info)
+    }
+
+    /// Seals the active segment and starts a new one at the log end offset.
+    fn roll(&self, inner: &mut Inner, now_ms: i64) -> Result<()> {
+        let next = inner.log_end();
+        if let Some(active) = inner.segments.values_mut().next_back() {
+            if let Err(e) = active.seal() {
+                self.fail(inner, &e);
+                return Err(e);
+            }
+            let (base, size) = (active.base_offset, active.size);
+            inner.advance_hw(base, size, next);
+        }
+        let seg = Segment::create(&self.dir, next, inner.config.index_interval_bytes, now_ms)?;
+        sync_dir(&self.dir)?;
+        inner.segments.insert(next, seg);
+        self.metrics.segments_rolled_total.inc();
+        self.hw_tx
+            .send_if_modified(|hw| replace_if_greater(hw, next));
+        Ok(())
+    }
+
+    /// Returns once everything before `offset` is on disk (group commit, see module docs).
+    pub async fn wait_durable(&self, offset: i64) -> Result<()> {
+        loop {
+            if *self.hw_tx.borrow() >= offset {
+                return Ok(());
+            }
+            let _flusher = self.flush.lock().await;
+            if *self.hw_tx.borrow() >= offset {
+                return Ok(());
+            }
+            let (file, path, base, size, next) = {
+                let inner = self.inner.lock();
+                self.check_online(&inner)?;
+                let Some(a) = inner.active() else {
+                    return Ok(());
+                };
+                (
+                    a.file.clone(),
+                    a.path.clone(),
+                    a.base_offset,
+                    a.size,
+                    a.next_offset,
+                )
+            };
+            let started = Instant::now();
+            let synced = tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            self.metrics
+                .sync_duration_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.syncs_total.inc();
+            let mut inner = self.inner.lock();
+            if let Err(e) = synced {
+                let err = LogError::io("fsync", &path, e);
+                self.fail(&mut inner, &err);
+                return Err(err);
+            }
+            inner.advance_hw(base, size, next);
+            let hw = inner.hw;
+            drop(inner);
+            self.hw_tx
+                .send_if_modified(|cur| replace_if_greater(cur, hw));
+        }
+    }
+
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`.
+    /// With `min_one`, the first batch comes back even if it is larger than `max_bytes`,
+    /// so a consumer can make progress past it (Kafka's KIP-74 rule for the first
+    /// partition of a fetch). Only synced data is returned. Blocking file I/O: call it
+    /// from a blocking context.
+    pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
+        let (plan, offsets) = {
+            let inner = self.inner.lock();
+            let offsets = inner.offsets();
+            if offset < offsets.log_start || offset > offsets.high_watermark {
+                return Err(LogError::OffsetOutOfRange {
+                    offset,
+                    log_start: offsets.log_start,
+                    high_watermark: offsets.high_watermark,
+                });
+            }
+            if offset == offsets.high_watermark {
+                return Ok(ReadResult {
+                    records: Bytes::new(),
+                    offsets,
+                });
+            }
+            let first = inner
+                .segments
+                .range(..=offset)
+                .next_back()
+                .map_or(i64::MIN, |(b, _)| *b);
+            let plan: Vec<ReadPlan> = inner
+                .segments
+                .range(first..)
+                .map(|(_, s)| ReadPlan {
+                    file: s.file.clone(),
+                    path: s.path.clone(),
+                    start: if s.base_offset <= offset {
+                        let rel = (offset - s.base_offset).min(i64::from(u32::MAX)) as u32;
+                        u64::from(s.offsets.lookup(rel))
+                    } else {
+                        0
+                    },
+                    end: inner.visible_end(s),
+                })
+                .collect();
+            (plan, offsets)
+        };
+        let mut out = BytesMut::new();
+        for seg in plan {
+            let budget = max_bytes.saturating_sub(out.len());
+            if budget == 0 && !out.is_empty() {
+                break;
+            }
+            let filled = read_segment(&seg, offset, budget, min_one && out.is_empty(), &mut out)?;
+            if !filled {
+                break;
+            }
+        }
+        Ok(ReadResult {
+            records: out.freeze(),
+            offsets,
+        })
+    }
+
+    /// The first record at or after `timestamp` (its offset and timestamp), or `None` if
+    /// every record is older. Blocking file I/O.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
+        let (plans, log_start) = {
+            let inner = self.inner.lock();
+            let plans: Vec<(ReadPlan, i64)> = inner
+                .segments
+                .values()
+                .filter(|s| s.max_timestamp >= timestamp)
+                .map(|s| {
+                    let rel = s.times.lookup(timestamp);
+                    (
+                        ReadPlan {
+                            file: s.file.clone(),
+                            path: s.path.clone(),
+                            start: u64::from(s.offsets.lookup(rel)),
+                            end: inner.visible_end(s),
+                        },
+                        s.base_offset + i64::from(rel),
+                    )
+                })
+                .collect();
+            (plans, inner.log_start)
+        };
+        for (plan, from_offset) in plans {
+            let mut pos = plan.start;
+            while let Some(h) = Segment::header_at(&plan.file, &plan.path, pos, plan.end)? {
+                let total = h.total_len() as u64;
+                if pos + total > plan.end {
+                    break;
+                }
+                if h.max_timestamp >= timestamp && h.last_offset() >= log_start.max(from_offset) {
+                    let mut whole = vec![0u8; total as usize];
+                    plan.file
+                        .read_exact_at(&mut whole, pos)
+                        .map_err(|e| LogError::io("read", &plan.path, e))?;
+                    let found = records::record_positions(&whole)
+                        .map_err(|e| LogError::Corrupt {
+                            path: plan.path.clone(),
+                            position: pos,
+                            reason: e.to_string(),
+                        })?
+                        .into_iter()
+                        .find(|r| r.timestamp >= timestamp && r.offset >= log_start);
+                    if let Some(r) = found {
+                        return Ok(Some((r.offset, r.timestamp)));
+                    }
+                }
+                pos += total;
+            }
+        }
+        Ok(None)
+    }
+
+    /// The log start offset retention would move to: the end of the longest prefix of
+    /// segments that are all older than `retention_ms` or that push the log over
+    /// `retention_bytes` (-1 disables either). The active segment counts only for time
+    /// (it is rolled first). `None` if nothing is due.
+    pub fn retention_target(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+    ) -> Option<i64> {
+        let inner = self.inner.lock();
+        let segs: Vec<&Segment> = inner.segments.values().filter(|s| s.size > 0).collect();
+        let active_base = inner.active().map(|a| a.base_offset);
+        let mut excess = if retention_bytes >= 0 {
+            inner.size_bytes() as i64 - retention_bytes
+        } else {
+            0
+        };
+        let mut target = None;
+        for s in segs {
+            let is_active = Some(s.base_offset) == active_base;
+            let expired = retention_ms >= 0 && s.max_timestamp < now_ms - retention_ms;
+            let over_size = !is_active && excess >= s.size as i64 && excess > 0;
+            // Only synced data may be deleted, so the start never passes the high watermark.
+            if !(expired || over_size) || s.next_offset > inner.hw {
+                break;
+            }
+            excess -= s.size as i64;
+            target = Some(s.next_offset);
+        }
+        target.filter(|&t| t > inner.log_start)
+    }
+
+    /// Moves the log start offset forward to `offset` and deletes every segment that lies
+    /// wholly below it. If `offset` is beyond the log end (the metadata says data up to
+    /// there is gone), the log restarts empty at `offset`.
+    pub fn advance_log_start(&self, offset: i64, now_ms: i64) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        if offset <= inner.log_start {
+            return Ok(0);
+        }
+        if offset >= inner.log_end() {
+            // Everything local is below the new start: begin a fresh segment exactly there
+            // (the old ones are all deleted below).
+            let seg =
+                Segment::create(&self.dir, offset, inner.config.index_interval_bytes, now_ms)?;
+            sync_dir(&self.dir)?;
+            inner.segments.insert(offset, seg);
+            inner.advance_hw(offset, 0, offset);
+        }
+        inner.log_start = offset;
+        let doomed: Vec<i64> = inner
+            .segments
+            .iter()
+            .filter(|(base, s)| s.next_offset <= offset && **base < offset)
+            .map(|(&b, _)| b)
+            .collect();
+        for base in &doomed {
+            if let Some(seg) = inner.segments.remove(base)
+                && let Err(e) = seg.delete_files()
+            {
+                self.metrics
+                    .io_errors_total
+                    .with_label_values(&["delete"])
+                    .inc();
+                warn!(error = %e, "could not delete segment files; they will be retried at the next start");
+            }
+        }
+        self.metrics
+            .segments_deleted_total
+            .inc_by(doomed.len() as u64);
+        if !doomed.is_empty() {
+            info!(
+                topic = %self.topic,
+                partition = self.partition,
+                log_start = offset,
+                deleted_segments = doomed.len(),
+                "advanced log start offset"
+            );
+        }
+        let hw = inner.hw;
+        self.publish_metrics(&inner);
+        drop(inner);
+        self.hw_tx
+            .send_if_modified(|cur| replace_if_greater(cur, hw));
+        Ok(doomed.len())
+    }
+
+    /// Syncs the active segment (orderly shutdown).
+    pub fn sync(&self) -> Result<()> {
+        let inner = self.inner.lock();
+        if let Some(a) = inner.active() {
+            a.file
+                .sync_data()
+                .map_err(|e| LogError::io("fsync", &a.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+fn replace_if_greater(cur: &mut i64, new: i64) -> bool {
+    if new > *cur {
+        *cur = new;
+        true
+    } else {
+        false
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io("fsync directory", dir, e))
+}
+
+struct ReadPlan {
+    file: Arc<File>,
+    path: PathBuf,
+    start: u64,
+    end: u64,
+}
+
+/// Appends to `out` the whole batches of one segment from the one holding `offset`, within
+/// `budget` bytes (or one batch if `first` and it is larger). Returns whether the reader
+/// should continue with the next segment (this one was exhausted within budget).
+fn read_segment(
+    seg: &ReadPlan,
+    offset: i64,
+    budget: usize,
+    first: bool,
+    out: &mut BytesMut,
+) -> Result<bool> {
+    let mut pos = seg.start;
+    // Skip batches that end before `offset`.
+    let header = loop {
+        match Segment::header_at(&seg.file, &seg.path, pos, seg.end)? {
+            None => return Ok(true),
+            Some(h) if h.last_offset() < offset => pos += h.total_len() as u64,
+            Some(h) => break h,
+        }
+    };
+    let available = (seg.end - pos) as usize;
+    let want = if first {
+        budget.max(header.total_len())
+    } else {
+        budget
+    }
+    .min(available);
+    if want < header.total_len() {
+        return Ok(false);
+    }
+    let at = out.len();
+    out.resize(at + want, 0);
+    seg.file
+        .read_exact_at(&mut out[at..], pos)
+        .map_err(|e| LogError::io("read", &seg.path, e))?;
+    let whole = segment::whole_batches_len(&out[at..]);
+    out.truncate(at + whole);
+    Ok(want == available && whole == available)
+}

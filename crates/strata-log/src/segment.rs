@@ -1,0 +1,290 @@
+//! One segment: a file of Kafka v2 record batches back to back, named after the offset of
+//! its first batch (`00000000000000001234.log`), with its two sparse indexes.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use strata_protocol::batch::{self, BatchHeader, HEADER_LEN, HeaderIter};
+
+use crate::error::{LogError, Result};
+use crate::index::{self, OffsetIndex, TimeIndex};
+
+/// How many bytes recovery reads at a time.
+const SCAN_CHUNK: usize = 1 << 20;
+
+pub(crate) fn file_stem(dir: &Path, base_offset: i64) -> PathBuf {
+    dir.join(format!("{base_offset:020}"))
+}
+
+pub(crate) struct Segment {
+    pub(crate) base_offset: i64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<File>,
+    /// Bytes of complete batches in the file.
+    pub(crate) size: u64,
+    /// Offset after the last batch.
+    pub(crate) next_offset: i64,
+    /// Largest batch max timestamp, or -1 while empty.
+    pub(crate) max_timestamp: i64,
+    pub(crate) offsets: OffsetIndex,
+    pub(crate) times: TimeIndex,
+    bytes_since_index: u64,
+    index_interval: u64,
+    /// Wall-clock time the segment was created or recovered, for `segment.ms`.
+    pub(crate) created_ms: i64,
+}
+
+/// What recovery found in a segment file.
+pub(crate) struct Recovered {
+    pub(crate) segment: Segment,
+    /// Bytes cut off the end because they were torn or corrupt.
+    pub(crate) truncated: u64,
+}
+
+impl Segment {
+    pub(crate) fn create(
+        dir: &Path,
+        base_offset: i64,
+        index_interval: u64,
+        now_ms: i64,
+    ) -> Result<Self> {
+        let path = file_stem(dir, base_offset).with_extension("log");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| LogError::io("create", &path, e))?;
+        Ok(Self {
+            base_offset,
+            path,
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offsets: OffsetIndex::default(),
+            times: TimeIndex::default(),
+            bytes_since_index: 0,
+            index_interval,
+            created_ms: now_ms,
+        })
+    }
+
+    /// Opens an existing segment. With `trust_index` and valid index files beside it, the
+    /// indexes are loaded and `next_offset` taken from `next_base` (the following
+    /// segment's base); otherwise every batch is read and CRC-checked, the indexes are
+    /// rebuilt, and anything after the last good batch is cut off.
+    pub(crate) fn open(
+        path: PathBuf,
+        base_offset: i64,
+        index_interval: u64,
+        next_base: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Recovered> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| LogError::io("open", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| LogError::io("stat", &path, e))?
+            .len();
+        let mut seg = Self {
+            base_offset,
+            path,
+            file: Arc::new(file),
+            size: 0,
+            next_offset: base_offset,
+            max_timestamp: -1,
+            offsets: OffsetIndex::default(),
+            times: TimeIndex::default(),
+            bytes_since_index: 0,
+            index_interval,
+            created_ms: now_ms,
+        };
+        if let Some(next_base) = next_base {
+            let stem = file_stem(seg.dir(), base_offset);
+            if let Some((offsets, times)) = index::load(&stem, len) {
+                seg.size = len;
+                seg.next_offset = next_base;
+                seg.max_timestamp = times.max_timestamp().unwrap_or(-1);
+                seg.offsets = offsets;
+                seg.times = times;
+                return Ok(Recovered {
+                    segment: seg,
+                    truncated: 0,
+                });
+            }
+        }
+        seg.scan(len)?;
+        let truncated = len - seg.size;
+        if truncated > 0 {
+            seg.file
+                .set_len(seg.size)
+                .map_err(|e| LogError::io("truncate", &seg.path, e))?;
+            seg.file
+                .sync_all()
+                .map_err(|e| LogError::io("fsync", &seg.path, e))?;
+        }
+        Ok(Recovered {
+            segment: seg,
+            truncated,
+        })
+    }
+
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Reads the file from the start, keeping every complete, CRC-valid batch whose base
+    /// offset continues the sequence; stops at the first one that is not.
+    fn scan(&mut self, len: u64) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut pos: u64 = 0;
+        loop {
+            let remaining = len - pos;
+            if remaining < HEADER_LEN as u64 {
+                return Ok(());
+            }
+            let mut n = remaining.min(SCAN_CHUNK as u64) as usize;
+            self.read_into(&mut buf, n, pos)?;
+            // A batch larger than the chunk is read whole.
+            if let Ok(h) = BatchHeader::parse(&buf)
+                && h.total_len() > n
+                && h.total_len() as u64 <= remaining
+            {
+                n = h.total_len();
+                self.read_into(&mut buf, n, pos)?;
+            }
+            let mut off = 0;
+            while off < n {
+                let rest = &buf[off..n];
+                let header = match BatchHeader::parse(rest) {
+                    Ok(h) => h,
+                    // The next header continues in the next chunk.
+                    Err(batch::BatchError::Truncated { .. }) if off > 0 => break,
+                    Err(_) => return Ok(()),
+                };
+                let total = header.total_len();
+                if total > rest.len() {
+                    if off > 0 && pos + (off + total) as u64 <= len {
+                        break;
+                    }
+                    return Ok(());
+                }
+                let continues = header.base_offset >= self.next_offset
+                    && header.base_offset >= self.base_offset
+                    && self.fits_offset(header.last_offset());
+                if !continues || batch::check_crc(&rest[..total]).is_err() {
+                    return Ok(());
+                }
+                self.track(&header, pos + off as u64);
+                off += total;
+            }
+            pos += off as u64;
+        }
+    }
+
+    fn read_into(&self, buf: &mut Vec<u8>, n: usize, pos: u64) -> Result<()> {
+        buf.resize(n, 0);
+        self.file
+            .read_exact_at(&mut buf[..n], pos)
+            .map_err(|e| LogError::io("read", &self.path, e))
+    }
+
+    /// Records a batch written at `position` in the in-memory state and indexes.
+    pub(crate) fn track(&mut self, header: &BatchHeader, position: u64) {
+        let rel = (header.base_offset - self.base_offset) as u32;
+        if position > 0 && self.bytes_since_index >= self.index_interval {
+            self.offsets.push(rel, position as u32);
+            self.times
+                .maybe_push(self.max_timestamp.max(header.max_timestamp), rel);
+            self.bytes_since_index = 0;
+        }
+        let total = header.total_len() as u64;
+        self.bytes_since_index += total;
+        self.size = position + total;
+        self.next_offset = header.next_offset();
+        self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
+    }
+
+    /// Whether a batch spanning up to `last_offset` still fits the relative-offset range.
+    pub(crate) fn fits_offset(&self, last_offset: i64) -> bool {
+        last_offset - self.base_offset <= i64::from(u32::MAX)
+    }
+
+    /// Writes `data` (whole batches, offsets already assigned) at the end of the file. On
+    /// failure the file is cut back to its previous size, so no partial batch stays behind.
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
+        if let Err(e) = self.file.write_all_at(data, self.size) {
+            let _ = self.file.set_len(self.size);
+            return Err(LogError::io("write", &self.path, e));
+        }
+        Ok(())
+    }
+
+    /// Seals the segment: its data is fsynced and both indexes are written beside it.
+    pub(crate) fn seal(&mut self) -> Result<()> {
+        self.file
+            .sync_data()
+            .map_err(|e| LogError::io("fsync", &self.path, e))?;
+        if self.size > 0 {
+            let last_rel = self.offsets.last().map_or(0, |(rel, _)| rel).max(
+                (self.next_offset - 1 - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32,
+            );
+            self.times.maybe_push(self.max_timestamp, last_rel);
+        }
+        index::save(
+            &file_stem(self.dir(), self.base_offset),
+            &self.offsets,
+            &self.times,
+        )
+    }
+
+    /// Deletes the segment's files.
+    pub(crate) fn delete_files(&self) -> Result<()> {
+        let stem = file_stem(self.dir(), self.base_offset);
+        for ext in ["log", "index", "timeindex"] {
+            let p = stem.with_extension(ext);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io("delete", p, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the header of the batch at `position`, if a whole header fits before `end`.
+    pub(crate) fn header_at(
+        file: &File,
+        path: &Path,
+        position: u64,
+        end: u64,
+    ) -> Result<Option<BatchHeader>> {
+        if position + HEADER_LEN as u64 > end {
+            return Ok(None);
+        }
+        let mut head = [0u8; HEADER_LEN];
+        file.read_exact_at(&mut head, position)
+            .map_err(|e| LogError::io("read", path, e))?;
+        BatchHeader::parse(&head)
+            .map(Some)
+            .map_err(|e| LogError::Corrupt {
+                path: path.to_path_buf(),
+                position,
+                reason: e.to_string(),
+            })
+    }
+}
+
+/// Trims `buf` to the complete batches at its start; returns how many bytes remain.
+pub(crate) fn whole_batches_len(buf: &[u8]) -> usize {
+    let mut it = HeaderIter::new(buf);
+    for _ in it.by_ref() {}
+    it.position()
+}

@@ -1,0 +1,350 @@
+//! Unit tests of the partition log against a real directory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use strata_protocol::batch::test_util::simple_batch;
+use strata_protocol::batch::{self, HeaderIter};
+use strata_telemetry::Metrics;
+
+use crate::{LogConfig, LogError, LogManager, Partition, PartitionKey};
+
+fn metrics() -> strata_telemetry::LogMetrics {
+    Metrics::new().unwrap().log
+}
+
+fn open(dir: &Path, config: LogConfig) -> Partition {
+    Partition::open(dir.to_path_buf(), "t".into(), 0, config, metrics(), 0).unwrap()
+}
+
+fn small(segment_bytes: u64) -> LogConfig {
+    LogConfig {
+        segment_bytes,
+        segment_ms: i64::MAX,
+        index_interval_bytes: 128,
+    }
+}
+
+/// Appends one batch of `n` records with timestamps from `ts` and returns its base offset.
+fn append(p: &Partition, n: usize, ts: i64, now: i64) -> i64 {
+    let b = simple_batch(n, ts);
+    let headers = batch::validate_all(&b).unwrap();
+    p.append(&b, &headers, 0, now).unwrap().base_offset
+}
+
+async fn sync(p: &Partition) {
+    let end = p.offsets().log_end;
+    p.wait_durable(end).await.unwrap();
+}
+
+/// (base offset, record count) of each batch in `records`.
+fn batches(records: &[u8]) -> Vec<(i64, i32)> {
+    HeaderIter::new(records)
+        .map(|(_, h)| (h.base_offset, h.record_count))
+        .collect()
+}
+
+#[tokio::test]
+async fn append_assigns_offsets_and_read_returns_whole_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), LogConfig::default());
+    assert_eq!(append(&p, 3, 100, 0), 0);
+    assert_eq!(append(&p, 2, 200, 0), 3);
+    assert_eq!(append(&p, 5, 300, 0), 5);
+
+    // Not yet synced: invisible to readers.
+    assert_eq!(p.offsets().high_watermark, 0);
+    assert!(p.read(0, 1 << 20, true).unwrap().records.is_empty());
+
+    sync(&p).await;
+    let o = p.offsets();
+    assert_eq!((o.log_start, o.high_watermark, o.log_end), (0, 10, 10));
+    let all = p.read(0, 1 << 20, true).unwrap();
+    assert_eq!(batches(&all.records), vec![(0, 3), (3, 2), (5, 5)]);
+    for (pos, _) in HeaderIter::new(&all.records) {
+        let h = batch::validate(&all.records[pos..]).unwrap();
+        assert!(
+            h.max_timestamp >= 100,
+            "stored batches keep their timestamps and CRC"
+        );
+    }
+
+    // An offset inside a batch returns that whole batch.
+    assert_eq!(
+        batches(&p.read(4, 1 << 20, true).unwrap().records),
+        vec![(3, 2), (5, 5)]
+    );
+    // max_bytes is honoured in whole batches, but at least one batch comes back.
+    assert_eq!(batches(&p.read(0, 1, true).unwrap().records), vec![(0, 3)]);
+    let two = p.read(0, 1, true).unwrap().records.len() + 1;
+    assert_eq!(
+        batches(&p.read(0, two, true).unwrap().records),
+        vec![(0, 3)]
+    );
+    // Without min_one, a budget smaller than the first batch returns nothing.
+    assert!(p.read(0, 1, false).unwrap().records.is_empty());
+    // At the high watermark: empty. Past it or before the start: out of range.
+    assert!(p.read(10, 1 << 20, true).unwrap().records.is_empty());
+    assert!(matches!(
+        p.read(11, 100, true),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert!(matches!(
+        p.read(-1, 100, true),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_waiters_share_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = std::sync::Arc::new(open(dir.path(), LogConfig::default()));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            append(&p, 1, i, 0);
+            let end = p.offsets().log_end;
+            p.wait_durable(end).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(p.offsets().high_watermark, 50);
+    assert_eq!(
+        batches(&p.read(0, 1 << 20, true).unwrap().records).len(),
+        50
+    );
+}
+
+#[tokio::test]
+async fn sparse_index_finds_every_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), small(1 << 30));
+    for i in 0..200 {
+        append(&p, 1 + i % 3, i as i64, 0);
+    }
+    sync(&p).await;
+    let end = p.offsets().log_end;
+    for offset in 0..end {
+        let r = p.read(offset, 1, true).unwrap();
+        let (_, h) = HeaderIter::new(&r.records).next().unwrap();
+        assert!(
+            h.base_offset <= offset && offset <= h.last_offset(),
+            "offset {offset}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rolls_by_size_and_age_and_reads_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch_len = simple_batch(2, 0).len() as u64;
+    let p = open(dir.path(), small(batch_len * 3));
+    for i in 0..10 {
+        append(&p, 2, i, 0);
+    }
+    sync(&p).await;
+    let segs = p.segments();
+    assert_eq!(segs.len(), 4, "3 + 3 + 3 + 1 batches");
+    assert_eq!(
+        segs.iter().map(|s| s.base_offset).collect::<Vec<_>>(),
+        vec![0, 6, 12, 18]
+    );
+    // Sealed segments have their indexes beside them.
+    for s in &segs[..3] {
+        let stem = dir.path().join(format!("{:020}", s.base_offset));
+        assert!(stem.with_extension("index").exists());
+        assert!(stem.with_extension("timeindex").exists());
+    }
+    let all = p.read(0, 1 << 20, true).unwrap();
+    assert_eq!(batches(&all.records).len(), 10);
+
+    // Age: the next append after segment.ms rolls even a small segment.
+    p.set_config(LogConfig {
+        segment_ms: 1000,
+        ..small(1 << 30)
+    });
+    append(&p, 1, 0, 500);
+    assert_eq!(p.segments().len(), 4);
+    append(&p, 1, 0, 1000);
+    assert_eq!(p.segments().len(), 5);
+}
+
+#[tokio::test]
+async fn reopen_uses_sealed_indexes_and_recovers_the_active_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch_len = simple_batch(2, 0).len() as u64;
+    let before = {
+        let p = open(dir.path(), small(batch_len * 4));
+        for i in 0..13 {
+            append(&p, 2, i * 10, 0);
+        }
+        sync(&p).await;
+        p.read(0, 1 << 20, true).unwrap().records
+    };
+    let p = open(dir.path(), small(batch_len * 4));
+    let o = p.offsets();
+    assert_eq!((o.log_start, o.high_watermark, o.log_end), (0, 26, 26));
+    assert_eq!(p.read(0, 1 << 20, true).unwrap().records, before);
+    assert_eq!(append(&p, 1, 0, 0), 26);
+}
+
+#[tokio::test]
+async fn recovery_keeps_exactly_the_complete_batches_at_every_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, lens) = {
+        let p = open(dir.path(), small(1 << 30));
+        let mut lens = Vec::new();
+        for i in 0..6 {
+            append(&p, 1 + i, i as i64, 0);
+            lens.push(simple_batch(1 + i, 0).len() as u64);
+        }
+        sync(&p).await;
+        (dir.path().join(format!("{:020}.log", 0)), lens)
+    };
+    let original = std::fs::read(&file).unwrap();
+    for cut in 0..=original.len() {
+        std::fs::write(&file, &original[..cut]).unwrap();
+        let p = open(dir.path(), small(1 << 30));
+        // Complete batches below the cut.
+        let mut kept_bytes = 0u64;
+        let mut kept_records = 0i64;
+        for (i, len) in lens.iter().enumerate() {
+            if kept_bytes + len <= cut as u64 {
+                kept_bytes += len;
+                kept_records += 1 + i as i64;
+            }
+        }
+        let o = p.offsets();
+        assert_eq!(o.log_end, kept_records, "cut at {cut}");
+        assert_eq!(o.high_watermark, kept_records, "cut at {cut}");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            kept_bytes,
+            "cut at {cut}"
+        );
+        let read = p.read(0, 1 << 20, true).unwrap().records;
+        assert_eq!(&read[..], &original[..kept_bytes as usize], "cut at {cut}");
+        drop(p);
+    }
+}
+
+#[tokio::test]
+async fn recovery_stops_at_a_corrupt_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let first_len = simple_batch(2, 0).len();
+    {
+        let p = open(dir.path(), small(1 << 30));
+        for _ in 0..3 {
+            append(&p, 2, 0, 0);
+        }
+        sync(&p).await;
+    }
+    let file = dir.path().join(format!("{:020}.log", 0));
+    let mut data = std::fs::read(&file).unwrap();
+    data[first_len + 40] ^= 0xff; // inside the second batch's CRC-covered bytes
+    std::fs::write(&file, &data).unwrap();
+    let p = open(dir.path(), small(1 << 30));
+    assert_eq!(p.offsets().log_end, 2);
+    assert_eq!(
+        append(&p, 1, 0, 0),
+        2,
+        "new writes continue after the good prefix"
+    );
+}
+
+#[tokio::test]
+async fn retention_by_time_and_size_moves_the_start_and_deletes_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch_len = simple_batch(1, 0).len() as u64;
+    let p = open(dir.path(), small(batch_len * 2));
+    // Ten batches, timestamps 0..10 seconds; segments of two batches each.
+    for i in 0..10 {
+        append(&p, 1, i * 1000, 0);
+    }
+    sync(&p).await;
+    assert_eq!(p.segments().len(), 5);
+
+    // Nothing is older than 100 s at t=50 s.
+    assert_eq!(p.retention_target(50_000, 100_000, -1), None);
+    // At t=13.5 s with 10 s retention, batches with timestamps <3.5 s are expired: the
+    // first segment (0 s, 1 s) wholly; the second (2 s, 3 s) too.
+    assert_eq!(p.retention_target(13_500, 10_000, -1), Some(4));
+    // Size: keep at most 5 batches' worth. The excess is 5 batches, and only whole
+    // segments go, so the two oldest segments (4 batches) are due.
+    assert_eq!(p.retention_target(0, -1, 5 * batch_len as i64), Some(4));
+
+    assert_eq!(p.advance_log_start(4, 0).unwrap(), 2);
+    assert_eq!(p.offsets().log_start, 4);
+    assert_eq!(p.segments().len(), 3);
+    assert!(!dir.path().join(format!("{:020}.log", 0)).exists());
+    assert!(matches!(
+        p.read(3, 100, true),
+        Err(LogError::OffsetOutOfRange { .. })
+    ));
+    assert_eq!(
+        batches(&p.read(4, 1 << 20, true).unwrap().records)[0],
+        (4, 1)
+    );
+
+    // Everything expired, the active segment included: the log ends up empty at its end.
+    let target = p.retention_target(1_000_000, 1, -1).unwrap();
+    assert_eq!(target, 10);
+    p.advance_log_start(target, 0).unwrap();
+    let o = p.offsets();
+    assert_eq!((o.log_start, o.high_watermark, o.log_end), (10, 10, 10));
+    assert_eq!(append(&p, 1, 0, 0), 10);
+    sync(&p).await;
+    drop(p);
+    let p = open(dir.path(), small(batch_len * 2));
+    assert_eq!(p.offsets().log_start, 10, "start survives a reopen");
+}
+
+#[tokio::test]
+async fn offset_for_timestamp_finds_the_first_record_at_or_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), small(400));
+    // Batches of 4 records at 1000, 1001, ...: record timestamps are 1000+10*i+j.
+    for i in 0..20 {
+        append(&p, 4, 1000 + 10 * i, 0);
+    }
+    sync(&p).await;
+    assert!(p.segments().len() > 2);
+    assert_eq!(p.offset_for_timestamp(0).unwrap(), Some((0, 1000)));
+    assert_eq!(p.offset_for_timestamp(1002).unwrap(), Some((2, 1002)));
+    assert_eq!(p.offset_for_timestamp(1004).unwrap(), Some((4, 1010)));
+    assert_eq!(p.offset_for_timestamp(1153).unwrap(), Some((63, 1153)));
+    assert_eq!(p.offset_for_timestamp(1193).unwrap(), Some((79, 1193)));
+    assert_eq!(p.offset_for_timestamp(1194).unwrap(), None);
+}
+
+#[tokio::test]
+async fn manager_creates_reopens_and_deletes_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic_id = uuid::Uuid::new_v4();
+    let key = PartitionKey {
+        topic_id,
+        partition: 3,
+    };
+    {
+        let m = LogManager::open(dir.path(), metrics(), 0).unwrap();
+        let p = m
+            .get_or_create(key, "orders", LogConfig::default(), 0)
+            .unwrap();
+        append(&p, 2, 0, 0);
+        sync(&p).await;
+    }
+    let m = LogManager::open(dir.path(), metrics(), 0).unwrap();
+    let p = m.get(key).unwrap();
+    assert_eq!(p.topic(), "orders");
+    assert_eq!(p.offsets().log_end, 2);
+    assert_eq!(
+        m.topic_ids().into_iter().collect::<Vec<_>>(),
+        vec![topic_id]
+    );
+    m.remove_topic(topic_id).unwrap();
+    assert!(m.get(key).is_none());
+    assert!(!dir.path().join(topic_id.to_string()).exists());
+}

@@ -1,0 +1,309 @@
+//! The replicated cluster metadata and the commands that change it.
+//!
+//! Everything in this module is plain data: it knows nothing about Raft, disks or the
+//! broker. [`ClusterState::apply`] is the single, deterministic state transition that every
+//! replica runs for every committed [`Command`], in log order.
+//!
+//! # Compatibility
+//!
+//! Commands are stored in the Raft log and the state is stored in snapshots, both as
+//! `serde_json`. Variant and field names are therefore part of the on-disk format: add new
+//! variants and new `#[serde(default)]` fields freely, but never rename or remove existing
+//! ones.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::Serialize;
+use uuid::Uuid;
+
+/// Identifier of a metadata (Raft) node. Independent of the Kafka broker id.
+pub type NodeId = u64;
+
+/// The whole replicated metadata state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterState {
+    /// The cluster id, set once by [`Command::InitCluster`] and never changed afterwards.
+    pub cluster_id: Option<String>,
+    /// Registered brokers by Kafka broker id.
+    pub brokers: BTreeMap<i32, BrokerInfo>,
+    /// Topics by name.
+    pub topics: BTreeMap<String, TopicMeta>,
+}
+
+/// A broker as advertised to Kafka clients.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BrokerInfo {
+    pub node_id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// A topic and its partitions.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TopicMeta {
+    pub name: String,
+    pub id: Uuid,
+    /// Partition `i` is `partitions[i]`.
+    pub partitions: Vec<PartitionMeta>,
+    /// Topic-level config overrides (Kafka config names to values).
+    pub configs: BTreeMap<String, String>,
+}
+
+/// Placement and log bounds of one partition.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PartitionMeta {
+    pub leader: i32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+    /// The earliest offset still readable; only ever moves forward.
+    pub log_start_offset: i64,
+}
+
+/// A change to the cluster metadata, proposed through Raft.
+///
+/// Applying a command never fails at the Raft level: business-level refusals (unknown topic,
+/// duplicate name, ...) are reported through [`CommandResult`] and leave the state unchanged.
+///
+/// To extend (consumer-group offsets, producer ids, remote segment manifests, ...): add a
+/// variant here, a result variant in [`CommandResult`] if needed, and a match arm in
+/// [`ClusterState::apply`]. Keep the arm deterministic: no clocks, no randomness, no I/O —
+/// every input must be in the command itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Command {
+    /// Sets the cluster id if none is set yet. Result: [`CommandResult::ClusterId`] with the
+    /// id now in force (which is the earlier one if the cluster was already initialized).
+    InitCluster { cluster_id: String },
+    /// Inserts or replaces a broker registration. Result: [`CommandResult::Ok`].
+    RegisterBroker(BrokerInfo),
+    /// Creates a topic. Result: [`CommandResult::TopicAlreadyExists`] if a topic with this
+    /// name (or, defensively, this id) exists, else [`CommandResult::Ok`].
+    CreateTopic {
+        name: String,
+        id: Uuid,
+        partitions: Vec<PartitionMeta>,
+        configs: BTreeMap<String, String>,
+    },
+    /// Removes a topic. Result: [`CommandResult::Deleted`] with the removed topic, or
+    /// [`CommandResult::UnknownTopic`].
+    DeleteTopic { name: String },
+    /// Replaces the topic's config overrides. Result: [`CommandResult::Ok`] or
+    /// [`CommandResult::UnknownTopic`].
+    SetTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    /// Appends partitions to a topic. Result: [`CommandResult::Ok`] or
+    /// [`CommandResult::UnknownTopic`].
+    AddPartitions {
+        name: String,
+        partitions: Vec<PartitionMeta>,
+    },
+    /// Sets `log_start_offset = max(current, offset)`. Result: [`CommandResult::Ok`],
+    /// [`CommandResult::UnknownTopic`] or [`CommandResult::UnknownPartition`].
+    AdvanceLogStartOffset {
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+    },
+}
+
+/// What applying a [`Command`] produced; returned to the writer once committed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum CommandResult {
+    /// The command was applied.
+    Ok,
+    /// The cluster id in force after [`Command::InitCluster`].
+    ClusterId(String),
+    /// [`Command::CreateTopic`] was refused: the name (or id) is taken.
+    TopicAlreadyExists,
+    /// The named topic (or topic id) does not exist.
+    UnknownTopic,
+    /// The topic exists but has no such partition.
+    UnknownPartition,
+    /// The topic removed by [`Command::DeleteTopic`], so its data can be deleted.
+    Deleted(TopicMeta),
+}
+
+impl ClusterState {
+    /// The topic with this id, if any.
+    pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicMeta> {
+        self.topics.values().find(|t| t.id == id)
+    }
+
+    fn topic_by_id_mut(&mut self, id: Uuid) -> Option<&mut TopicMeta> {
+        self.topics.values_mut().find(|t| t.id == id)
+    }
+
+    /// Applies one command. Deterministic and infallible: this is the replicated state
+    /// transition every replica runs in log order.
+    pub fn apply(&mut self, cmd: Command) -> CommandResult {
+        match cmd {
+            Command::InitCluster { cluster_id } => {
+                let id = self.cluster_id.get_or_insert(cluster_id);
+                CommandResult::ClusterId(id.clone())
+            }
+            Command::RegisterBroker(info) => {
+                self.brokers.insert(info.node_id, info);
+                CommandResult::Ok
+            }
+            Command::CreateTopic {
+                name,
+                id,
+                partitions,
+                configs,
+            } => {
+                if self.topics.contains_key(&name) || self.topic_by_id(id).is_some() {
+                    return CommandResult::TopicAlreadyExists;
+                }
+                let topic = TopicMeta {
+                    name: name.clone(),
+                    id,
+                    partitions,
+                    configs,
+                };
+                self.topics.insert(name, topic);
+                CommandResult::Ok
+            }
+            Command::DeleteTopic { name } => match self.topics.remove(&name) {
+                Some(topic) => CommandResult::Deleted(topic),
+                None => CommandResult::UnknownTopic,
+            },
+            Command::SetTopicConfigs { name, configs } => match self.topics.get_mut(&name) {
+                Some(topic) => {
+                    topic.configs = configs;
+                    CommandResult::Ok
+                }
+                None => CommandResult::UnknownTopic,
+            },
+            Command::AddPartitions { name, partitions } => match self.topics.get_mut(&name) {
+                Some(topic) => {
+                    topic.partitions.extend(partitions);
+                    CommandResult::Ok
+                }
+                None => CommandResult::UnknownTopic,
+            },
+            Command::AdvanceLogStartOffset {
+                topic_id,
+                partition,
+                offset,
+            } => {
+                let Some(topic) = self.topic_by_id_mut(topic_id) else {
+                    return CommandResult::UnknownTopic;
+                };
+                let slot = usize::try_from(partition)
+                    .ok()
+                    .and_then(|p| topic.partitions.get_mut(p));
+                match slot {
+                    Some(p) => {
+                        p.log_start_offset = p.log_start_offset.max(offset);
+                        CommandResult::Ok
+                    }
+                    None => CommandResult::UnknownPartition,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn partition() -> PartitionMeta {
+        PartitionMeta {
+            leader: 1,
+            leader_epoch: 0,
+            replicas: vec![1],
+            isr: vec![1],
+            log_start_offset: 0,
+        }
+    }
+
+    #[test]
+    fn apply_is_deterministic_and_guards_inputs() {
+        let mut s = ClusterState::default();
+        assert_eq!(
+            s.apply(Command::InitCluster {
+                cluster_id: "a".into()
+            }),
+            CommandResult::ClusterId("a".into())
+        );
+        assert_eq!(
+            s.apply(Command::InitCluster {
+                cluster_id: "b".into()
+            }),
+            CommandResult::ClusterId("a".into())
+        );
+        let id = Uuid::from_u128(7);
+        let create = Command::CreateTopic {
+            name: "t".into(),
+            id,
+            partitions: vec![partition()],
+            configs: BTreeMap::new(),
+        };
+        assert_eq!(s.apply(create.clone()), CommandResult::Ok);
+        assert_eq!(s.apply(create), CommandResult::TopicAlreadyExists);
+        // Same id under another name is refused too: ids must stay unique.
+        assert_eq!(
+            s.apply(Command::CreateTopic {
+                name: "u".into(),
+                id,
+                partitions: vec![],
+                configs: BTreeMap::new(),
+            }),
+            CommandResult::TopicAlreadyExists
+        );
+        for (partition, want) in [
+            (-1, CommandResult::UnknownPartition),
+            (1, CommandResult::UnknownPartition),
+            (0, CommandResult::Ok),
+        ] {
+            assert_eq!(
+                s.apply(Command::AdvanceLogStartOffset {
+                    topic_id: id,
+                    partition,
+                    offset: 5
+                }),
+                want
+            );
+        }
+        assert_eq!(
+            s.apply(Command::AdvanceLogStartOffset {
+                topic_id: id,
+                partition: 0,
+                offset: 3
+            }),
+            CommandResult::Ok
+        );
+        assert_eq!(s.topic_by_id(id).unwrap().partitions[0].log_start_offset, 5);
+        assert_eq!(
+            s.apply(Command::AdvanceLogStartOffset {
+                topic_id: Uuid::from_u128(8),
+                partition: 0,
+                offset: 3
+            }),
+            CommandResult::UnknownTopic
+        );
+        assert_eq!(
+            s.apply(Command::AddPartitions {
+                name: "t".into(),
+                partitions: vec![partition()]
+            }),
+            CommandResult::Ok
+        );
+        assert_eq!(s.topics["t"].partitions.len(), 2);
+        let deleted = s.apply(Command::DeleteTopic { name: "t".into() });
+        assert!(matches!(deleted, CommandResult::Deleted(t) if t.id == id));
+        assert_eq!(
+            s.apply(Command::SetTopicConfigs {
+                name: "t".into(),
+                configs: BTreeMap::new()
+            }),
+            CommandResult::UnknownTopic
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! Walking the records inside one v2 batch, for the few paths that need per-record
+//! fields (ListOffsets by timestamp). The fetch path never comes here: it serves
+//! batches as stored.
+//!
+//! Compressed batches are decompressed with a hard output limit, so a small batch that
+//! expands to gigabytes (a "decompression bomb") is rejected instead of exhausting memory.
+
+use std::io::Read;
+
+use crate::batch::{BatchError, BatchHeader, Compression, HEADER_LEN};
+
+/// Upper bound on the decompressed size of one batch's records.
+pub const MAX_DECOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Why the records of a batch could not be walked.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("{codec:?} records do not decompress: {reason}")]
+    Decompress { codec: Compression, reason: String },
+    #[error("records expand beyond the decompression limit")]
+    TooLarge,
+    #[error("record {index} is malformed")]
+    Malformed { index: usize },
+}
+
+/// The per-record fields that offset and time lookups need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordPosition {
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+/// Returns the offset and timestamp of every record in `batch` (a whole batch, header
+/// included), in order. With log-append-time batches every record carries the batch's
+/// max timestamp, as Kafka defines it.
+pub fn record_positions(batch: &[u8]) -> Result<Vec<RecordPosition>, RecordsError> {
+    let header = BatchHeader::parse(batch)?;
+    let end = header.total_len().min(batch.len());
+    let raw = &batch[HEADER_LEN.min(end)..end];
+    let codec = header.compression()?;
+    let data = decompress(codec, raw, MAX_DECOMPRESSED_BYTES)?;
+    let mut out = Vec::with_capacity((header.record_count.max(0) as usize).min(data.len()));
+    let mut cur = data.as_slice();
+    for index in 0..header.record_count.max(0) as usize {
+        let malformed = || RecordsError::Malformed { index };
+        let len = read_varint(&mut cur).ok_or_else(malformed)?;
+        let len = usize::try_from(len).map_err(|_| malformed())?;
+        if len > cur.len() {
+            return Err(malformed());
+        }
+        let (mut rec, rest) = cur.split_at(len);
+        cur = rest;
+        let (_attributes, tail) = rec.split_first().ok_or_else(malformed)?;
+        rec = tail;
+        let ts_delta = read_varint(&mut rec).ok_or_else(malformed)?;
+        let offset_delta = read_varint(&mut rec).ok_or_else(malformed)?;
+        let timestamp = if header.is_log_append_time() {
+            header.max_timestamp
+        } else {
+            header.base_timestamp.wrapping_add(ts_delta)
+        };
+        out.push(RecordPosition {
+            offset: header.base_offset.wrapping_add(offset_delta),
+            timestamp,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads a zig-zag varint (Kafka's `varint`/`varlong`), or `None` if malformed.
+fn read_varint(cur: &mut &[u8]) -> Option<i64> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = cur.split_first()?;
+        *cur = rest;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(((value >> 1) as i64) ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+fn decompress(codec: Compression, raw: &[u8], limit: u64) -> Result<Vec<u8>, RecordsError> {
+    let fail = |reason: String| RecordsError::Decompress { codec, reason };
+    match codec {
+        Compression::None => Ok(raw.to_vec()),
+        Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(raw), limit).map_err(fail),
+        Compression::Lz4 => {
+            let decoder = lz4::Decoder::new(raw).map_err(|e| fail(e.to_string()))?;
+            read_bounded(decoder, limit).map_err(fail)
+        }
+        Compression::Zstd => {
+            let decoder = zstd::stream::read::Decoder::new(raw).map_err(|e| fail(e.to_string()))?;
+            read_bounded(decoder, limit).map_err(fail)
+        }
+        Compression::Snappy => snappy(raw, limit).map_err(|e| match e {
+            SnappyError::TooLarge => RecordsError::TooLarge,
+            SnappyError::Bad(reason) => fail(reason),
+        }),
+    }
+    .and_then(|data| {
+        if data.len() as u64 > limit {
+            Err(RecordsError::TooLarge)
+        } else {
+            Ok(data)
+        }
+    })
+}
+
+/// Reads at most one byte more than the limit, so the caller can tell "too large".
+fn read_bounded(reader: impl Read, limit: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+enum SnappyError {
+    TooLarge,
+    Bad(String),
+}
+
+/// The framing the Java client writes (xerial snappy-java): a 16-byte magic header, then
+/// blocks of `[u32 length][raw snappy block]`. Without the magic, the data is one raw block
+/// (what librdkafka writes).
+const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+const XERIAL_HEADER_LEN: usize = 16;
+
+fn snappy(raw: &[u8], limit: u64) -> Result<Vec<u8>, SnappyError> {
+    if raw.starts_with(XERIAL_MAGIC) && raw.len() >= XERIAL_HEADER_LEN {
+        let mut out = Vec::new();
+        let mut cur = &raw[XERIAL_HEADER_LEN..];
+        while !cur.is_empty() {
+            if cur.len() < 4 {
+                return Err(SnappyError::Bad("truncated xerial block length".into()));
+            }
+            let len = u32::from_be_bytes([cur[0], cur[1], cur[2], cur[3]]) as usize;
+            cur = &cur[4..];
+            if len > cur.len() {
+                return Err(SnappyError::Bad("truncated xerial block".into()));
+            }
+            let (block, rest) = cur.split_at(len);
+            cur = rest;
+            snappy_block(block, &mut out, limit)?;
+        }
+        Ok(out)
+    } else {
+        let mut out = Vec::new();
+        snappy_block(raw, &mut out, limit)?;
+        Ok(out)
+    }
+}
+
+fn snappy_block(block: &[u8], out: &mut Vec<u8>, limit: u64) -> Result<(), SnappyError> {
+    let len = snap::raw::decompress_len(block).map_err(|e| SnappyError::Bad(e.to_string()))?;
+    if (out.len() + len) as u64 > limit {
+        return Err(SnappyError::TooLarge);
+    }
+    let start = out.len();
+    out.resize(start + len, 0);
+    snap::raw::Decoder::new()
+        .decompress(block, &mut out[start..])
+        .map_err(|e| SnappyError::Bad(e.to_string()))?;
+    Ok(())
+}
+
+/// Finds the first record in `batch` whose timestamp is at least `target`.
+pub fn first_at_or_after(
+    batch: &[u8],
+    target: i64,
+) -> Result<Option<RecordPosition>, RecordsError> {
+    Ok(record_positions(batch)?
+        .into_iter()
+        .find(|r| r.timestamp >= target))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::batch::set_base_offset;
+    use crate::batch::test_util::simple_batch;
+
+    #[test]
+    fn walks_uncompressed_records() {
+        let mut b = simple_batch(4, 100);
+        set_base_offset(&mut b, 50);
+        let pos = record_positions(&b).unwrap();
+        assert_eq!(
+            pos,
+            (0..4)
+                .map(|i| RecordPosition {
+                    offset: 50 + i,
+                    timestamp: 100 + i
+                })
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            first_at_or_after(&b, 102).unwrap(),
+            Some(RecordPosition {
+                offset: 52,
+                timestamp: 102
+            })
+        );
+        assert_eq!(first_at_or_after(&b, 1000).unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_records_are_errors_not_panics() {
+        let b = simple_batch(3, 0);
+        for cut in HEADER_LEN..b.len() {
+            // Shorten the records while keeping the header's count: must fail cleanly.
+            let mut c = b[..cut].to_vec();
+            let len = (cut - 12) as i32;
+            c[8..12].copy_from_slice(&len.to_be_bytes());
+            assert!(record_positions(&c).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn snappy_bomb_is_rejected_by_declared_length() {
+        // A raw snappy block whose header declares 1 GiB of output.
+        let mut block = Vec::new();
+        let mut n: u32 = 1 << 30;
+        while n >= 0x80 {
+            block.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        block.push(n as u8);
+        assert!(matches!(
+            snappy(&block, MAX_DECOMPRESSED_BYTES),
+            Err(SnappyError::TooLarge)
+        ));
+    }
+
+    #[test]
+    fn gzip_output_is_bounded() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![0u8; 1 << 20]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert!(
+            gz.len() < 4096,
+            "a megabyte of zeros compresses to a few bytes"
+        );
+        assert!(matches!(
+            decompress(Compression::Gzip, &gz, 64 * 1024),
+            Err(RecordsError::TooLarge)
+        ));
+        assert_eq!(
+            decompress(Compression::Gzip, &gz, 1 << 20).unwrap().len(),
+            1 << 20
+        );
+    }
+}

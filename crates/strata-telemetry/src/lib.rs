@@ -1,0 +1,285 @@
+//! Logging setup and the broker's metric registry.
+//!
+//! This crate owns the names, labels and buckets of every Prometheus metric Strata exports
+//! (`strata_<subsystem>_<name>_<unit>`) and the `tracing` subscriber setup. Other crates
+//! record into the handles of [`Metrics`]; they never register metrics of their own, so
+//! the full list lives in one place (and in `docs/metrics.md`). It must not depend on
+//! any other Strata crate.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Label names, shared so that dashboards and code agree.
+pub mod labels {
+    pub const API: &str = "api";
+    pub const REASON: &str = "reason";
+    pub const TOPIC: &str = "topic";
+    pub const PARTITION: &str = "partition";
+    pub const ERROR: &str = "error";
+}
+
+/// Errors setting up telemetry.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("invalid log level or filter {filter:?}: {reason}")]
+    LogFilter { filter: String, reason: String },
+    #[error("metric registration failed: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Request latency buckets: 100 µs to 30 s (long-polling fetches sit at the top).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+/// fdatasync latency buckets: 50 µs to 5 s.
+const SYNC_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// Kafka listener metrics.
+#[derive(Clone)]
+pub struct KafkaMetrics {
+    pub requests_total: IntCounterVec,
+    pub request_duration_seconds: HistogramVec,
+    pub request_errors_total: IntCounterVec,
+    pub bytes_in_total: IntCounter,
+    pub bytes_out_total: IntCounter,
+    pub connections_active: IntGauge,
+    pub connections_total: IntCounter,
+    pub connection_errors_total: IntCounterVec,
+    pub produce_records_bytes_total: IntCounter,
+    pub fetch_records_bytes_total: IntCounter,
+}
+
+/// Partition log metrics.
+#[derive(Clone)]
+pub struct LogMetrics {
+    pub end_offset: IntGaugeVec,
+    pub start_offset: IntGaugeVec,
+    pub size_bytes: IntGaugeVec,
+    pub sync_duration_seconds: Histogram,
+    pub syncs_total: IntCounter,
+    pub segments_rolled_total: IntCounter,
+    pub segments_deleted_total: IntCounter,
+    pub recovery_truncated_bytes_total: IntCounter,
+    pub io_errors_total: IntCounterVec,
+}
+
+/// Every metric the broker exports, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub kafka: KafkaMetrics,
+    pub log: LogMetrics,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    let c = IntCounter::new(name, help)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, TelemetryError> {
+        use labels::*;
+        let r = Registry::new();
+        let request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "strata_kafka_request_duration_seconds",
+                "Time from a request's arrival to its response being queued, by API",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &[API],
+        )?;
+        r.register(Box::new(request_duration_seconds.clone()))?;
+        let connections_active = IntGauge::new(
+            "strata_kafka_connections_active",
+            "Open Kafka client connections",
+        )?;
+        r.register(Box::new(connections_active.clone()))?;
+        let kafka = KafkaMetrics {
+            requests_total: counter_vec(
+                &r,
+                "strata_kafka_requests_total",
+                "Kafka requests handled, by API",
+                &[API],
+            )?,
+            request_duration_seconds,
+            request_errors_total: counter_vec(
+                &r,
+                "strata_kafka_request_errors_total",
+                "Error codes returned in responses, by API and Kafka error name",
+                &[API, ERROR],
+            )?,
+            bytes_in_total: counter(
+                &r,
+                "strata_kafka_network_in_bytes_total",
+                "Bytes received from Kafka clients",
+            )?,
+            bytes_out_total: counter(
+                &r,
+                "strata_kafka_network_out_bytes_total",
+                "Bytes sent to Kafka clients",
+            )?,
+            connections_active,
+            connections_total: counter(
+                &r,
+                "strata_kafka_connections_total",
+                "Kafka client connections accepted",
+            )?,
+            connection_errors_total: counter_vec(
+                &r,
+                "strata_kafka_connection_errors_total",
+                "Connections closed because of a protocol or I/O error, by reason",
+                &[REASON],
+            )?,
+            produce_records_bytes_total: counter(
+                &r,
+                "strata_kafka_produce_bytes_total",
+                "Record-batch bytes appended by Produce requests",
+            )?,
+            fetch_records_bytes_total: counter(
+                &r,
+                "strata_kafka_fetch_bytes_total",
+                "Record-batch bytes returned by Fetch requests",
+            )?,
+        };
+        let sync_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "strata_log_sync_duration_seconds",
+                "fdatasync latency of a partition's active segment (one sync covers many produce requests)",
+            )
+            .buckets(SYNC_BUCKETS.to_vec()),
+        )?;
+        r.register(Box::new(sync_duration_seconds.clone()))?;
+        let log = LogMetrics {
+            end_offset: gauge_vec(
+                &r,
+                "strata_log_end_offset",
+                "Next offset to be written, by partition",
+                &[TOPIC, PARTITION],
+            )?,
+            start_offset: gauge_vec(
+                &r,
+                "strata_log_start_offset",
+                "First offset still readable, by partition",
+                &[TOPIC, PARTITION],
+            )?,
+            size_bytes: gauge_vec(
+                &r,
+                "strata_log_size_bytes",
+                "Bytes of segment files on local disk, by partition",
+                &[TOPIC, PARTITION],
+            )?,
+            sync_duration_seconds,
+            syncs_total: counter(&r, "strata_log_syncs_total", "fdatasync calls on segments")?,
+            segments_rolled_total: counter(
+                &r,
+                "strata_log_segments_rolled_total",
+                "Segments sealed because of segment.bytes or segment.ms",
+            )?,
+            segments_deleted_total: counter(
+                &r,
+                "strata_log_segments_deleted_total",
+                "Segments deleted by retention or log start offset moves",
+            )?,
+            recovery_truncated_bytes_total: counter(
+                &r,
+                "strata_log_recovery_truncated_bytes_total",
+                "Bytes of torn or corrupt segment tails cut off during recovery",
+            )?,
+            io_errors_total: counter_vec(
+                &r,
+                "strata_log_io_errors_total",
+                "Disk errors in the partition log, by operation",
+                &[labels::REASON],
+            )?,
+        };
+        Ok(Self {
+            registry: r,
+            kafka,
+            log,
+        })
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on a broken metric family, which registration prevents.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Installs the global `tracing` subscriber: one line per event on stderr. `level` (from
+/// `--log-level` or the config file) wins over `RUST_LOG`; with neither, `info` (and
+/// `warn` for openraft).
+pub fn init_logging(level: Option<&str>) -> Result<(), TelemetryError> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| TelemetryError::LogFilter {
+            filter: l.to_string(),
+            reason: e.to_string(),
+        })?,
+        // openraft narrates every election at info; its warnings are what operators need.
+        None => EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // A second initialisation (tests) keeps the first subscriber; that is fine.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(true)
+        .try_init();
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        let m = Metrics::new().unwrap();
+        m.kafka.requests_total.with_label_values(&["Produce"]).inc();
+        m.log.end_offset.with_label_values(&["t", "0"]).set(42);
+        let text = m.render();
+        assert!(text.contains("strata_kafka_requests_total{api=\"Produce\"} 1"));
+        assert!(text.contains("strata_log_end_offset{partition=\"0\",topic=\"t\"} 42"));
+    }
+
+    #[test]
+    fn bad_log_filter_is_an_error() {
+        assert!(init_logging(Some("info,[bad")).is_err());
+    }
+}

@@ -1,0 +1,339 @@
+//! `strata serve` settings: defaults, then the TOML config file, then `STRATA_*`
+//! environment variables, then command-line flags (later wins).
+//!
+//! The file has top-level Strata settings and a `[kafka]` table of broker settings by
+//! Kafka's names (`num.partitions = 3`, written dotted or quoted). Every environment
+//! variable is `STRATA_` plus the key in upper case with `.` and `-` as `_`:
+//! `STRATA_DATA_DIR`, `STRATA_KAFKA_NUM_PARTITIONS`. Unknown keys and variables are
+//! errors that name them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use strata_broker::{BROKER_CONFIGS, BrokerConfig, Endpoint};
+
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9644";
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<i32>,
+    data_dir: Option<PathBuf>,
+    kafka_listen: Option<String>,
+    advertised_listener: Option<String>,
+    http_listen: Option<String>,
+    log_level: Option<String>,
+    kafka: Option<toml::Table>,
+}
+
+/// Values given on the command line or through `STRATA_*` variables (clap reads both).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML config file.
+    #[arg(long, env = "STRATA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the write-ahead log and metadata [default: ./data]
+    #[arg(long, env = "STRATA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Kafka listener address [default: 127.0.0.1:9092]
+    #[arg(long, env = "STRATA_KAFKA_LISTEN", value_name = "HOST:PORT")]
+    pub kafka_listen: Option<String>,
+    /// Address clients are told to connect to [default: the Kafka listener's]
+    #[arg(long, env = "STRATA_ADVERTISED_LISTENER", value_name = "HOST:PORT")]
+    pub advertised_listener: Option<String>,
+    /// HTTP listener for /healthz, /readyz and /metrics [default: 127.0.0.1:9644]
+    #[arg(long, env = "STRATA_HTTP_LISTEN", value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+    /// This broker's id [default: 0]
+    #[arg(long, env = "STRATA_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Log level or tracing filter (e.g. `info`, `strata_log=debug`) [default: RUST_LOG, else info]
+    #[arg(long, env = "STRATA_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The settings `strata serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    pub kafka_listen: String,
+    pub advertised: Option<Endpoint>,
+    pub http_listen: String,
+    pub log_level: Option<String>,
+    pub kafka: BrokerConfig,
+}
+
+/// Environment variables read by clap itself, besides `STRATA_KAFKA_*`.
+const FLAG_VARS: &[&str] = &[
+    "STRATA_CONFIG",
+    "STRATA_DATA_DIR",
+    "STRATA_KAFKA_LISTEN",
+    "STRATA_ADVERTISED_LISTENER",
+    "STRATA_HTTP_LISTEN",
+    "STRATA_NODE_ID",
+    "STRATA_LOG_LEVEL",
+];
+
+fn env_name(prefix: &str, key: &str) -> String {
+    format!(
+        "{prefix}{}",
+        key.to_ascii_uppercase().replace(['.', '-'], "_")
+    )
+}
+
+/// Flattens `[kafka]` (where `num.partitions = 1` parses as nested tables) into
+/// Kafka-named pairs.
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => flatten(&key, t, out)?,
+            toml::Value::String(s) => {
+                out.insert(key, s.clone());
+            }
+            toml::Value::Integer(i) => {
+                out.insert(key, i.to_string());
+            }
+            toml::Value::Boolean(b) => {
+                out.insert(key, b.to_string());
+            }
+            toml::Value::Array(items) => {
+                let parts: Vec<String> = items
+                    .iter()
+                    .map(|i| match i {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect();
+                out.insert(key, parts.join(","));
+            }
+            other => bail!("[kafka] {key}: unsupported value {other}"),
+        }
+    }
+    Ok(())
+}
+
+fn parse_endpoint(s: &str) -> anyhow::Result<Endpoint> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .with_context(|| format!("advertised listener {s:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("advertised listener {s:?} has an invalid port"))?;
+    if host.is_empty() || port == 0 {
+        bail!("advertised listener {s:?} needs a host and a non-zero port");
+    }
+    Ok(Endpoint {
+        host: host.trim_matches(['[', ']']).to_string(),
+        port,
+    })
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+impl ServeConfig {
+    /// Resolves the settings from `overrides` (flags and the variables clap read), the
+    /// config file they name, and the other `STRATA_*` variables in `env`.
+    pub fn resolve(
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let file = match &overrides.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut kafka = BTreeMap::new();
+        if let Some(t) = &file.kafka {
+            flatten("", t, &mut kafka)?;
+        }
+        for (name, value) in env {
+            if !name.starts_with("STRATA_") || FLAG_VARS.contains(&name.as_str()) {
+                continue;
+            }
+            match BROKER_CONFIGS
+                .iter()
+                .find(|d| env_name("STRATA_KAFKA_", d.name) == name)
+            {
+                Some(d) => {
+                    kafka.insert(d.name.to_string(), value);
+                }
+                None => {
+                    let hint = if name.ends_with("_SERVICE_HOST")
+                        || name.ends_with("_PORT")
+                        || name.contains("_PORT_")
+                        || name.ends_with("_SERVICE_PORT")
+                    {
+                        " (it looks like a Kubernetes service link: set enableServiceLinks: false on the pod)"
+                    } else {
+                        ""
+                    };
+                    bail!("unknown environment variable {name}: not a Strata setting{hint}");
+                }
+            }
+        }
+        let kafka = BrokerConfig::from_pairs(kafka.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .context("[kafka] settings")?;
+        let node_id = overrides.node_id.or(file.node_id).unwrap_or(0);
+        if node_id < 0 {
+            bail!("node id must be 0 or more, not {node_id}");
+        }
+        let advertised = overrides
+            .advertised_listener
+            .clone()
+            .or(file.advertised_listener)
+            .map(|s| parse_endpoint(&s))
+            .transpose()?;
+        Ok(Self {
+            node_id,
+            data_dir: overrides
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            kafka_listen: overrides
+                .kafka_listen
+                .clone()
+                .or(file.kafka_listen)
+                .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.into()),
+            advertised,
+            http_listen: overrides
+                .http_listen
+                .clone()
+                .or(file.http_listen)
+                .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into()),
+            log_level: overrides.log_level.clone().or(file.log_level),
+            kafka,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_run_a_local_broker() {
+        let c = ServeConfig::resolve(&Overrides::default(), env(&[("PATH", "/bin")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.kafka_listen, DEFAULT_KAFKA_LISTEN);
+        assert_eq!(c.http_listen, DEFAULT_HTTP_LISTEN);
+        assert_eq!(c.node_id, 0);
+        assert!(c.advertised.is_none());
+        assert_eq!(c.kafka.num_partitions(), 1);
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strata.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"/var/strata\"\nnode_id = 3\n[kafka]\nnum.partitions = 4\n\"log.retention.ms\" = 1000\nauto.create.topics.enable = false\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            config: Some(path),
+            node_id: Some(7),
+            ..Overrides::default()
+        };
+        let c = ServeConfig::resolve(&flags, env(&[("STRATA_KAFKA_NUM_PARTITIONS", "6")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/strata"));
+        assert_eq!(c.node_id, 7, "flag beats file");
+        assert_eq!(c.kafka.num_partitions(), 6, "environment beats file");
+        assert!(!c.kafka.auto_create_topics());
+        assert_eq!(c.kafka.get("log.retention.ms").unwrap().0, "1000");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "data_dri = \"x\"\n").unwrap();
+        let err = ServeConfig::resolve(
+            &Overrides {
+                config: Some(path.clone()),
+                ..Overrides::default()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("data_dri"), "{err:#}");
+
+        std::fs::write(&path, "[kafka]\nnum.partitionz = 1\n").unwrap();
+        let err = ServeConfig::resolve(
+            &Overrides {
+                config: Some(path),
+                ..Overrides::default()
+            },
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("num.partitionz"), "{err:#}");
+
+        let err = ServeConfig::resolve(&Overrides::default(), env(&[("STRATA_DATADIR", "x")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("STRATA_DATADIR"));
+        let err = ServeConfig::resolve(
+            &Overrides::default(),
+            env(&[("STRATA_SERVICE_HOST", "10.0.0.1")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("enableServiceLinks"));
+    }
+
+    #[test]
+    fn advertised_listener_must_be_host_and_port() {
+        assert_eq!(
+            parse_endpoint("broker-0.strata:9092").unwrap(),
+            Endpoint {
+                host: "broker-0.strata".into(),
+                port: 9092
+            }
+        );
+        assert!(parse_endpoint("nohost").is_err());
+        assert!(parse_endpoint("h:0").is_err());
+        assert!(parse_endpoint("h:99999").is_err());
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let example = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/strata.example.toml"
+        );
+        let c = ServeConfig::resolve(
+            &Overrides {
+                config: Some(example.into()),
+                ..Overrides::default()
+            },
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.num_partitions(), 1);
+    }
+}

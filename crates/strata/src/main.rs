@@ -1,0 +1,66 @@
+//! The `strata` command.
+//!
+//! This crate owns the command line, the config file and environment variables, process
+//! wiring (which components a `serve` process runs and how they are stopped) and the
+//! global allocator. It holds no broker logic of its own.
+
+mod alloc;
+mod config;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: alloc::Allocator = alloc::Allocator;
+
+/// Strata: a Kafka-compatible broker with tiered storage.
+#[derive(Debug, Parser)]
+#[command(name = "strata", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker (the default when no command is given).
+    Serve(config::Overrides),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = match cli.command {
+        Some(Command::Serve(o)) => o,
+        None => config::Overrides::default(),
+    };
+    let cfg = match config::ServeConfig::resolve(&overrides, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("strata: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = strata_telemetry::init_logging(cfg.log_level.as_deref()) {
+        eprintln!("strata: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "strata failed");
+            ExitCode::FAILURE
+        }
+    }
+}

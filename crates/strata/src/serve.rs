@@ -1,0 +1,96 @@
+//! `strata serve`: one broker with its embedded metadata node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use strata_admin::AdminState;
+use strata_broker::{BrokerOptions, Health, RunningBroker, SystemClock};
+use strata_meta::{MetaConfig, MetaNode};
+use strata_telemetry::Metrics;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::ServeConfig;
+
+/// How long in-flight requests get to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+struct Admin {
+    health: Health,
+    metrics: Metrics,
+}
+
+impl AdminState for Admin {
+    fn readiness(&self) -> Result<(), String> {
+        self.health.readiness()
+    }
+
+    fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn termination() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
+    let metrics = Metrics::new()?;
+    let kafka = TcpListener::bind(&cfg.kafka_listen)
+        .await
+        .with_context(|| format!("binding the Kafka listener to {}", cfg.kafka_listen))?;
+    let http = TcpListener::bind(&cfg.http_listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener to {}", cfg.http_listen))?;
+    let meta = MetaNode::open(MetaConfig::new(
+        cfg.node_id as u64,
+        cfg.data_dir.join("meta"),
+    ))
+    .await
+    .context("opening the metadata node")?;
+    let broker = RunningBroker::start(
+        BrokerOptions {
+            node_id: cfg.node_id,
+            log_dir: cfg.data_dir.join("log"),
+            advertised: cfg.advertised.clone(),
+            config: cfg.kafka.clone(),
+            metrics: metrics.clone(),
+            clock: Arc::new(SystemClock),
+        },
+        meta,
+        kafka,
+    )
+    .await
+    .context("starting the broker")?;
+    let http_addr = http.local_addr()?;
+    let stop_http = CancellationToken::new();
+    let admin = tokio::spawn(strata_admin::serve(
+        http,
+        Arc::new(Admin {
+            health: broker.health(),
+            metrics,
+        }),
+        stop_http.clone(),
+    ));
+    info!(addr = %http_addr, "http listener ready");
+
+    let signal = termination().await?;
+    info!(signal, "received termination signal");
+    // Readiness turns false at once, so a load balancer stops routing here while the
+    // broker drains; the HTTP side stops last.
+    broker.shutdown(SHUTDOWN_GRACE).await;
+    stop_http.cancel();
+    let _ = admin.await;
+    Ok(())
+}
