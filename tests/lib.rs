@@ -1,1 +1,363 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests: the real `strata` binary as a child process
+//! on ports it picks itself, and a raw Kafka client for requests no well-behaved client
+//! would send.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+/// The `strata` binary under test: `$STRATA_BIN`, else the workspace's debug build.
+pub fn strata_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("STRATA_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/strata");
+    assert!(
+        p.exists(),
+        "{} is missing: build it with `cargo build --bin strata` (or set STRATA_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// A running `strata serve` process. Killed when dropped.
+pub struct Strata {
+    child: Option<Child>,
+    pub kafka: SocketAddr,
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    env: Vec<(String, String)>,
+    _tmp: tempfile::TempDir,
+}
+
+/// Options for starting a broker.
+#[derive(Default)]
+pub struct Options {
+    /// Data directory; a fresh temporary one if `None`.
+    pub data_dir: Option<PathBuf>,
+    /// Extra environment, e.g. `STRATA_KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS`.
+    pub env: Vec<(String, String)>,
+}
+
+fn parse_addr(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find(" addr=")? + 6..];
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+impl Strata {
+    pub fn start() -> Self {
+        Self::with(Options::default())
+    }
+
+    pub fn with(opts: Options) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = opts.data_dir.unwrap_or_else(|| tmp.path().join("data"));
+        // The broker's log stays off the data disk (a test may fill that one up).
+        let log = tmp.path().join("strata.log");
+        let mut s = Self {
+            child: None,
+            kafka: "127.0.0.1:0".parse().unwrap(),
+            http: "127.0.0.1:0".parse().unwrap(),
+            data_dir,
+            log,
+            env: opts.env,
+            _tmp: tmp,
+        };
+        s.spawn(0);
+        s
+    }
+
+    /// Starts the process, on `kafka_port` (0: any free port), and waits until it serves.
+    fn spawn(&mut self, kafka_port: u16) {
+        let mut cmd = Command::new(strata_bin());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--kafka-listen")
+            .arg(format!("127.0.0.1:{kafka_port}"))
+            .arg("--http-listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn strata");
+        let stderr = child.stderr.take().unwrap();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                if line.contains("kafka listener ready") {
+                    let _ = tx.send(("kafka", parse_addr(&line)));
+                } else if line.contains("http listener ready") {
+                    let _ = tx.send(("http", parse_addr(&line)));
+                }
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut kafka, mut http) = (None, None);
+        while kafka.is_none() || http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(("kafka", a)) => kafka = a,
+                Ok((_, a)) => http = a,
+                Err(_) => panic!("strata did not become ready:\n{}", self.log_tail()),
+            }
+        }
+        self.kafka = kafka.unwrap();
+        self.http = http.unwrap();
+    }
+
+    pub fn bootstrap(&self) -> String {
+        self.kafka.to_string()
+    }
+
+    /// The last lines the broker logged.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// The whole broker log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("broker is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("strata did not exit after SIGTERM:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: a crash, with no chance to sync or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same data directory and Kafka port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        let port = self.kafka.port();
+        self.spawn(port);
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    /// `GET path` on the HTTP listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: strata\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of one metric series, e.g. `strata_kafka_connection_errors_total{reason="frame_too_large"}`.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+}
+
+impl Drop for Strata {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- strata log (last lines) ----\n{}", self.log_tail());
+        }
+    }
+}
+
+/// A raw Kafka client over a blocking socket.
+pub struct RawClient {
+    stream: TcpStream,
+    next_correlation: i32,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        Self {
+            stream,
+            next_correlation: 1,
+        }
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// A frame encoded at `version` whose header then claims `claimed`: how a client from
+    /// the future, or a broken one, would send a version this broker does not know.
+    pub fn frame_claiming(
+        api: ApiKey,
+        version: i16,
+        claimed: i16,
+        correlation_id: i32,
+        body: &impl Encodable,
+    ) -> Vec<u8> {
+        let mut f = Self::frame(api, version, correlation_id, body);
+        f[6..8].copy_from_slice(&claimed.to_be_bytes());
+        f
+    }
+
+    /// Encodes a request frame (size prefix included).
+    pub fn frame(api: ApiKey, version: i16, correlation_id: i32, body: &impl Encodable) -> Vec<u8> {
+        Self::frame_with(api, version, correlation_id, |buf| {
+            body.encode(buf, version).unwrap()
+        })
+    }
+
+    fn frame_with(
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        body: impl FnOnce(&mut BytesMut),
+    ) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(StrBytes::from_static_str("strata-e2e")))
+            .encode(&mut buf, api.request_header_version(version))
+            .unwrap();
+        body(&mut buf);
+        let mut out = (buf.len() as i32).to_be_bytes().to_vec();
+        out.extend_from_slice(&buf);
+        out
+    }
+
+    /// Sends any request and decodes its response.
+    pub fn request_kind(&mut self, version: i16, body: &RequestKind) -> ResponseKind {
+        let api = api_key_of(body);
+        let id = self.next_correlation;
+        self.next_correlation += 1;
+        self.send_raw(&Self::frame_with(api, version, id, |buf| {
+            body.encode(buf, version).unwrap()
+        }))
+        .unwrap();
+        self.read_response(api, version, id)
+    }
+
+    fn read_response(&mut self, api: ApiKey, version: i16, id: i32) -> ResponseKind {
+        let mut frame = self.read_frame().unwrap();
+        let header =
+            ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, id);
+        ResponseKind::decode(api, &mut frame, version).unwrap()
+    }
+
+    /// Reads one response frame (without its size prefix).
+    pub fn read_frame(&mut self) -> std::io::Result<Bytes> {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size)?;
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut body)?;
+        Ok(Bytes::from(body))
+    }
+
+    /// Sends a request and decodes its response, checking the correlation id.
+    pub fn request(&mut self, api: ApiKey, version: i16, body: &impl Encodable) -> ResponseKind {
+        let id = self.next_correlation;
+        self.next_correlation += 1;
+        self.send_raw(&Self::frame(api, version, id, body)).unwrap();
+        self.read_response(api, version, id)
+    }
+
+    /// Whether the broker closed this connection (EOF or reset within the read timeout).
+    pub fn is_closed(&mut self) -> bool {
+        use std::io::ErrorKind::*;
+        let mut b = [0u8; 1];
+        match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe),
+        }
+    }
+}
+
+/// Re-exported so tests can match on requests they build.
+pub use kafka_protocol::messages;
+
+/// Asserts the broker still serves a normal request on a new connection.
+pub fn assert_serving(addr: SocketAddr) {
+    let mut c = RawClient::connect(addr);
+    let resp = c.request(
+        ApiKey::Metadata,
+        12,
+        &messages::MetadataRequest::default().with_topics(None),
+    );
+    assert!(matches!(resp, ResponseKind::Metadata(_)));
+}
+
+/// The API key of a request.
+pub fn api_key_of(req: &RequestKind) -> ApiKey {
+    match req {
+        RequestKind::Produce(_) => ApiKey::Produce,
+        RequestKind::Fetch(_) => ApiKey::Fetch,
+        RequestKind::ListOffsets(_) => ApiKey::ListOffsets,
+        RequestKind::Metadata(_) => ApiKey::Metadata,
+        RequestKind::ApiVersions(_) => ApiKey::ApiVersions,
+        RequestKind::CreateTopics(_) => ApiKey::CreateTopics,
+        RequestKind::DeleteTopics(_) => ApiKey::DeleteTopics,
+        RequestKind::DescribeConfigs(_) => ApiKey::DescribeConfigs,
+        other => panic!("add {other:?} to api_key_of"),
+    }
+}

@@ -477,6 +477,25 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_is_documented() {
+        let docs = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/configuration.md"
+        ))
+        .unwrap();
+        for name in BROKER_CONFIGS
+            .iter()
+            .chain(TOPIC_CONFIGS.iter().map(|(d, _)| d))
+            .map(|d| d.name)
+        {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} is missing from docs/configuration.md"
+            );
+        }
+    }
+
+    #[test]
     fn broker_config_rejects_unknown_and_invalid() {
         assert_eq!(
             BrokerConfig::from_pairs([("num.partitionz", "3")]).unwrap_err(),

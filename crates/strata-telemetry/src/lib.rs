@@ -72,159 +72,184 @@ pub struct LogMetrics {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    names: Vec<String>,
     pub kafka: KafkaMetrics,
     pub log: LogMetrics,
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
-    let c = IntCounter::new(name, help)?;
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
+/// Creates and registers metrics, remembering their names.
+struct Registrar {
+    registry: Registry,
+    names: Vec<String>,
 }
 
-fn counter_vec(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntCounterVec, prometheus::Error> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
-}
+impl Registrar {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(
+        &mut self,
+        name: &str,
+        c: C,
+    ) -> Result<C, prometheus::Error> {
+        self.registry.register(Box::new(c.clone()))?;
+        self.names.push(name.to_string());
+        Ok(c)
+    }
 
-fn gauge_vec(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> Result<IntGaugeVec, prometheus::Error> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
+    fn counter(&mut self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+        self.add(name, IntCounter::new(name, help)?)
+    }
+
+    fn counter_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.add(name, IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.add(name, IntGauge::new(name, help)?)
+    }
+
+    fn gauge_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        self.add(name, IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> Result<Histogram, prometheus::Error> {
+        self.add(
+            name,
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
+        )
+    }
+
+    fn histogram_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> Result<HistogramVec, prometheus::Error> {
+        self.add(
+            name,
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )?,
+        )
+    }
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, TelemetryError> {
         use labels::*;
-        let r = Registry::new();
-        let request_duration_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "strata_kafka_request_duration_seconds",
-                "Time from a request's arrival to its response being queued, by API",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &[API],
-        )?;
-        r.register(Box::new(request_duration_seconds.clone()))?;
-        let connections_active = IntGauge::new(
-            "strata_kafka_connections_active",
-            "Open Kafka client connections",
-        )?;
-        r.register(Box::new(connections_active.clone()))?;
+        let mut r = Registrar {
+            registry: Registry::new(),
+            names: Vec::new(),
+        };
         let kafka = KafkaMetrics {
-            requests_total: counter_vec(
-                &r,
+            requests_total: r.counter_vec(
                 "strata_kafka_requests_total",
                 "Kafka requests handled, by API",
                 &[API],
             )?,
-            request_duration_seconds,
-            request_errors_total: counter_vec(
-                &r,
+            request_duration_seconds: r.histogram_vec(
+                "strata_kafka_request_duration_seconds",
+                "Time from a request's arrival to its response being queued, by API",
+                LATENCY_BUCKETS,
+                &[API],
+            )?,
+            request_errors_total: r.counter_vec(
                 "strata_kafka_request_errors_total",
                 "Error codes returned in responses, by API and Kafka error name",
                 &[API, ERROR],
             )?,
-            bytes_in_total: counter(
-                &r,
+            bytes_in_total: r.counter(
                 "strata_kafka_network_in_bytes_total",
                 "Bytes received from Kafka clients",
             )?,
-            bytes_out_total: counter(
-                &r,
+            bytes_out_total: r.counter(
                 "strata_kafka_network_out_bytes_total",
                 "Bytes sent to Kafka clients",
             )?,
-            connections_active,
-            connections_total: counter(
-                &r,
+            connections_active: r.gauge(
+                "strata_kafka_connections_active",
+                "Open Kafka client connections",
+            )?,
+            connections_total: r.counter(
                 "strata_kafka_connections_total",
                 "Kafka client connections accepted",
             )?,
-            connection_errors_total: counter_vec(
-                &r,
+            connection_errors_total: r.counter_vec(
                 "strata_kafka_connection_errors_total",
                 "Connections closed because of a protocol or I/O error, by reason",
                 &[REASON],
             )?,
-            produce_records_bytes_total: counter(
-                &r,
+            produce_records_bytes_total: r.counter(
                 "strata_kafka_produce_bytes_total",
                 "Record-batch bytes appended by Produce requests",
             )?,
-            fetch_records_bytes_total: counter(
-                &r,
+            fetch_records_bytes_total: r.counter(
                 "strata_kafka_fetch_bytes_total",
                 "Record-batch bytes returned by Fetch requests",
             )?,
         };
-        let sync_duration_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "strata_log_sync_duration_seconds",
-                "fdatasync latency of a partition's active segment (one sync covers many produce requests)",
-            )
-            .buckets(SYNC_BUCKETS.to_vec()),
-        )?;
-        r.register(Box::new(sync_duration_seconds.clone()))?;
         let log = LogMetrics {
-            end_offset: gauge_vec(
-                &r,
-                "strata_log_end_offset",
-                "Next offset to be written, by partition",
-                &[TOPIC, PARTITION],
-            )?,
-            start_offset: gauge_vec(
-                &r,
+            end_offset: r.gauge_vec("strata_log_end_offset", "Next offset to be written, by partition", &[TOPIC, PARTITION])?,
+            start_offset: r.gauge_vec(
                 "strata_log_start_offset",
                 "First offset still readable, by partition",
                 &[TOPIC, PARTITION],
             )?,
-            size_bytes: gauge_vec(
-                &r,
+            size_bytes: r.gauge_vec(
                 "strata_log_size_bytes",
                 "Bytes of segment files on local disk, by partition",
                 &[TOPIC, PARTITION],
             )?,
-            sync_duration_seconds,
-            syncs_total: counter(&r, "strata_log_syncs_total", "fdatasync calls on segments")?,
-            segments_rolled_total: counter(
-                &r,
+            sync_duration_seconds: r.histogram(
+                "strata_log_sync_duration_seconds",
+                "fdatasync latency of a partition's active segment (one sync covers many produce requests)",
+                SYNC_BUCKETS,
+            )?,
+            syncs_total: r.counter("strata_log_syncs_total", "fdatasync calls on segments")?,
+            segments_rolled_total: r.counter(
                 "strata_log_segments_rolled_total",
                 "Segments sealed because of segment.bytes or segment.ms",
             )?,
-            segments_deleted_total: counter(
-                &r,
+            segments_deleted_total: r.counter(
                 "strata_log_segments_deleted_total",
                 "Segments deleted by retention or log start offset moves",
             )?,
-            recovery_truncated_bytes_total: counter(
-                &r,
+            recovery_truncated_bytes_total: r.counter(
                 "strata_log_recovery_truncated_bytes_total",
                 "Bytes of torn or corrupt segment tails cut off during recovery",
             )?,
-            io_errors_total: counter_vec(
-                &r,
+            io_errors_total: r.counter_vec(
                 "strata_log_io_errors_total",
                 "Disk errors in the partition log, by operation",
-                &[labels::REASON],
+                &[REASON],
             )?,
         };
         Ok(Self {
-            registry: r,
+            registry: r.registry,
+            names: r.names,
             kafka,
             log,
         })
+    }
+
+    /// Names of every registered metric.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The registry in Prometheus text exposition format.
@@ -276,6 +301,23 @@ mod tests {
         let text = m.render();
         assert!(text.contains("strata_kafka_requests_total{api=\"Produce\"} 1"));
         assert!(text.contains("strata_log_end_offset{partition=\"0\",topic=\"t\"} 42"));
+    }
+
+    #[test]
+    fn every_metric_is_documented() {
+        let docs = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/metrics.md"
+        ))
+        .unwrap();
+        let m = Metrics::new().unwrap();
+        assert!(m.names().len() > 15);
+        for name in m.names() {
+            assert!(
+                docs.contains(&format!("`{name}`")),
+                "{name} is missing from docs/metrics.md"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs every test dependency, then checks
+# formatting and lints, runs the Rust unit and end-to-end tests (real broker processes,
+# librdkafka) and the Python client tests (confluent-kafka, kafka-python, kcat).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "installing test dependencies"
+./scripts/install-test-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "building the strata binary"
+cargo build --bin strata
+
+step "Rust unit and end-to-end tests"
+cargo nextest run --workspace --no-fail-fast
+
+step "Python client tests"
+.venv/bin/python -m pytest tests/python -q --timeout 300
+
+step "all tests passed"

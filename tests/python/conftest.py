@@ -1,0 +1,320 @@
+"""Fixtures that run a real Strata broker for the end-to-end client tests.
+
+`broker` starts one single-node broker on a fresh temporary data directory with OS-chosen
+ports. `broker_factory(env={...})` starts more (or differently configured) ones. Each
+`StrataBroker` can be stopped (SIGTERM, exit code checked), killed (SIGKILL) and restarted
+on the same data directory and the same Kafka port. Whatever happens, every process is
+killed at teardown, and a failing test gets the tail of each broker's log in its report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 40.0
+BINARY_WAIT_S = 90.0
+LOG_TAIL_LINES = 80
+
+KAFKA_READY = re.compile(r"kafka listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+)")
+HTTP_READY = re.compile(r"http listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+)")
+
+
+class BrokerStartError(RuntimeError):
+    pass
+
+
+def _locate_binary() -> Path:
+    """STRATA_BIN, else <repo>/target/debug/strata.
+
+    The default binary is rebuilt from time to time by other developers, so it may vanish
+    for a moment: wait for it a little before failing.
+    """
+    explicit = os.environ.get("STRATA_BIN")
+    path = Path(explicit) if explicit else REPO / "target" / "debug" / "strata"
+    deadline = time.monotonic() + (0 if explicit else BINARY_WAIT_S)
+    while True:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        if time.monotonic() >= deadline:
+            how = "STRATA_BIN" if explicit else "the default location (set STRATA_BIN to override)"
+            raise FileNotFoundError(
+                f"Strata binary not found or not executable at {path} ({how}); "
+                "build it with `cargo build -p strata` first"
+            )
+        time.sleep(1.0)
+
+
+@pytest.fixture(scope="session")
+def strata_binary(tmp_path_factory) -> Path:
+    """A private copy of the broker binary, so a rebuild during the run cannot pull it
+    out from under a test that restarts a broker."""
+    src = _locate_binary()
+    dst = tmp_path_factory.mktemp("bin") / "strata"
+    for attempt in range(5):
+        try:
+            shutil.copy2(src, dst)
+            break
+        except OSError:
+            if attempt == 4:
+                raise
+            time.sleep(2.0)
+            src = _locate_binary()
+    return dst
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return "(no log file)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class StrataBroker:
+    """One broker process (and its restarts) on one data directory."""
+
+    def __init__(self, binary: Path, root: Path, env: dict[str, str] | None = None):
+        self.binary = binary
+        self.root = root
+        self.data_dir = root / "data"
+        self.log_path = root / "strata.log"
+        self.extra_env = dict(env or {})
+        self.proc: subprocess.Popen | None = None
+        self.kafka_port: int | None = None
+        self.http_port: int | None = None
+        self.starts = 0
+        self._log_file = None
+
+    # -- addresses ---------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        assert self.kafka_port is not None, "broker not started"
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def http(self) -> str:
+        assert self.http_port is not None, "broker not started"
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> "StrataBroker":
+        """Starts the broker; on the same Kafka port as before if it ran already."""
+        assert not self.running(), "broker already running"
+        kafka_listen = f"127.0.0.1:{self.kafka_port or 0}"
+        # A just-closed port can linger briefly; a restart retries a bind failure.
+        attempts = 1 if self.kafka_port is None else 20
+        for attempt in range(attempts):
+            try:
+                self._start_once(kafka_listen)
+                return self
+            except BrokerStartError as e:
+                if attempt + 1 < attempts and "binding the Kafka listener" in str(e):
+                    time.sleep(0.5)
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, kafka_listen: str) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        self._log_file = open(self.log_path, "ab", buffering=0)
+        self._log_file.write(f"===== start #{self.starts} ({kafka_listen}) =====\n".encode())
+        offset = self._log_file.tell()
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("STRATA_") or k == "STRATA_BIN"
+        }
+        env.pop("STRATA_BIN", None)
+        env.setdefault("RUST_BACKTRACE", "1")
+        env["NO_COLOR"] = "1"
+        env.update(self.extra_env)
+        self.proc = subprocess.Popen(
+            [
+                str(self.binary),
+                "serve",
+                "--data-dir",
+                str(self.data_dir),
+                "--kafka-listen",
+                kafka_listen,
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=self._log_file,
+            env=env,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        kafka = http = None
+        while time.monotonic() < deadline:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+            kafka = kafka or KAFKA_READY.search(text)
+            http = http or HTTP_READY.search(text)
+            if kafka and http:
+                self.kafka_port = int(kafka.group(2))
+                self.http_port = int(http.group(2))
+                return
+            if self.proc.poll() is not None:
+                code = self.proc.returncode
+                self.proc = None
+                raise BrokerStartError(
+                    f"strata exited with code {code} before it was ready; stderr:\n{text}"
+                )
+            time.sleep(0.05)
+        self._force_kill()
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        raise BrokerStartError(
+            f"strata was not ready within {READY_TIMEOUT_S:.0f}s "
+            f"(kafka ready: {bool(kafka)}, http ready: {bool(http)}); stderr:\n{text}"
+        )
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, wait, and assert an orderly exit (code 0)."""
+        assert self.running(), "broker is not running"
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._force_kill()
+            raise AssertionError(
+                f"strata did not exit within {timeout}s of SIGTERM; log tail:\n{_tail(self.log_path)}"
+            )
+        self.proc = None
+        self._close_log()
+        assert code == 0, f"strata exited with {code} after SIGTERM; log tail:\n{_tail(self.log_path)}"
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to sync or clean up."""
+        assert self.running(), "broker is not running"
+        self._force_kill()
+
+    def restart(self) -> "StrataBroker":
+        """Starts again on the same data directory and Kafka port (stop or kill first)."""
+        if self.running():
+            self.stop()
+        return self.start()
+
+    def _force_kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.proc = None
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def cleanup(self) -> None:
+        self._force_kill()
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    def http_get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.http + path, timeout=timeout) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def metrics(self) -> str:
+        status, body = self.http_get("/metrics")
+        assert status == 200, f"/metrics answered {status}: {body[:500]}"
+        return body
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return _tail(self.log_path, lines)
+
+    def partition_dir_size(self, topic: str, partition: int) -> int:
+        """Bytes on disk under the directory (or directories) that hold one partition."""
+        dirs = partition_dirs(self.data_dir, topic, partition)
+        assert dirs, (
+            f"no directory for {topic}-{partition} under {self.data_dir}: "
+            f"{sorted(str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob('*'))[:50]}"
+        )
+        return sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
+
+
+def partition_dirs(data_dir: Path, topic: str, partition: int) -> list[Path]:
+    """Finds a partition's directories. Strata keeps `log/<topic id>/topic.name` (holding
+    the name) with one sub-directory per partition; Kafka's `<topic>-<partition>` naming is
+    accepted too."""
+    found = []
+    for marker in data_dir.rglob("topic.name"):
+        if marker.read_text(errors="replace").strip() == topic:
+            d = marker.parent / str(partition)
+            if d.is_dir():
+                found.append(d)
+    for d in data_dir.rglob(f"{topic}-{partition}"):
+        if d.is_dir():
+            found.append(d)
+    return found
+
+
+@pytest.fixture
+def broker_factory(strata_binary, tmp_path, request):
+    """Starts brokers: `broker_factory(env={"STRATA_KAFKA_...": "..."})`."""
+    brokers: list[StrataBroker] = []
+    request.node._strata_brokers = brokers
+
+    def make(env: dict[str, str] | None = None, start: bool = True) -> StrataBroker:
+        root = tmp_path / f"broker{len(brokers)}"
+        root.mkdir()
+        b = StrataBroker(strata_binary, root, env)
+        brokers.append(b)
+        if start:
+            b.start()
+        return b
+
+    yield make
+    for b in brokers:
+        b.cleanup()
+
+
+@pytest.fixture
+def broker(broker_factory) -> StrataBroker:
+    return broker_factory()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for i, b in enumerate(getattr(item, "_strata_brokers", [])):
+            report.sections.append(
+                (f"strata broker {i} log tail ({b.log_path})", b.log_tail())
+            )

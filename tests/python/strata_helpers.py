@@ -1,0 +1,122 @@
+"""Shared helpers for the Strata end-to-end client tests (test data, polling, metrics)."""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+HOUR_MS = 3600 * 1000
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Msg:
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    timestamp: int = -1
+
+
+def make_messages(
+    count: int,
+    partitions: int,
+    base_ts: int,
+    seed: int = 1,
+    step_ms: int = 7,
+    with_nulls: bool = True,
+    null_header_values: bool = True,
+) -> list[Msg]:
+    """`count` messages spread over `partitions` partitions (round-robin plus some
+    randomness) with distinct keys, values of varied size (some empty, some null), 0-3
+    headers (one repeated name, some null values) and strictly increasing explicit
+    timestamps `base_ts + i * step_ms` in production order."""
+    rng = random.Random(seed)
+    msgs = []
+    for i in range(count):
+        p = (i + rng.randrange(2)) % partitions
+        key: bytes | None = f"key-{i:06d}".encode()
+        size = rng.choice([0, 1, 10, 100, 700])
+        value: bytes | None = bytes(rng.randrange(256) for _ in range(size))
+        if with_nulls and i % 97 == 5:
+            key = None
+        if with_nulls and i % 89 == 7:
+            value = None
+        headers: list[tuple[str, bytes | None]] = []
+        nh = i % 4
+        if nh >= 1:
+            headers.append(("idx", str(i).encode()))
+        if nh >= 2:
+            headers.append(("bin", bytes([i % 256, 0, 255, (i * 7) % 256])))
+        if nh >= 3:
+            # the same header name twice, order must be kept
+            headers.append(("idx", b"again-" + str(i).encode()))
+        if null_header_values and i % 50 == 3:
+            headers.append(("nullhdr", None))
+        msgs.append(Msg(p, key, value, headers, base_ts + i * step_ms))
+    return msgs
+
+
+def by_partition(msgs: list[Msg], partitions: int) -> dict[int, list[Msg]]:
+    out: dict[int, list[Msg]] = {p: [] for p in range(partitions)}
+    for m in msgs:
+        out[m.partition].append(m)
+    return out
+
+
+def first_offset_at_or_after(msgs: list[Msg], ts: int) -> int:
+    """Kafka's by-timestamp lookup: the first offset whose timestamp is >= ts, or -1."""
+    for offset, m in enumerate(msgs):
+        if m.timestamp >= ts:
+            return offset
+    return -1
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    """Polls `predicate` until it returns a truthy value; fails with `what` (and the
+    last value seen) after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        time.sleep(interval)
+
+
+_METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Prometheus text format -> [(name, labels, value)]."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _METRIC_LINE.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m.group(3) or ""))
+        out.append((m.group(1), labels, float(m.group(4))))
+    return out
+
+
+def metric_values(text: str, name: str, **labels: str) -> list[float]:
+    return [
+        v
+        for n, ls, v in parse_metrics(text)
+        if n == name and all(ls.get(k) == want for k, want in labels.items())
+    ]

@@ -1,0 +1,351 @@
+//! Bad input over a real socket: each case gets the Kafka error code or a closed
+//! connection, a metric, and the broker keeps serving everyone else.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, StrBytes};
+use strata_e2e::{RawClient, Strata, assert_serving};
+use strata_protocol::batch::test_util::simple_batch;
+
+fn name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+fn create_topic(c: &mut RawClient, topic: &str, configs: &[(&str, &str)]) -> i16 {
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(name(topic))
+                .with_num_partitions(1)
+                .with_replication_factor(1)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.to_string()))
+                                .with_value(Some(StrBytes::from_string(v.to_string())))
+                        })
+                        .collect(),
+                ),
+        ])
+        .with_timeout_ms(10_000);
+    match c.request(ApiKey::CreateTopics, 7, &req) {
+        ResponseKind::CreateTopics(r) => r.topics[0].error_code,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Produces `records` to partition 0 of `topic` with acks=all; returns (error code, base offset).
+fn produce(c: &mut RawClient, topic: &str, records: Vec<u8>) -> (i16, i64) {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(name(topic))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(Bytes::from(records))),
+                ]),
+        ]);
+    match c.request(ApiKey::Produce, 9, &req) {
+        ResponseKind::Produce(r) => {
+            let p = &r.responses[0].partition_responses[0];
+            (p.error_code, p.base_offset)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn connection_errors(s: &Strata, reason: &str) -> f64 {
+    s.metric(&format!(
+        "strata_kafka_connection_errors_total{{reason=\"{reason}\"}}"
+    ))
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn malformed_frames_close_only_their_connection() {
+    let s = Strata::start();
+    // A client holding a half-sent frame must not block anyone.
+    let mut stalled = RawClient::connect(s.kafka);
+    stalled.send_raw(&200i32.to_be_bytes()).unwrap();
+    stalled.send_raw(&[0, 3]).unwrap();
+
+    // HTTP sent to the Kafka port: "GET " reads as a 1.2 GB frame.
+    let mut c = RawClient::connect(s.kafka);
+    c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(c.is_closed());
+    assert_eq!(connection_errors(&s, "frame_too_large"), 1.0);
+
+    // A frame just over socket.request.max.bytes (100 MiB): closed before the body arrives.
+    let mut c = RawClient::connect(s.kafka);
+    c.send_raw(&(100 * 1024 * 1024 + 1i32).to_be_bytes())
+        .unwrap();
+    assert!(c.is_closed());
+    assert_eq!(connection_errors(&s, "frame_too_large"), 2.0);
+
+    let mut c = RawClient::connect(s.kafka);
+    c.send_raw(&(-7i32).to_be_bytes()).unwrap();
+    assert!(c.is_closed());
+    assert_eq!(connection_errors(&s, "negative_frame_size"), 1.0);
+
+    // Unknown API key 9999.
+    let mut c = RawClient::connect(s.kafka);
+    let mut f = 8i32.to_be_bytes().to_vec();
+    f.extend_from_slice(&[0x27, 0x0f, 0, 0, 0, 0, 0, 1]);
+    c.send_raw(&f).unwrap();
+    assert!(c.is_closed());
+    assert_eq!(connection_errors(&s, "unknown_api_key"), 1.0);
+
+    // A frame too short to hold a request header.
+    let mut c = RawClient::connect(s.kafka);
+    c.send_raw(&[0, 0, 0, 3, 0, 3, 0]).unwrap();
+    assert!(c.is_closed());
+    assert_eq!(connection_errors(&s, "malformed_header"), 1.0);
+
+    // A Metadata v0 request whose topic array claims 2^31-1 entries in a 14-byte frame.
+    let mut c = RawClient::connect(s.kafka);
+    let mut body = vec![0, 3, 0, 0, 0, 0, 0, 9, 0xff, 0xff];
+    body.extend_from_slice(&i32::MAX.to_be_bytes());
+    let mut f = (body.len() as i32).to_be_bytes().to_vec();
+    f.extend_from_slice(&body);
+    c.send_raw(&f).unwrap();
+    assert!(c.is_closed());
+    assert_eq!(connection_errors(&s, "malformed_request"), 1.0);
+
+    // A known API at a version outside the supported range.
+    let mut c = RawClient::connect(s.kafka);
+    c.send_raw(&RawClient::frame_claiming(
+        ApiKey::Metadata,
+        12,
+        99,
+        5,
+        &MetadataRequest::default(),
+    ))
+    .unwrap();
+    assert!(c.is_closed());
+    assert_eq!(connection_errors(&s, "unsupported_version"), 1.0);
+
+    // A client that disconnects in the middle of a request.
+    let mut c = RawClient::connect(s.kafka);
+    c.send_raw(&100i32.to_be_bytes()).unwrap();
+    c.send_raw(&[0u8; 10]).unwrap();
+    drop(c);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connection_errors(&s, "disconnect_mid_request") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mid-request disconnect not counted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    assert_serving(s.kafka);
+    drop(stalled);
+    let log = s.log();
+    assert!(
+        log.contains("closing client connection"),
+        "closures are logged"
+    );
+    assert!(!log.contains("panicked"), "{}", s.log_tail());
+}
+
+#[test]
+fn api_versions_newer_than_supported_gets_a_v0_answer_with_the_ranges() {
+    let s = Strata::start();
+    let mut c = RawClient::connect(s.kafka);
+    c.send_raw(&RawClient::frame_claiming(
+        ApiKey::ApiVersions,
+        3,
+        99,
+        42,
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("future"))
+            .with_client_software_version(StrBytes::from_static_str("9")),
+    ))
+    .unwrap();
+    let mut frame = c.read_frame().unwrap();
+    let header = ResponseHeader::decode(&mut frame, 0).unwrap();
+    assert_eq!(header.correlation_id, 42);
+    let body = ApiVersionsResponse::decode(&mut frame, 0).unwrap();
+    assert_eq!(body.error_code, ResponseError::UnsupportedVersion.code());
+    let metadata = body
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Metadata as i16)
+        .unwrap();
+    assert!(metadata.max_version >= 9);
+    // The connection stays usable for the retry at a supported version.
+    let ResponseKind::ApiVersions(r) = c.request(
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("retry"))
+            .with_client_software_version(StrBytes::from_static_str("1")),
+    ) else {
+        panic!()
+    };
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.api_keys, body.api_keys);
+}
+
+#[test]
+fn bad_batches_get_kafka_error_codes() {
+    let s = Strata::start();
+    let mut c = RawClient::connect(s.kafka);
+    assert_eq!(
+        create_topic(&mut c, "bad", &[("max.message.bytes", "300")]),
+        0
+    );
+
+    let good = simple_batch(3, 1_000);
+    assert_eq!(produce(&mut c, "bad", good.clone()), (0, 0));
+
+    let mut corrupt = good.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    assert_eq!(
+        produce(&mut c, "bad", corrupt).0,
+        ResponseError::CorruptMessage.code()
+    );
+
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() - 5);
+    assert_eq!(
+        produce(&mut c, "bad", truncated).0,
+        ResponseError::CorruptMessage.code()
+    );
+
+    let mut old_magic = good.clone();
+    old_magic[16] = 1;
+    assert_eq!(
+        produce(&mut c, "bad", old_magic).0,
+        ResponseError::UnsupportedForMessageFormat.code()
+    );
+
+    let mut two = good.clone();
+    two.extend_from_slice(&good);
+    assert_eq!(
+        produce(&mut c, "bad", two).0,
+        ResponseError::InvalidRecord.code()
+    );
+    assert_eq!(
+        produce(&mut c, "bad", Vec::new()).0,
+        ResponseError::InvalidRecord.code()
+    );
+
+    let big = simple_batch(40, 0);
+    assert!(big.len() > 300);
+    assert_eq!(
+        produce(&mut c, "bad", big).0,
+        ResponseError::MessageTooLarge.code()
+    );
+
+    assert_eq!(
+        produce(&mut c, "no-such-topic", good.clone()).0,
+        ResponseError::UnknownTopicOrPartition.code()
+    );
+
+    // Nothing but the first good batch was written.
+    assert_eq!(produce(&mut c, "bad", good).1, 3);
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name("bad"))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(7)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let ResponseKind::Fetch(r) = c.request(ApiKey::Fetch, 12, &fetch) else {
+        panic!()
+    };
+    let p = &r.responses[0].partitions[0];
+    assert_eq!(p.error_code, ResponseError::OffsetOutOfRange.code());
+    let errors = s
+        .metric("strata_kafka_request_errors_total{api=\"Produce\",error=\"CorruptMessage\"}")
+        .unwrap();
+    assert_eq!(errors, 2.0);
+}
+
+#[test]
+fn invalid_topic_creations_are_refused_with_kafka_codes() {
+    let s = Strata::start();
+    let mut c = RawClient::connect(s.kafka);
+    let create = |c: &mut RawClient,
+                  topic: &str,
+                  partitions: i32,
+                  rf: i16,
+                  configs: BTreeMap<&str, &str>| {
+        let req = CreateTopicsRequest::default().with_topics(vec![
+            CreatableTopic::default()
+                .with_name(name(topic))
+                .with_num_partitions(partitions)
+                .with_replication_factor(rf)
+                .with_configs(
+                    configs
+                        .iter()
+                        .map(|(k, v)| {
+                            CreatableTopicConfig::default()
+                                .with_name(StrBytes::from_string(k.to_string()))
+                                .with_value(Some(StrBytes::from_string(v.to_string())))
+                        })
+                        .collect(),
+                ),
+        ]);
+        match c.request(ApiKey::CreateTopics, 5, &req) {
+            ResponseKind::CreateTopics(r) => r.topics[0].error_code,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        create(&mut c, "bad name!", 1, 1, BTreeMap::new()),
+        ResponseError::InvalidTopicException.code()
+    );
+    assert_eq!(
+        create(&mut c, &"x".repeat(250), 1, 1, BTreeMap::new()),
+        ResponseError::InvalidTopicException.code()
+    );
+    assert_eq!(
+        create(&mut c, "t", 0, 1, BTreeMap::new()),
+        ResponseError::InvalidPartitions.code()
+    );
+    assert_eq!(
+        create(&mut c, "t", 1, 3, BTreeMap::new()),
+        ResponseError::InvalidReplicationFactor.code()
+    );
+    assert_eq!(
+        create(
+            &mut c,
+            "t",
+            1,
+            1,
+            BTreeMap::from([("cleanup.policy", "compact")])
+        ),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(
+        create(&mut c, "t", 1, 1, BTreeMap::from([("no.such.config", "1")])),
+        ResponseError::InvalidConfig.code()
+    );
+    assert_eq!(create(&mut c, "t", 2, 1, BTreeMap::new()), 0);
+    assert_eq!(
+        create(&mut c, "t", 2, 1, BTreeMap::new()),
+        ResponseError::TopicAlreadyExists.code()
+    );
+}
