@@ -349,3 +349,38 @@ fn invalid_topic_creations_are_refused_with_kafka_codes() {
         ResponseError::TopicAlreadyExists.code()
     );
 }
+
+#[test]
+fn fetch_max_bytes_caps_what_a_client_may_ask_for() {
+    let s = strata_e2e::Strata::with(strata_e2e::Options {
+        env: vec![("STRATA_KAFKA_FETCH_MAX_BYTES".into(), "2048".into())],
+        ..Default::default()
+    });
+    let mut c = RawClient::connect(s.kafka);
+    assert_eq!(create_topic(&mut c, "capped", &[]), 0);
+    let batch = simple_batch(10, 0);
+    for _ in 0..20 {
+        assert_eq!(produce(&mut c, "capped", batch.clone()).0, 0);
+    }
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(i32::MAX)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name("capped"))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(i32::MAX),
+                ]),
+        ]);
+    let ResponseKind::Fetch(r) = c.request(ApiKey::Fetch, 12, &fetch) else {
+        panic!()
+    };
+    let records = r.responses[0].partitions[0].records.clone().unwrap();
+    assert!(records.len() <= 2048, "{} bytes returned", records.len());
+    assert_eq!(records.len() % batch.len(), 0, "whole batches only");
+    assert_eq!(records.len() / batch.len(), 2048 / batch.len());
+}

@@ -185,12 +185,9 @@ impl Broker {
                         "topic vanished while being created",
                     )
                 })?;
+                // The partitions' logs are created by the reconciler, which every metadata
+                // change wakes, or on first use, whichever comes first.
                 info!(topic = %topic.name, topic_id = %topic.id, partitions = topic.partitions.len(), "created topic");
-                for p in 0..topic.partitions.len() as i32 {
-                    if let Err(e) = self.partition_log(&topic, p) {
-                        warn!(topic = %topic.name, partition = p, error = %e.message, "could not create partition log yet");
-                    }
-                }
                 Ok(topic)
             }
             Err(e) => Err(TopicError::new(errors::meta_error(&e), e.to_string())),

@@ -107,6 +107,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Largest request frame a client may send; larger frames close the connection.",
     ),
     def(
+        "fetch.max.bytes",
+        ConfigType::Int,
+        "57671680",
+        Check::AtLeast(1024),
+        "Most record bytes one Fetch response carries, whatever the client asks for.",
+    ),
+    def(
         "log.segment.bytes",
         ConfigType::Int,
         "1073741824",
@@ -373,6 +380,10 @@ impl BrokerConfig {
 
     pub fn socket_request_max_bytes(&self) -> usize {
         self.number("socket.request.max.bytes") as usize
+    }
+
+    pub fn fetch_max_bytes(&self) -> usize {
+        self.number("fetch.max.bytes") as usize
     }
 
     pub fn retention_check_interval_ms(&self) -> u64 {

@@ -121,7 +121,7 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16
         })
         .collect();
     let has_resolve_error = targets.iter().any(|t| t.log.is_err());
-    let max_bytes = req.max_bytes.max(0) as usize;
+    let max_bytes = (req.max_bytes.max(0) as usize).min(broker.config.fetch_max_bytes());
     let min_bytes = req.min_bytes.max(0) as usize;
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let found = loop {
