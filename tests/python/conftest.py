@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from strata_helpers import partition_dirs
+
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 40.0
@@ -140,12 +142,13 @@ class StrataBroker:
         self._log_file = open(self.log_path, "ab", buffering=0)
         self._log_file.write(f"===== start #{self.starts} ({kafka_listen}) =====\n".encode())
         offset = self._log_file.tell()
+        # Settings from the caller's environment must not leak into the broker under test
+        # (STRATA_DATA_DIR, STRATA_KAFKA_*, ...); the log level may.
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith("STRATA_") or k == "STRATA_BIN"
+            if not k.startswith("STRATA_") or k == "STRATA_LOG_LEVEL"
         }
-        env.pop("STRATA_BIN", None)
         env.setdefault("RUST_BACKTRACE", "1")
         env["NO_COLOR"] = "1"
         env.update(self.extra_env)
@@ -182,6 +185,7 @@ class StrataBroker:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 self.proc = None
+                self._close_log()
                 raise BrokerStartError(
                     f"strata exited with code {code} before it was ready; stderr:\n{text}"
                 )
@@ -266,22 +270,6 @@ class StrataBroker:
             f"{sorted(str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob('*'))[:50]}"
         )
         return sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
-
-
-def partition_dirs(data_dir: Path, topic: str, partition: int) -> list[Path]:
-    """Finds a partition's directories. Strata keeps `log/<topic id>/topic.name` (holding
-    the name) with one sub-directory per partition; Kafka's `<topic>-<partition>` naming is
-    accepted too."""
-    found = []
-    for marker in data_dir.rglob("topic.name"):
-        if marker.read_text(errors="replace").strip() == topic:
-            d = marker.parent / str(partition)
-            if d.is_dir():
-                found.append(d)
-    for d in data_dir.rglob(f"{topic}-{partition}"):
-        if d.is_dir():
-            found.append(d)
-    return found
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 HOUR_MS = 3600 * 1000
 
@@ -120,3 +121,19 @@ def metric_values(text: str, name: str, **labels: str) -> list[float]:
         for n, ls, v in parse_metrics(text)
         if n == name and all(ls.get(k) == want for k, want in labels.items())
     ]
+
+
+def partition_dirs(data_dir: Path, topic: str, partition: int) -> list[Path]:
+    """Finds a partition's directories. Strata keeps `log/<topic id>/topic.name` (holding
+    the name) with one sub-directory per partition; Kafka's `<topic>-<partition>` naming is
+    accepted too."""
+    found = []
+    for marker in data_dir.rglob("topic.name"):
+        if marker.read_text(errors="replace").strip() == topic:
+            d = marker.parent / str(partition)
+            if d.is_dir():
+                found.append(d)
+    for d in data_dir.rglob(f"{topic}-{partition}"):
+        if d.is_dir():
+            found.append(d)
+    return found

@@ -6,6 +6,7 @@ groups yet. Producers are explicitly non-idempotent (no InitProducerId yet).
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -37,6 +38,7 @@ from strata_helpers import (
     make_messages,
     metric_values,
     now_ms,
+    partition_dirs,
     unique,
     wait_until,
 )
@@ -67,6 +69,8 @@ def consumer(broker, **extra) -> Consumer:
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
         "auto.offset.reset": "error",
+        # end-of-partition is only reported when a fetch comes back empty: keep that short
+        "fetch.wait.max.ms": 100,
     }
     conf.update(extra)
     return Consumer(conf)
@@ -310,6 +314,10 @@ def test_delete_and_recreate_topic_starts_empty(broker):
     futures[topic].result(timeout=30)
     wait_until(lambda: topic not in topic_names(broker), 10, f"{topic} to leave the metadata")
 
+    # the old topic's data leaves the disk
+    wait_until(lambda: not any(partition_dirs(broker.data_dir, topic, p) for p in range(3)), 10,
+               f"the partition directories of the deleted {topic} to be removed")
+
     create_topic(broker, topic, 3)
     assert watermarks(broker, topic, 3) == [(0, 0)] * 3
     new = [
@@ -322,6 +330,14 @@ def test_delete_and_recreate_topic_starts_empty(broker):
     for p in range(3):
         assert_same(topic, p, want[p], got[p])
     assert watermarks(broker, topic, 3) == [(0, len(want[p])) for p in range(3)]
+
+    # and after a restart (metadata replayed: create, delete, create) still only the new data
+    broker.stop()
+    broker.restart()
+    assert watermarks(broker, topic, 3) == [(0, len(want[p])) for p in range(3)]
+    got = consume_all(broker, topic, {p: len(want[p]) for p in range(3)})
+    for p in range(3):
+        assert_same(topic, p, want[p], got[p])
 
 
 def test_delete_unknown_topic_fails(broker):
@@ -409,6 +425,10 @@ def test_create_topic_errors(broker):
 
     assert topic_names(broker) & {name, "bad/name", "..", "sp ace", "a" * 250} == {name}
 
+    # 249 characters is the longest legal name
+    create_topic(broker, "b" * 249, 1)
+    assert "b" * 249 in topic_names(broker)
+
 
 def test_restart_after_sigterm_keeps_data(broker):
     topic = unique("restart")
@@ -424,6 +444,12 @@ def test_restart_after_sigterm_keeps_data(broker):
     got = consume_all(broker, topic, {p: len(want[p]) for p in range(3)})
     for p in range(3):
         assert_same(topic, p, want[p], got[p])
+
+    text = broker.metrics()
+    for p in range(3):
+        assert metric_values(text, "strata_log_end_offset", topic=topic, partition=str(p)) == [
+            len(want[p])
+        ], f"strata_log_end_offset of partition {p} after the restart"
 
     # and the log goes on from there
     more = make_messages(300, 3, base_ts=now_ms(), seed=12)
@@ -456,13 +482,15 @@ def test_producer_reconnects_across_restart(broker):
     assert [m.value() for m in got[0]] == [b"before", b"after"]
 
 
-def test_acknowledged_messages_survive_kill_9(broker):
-    topic = unique("kill9")
+@pytest.mark.parametrize("acks", ["1", "all"])
+def test_acknowledged_messages_survive_kill_9(broker, acks):
+    """acks=1 and acks=all are both acknowledged only after fdatasync."""
+    topic = unique(f"kill9-acks{acks}")
     partitions = 3
     create_topic(broker, topic, partitions)
     p = producer(
         broker,
-        acks="all",
+        acks=acks,
         **{
             "linger.ms": 2,
             "batch.num.messages": 200,
@@ -572,6 +600,13 @@ def test_retention_bytes_moves_log_start(broker_factory):
     metrics = broker.metrics()
     assert metric_values(metrics, "strata_log_start_offset", topic=topic, partition="0") == [first]
 
+    # the new start survives a restart, and the retained data is intact
+    broker.stop()
+    broker.restart()
+    assert watermarks(broker, topic, 1) == [(first, count)]
+    got = consume_all(broker, topic, {0: count}, start=OFFSET_BEGINNING)
+    assert_same(topic, 0, msgs[first:], got[0], first_offset=first)
+
 
 def test_retention_ms_deletes_old_messages(broker_factory):
     broker = broker_factory(env={"STRATA_KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS": "300"})
@@ -589,6 +624,13 @@ def test_retention_ms_deletes_old_messages(broker_factory):
     got = consume_all(broker, topic, {0: 51, 1: 51}, start=OFFSET_BEGINNING)
     for p in (0, 1):
         assert_same(topic, p, [fresh[p]], got[p], first_offset=50)
+    # time lookups only see what is left: the old timestamps now map to the fresh message
+    c = consumer(broker)
+    try:
+        res = c.offsets_for_times([TopicPartition(topic, p, old[0].timestamp) for p in (0, 1)], timeout=10)
+        assert [r.offset for r in res] == [50, 50], res
+    finally:
+        c.close()
 
 
 def test_metrics_after_traffic(broker):
@@ -612,6 +654,12 @@ def test_metrics_after_traffic(broker):
     assert status == 200
     status, _ = broker.http_get("/readyz")
     assert status == 200
+
+    # a deleted topic's gauges go away
+    a = admin(broker)
+    a.delete_topics([topic])[topic].result(timeout=30)
+    wait_until(lambda: not metric_values(broker.metrics(), "strata_log_end_offset", topic=topic),
+               10, f"the strata_log_end_offset series of the deleted {topic} to go")
 
 
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
@@ -723,3 +771,122 @@ def test_describe_broker_configs(broker_factory):
     p.produce("auto-three", b"v")
     assert p.flush(30) == 0
     assert sorted(admin(broker).list_topics(timeout=10).topics["auto-three"].partitions) == [0, 1, 2]
+
+
+def test_fetch_returns_a_batch_larger_than_the_fetch_limits(broker):
+    """KIP-74: the first batch is returned even if it exceeds max.partition.fetch.bytes
+    and fetch.max.bytes, so a consumer never gets stuck."""
+    topic = unique("bigbatch")
+    create_topic(broker, topic, 1)
+    msgs = [Msg(0, b"k%d" % i, bytes([i]) * 20_000, [], now_ms() + i) for i in range(6)]
+    for m in msgs:  # one batch each
+        produce_all(broker, topic, [m], "all", **{"linger.ms": 0})
+    got = consume_all(broker, topic, {0: 6}, timeout=20, **{"max.partition.fetch.bytes": 1024,
+                                                  "fetch.max.bytes": 1024, "message.max.bytes": 1000,
+                                                  "receive.message.max.bytes": 100_000})
+    assert_same(topic, 0, msgs, got[0])
+
+
+def check_random_access(broker, topic: str, want: list[Msg], rng) -> None:
+    """Starts a consumer at assorted offsets and looks up assorted timestamps."""
+    n = len(want)
+    for start in sorted({0, n - 1, *(rng.randrange(n) for _ in range(3))}):
+        got = consume_all(broker, topic, {0: n}, start=start)
+        assert_same(topic, 0, want[start:], got[0], first_offset=start)
+    c = consumer(broker)
+    try:
+        for _ in range(40):
+            t = rng.randrange(want[0].timestamp - 10, want[-1].timestamp + 10)
+            res = c.offsets_for_times([TopicPartition(topic, 0, t)], timeout=10)
+            expected = first_offset_at_or_after(want, t)
+            assert res[0].offset == (expected if expected >= 0 else OFFSET_END), (
+                f"offsets_for_times @ {t}: got {res[0].offset}, want {expected}"
+            )
+    finally:
+        c.close()
+
+
+def test_many_segments_random_access_survives_restarts(broker):
+    """Small segments and a dense index: reads from any offset and time lookups work,
+    before and after an orderly restart and after kill -9."""
+    rng = random.Random(42)
+    topic = unique("segments")
+    create_topic(broker, topic, 1, {"segment.bytes": "4096", "index.interval.bytes": "100"})
+    base = now_ms() - 30 * 60_000
+    msgs = [Msg(0, b"k%04d" % i, bytes([i % 251]) * rng.randrange(0, 300), [("i", b"%d" % i)],
+                base + i * 3 + rng.randrange(3)) for i in range(1500)]
+    # several produce calls, so there are many batches and segments
+    for chunk in range(0, len(msgs), 100):
+        produce_all(broker, topic, msgs[chunk:chunk + 100], "all", **{"batch.size": 3000})
+    segments = [f for d in partition_dirs(broker.data_dir, topic, 0) for f in d.iterdir()
+                if f.suffix == ".log"]
+    assert len(segments) > 20, f"expected many segments, found {len(segments)}"
+    check_random_access(broker, topic, msgs, rng)
+
+    broker.stop()
+    broker.restart()
+    assert watermarks(broker, topic, 1) == [(0, len(msgs))]
+    check_random_access(broker, topic, msgs, rng)
+
+    broker.kill()
+    broker.restart()
+    assert watermarks(broker, topic, 1) == [(0, len(msgs))]
+    check_random_access(broker, topic, msgs, rng)
+
+
+def test_fetch_outside_the_log_is_out_of_range(broker):
+    topic = unique("range")
+    create_topic(broker, topic, 1)
+    produce_all(broker, topic, [Msg(0, b"k", b"v%d" % i, [], now_ms()) for i in range(5)], "all")
+    c = consumer(broker)  # auto.offset.reset=error
+    try:
+        c.assign([TopicPartition(topic, 0, 9)])
+        deadline = time.monotonic() + 15
+        err = None
+        while err is None:
+            assert time.monotonic() < deadline, "no error for a fetch beyond the end"
+            for m in c.consume(10, timeout=0.2):
+                assert m.error() is not None, f"got a message at offset {m.offset()}"
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    err = m.error()
+        assert err.code() == KafkaError._AUTO_OFFSET_RESET, err
+        assert "out of range" in err.str().lower(), err
+    finally:
+        c.close()
+    # offset == end is fine: nothing yet, then new data
+    got = consume_all(broker, topic, {0: 5}, start=5)
+    assert got[0] == []
+
+
+def test_sigterm_with_busy_clients_exits_promptly(broker):
+    """An orderly shutdown must not wait for long-polling fetches (fetch.wait.max.ms=10 s)
+    or hang on producers that keep sending."""
+    topic = unique("busy")
+    create_topic(broker, topic, 2)
+    c = consumer(broker, **{"fetch.wait.max.ms": 10000})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])
+    p = producer(broker, acks="all")
+    stop = threading.Event()
+
+    def produce():
+        while not stop.is_set():
+            try:
+                p.produce(topic, b"x" * 100, partition=0)
+            except BufferError:
+                pass
+            p.poll(0.001)
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: watermarks(broker, topic, 2)[0][1] > 100, 15, "some traffic")
+        c.consume(10, timeout=0.5)  # the consumer is fetching
+        start = time.monotonic()
+        broker.stop()  # asserts exit code 0
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        t.join(10)
+        c.close()
+    assert took < 8.0, f"SIGTERM took {took:.1f}s"
+    assert "shutdown complete" in broker.log_text()

@@ -8,6 +8,7 @@ group (group_id=None) and never commit.
 from __future__ import annotations
 
 import time
+import uuid
 
 import kafka.errors as Errors
 import pytest
@@ -370,3 +371,65 @@ def test_compressed_batches_roundtrip(broker, codec):
     # start in the middle of a compressed batch
     got = consume_all(broker, topic, {0: len(want[0])}, start=len(want[0]) - 4)
     assert_same(topic, 0, want[0][-4:], got[0], first_offset=len(want[0]) - 4)
+
+
+def test_fetch_returns_a_batch_larger_than_the_fetch_limits(broker):
+    """KIP-74: the first batch comes back even if it exceeds the fetch size limits."""
+    topic = unique("bigbatch")
+    create_topic(broker, topic, 1)
+    msgs = [Msg(0, b"k%d" % i, bytes([i + 1]) * 30_000, [("i", b"%d" % i)], now_ms() + i) for i in range(5)]
+    for m in msgs:  # one batch each
+        produce_all(broker, topic, [m], 1)
+    got = consume_all(broker, topic, {0: 5}, timeout=20, max_partition_fetch_bytes=1000,
+                      fetch_max_bytes=1000)
+    assert_same(topic, 0, msgs, got[0])
+
+
+def test_validate_only_and_delete_by_topic_id(broker):
+    topic = unique("vonly")
+    a = admin(broker)
+    try:
+        res = a.create_topics({topic: {"num_partitions": 3, "replication_factor": 1,
+                                       "configs": {"retention.bytes": "100000"}}},
+                              validate_only=True)
+        assert res["topics"][0]["error_code"] == 0 and res["topics"][0]["num_partitions"] == 3, res
+        with pytest.raises(Errors.InvalidConfigurationError):
+            a.create_topics({topic: {"num_partitions": 1, "configs": {"segment.bytes": "1"}}},
+                            validate_only=True)
+    finally:
+        a.close()
+    assert topic not in topic_names(broker), "validate_only created the topic"
+
+    created = create_topic(broker, topic, 2)
+    topic_id = created["topic_id"]
+    assert topic_id is not None
+    a = admin(broker)
+    try:
+        res = a.delete_topics([uuid.UUID(str(topic_id))])
+        assert [(t["name"], t["error_code"]) for t in res["topics"]] == [(topic, 0)], res
+        with pytest.raises(Errors.UnknownTopicOrPartitionError):
+            a.delete_topics([topic])
+    finally:
+        a.close()
+    assert topic not in topic_names(broker)
+
+
+def test_describe_broker_configs(broker_factory):
+    broker = broker_factory(env={"STRATA_KAFKA_LOG_RETENTION_BYTES": "777777"})
+    a = admin(broker)
+    try:
+        res = a.describe_configs([ConfigResource(ConfigResourceType.BROKER, "0")], config_filter="all")
+        topic = unique("inherit")
+        a.create_topics({topic: {"num_partitions": 1}})
+        tres = a.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, ["retention.bytes"])],
+                                  config_filter="all")
+    finally:
+        a.close()
+    cfg = res["broker"]["0"]
+    assert cfg["log.retention.bytes"]["value"] == "777777"
+    assert cfg["log.retention.bytes"]["config_source"] == "STATIC_BROKER_CONFIG"
+    assert cfg["num.partitions"]["value"] == "1"
+    assert cfg["num.partitions"]["config_source"] == "DEFAULT_CONFIG"
+    # a topic without an override inherits the broker's value
+    rb = tres["topic"][topic]["retention.bytes"]
+    assert (rb["value"], rb["config_source"]) == ("777777", "STATIC_BROKER_CONFIG")

@@ -11,7 +11,6 @@ import json
 import random
 import shutil
 import subprocess
-import time
 
 import pytest
 from confluent_kafka import Producer

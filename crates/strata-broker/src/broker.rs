@@ -178,6 +178,13 @@ impl Broker {
                 ResponseError::TopicAlreadyExists,
                 format!("topic {:?} already exists", t.name),
             )),
+            Ok(CommandResult::TopicNameCollision(other)) => Err(TopicError::new(
+                ResponseError::InvalidTopicException,
+                format!(
+                    "topic {:?} collides with existing topic {other:?}: names may not differ only by '.' and '_'",
+                    t.name
+                ),
+            )),
             Ok(_) => {
                 let topic = self.topic(&t.name).ok_or_else(|| {
                     TopicError::new(

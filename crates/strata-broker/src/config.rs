@@ -459,6 +459,10 @@ impl TopicConfig {
         self.number("max.message.bytes").max(0) as usize
     }
 
+    pub fn min_insync_replicas(&self) -> usize {
+        self.number("min.insync.replicas").max(1) as usize
+    }
+
     pub fn log_config(&self) -> LogConfig {
         LogConfig {
             segment_bytes: self.number("segment.bytes").max(14) as u64,

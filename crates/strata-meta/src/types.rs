@@ -119,6 +119,9 @@ pub enum CommandResult {
     ClusterId(String),
     /// [`Command::CreateTopic`] was refused: the name (or id) is taken.
     TopicAlreadyExists,
+    /// [`Command::CreateTopic`] was refused: the name differs from this existing topic's
+    /// only by `.` versus `_`, which Kafka forbids because metric names would collide.
+    TopicNameCollision(String),
     /// The named topic (or topic id) does not exist.
     UnknownTopic,
     /// The topic exists but has no such partition.
@@ -131,6 +134,17 @@ impl ClusterState {
     /// The topic with this id, if any.
     pub fn topic_by_id(&self, id: Uuid) -> Option<&TopicMeta> {
         self.topics.values().find(|t| t.id == id)
+    }
+
+    /// An existing topic whose name differs from `name` only by `.` versus `_` (Kafka
+    /// refuses such a pair because their metric names would be the same).
+    pub fn colliding_topic(&self, name: &str) -> Option<&str> {
+        let unified = |n: &str| n.replace('.', "_");
+        let want = unified(name);
+        self.topics
+            .keys()
+            .find(|t| t.as_str() != name && unified(t) == want)
+            .map(String::as_str)
     }
 
     fn topic_by_id_mut(&mut self, id: Uuid) -> Option<&mut TopicMeta> {
@@ -157,6 +171,9 @@ impl ClusterState {
             } => {
                 if self.topics.contains_key(&name) || self.topic_by_id(id).is_some() {
                     return CommandResult::TopicAlreadyExists;
+                }
+                if let Some(other) = self.colliding_topic(&name) {
+                    return CommandResult::TopicNameCollision(other.to_string());
                 }
                 let topic = TopicMeta {
                     name: name.clone(),
@@ -247,6 +264,18 @@ mod tests {
         };
         assert_eq!(s.apply(create.clone()), CommandResult::Ok);
         assert_eq!(s.apply(create), CommandResult::TopicAlreadyExists);
+        // "t.x" and "t_x" would share metric names: Kafka refuses the second one.
+        let collide = |name: &str| Command::CreateTopic {
+            name: name.into(),
+            id: Uuid::new_v4(),
+            partitions: vec![],
+            configs: BTreeMap::new(),
+        };
+        assert_eq!(s.apply(collide("t.x")), CommandResult::Ok);
+        assert_eq!(
+            s.apply(collide("t_x")),
+            CommandResult::TopicNameCollision("t.x".into())
+        );
         // Same id under another name is refused too: ids must stay unique.
         assert_eq!(
             s.apply(Command::CreateTopic {

@@ -61,7 +61,8 @@ fn append(
             ),
         ));
     };
-    let max = broker.topic_config(topic).max_message_bytes();
+    let config = broker.topic_config(topic);
+    let max = config.max_message_bytes();
     if header.total_len() > max {
         return Err(Failure(
             ResponseError::MessageTooLarge,
@@ -77,10 +78,20 @@ fn append(
             "transactions are not supported".into(),
         ));
     }
-    let leader_epoch = usize::try_from(data.index)
+    let placement = usize::try_from(data.index)
         .ok()
-        .and_then(|i| topic.partitions.get(i))
-        .map_or(0, |p| p.leader_epoch);
+        .and_then(|i| topic.partitions.get(i));
+    let in_sync = placement.map_or(0, |p| p.isr.len());
+    if acks == -1 && in_sync < config.min_insync_replicas() {
+        return Err(Failure(
+            ResponseError::NotEnoughReplicas,
+            format!(
+                "{in_sync} in-sync replica(s), min.insync.replicas is {}",
+                config.min_insync_replicas()
+            ),
+        ));
+    }
+    let leader_epoch = placement.map_or(0, |p| p.leader_epoch);
     let info = log
         .append(records, &headers, leader_epoch, broker.now_ms())
         .map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;

@@ -93,6 +93,19 @@ pub(super) async fn create(
                 code: ResponseError::TopicAlreadyExists,
                 message: format!("topic {:?} already exists", t.name.0.as_str()),
             }),
+            Ok(_)
+                if let Some(other) = broker
+                    .meta
+                    .read(|s| s.colliding_topic(&t.name).map(str::to_string)) =>
+            {
+                Err(TopicError {
+                    code: ResponseError::InvalidTopicException,
+                    message: format!(
+                        "topic {:?} collides with existing topic {other:?}",
+                        t.name.0.as_str()
+                    ),
+                })
+            }
             Ok(new) if req.validate_only => Ok((
                 new.partitions,
                 new.replication_factor,
