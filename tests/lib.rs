@@ -14,6 +14,14 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
+/// Milliseconds since the epoch. Test records carry recent timestamps: a record from 1970
+/// is, correctly, deleted by the first retention pass (`retention.ms` defaults to 7 days).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The `strata` binary under test: `$STRATA_BIN`, else the workspace's debug build.
 pub fn strata_bin() -> PathBuf {
     if let Ok(p) = std::env::var("STRATA_BIN") {
@@ -359,5 +367,97 @@ pub fn api_key_of(req: &RequestKind) -> ApiKey {
         RequestKind::DeleteTopics(_) => ApiKey::DeleteTopics,
         RequestKind::DescribeConfigs(_) => ApiKey::DescribeConfigs,
         other => panic!("add {other:?} to api_key_of"),
+    }
+}
+
+fn topic_name(s: &str) -> messages::TopicName {
+    messages::TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// The requests most tests need, at one current version each.
+impl RawClient {
+    /// CreateTopics v7; returns the topic's error code.
+    pub fn create_topic(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(&str, &str)],
+    ) -> i16 {
+        use messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+        let configs = configs
+            .iter()
+            .map(|(k, v)| {
+                CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_string(k.to_string()))
+                    .with_value(Some(StrBytes::from_string(v.to_string())))
+            })
+            .collect();
+        let req = messages::CreateTopicsRequest::default()
+            .with_topics(vec![
+                CreatableTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_num_partitions(partitions)
+                    .with_replication_factor(replication_factor)
+                    .with_configs(configs),
+            ])
+            .with_timeout_ms(10_000);
+        match self.request(ApiKey::CreateTopics, 7, &req) {
+            ResponseKind::CreateTopics(r) => r.topics[0].error_code,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Produce v9 with acks=all of `records` to one partition; returns (error code, base offset).
+    pub fn produce(&mut self, topic: &str, partition: i32, records: Vec<u8>) -> (i16, i64) {
+        use messages::produce_request::{PartitionProduceData, TopicProduceData};
+        let req = messages::ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(topic_name(topic))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(partition)
+                            .with_records(Some(Bytes::from(records))),
+                    ]),
+            ]);
+        match self.request(ApiKey::Produce, 9, &req) {
+            ResponseKind::Produce(r) => {
+                let p = &r.responses[0].partition_responses[0];
+                (p.error_code, p.base_offset)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Fetch v12 of one partition without waiting; returns that partition's answer.
+    pub fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> messages::fetch_response::PartitionData {
+        use messages::fetch_request::{FetchPartition, FetchTopic};
+        let req = messages::FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(max_bytes)
+            .with_session_epoch(-1)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(topic_name(topic))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(partition)
+                            .with_fetch_offset(offset)
+                            .with_partition_max_bytes(max_bytes),
+                    ]),
+            ]);
+        match self.request(ApiKey::Fetch, 12, &req) {
+            ResponseKind::Fetch(mut r) => r.responses.remove(0).partitions.remove(0),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -2,69 +2,11 @@
 //! connection, a metric, and the broker keeps serving everyone else.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-
-use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use strata_e2e::{RawClient, Strata, assert_serving};
+use strata_e2e::{RawClient, Strata, assert_serving, now_ms};
 use strata_protocol::batch::test_util::simple_batch;
-
-fn name(s: &str) -> TopicName {
-    TopicName(StrBytes::from_string(s.to_string()))
-}
-
-fn create_topic(c: &mut RawClient, topic: &str, configs: &[(&str, &str)]) -> i16 {
-    let req = CreateTopicsRequest::default()
-        .with_topics(vec![
-            CreatableTopic::default()
-                .with_name(name(topic))
-                .with_num_partitions(1)
-                .with_replication_factor(1)
-                .with_configs(
-                    configs
-                        .iter()
-                        .map(|(k, v)| {
-                            CreatableTopicConfig::default()
-                                .with_name(StrBytes::from_string(k.to_string()))
-                                .with_value(Some(StrBytes::from_string(v.to_string())))
-                        })
-                        .collect(),
-                ),
-        ])
-        .with_timeout_ms(10_000);
-    match c.request(ApiKey::CreateTopics, 7, &req) {
-        ResponseKind::CreateTopics(r) => r.topics[0].error_code,
-        other => panic!("{other:?}"),
-    }
-}
-
-/// Produces `records` to partition 0 of `topic` with acks=all; returns (error code, base offset).
-fn produce(c: &mut RawClient, topic: &str, records: Vec<u8>) -> (i16, i64) {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(name(topic))
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(Bytes::from(records))),
-                ]),
-        ]);
-    match c.request(ApiKey::Produce, 9, &req) {
-        ResponseKind::Produce(r) => {
-            let p = &r.responses[0].partition_responses[0];
-            (p.error_code, p.base_offset)
-        }
-        other => panic!("{other:?}"),
-    }
-}
 
 fn connection_errors(s: &Strata, reason: &str) -> f64 {
     s.metric(&format!(
@@ -204,78 +146,61 @@ fn bad_batches_get_kafka_error_codes() {
     let s = Strata::start();
     let mut c = RawClient::connect(s.kafka);
     assert_eq!(
-        create_topic(&mut c, "bad", &[("max.message.bytes", "300")]),
+        c.create_topic("bad", 1, 1, &[("max.message.bytes", "300")]),
         0
     );
 
-    let good = simple_batch(3, 1_000);
-    assert_eq!(produce(&mut c, "bad", good.clone()), (0, 0));
+    let good = simple_batch(3, now_ms());
+    assert_eq!(c.produce("bad", 0, good.clone()), (0, 0));
 
     let mut corrupt = good.clone();
     let last = corrupt.len() - 1;
     corrupt[last] ^= 0xff;
     assert_eq!(
-        produce(&mut c, "bad", corrupt).0,
+        c.produce("bad", 0, corrupt).0,
         ResponseError::CorruptMessage.code()
     );
 
     let mut truncated = good.clone();
     truncated.truncate(good.len() - 5);
     assert_eq!(
-        produce(&mut c, "bad", truncated).0,
+        c.produce("bad", 0, truncated).0,
         ResponseError::CorruptMessage.code()
     );
 
     let mut old_magic = good.clone();
     old_magic[16] = 1;
     assert_eq!(
-        produce(&mut c, "bad", old_magic).0,
+        c.produce("bad", 0, old_magic).0,
         ResponseError::UnsupportedForMessageFormat.code()
     );
 
     let mut two = good.clone();
     two.extend_from_slice(&good);
     assert_eq!(
-        produce(&mut c, "bad", two).0,
+        c.produce("bad", 0, two).0,
         ResponseError::InvalidRecord.code()
     );
     assert_eq!(
-        produce(&mut c, "bad", Vec::new()).0,
+        c.produce("bad", 0, Vec::new()).0,
         ResponseError::InvalidRecord.code()
     );
 
-    let big = simple_batch(40, 0);
+    let big = simple_batch(40, now_ms());
     assert!(big.len() > 300);
     assert_eq!(
-        produce(&mut c, "bad", big).0,
+        c.produce("bad", 0, big).0,
         ResponseError::MessageTooLarge.code()
     );
 
     assert_eq!(
-        produce(&mut c, "no-such-topic", good.clone()).0,
+        c.produce("no-such-topic", 0, good.clone()).0,
         ResponseError::UnknownTopicOrPartition.code()
     );
 
     // Nothing but the first good batch was written.
-    assert_eq!(produce(&mut c, "bad", good).1, 3);
-    let fetch = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(1 << 20)
-        .with_session_epoch(-1)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(name("bad"))
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(7)
-                        .with_partition_max_bytes(1 << 20),
-                ]),
-        ]);
-    let ResponseKind::Fetch(r) = c.request(ApiKey::Fetch, 12, &fetch) else {
-        panic!()
-    };
-    let p = &r.responses[0].partitions[0];
+    assert_eq!(c.produce("bad", 0, good).1, 3);
+    let p = c.fetch("bad", 0, 7, 1 << 20);
     assert_eq!(p.error_code, ResponseError::OffsetOutOfRange.code());
     let errors = s
         .metric("strata_kafka_request_errors_total{api=\"Produce\",error=\"CorruptMessage\"}")
@@ -287,65 +212,33 @@ fn bad_batches_get_kafka_error_codes() {
 fn invalid_topic_creations_are_refused_with_kafka_codes() {
     let s = Strata::start();
     let mut c = RawClient::connect(s.kafka);
-    let create = |c: &mut RawClient,
-                  topic: &str,
-                  partitions: i32,
-                  rf: i16,
-                  configs: BTreeMap<&str, &str>| {
-        let req = CreateTopicsRequest::default().with_topics(vec![
-            CreatableTopic::default()
-                .with_name(name(topic))
-                .with_num_partitions(partitions)
-                .with_replication_factor(rf)
-                .with_configs(
-                    configs
-                        .iter()
-                        .map(|(k, v)| {
-                            CreatableTopicConfig::default()
-                                .with_name(StrBytes::from_string(k.to_string()))
-                                .with_value(Some(StrBytes::from_string(v.to_string())))
-                        })
-                        .collect(),
-                ),
-        ]);
-        match c.request(ApiKey::CreateTopics, 5, &req) {
-            ResponseKind::CreateTopics(r) => r.topics[0].error_code,
-            other => panic!("{other:?}"),
-        }
-    };
     assert_eq!(
-        create(&mut c, "bad name!", 1, 1, BTreeMap::new()),
+        c.create_topic("bad name!", 1, 1, &[]),
         ResponseError::InvalidTopicException.code()
     );
     assert_eq!(
-        create(&mut c, &"x".repeat(250), 1, 1, BTreeMap::new()),
+        c.create_topic(&"x".repeat(250), 1, 1, &[]),
         ResponseError::InvalidTopicException.code()
     );
     assert_eq!(
-        create(&mut c, "t", 0, 1, BTreeMap::new()),
+        c.create_topic("t", 0, 1, &[]),
         ResponseError::InvalidPartitions.code()
     );
     assert_eq!(
-        create(&mut c, "t", 1, 3, BTreeMap::new()),
+        c.create_topic("t", 1, 3, &[]),
         ResponseError::InvalidReplicationFactor.code()
     );
     assert_eq!(
-        create(
-            &mut c,
-            "t",
-            1,
-            1,
-            BTreeMap::from([("cleanup.policy", "compact")])
-        ),
+        c.create_topic("t", 1, 1, &[("cleanup.policy", "compact")]),
         ResponseError::InvalidConfig.code()
     );
     assert_eq!(
-        create(&mut c, "t", 1, 1, BTreeMap::from([("no.such.config", "1")])),
+        c.create_topic("t", 1, 1, &[("no.such.config", "1")]),
         ResponseError::InvalidConfig.code()
     );
-    assert_eq!(create(&mut c, "t", 2, 1, BTreeMap::new()), 0);
+    assert_eq!(c.create_topic("t", 2, 1, &[]), 0);
     assert_eq!(
-        create(&mut c, "t", 2, 1, BTreeMap::new()),
+        c.create_topic("t", 2, 1, &[]),
         ResponseError::TopicAlreadyExists.code()
     );
 }
@@ -357,29 +250,12 @@ fn fetch_max_bytes_caps_what_a_client_may_ask_for() {
         ..Default::default()
     });
     let mut c = RawClient::connect(s.kafka);
-    assert_eq!(create_topic(&mut c, "capped", &[]), 0);
-    let batch = simple_batch(10, 0);
+    assert_eq!(c.create_topic("capped", 1, 1, &[]), 0);
+    let batch = simple_batch(10, now_ms());
     for _ in 0..20 {
-        assert_eq!(produce(&mut c, "capped", batch.clone()).0, 0);
+        assert_eq!(c.produce("capped", 0, batch.clone()).0, 0);
     }
-    let fetch = FetchRequest::default()
-        .with_max_wait_ms(0)
-        .with_max_bytes(i32::MAX)
-        .with_session_epoch(-1)
-        .with_topics(vec![
-            FetchTopic::default()
-                .with_topic(name("capped"))
-                .with_partitions(vec![
-                    FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(i32::MAX),
-                ]),
-        ]);
-    let ResponseKind::Fetch(r) = c.request(ApiKey::Fetch, 12, &fetch) else {
-        panic!()
-    };
-    let records = r.responses[0].partitions[0].records.clone().unwrap();
+    let records = c.fetch("capped", 0, 0, i32::MAX).records.unwrap();
     assert!(records.len() <= 2048, "{} bytes returned", records.len());
     assert_eq!(records.len() % batch.len(), 0, "whole batches only");
     assert_eq!(records.len() / batch.len(), 2048 / batch.len());

@@ -7,14 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::*;
-use kafka_protocol::protocol::StrBytes;
-use strata_e2e::{Options, RawClient, Strata, assert_serving};
+use strata_e2e::{Options, RawClient, Strata, assert_serving, now_ms};
 use strata_protocol::batch::HeaderIter;
 use strata_protocol::batch::test_util::{TestRecord, build_batch};
 
@@ -42,57 +36,14 @@ impl Drop for Tmpfs {
     }
 }
 
-fn topic() -> TopicName {
-    TopicName(StrBytes::from_static_str("full"))
-}
-
-fn produce(c: &mut RawClient, batch: &[u8]) -> (i16, i64) {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(10_000)
-        .with_topic_data(vec![
-            TopicProduceData::default()
-                .with_name(topic())
-                .with_partition_data(vec![
-                    PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(Bytes::copy_from_slice(batch))),
-                ]),
-        ]);
-    match c.request(ApiKey::Produce, 9, &req) {
-        ResponseKind::Produce(r) => {
-            let p = &r.responses[0].partition_responses[0];
-            (p.error_code, p.base_offset)
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
 /// Base offsets of every batch readable from offset 0.
 fn read_all(c: &mut RawClient) -> Vec<i64> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let req = FetchRequest::default()
-            .with_max_wait_ms(0)
-            .with_max_bytes(8 << 20)
-            .with_session_epoch(-1)
-            .with_topics(vec![
-                FetchTopic::default()
-                    .with_topic(topic())
-                    .with_partitions(vec![
-                        FetchPartition::default()
-                            .with_partition(0)
-                            .with_fetch_offset(offset)
-                            .with_partition_max_bytes(8 << 20),
-                    ]),
-            ]);
-        let ResponseKind::Fetch(r) = c.request(ApiKey::Fetch, 12, &req) else {
-            panic!()
-        };
-        let p = &r.responses[0].partitions[0];
+        let p = c.fetch("full", 0, offset, 8 << 20);
         assert_eq!(p.error_code, 0);
-        let records = p.records.clone().unwrap_or_default();
+        let records = p.records.unwrap_or_default();
         if records.is_empty() {
             return out;
         }
@@ -112,19 +63,7 @@ fn full_disk_is_a_produce_error_not_a_crash() {
         ..Options::default()
     });
     let mut c = RawClient::connect(s.kafka);
-    let ResponseKind::CreateTopics(r) = c.request(
-        ApiKey::CreateTopics,
-        7,
-        &CreateTopicsRequest::default().with_topics(vec![
-            CreatableTopic::default()
-                .with_name(topic())
-                .with_num_partitions(1)
-                .with_replication_factor(1),
-        ]),
-    ) else {
-        panic!()
-    };
-    assert_eq!(r.topics[0].error_code, 0);
+    assert_eq!(c.create_topic("full", 1, 1, &[]), 0);
 
     // Leave well under a megabyte free.
     let filler = mnt.0.join("filler");
@@ -134,12 +73,12 @@ fn full_disk_is_a_produce_error_not_a_crash() {
     let batch = build_batch(&[TestRecord {
         key: Some(b"k"),
         value: Some(&value),
-        timestamp: 1,
+        timestamp: now_ms(),
     }]);
     let mut acked = Vec::new();
     let mut refused = None;
     for _ in 0..40 {
-        match produce(&mut c, &batch) {
+        match c.produce("full", 0, batch.clone()) {
             (0, offset) => acked.push(offset),
             (code, _) => {
                 refused = Some(code);
@@ -168,7 +107,7 @@ fn full_disk_is_a_produce_error_not_a_crash() {
 
     // Space comes back: produce continues right after the last acknowledged batch.
     std::fs::remove_file(&filler).unwrap();
-    let (code, offset) = produce(&mut c, &batch);
+    let (code, offset) = c.produce("full", 0, batch);
     assert_eq!(code, 0);
     assert_eq!(offset, acked.last().unwrap() + 1);
     acked.push(offset);

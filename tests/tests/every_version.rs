@@ -12,7 +12,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use strata_e2e::{RawClient, Strata};
+use strata_e2e::{RawClient, Strata, now_ms};
 use strata_protocol::batch::test_util::simple_batch;
 use uuid::Uuid;
 
@@ -71,7 +71,7 @@ fn sample(api: ApiKey, version: i16, topic: &str, id: Uuid) -> RequestKind {
                         .with_partition_data(vec![
                             PartitionProduceData::default()
                                 .with_index(0)
-                                .with_records(Some(Bytes::from(simple_batch(2, 1_000)))),
+                                .with_records(Some(Bytes::from(simple_batch(2, now_ms())))),
                         ]),
                 ]),
         ),

@@ -58,7 +58,18 @@ impl Segment {
             .truncate(true)
             .open(&path)
             .map_err(|e| LogError::io("create", &path, e))?;
-        Ok(Self {
+        Ok(Self::empty(path, file, base_offset, index_interval, now_ms))
+    }
+
+    /// The in-memory state of a segment with no batches yet.
+    fn empty(
+        path: PathBuf,
+        file: File,
+        base_offset: i64,
+        index_interval: u64,
+        now_ms: i64,
+    ) -> Self {
+        Self {
             base_offset,
             path,
             file: Arc::new(file),
@@ -70,12 +81,12 @@ impl Segment {
             bytes_since_index: 0,
             index_interval,
             created_ms: now_ms,
-        })
+        }
     }
 
-    /// Opens an existing segment. With `trust_index` and valid index files beside it, the
-    /// indexes are loaded and `next_offset` taken from `next_base` (the following
-    /// segment's base); otherwise every batch is read and CRC-checked, the indexes are
+    /// Opens an existing segment. If it has a successor (`next_base`, that segment's base
+    /// offset) and valid index files beside it, the indexes are loaded and `next_offset` is
+    /// `next_base`; otherwise every batch is read and CRC-checked, the indexes are
     /// rebuilt, and anything after the last good batch is cut off.
     pub(crate) fn open(
         path: PathBuf,
@@ -93,19 +104,7 @@ impl Segment {
             .metadata()
             .map_err(|e| LogError::io("stat", &path, e))?
             .len();
-        let mut seg = Self {
-            base_offset,
-            path,
-            file: Arc::new(file),
-            size: 0,
-            next_offset: base_offset,
-            max_timestamp: -1,
-            offsets: OffsetIndex::default(),
-            times: TimeIndex::default(),
-            bytes_since_index: 0,
-            index_interval,
-            created_ms: now_ms,
-        };
+        let mut seg = Self::empty(path, file, base_offset, index_interval, now_ms);
         if let Some(next_base) = next_base {
             let stem = file_stem(seg.dir(), base_offset);
             if let Some((offsets, times)) = index::load(&stem, len) {
