@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
+use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
@@ -12,7 +13,7 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use strata_e2e::{RawClient, Strata, now_ms};
+use strata_e2e::{Options, RawClient, Strata, now_ms};
 use strata_protocol::batch::test_util::simple_batch;
 use uuid::Uuid;
 
@@ -123,6 +124,182 @@ fn sample(api: ApiKey, version: i16, topic: &str, id: Uuid) -> RequestKind {
                         .with_resource_name(s("0")),
                 ]),
         ),
+        ApiKey::FindCoordinator if version >= 4 => RequestKind::FindCoordinator(
+            FindCoordinatorRequest::default().with_coordinator_keys(vec![s("grp")]),
+        ),
+        ApiKey::FindCoordinator => {
+            RequestKind::FindCoordinator(FindCoordinatorRequest::default().with_key(s("grp")))
+        }
+        ApiKey::JoinGroup => RequestKind::JoinGroup(
+            JoinGroupRequest::default()
+                .with_group_id(GroupId(s(&format!("join-v{version}"))))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(if version >= 1 { 10_000 } else { -1 })
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![
+                    join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(s("range"))
+                        .with_metadata(Bytes::from_static(b"\x00\x00\x00\x00\x00\x00")),
+                ]),
+        ),
+        ApiKey::SyncGroup => RequestKind::SyncGroup(
+            SyncGroupRequest::default()
+                .with_group_id(GroupId(s("nobody")))
+                .with_generation_id(1)
+                .with_member_id(s("m")),
+        ),
+        ApiKey::Heartbeat => RequestKind::Heartbeat(
+            HeartbeatRequest::default()
+                .with_group_id(GroupId(s("nobody")))
+                .with_generation_id(1)
+                .with_member_id(s("m")),
+        ),
+        ApiKey::LeaveGroup if version >= 3 => RequestKind::LeaveGroup(
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("nobody")))
+                .with_members(vec![
+                    leave_group_request::MemberIdentity::default().with_member_id(s("m")),
+                ]),
+        ),
+        ApiKey::LeaveGroup => RequestKind::LeaveGroup(
+            LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("nobody")))
+                .with_member_id(s("m")),
+        ),
+        ApiKey::OffsetCommit => RequestKind::OffsetCommit(
+            OffsetCommitRequest::default()
+                .with_group_id(GroupId(s(&format!("commit-v{version}"))))
+                .with_generation_id_or_member_epoch(-1)
+                .with_retention_time_ms(-1)
+                .with_topics(vec![
+                    offset_commit_request::OffsetCommitRequestTopic::default()
+                        .with_name(name(topic))
+                        .with_partitions(vec![
+                            offset_commit_request::OffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1)
+                                .with_committed_metadata(Some(s("meta"))),
+                        ]),
+                ]),
+        ),
+        ApiKey::OffsetFetch if version >= 8 => {
+            RequestKind::OffsetFetch(OffsetFetchRequest::default().with_groups(vec![
+            offset_fetch_request::OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(s("commit-v2")))
+                .with_topics(None),
+        ]))
+        }
+        ApiKey::OffsetFetch => RequestKind::OffsetFetch(
+            OffsetFetchRequest::default()
+                .with_group_id(GroupId(s("commit-v2")))
+                .with_topics(Some(vec![
+                    offset_fetch_request::OffsetFetchRequestTopic::default()
+                        .with_name(name(topic))
+                        .with_partition_indexes(vec![0]),
+                ])),
+        ),
+        ApiKey::DescribeGroups => RequestKind::DescribeGroups(
+            DescribeGroupsRequest::default().with_groups(vec![GroupId(s("commit-v2"))]),
+        ),
+        ApiKey::ListGroups => RequestKind::ListGroups(ListGroupsRequest::default()),
+        ApiKey::OffsetDelete => RequestKind::OffsetDelete(
+            OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s("commit-v3")))
+                .with_topics(vec![
+                    offset_delete_request::OffsetDeleteRequestTopic::default()
+                        .with_name(name(topic))
+                        .with_partitions(vec![
+                            offset_delete_request::OffsetDeleteRequestPartition::default()
+                                .with_partition_index(0),
+                        ]),
+                ]),
+        ),
+        // DeleteGroups v0..=2 removes the groups OffsetCommit v4..=6 created.
+        ApiKey::DeleteGroups => RequestKind::DeleteGroups(
+            DeleteGroupsRequest::default()
+                .with_groups_names(vec![GroupId(s(&format!("commit-v{}", version + 4)))]),
+        ),
+        ApiKey::InitProducerId => RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        ),
+        ApiKey::DescribeProducers => {
+            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
+            describe_producers_request::TopicRequest::default()
+                .with_name(name(topic))
+                .with_partition_indexes(vec![0]),
+        ]))
+        }
+        ApiKey::OffsetForLeaderEpoch => RequestKind::OffsetForLeaderEpoch(
+            OffsetForLeaderEpochRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                        .with_topic(name(topic))
+                        .with_partitions(vec![
+                            offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                                .with_partition(0)
+                                .with_current_leader_epoch(-1)
+                                .with_leader_epoch(0),
+                        ]),
+                ]),
+        ),
+        ApiKey::DescribeLogDirs => {
+            RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None))
+        }
+        ApiKey::DescribeCluster => {
+            RequestKind::DescribeCluster(DescribeClusterRequest::default().with_endpoint_type(1))
+        }
+        ApiKey::AlterConfigs => {
+            RequestKind::AlterConfigs(AlterConfigsRequest::default().with_resources(vec![
+            alter_configs_request::AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(s(topic))
+                .with_configs(vec![
+                    alter_configs_request::AlterableConfig::default()
+                        .with_name(s("retention.ms"))
+                        .with_value(Some(s("3600000"))),
+                ]),
+        ]))
+        }
+        ApiKey::IncrementalAlterConfigs => RequestKind::IncrementalAlterConfigs(
+            IncrementalAlterConfigsRequest::default().with_resources(vec![
+                incremental_alter_configs_request::AlterConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s(topic))
+                    .with_configs(vec![
+                        incremental_alter_configs_request::AlterableConfig::default()
+                            .with_name(s("retention.bytes"))
+                            .with_config_operation(0)
+                            .with_value(Some(s("1000000000"))),
+                    ]),
+            ]),
+        ),
+        ApiKey::CreatePartitions => RequestKind::CreatePartitions(
+            CreatePartitionsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![
+                    create_partitions_request::CreatePartitionsTopic::default()
+                        .with_name(name(topic))
+                        .with_count(2 + i32::from(version)),
+                ]),
+        ),
+        // v0, v1, v2 delete up to offsets 1, 2, 3.
+        ApiKey::DeleteRecords => RequestKind::DeleteRecords(
+            DeleteRecordsRequest::default()
+                .with_timeout_ms(5000)
+                .with_topics(vec![
+                    delete_records_request::DeleteRecordsTopic::default()
+                        .with_name(name(topic))
+                        .with_partitions(vec![
+                            delete_records_request::DeleteRecordsPartition::default()
+                                .with_partition_index(0)
+                                .with_offset(1 + i64::from(version)),
+                        ]),
+                ]),
+        ),
         other => panic!("the broker advertises {other:?}: add a sample request for it here"),
     }
 }
@@ -164,13 +341,119 @@ fn check(resp: &ResponseKind, api: ApiKey, version: i16) {
                 assert!(!res.configs.is_empty(), "{ctx}");
             }
         }
+        ResponseKind::FindCoordinator(r) if version >= 4 => {
+            assert_eq!(r.coordinators.len(), 1, "{ctx}");
+            assert_eq!(r.coordinators[0].error_code, 0, "{ctx}");
+            assert_eq!(r.coordinators[0].node_id.0, 0, "{ctx}");
+        }
+        ResponseKind::FindCoordinator(r) => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert!(r.port > 0, "{ctx}");
+        }
+        ResponseKind::JoinGroup(r) if version >= 4 => {
+            assert_eq!(
+                r.error_code,
+                ResponseError::MemberIdRequired.code(),
+                "{ctx}"
+            );
+            assert!(!r.member_id.is_empty(), "{ctx}");
+        }
+        ResponseKind::JoinGroup(r) => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert_eq!(r.generation_id, 1, "{ctx}");
+            assert_eq!(r.leader, r.member_id, "{ctx}: the only member leads");
+            assert_eq!(r.members.len(), 1, "{ctx}");
+        }
+        ResponseKind::SyncGroup(r) => {
+            assert_eq!(r.error_code, ResponseError::UnknownMemberId.code(), "{ctx}")
+        }
+        ResponseKind::Heartbeat(r) => {
+            assert_eq!(r.error_code, ResponseError::UnknownMemberId.code(), "{ctx}")
+        }
+        ResponseKind::LeaveGroup(r) => {
+            assert_eq!(r.error_code, ResponseError::UnknownMemberId.code(), "{ctx}")
+        }
+        ResponseKind::OffsetCommit(r) => {
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{ctx}")
+        }
+        ResponseKind::OffsetFetch(r) if version >= 8 => {
+            assert_eq!(r.groups[0].error_code, 0, "{ctx}");
+            assert_eq!(
+                r.groups[0].topics[0].partitions[0].committed_offset, 1,
+                "{ctx}"
+            );
+            assert_eq!(
+                r.groups[0].topics[0].partitions[0].metadata.as_deref(),
+                Some("meta"),
+                "{ctx}"
+            );
+        }
+        ResponseKind::OffsetFetch(r) => {
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{ctx}");
+            assert_eq!(r.topics[0].partitions[0].committed_offset, 1, "{ctx}");
+        }
+        ResponseKind::DescribeGroups(r) => {
+            assert_eq!(r.groups[0].error_code, 0, "{ctx}");
+            assert_eq!(r.groups[0].group_state.as_str(), "Empty", "{ctx}");
+        }
+        ResponseKind::ListGroups(r) => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert!(
+                r.groups.iter().any(|g| g.group_id.as_str() == "commit-v2"),
+                "{ctx}"
+            );
+        }
+        ResponseKind::OffsetDelete(r) => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{ctx}");
+        }
+        ResponseKind::DeleteGroups(r) => assert_eq!(r.results[0].error_code, 0, "{ctx}"),
+        ResponseKind::InitProducerId(r) => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert!(r.producer_id.0 >= 0, "{ctx}");
+            assert_eq!(r.producer_epoch, 0, "{ctx}");
+        }
+        ResponseKind::DescribeProducers(r) => {
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{ctx}")
+        }
+        ResponseKind::OffsetForLeaderEpoch(r) => {
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(p.error_code, 0, "{ctx}");
+            assert!(p.end_offset > 0, "{ctx}");
+        }
+        ResponseKind::DescribeLogDirs(r) => {
+            assert_eq!(r.results.len(), 1, "{ctx}");
+            assert_eq!(r.results[0].error_code, 0, "{ctx}");
+            assert!(!r.results[0].topics.is_empty(), "{ctx}");
+        }
+        ResponseKind::DescribeCluster(r) => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert_eq!(r.brokers.len(), 1, "{ctx}");
+        }
+        ResponseKind::AlterConfigs(r) => assert_eq!(r.responses[0].error_code, 0, "{ctx}"),
+        ResponseKind::IncrementalAlterConfigs(r) => {
+            assert_eq!(r.responses[0].error_code, 0, "{ctx}")
+        }
+        ResponseKind::CreatePartitions(r) => assert_eq!(r.results[0].error_code, 0, "{ctx}"),
+        ResponseKind::DeleteRecords(r) => {
+            let p = &r.topics[0].partitions[0];
+            assert_eq!(p.error_code, 0, "{ctx}");
+            assert_eq!(p.low_watermark, 1 + i64::from(version), "{ctx}");
+        }
         other => panic!("{ctx}: unexpected {other:?}"),
     }
 }
 
 #[test]
 fn every_advertised_version_answers() {
-    let broker = Strata::start();
+    // No initial rebalance delay: a lone JoinGroup completes at once.
+    let broker = Strata::with(Options {
+        env: vec![(
+            "STRATA_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS".into(),
+            "0".into(),
+        )],
+        ..Options::default()
+    });
     let mut c = RawClient::connect(broker.kafka);
     let ResponseKind::ApiVersions(versions) = c.request(
         ApiKey::ApiVersions,
@@ -205,12 +488,33 @@ fn every_advertised_version_answers() {
         ApiKey::DescribeConfigs,
         ApiKey::CreateTopics,
         ApiKey::DeleteTopics,
+        ApiKey::FindCoordinator,
+        ApiKey::JoinGroup,
+        ApiKey::SyncGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::DescribeGroups,
+        ApiKey::ListGroups,
+        ApiKey::OffsetDelete,
+        ApiKey::DeleteGroups,
+        ApiKey::InitProducerId,
+        ApiKey::DescribeProducers,
+        ApiKey::OffsetForLeaderEpoch,
+        ApiKey::DescribeLogDirs,
+        ApiKey::DescribeCluster,
+        ApiKey::AlterConfigs,
+        ApiKey::IncrementalAlterConfigs,
+        ApiKey::CreatePartitions,
+        ApiKey::DeleteRecords,
     ];
     let mut advertised: Vec<ApiKey> = versions
         .api_keys
         .iter()
         .map(|k| ApiKey::try_from(k.api_key).unwrap())
         .collect();
+    let advertised_count = advertised.len();
     advertised.sort_by_key(|k| order.iter().position(|o| o == k).unwrap_or(usize::MAX));
     let mut served = 0;
     for api in advertised {
@@ -225,5 +529,9 @@ fn every_advertised_version_answers() {
             served += 1;
         }
     }
-    assert!(served > 40, "only {served} api versions were exercised");
+    assert!(served > 100, "only {served} api versions were exercised");
+    assert!(
+        order.len() >= advertised_count,
+        "every advertised API has a place in the order"
+    );
 }

@@ -16,11 +16,15 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::config::{BrokerConfig, ConfigError, TopicConfig, validate_topic_configs};
 use crate::errors;
+use crate::groups::coordinator::GroupCoordinator;
+use crate::groups::offsets::OffsetWriter;
 
 /// Largest partition count one CreateTopics request may ask for.
 pub const MAX_PARTITIONS: i32 = 100_000;
 /// How often partitions are reconciled with metadata even without a change notice.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+/// How often group session and rebalance timers are checked.
+const GROUP_TICK: Duration = Duration::from_millis(100);
 
 /// Where clients should connect to this broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +43,14 @@ pub struct Broker {
     pub(crate) metrics: Metrics,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) groups: GroupCoordinator,
+    pub(crate) offsets: OffsetWriter,
+    pub(crate) producer_ids: crate::handlers::producers::ProducerIds,
+    /// The topics epoch of metadata the local logs were last reconciled with.
+    pub(crate) reconciled_epoch: std::sync::atomic::AtomicU64,
+    /// When this broker started: the age of an empty group's offsets counts from here at
+    /// the latest, since group membership is not kept across restarts.
+    pub(crate) started_ms: i64,
 }
 
 /// Why a topic could not be created.
@@ -277,13 +289,18 @@ impl Broker {
 
     /// One retention pass: for each partition with segments past its topic's
     /// `retention.ms`/`retention.bytes`, commit the new log start offset to metadata,
-    /// then delete the segments.
+    /// then delete the segments. Idle idempotent producers are forgotten after
+    /// `producer.id.expiration.ms` on the same pass.
     pub(crate) async fn enforce_retention(&self) {
         let now = self.now_ms();
         for (key, log) in self.logs.partitions() {
             let Some(topic) = self.topic_by_id(key.topic_id) else {
                 continue;
             };
+            let expired = log.expire_producers(now, self.config.producer_id_expiration_ms());
+            if expired > 0 {
+                debug!(topic = %topic.name, partition = key.partition, producers = expired, "forgot idle producers");
+            }
             let cfg = self.topic_config(&topic);
             let Some(target) = log.retention_target(now, cfg.retention_ms(), cfg.retention_bytes())
             else {
@@ -310,15 +327,23 @@ impl Broker {
         }
     }
 
-    /// Runs reconciliation on every metadata change (and periodically) and retention every
-    /// `log.retention.check.interval.ms`, until shutdown.
+    /// Runs reconciliation when topics change in metadata (and periodically), retention
+    /// every `log.retention.check.interval.ms`, the group coordinator's timers, and
+    /// committed-offset expiry, until shutdown.
     pub(crate) async fn run_background(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
         let mut changes = self.meta.subscribe();
         let mut reconcile_tick = tokio::time::interval(RECONCILE_INTERVAL);
         let mut retention_tick = tokio::time::interval(Duration::from_millis(
             self.config.retention_check_interval_ms(),
         ));
         retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut group_tick = tokio::time::interval(GROUP_TICK);
+        group_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut offsets_tick = tokio::time::interval(Duration::from_millis(
+            self.config.offsets_retention_check_interval_ms(),
+        ));
+        offsets_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -326,12 +351,86 @@ impl Broker {
                     if changed.is_err() {
                         return;
                     }
-                    tokio::task::block_in_place(|| self.reconcile());
+                    // Offset commits change metadata too; only topic changes need the logs.
+                    let epoch = self.meta.read(|s| s.topics_epoch);
+                    if self.reconciled_epoch.swap(epoch, Ordering::SeqCst) != epoch {
+                        tokio::task::block_in_place(|| self.reconcile());
+                    }
                 }
                 _ = reconcile_tick.tick() => tokio::task::block_in_place(|| self.reconcile()),
                 _ = retention_tick.tick() => self.enforce_retention().await,
+                _ = group_tick.tick() => {
+                    self.groups.tick(self.now_ms());
+                    self.publish_group_metrics();
+                }
+                _ = offsets_tick.tick() => self.expire_offsets().await,
             }
         }
+    }
+
+    /// Updates the group gauges and counters from the coordinator.
+    pub(crate) fn publish_group_metrics(&self) {
+        let m = &self.metrics.group;
+        let events = self.groups.take_events();
+        m.rebalances_total.inc_by(events.rebalances);
+        m.expired_members_total.inc_by(events.expired_members);
+        m.members.set(self.groups.member_count() as i64);
+    }
+
+    /// Removes committed offsets of groups that have had no members for
+    /// `offsets.retention.minutes` (counting from the later of the last commit and the
+    /// moment the group became empty, as Kafka does), and forgets such groups.
+    pub(crate) async fn expire_offsets(&self) {
+        let now = self.now_ms();
+        let retention = self.config.offsets_retention_ms();
+        // Per group: (topic, partition, commit time) of every committed offset.
+        type Committed = Vec<(String, Vec<(String, i32, i64)>)>;
+        let committed: Committed = self.meta.read(|s| {
+            s.groups
+                .iter()
+                .map(|(g, topics)| {
+                    let parts = topics
+                        .iter()
+                        .flat_map(|(t, ps)| {
+                            ps.iter()
+                                .map(move |(p, c)| (t.clone(), *p, c.commit_timestamp_ms))
+                        })
+                        .collect();
+                    (g.clone(), parts)
+                })
+                .collect()
+        });
+        for (group, parts) in committed {
+            if self.groups.is_active(&group) {
+                continue;
+            }
+            let empty_since = self.groups.empty_since(&group).unwrap_or(self.started_ms);
+            let doomed: Vec<(String, i32)> = parts
+                .into_iter()
+                .filter(|(_, _, ts)| (*ts).max(empty_since) + retention < now)
+                .map(|(t, p, _)| (t, p))
+                .collect();
+            if doomed.is_empty() {
+                continue;
+            }
+            let n = doomed.len() as u64;
+            match self
+                .meta
+                .write(Command::DeleteOffsets {
+                    group: group.clone(),
+                    partitions: doomed,
+                })
+                .await
+            {
+                Ok(_) => {
+                    info!(group = %group, offsets = n, "expired committed offsets");
+                    self.metrics.group.expired_offsets_total.inc_by(n);
+                }
+                Err(e) => warn!(group = %group, error = %e, "could not expire committed offsets"),
+            }
+        }
+        self.groups
+            .forget_empty(|g| self.meta.read(|s| s.groups.contains_key(g)));
     }
 
     /// Registers this broker's endpoint in metadata.

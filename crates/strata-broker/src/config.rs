@@ -169,6 +169,55 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         Check::AtLeast(1),
         "Default min.insync.replicas.",
     ),
+    def(
+        "group.min.session.timeout.ms",
+        ConfigType::Int,
+        "6000",
+        Check::AtLeast(1),
+        "Shortest session timeout a group member may ask for.",
+    ),
+    def(
+        "group.max.session.timeout.ms",
+        ConfigType::Int,
+        "1800000",
+        Check::AtLeast(1),
+        "Longest session timeout a group member may ask for.",
+    ),
+    def(
+        "group.initial.rebalance.delay.ms",
+        ConfigType::Int,
+        "3000",
+        Check::AtLeast(0),
+        "How long a new group's first rebalance waits for more members to join.",
+    ),
+    def(
+        "offsets.retention.minutes",
+        ConfigType::Int,
+        "10080",
+        Check::AtLeast(1),
+        "How long committed offsets of a group without members are kept.",
+    ),
+    def(
+        "offsets.retention.check.interval.ms",
+        ConfigType::Long,
+        "600000",
+        Check::AtLeast(1),
+        "How often expired committed offsets are removed.",
+    ),
+    def(
+        "offset.metadata.max.bytes",
+        ConfigType::Int,
+        "4096",
+        Check::AtLeast(0),
+        "Largest metadata string an OffsetCommit may attach to an offset.",
+    ),
+    def(
+        "producer.id.expiration.ms",
+        ConfigType::Int,
+        "86400000",
+        Check::AtLeast(1),
+        "How long a partition remembers an idle idempotent producer's sequence numbers.",
+    ),
 ];
 
 /// Topic-level settings and the broker setting each one defaults to.
@@ -384,6 +433,34 @@ impl BrokerConfig {
 
     pub fn fetch_max_bytes(&self) -> usize {
         self.number("fetch.max.bytes") as usize
+    }
+
+    pub fn group_min_session_timeout_ms(&self) -> i32 {
+        self.number("group.min.session.timeout.ms") as i32
+    }
+
+    pub fn group_max_session_timeout_ms(&self) -> i32 {
+        self.number("group.max.session.timeout.ms") as i32
+    }
+
+    pub fn group_initial_rebalance_delay_ms(&self) -> i32 {
+        self.number("group.initial.rebalance.delay.ms") as i32
+    }
+
+    pub fn offsets_retention_ms(&self) -> i64 {
+        self.number("offsets.retention.minutes") * 60_000
+    }
+
+    pub fn offsets_retention_check_interval_ms(&self) -> u64 {
+        self.number("offsets.retention.check.interval.ms") as u64
+    }
+
+    pub fn offset_metadata_max_bytes(&self) -> usize {
+        self.number("offset.metadata.max.bytes") as usize
+    }
+
+    pub fn producer_id_expiration_ms(&self) -> i64 {
+        self.number("producer.id.expiration.ms")
     }
 
     pub fn retention_check_interval_ms(&self) -> u64 {

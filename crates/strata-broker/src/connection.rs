@@ -42,7 +42,11 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             () = broker.shutdown.cancelled() => break,
             r = rd.read_i32() => match r {
                 Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                // Between requests, EOF or a reset is just a client going away.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) => break,
                 Err(e) => {
                     closing("read_error", &e.to_string());
                     break;
@@ -81,7 +85,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             }
         }
         m.bytes_in_total.inc_by(4 + size as u64);
-        match handlers::handle(&broker, frame.freeze()).await {
+        match handlers::handle(&broker, frame.freeze(), peer).await {
             Outcome::Respond(resp) => {
                 if let Err(e) = wr.write_all(&resp).await {
                     debug!(%peer, error = %e, "client went away before its response was written");

@@ -2,7 +2,7 @@
 //! exhaustive, so a new error variant forces a decision about what clients see.
 
 use kafka_protocol::ResponseError;
-use strata_log::LogError;
+use strata_log::{LogError, ProducerError};
 use strata_meta::MetaError;
 use strata_protocol::BatchError;
 
@@ -14,6 +14,11 @@ pub fn log_error(e: &LogError) -> ResponseError {
         | LogError::Offline { .. }
         | LogError::Corrupt { .. }
         | LogError::BadDirectory { .. } => ResponseError::KafkaStorageError,
+        LogError::Producer(p) => match p {
+            ProducerError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+            ProducerError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+            ProducerError::InvalidSequence { .. } => ResponseError::InvalidRecord,
+        },
     }
 }
 

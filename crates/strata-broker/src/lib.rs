@@ -13,7 +13,8 @@ mod clock;
 mod config;
 mod connection;
 mod errors;
-mod handlers;
+mod groups;
+pub(crate) mod handlers;
 mod server;
 
 pub use broker::Endpoint;

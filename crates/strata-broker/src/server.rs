@@ -19,6 +19,8 @@ use tracing::{info, warn};
 use crate::broker::{Broker, Endpoint};
 use crate::clock::Clock;
 use crate::config::BrokerConfig;
+use crate::groups::coordinator::{GroupConfig, GroupCoordinator};
+use crate::groups::offsets::OffsetWriter;
 
 /// Everything a broker needs besides its metadata node and listener.
 pub struct BrokerOptions {
@@ -137,6 +139,12 @@ impl RunningBroker {
             port: kafka_addr.port(),
         });
         Broker::register(&meta, opts.node_id, &endpoint).await?;
+        let groups = GroupCoordinator::new(GroupConfig {
+            min_session_timeout_ms: opts.config.group_min_session_timeout_ms(),
+            max_session_timeout_ms: opts.config.group_max_session_timeout_ms(),
+            initial_rebalance_delay_ms: opts.config.group_initial_rebalance_delay_ms(),
+        });
+        let offsets = OffsetWriter::start(meta.clone(), opts.metrics.group.clone());
         let broker = Arc::new(Broker {
             node_id: opts.node_id,
             endpoint,
@@ -145,8 +153,13 @@ impl RunningBroker {
             meta,
             logs,
             metrics: opts.metrics,
+            started_ms: opts.clock.now_ms(),
             clock: opts.clock,
             shutdown: CancellationToken::new(),
+            groups,
+            offsets,
+            producer_ids: Default::default(),
+            reconciled_epoch: std::sync::atomic::AtomicU64::new(0),
         });
         {
             let b = broker.clone();

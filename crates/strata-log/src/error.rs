@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use crate::producers::ProducerError;
+
 /// Errors of the partition log. Messages are written for the operator reading the log.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -26,6 +28,9 @@ pub enum LogError {
     },
     #[error("partition directory {path} has an unexpected name")]
     BadDirectory { path: PathBuf },
+    /// An idempotent producer's batch was refused; nothing of the append was written.
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
 }
 
 impl LogError {

@@ -4,7 +4,11 @@
 //! files and their sparse offset and time indexes, offset assignment, group-committed
 //! `fdatasync`, crash recovery (a torn or corrupt tail is found by CRC and cut off),
 //! segment rolling by size and age, and deletion of whole old segments when the log start
-//! offset moves. The on-disk format is documented in `docs/storage-format.md`.
+//! offset moves. It also keeps each partition's idempotent-producer state (epochs and the
+//! last five batches' sequences per producer id), rejects out-of-order or fenced batches
+//! and answers retries with the original offsets; that state is snapshotted beside each
+//! sealed segment and rebuilt from the log at start-up. The on-disk format is documented
+//! in `docs/storage-format.md`.
 //!
 //! It must not know about Kafka requests, topics' configs as Kafka names, or the metadata
 //! service: callers pass plain numbers (`LogConfig`, retention limits, the time) and
@@ -15,11 +19,15 @@ mod error;
 mod index;
 mod manager;
 mod partition;
+mod producers;
 mod segment;
 
 pub use error::{LogError, Result};
 pub use manager::{LogManager, PartitionKey};
 pub use partition::{AppendInfo, LogConfig, Offsets, Partition, ReadResult, SegmentInfo};
+pub use producers::{ProducerError, ProducerInfo};
 
+#[cfg(test)]
+mod producer_tests;
 #[cfg(test)]
 mod tests;

@@ -81,6 +81,11 @@ impl LogManager {
         })
     }
 
+    /// The directory the partition logs live in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn get(&self, key: PartitionKey) -> Option<Arc<Partition>> {
         self.partitions.read().get(&key).cloned()
     }

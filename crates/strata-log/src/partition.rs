@@ -5,6 +5,10 @@
 //! before its `fdatasync` is covered by it, and producers that arrive meanwhile share the
 //! next one. The high watermark is the end of what has been synced: consumers never see
 //! data that a crash could still take back.
+//!
+//! The partition also keeps its idempotent producers' state (see the `producers` module):
+//! appends are checked against it under the same lock before anything is written, so a
+//! retried batch is answered with its original offsets instead of being stored twice.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,6 +27,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::error::{LogError, Result};
+use crate::producers::{Checked, ProducerInfo, ProducerState};
 use crate::segment::{self, Segment};
 
 /// Per-partition settings that shape the files (the topic's `segment.*` configs).
@@ -63,6 +68,10 @@ pub struct AppendInfo {
     pub base_offset: i64,
     pub last_offset: i64,
     pub log_start: i64,
+    /// The append was a retry of a batch an idempotent producer had already written:
+    /// nothing was written, and the offsets are those of the original, which is what the
+    /// producer must be told (Kafka acknowledges such a retry as a success).
+    pub duplicate: bool,
 }
 
 /// The result of a read: whole batches as stored, and the offsets at the time of reading.
@@ -90,6 +99,8 @@ struct Inner {
     hw_segment: i64,
     hw_position: u64,
     config: LogConfig,
+    /// Idempotent producers' sequence and epoch state, as of the end of the log.
+    producers: ProducerState,
     /// Set after an fsync failure: the page cache may have dropped data, so the log takes
     /// no more writes until a restart recovers it from disk.
     failed: Option<String>,
@@ -155,10 +166,8 @@ struct Gauges {
     size_bytes: IntGauge,
 }
 
-fn offset_of_log_file(path: &Path) -> Option<i64> {
-    if path.extension()? != "log" {
-        return None;
-    }
+/// The base offset in a segment file's name (`<base>.<ext>`).
+fn offset_of_file(path: &Path) -> Option<i64> {
     path.file_stem()?.to_str()?.parse().ok()
 }
 
@@ -174,12 +183,17 @@ impl Partition {
     ) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create", &dir, e))?;
         let mut bases = Vec::new();
+        let mut snapshots = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| LogError::io("list", &dir, e))? {
             let entry = entry.map_err(|e| LogError::io("list", &dir, e))?;
             let path = entry.path();
             match path.extension().and_then(|e| e.to_str()) {
-                Some("log") => match offset_of_log_file(&path) {
+                Some("log") => match offset_of_file(&path) {
                     Some(base) => bases.push(base),
+                    None => warn!(path = %path.display(), "ignoring file with an unexpected name"),
+                },
+                Some("producers") => match offset_of_file(&path) {
+                    Some(base) => snapshots.push(base),
                     None => warn!(path = %path.display(), "ignoring file with an unexpected name"),
                 },
                 Some("tmp") => {
@@ -189,17 +203,29 @@ impl Partition {
             }
         }
         bases.sort_unstable();
+        let (mut producers, snapshot) = load_producer_snapshot(&dir, &bases, &snapshots);
         let mut segments = BTreeMap::new();
         for (i, &base) in bases.iter().enumerate() {
             let path = segment::file_stem(&dir, base).with_extension("log");
             let next_base = bases.get(i + 1).copied();
+            // Segments after the snapshot (all of them without one) feed the producer state.
+            let replays = snapshot.is_none_or(|(at, _)| base > at);
+            let mut replay = |h: &BatchHeader| {
+                if replays {
+                    producers.replay(h, now_ms);
+                }
+            };
             let recovered = Segment::open(
                 path.clone(),
                 base,
                 config.index_interval_bytes,
                 next_base,
                 now_ms,
+                &mut replay,
             )?;
+            if replays && !recovered.scanned {
+                replay_headers(&recovered.segment, &mut producers, now_ms)?;
+            }
             if recovered.truncated > 0 {
                 warn!(
                     path = %path.display(),
@@ -212,6 +238,20 @@ impl Partition {
                     .inc_by(recovered.truncated);
             }
             segments.insert(base, recovered.segment);
+        }
+        if let Some((at, end)) = snapshot
+            && segments.get(&at).is_some_and(|s| s.next_offset != end)
+        {
+            // Recovery cut the snapshot's own segment short (it was damaged), so the
+            // snapshot remembers batches the log no longer has: rebuild from the log.
+            warn!(
+                path = %segment::file_stem(&dir, at).with_extension("producers").display(),
+                "producer snapshot is ahead of its recovered segment; rebuilding producer state from the log"
+            );
+            producers = ProducerState::default();
+            for seg in segments.values() {
+                replay_headers(seg, &mut producers, now_ms)?;
+            }
         }
         let log_start = bases.first().copied().unwrap_or(0);
         if segments.is_empty() {
@@ -226,6 +266,7 @@ impl Partition {
             hw_segment: log_start,
             hw_position: 0,
             config,
+            producers,
             failed: None,
         };
         // Everything that survived recovery is on disk: it is all durable.
@@ -337,6 +378,12 @@ impl Partition {
     /// Appends already-validated batches (`records`, with their headers from
     /// [`strata_protocol::batch::validate_all`]), assigning offsets. The data is written but
     /// not yet durable: call [`Partition::wait_durable`] with `last_offset + 1`.
+    ///
+    /// Batches of idempotent producers are checked first (see the `producers` module):
+    /// a batch that breaks the producer's sequence or epoch fails the whole append with
+    /// [`LogError::Producer`] and nothing is written; a retry of one of the producer's
+    /// last five batches writes nothing and returns the original's offsets with
+    /// `duplicate` set.
     pub fn append(
         &self,
         records: &[u8],
@@ -349,6 +396,20 @@ impl Partition {
         let count: i64 = headers.iter().map(|h| h.last_offset_delta as i64 + 1).sum();
         let base_offset = inner.log_end();
         let last_offset = base_offset + count - 1;
+        let producer_update = match inner.producers.check(headers, base_offset, now_ms)? {
+            Checked::Append(update) => update,
+            Checked::Duplicate {
+                base_offset,
+                last_offset,
+            } => {
+                return Ok(AppendInfo {
+                    base_offset,
+                    last_offset,
+                    log_start: inner.log_start,
+                    duplicate: true,
+                });
+            }
+        };
         let needs_roll = inner.active().is_none_or(|a| {
             a.size > 0
                 && (a.size + records.len() as u64 > inner.config.segment_bytes
@@ -389,20 +450,52 @@ impl Partition {
             pos += h.total_len() as u64;
             next = placed.next_offset();
         }
+        inner.producers.apply(producer_update);
         let info = AppendInfo {
             base_offset,
             last_offset,
             log_start: inner.log_start,
+            duplicate: false,
         };
         self.publish_metrics(&inner);
         Ok(info)
     }
 
+    /// The idempotent producers this partition remembers, by producer id (for
+    /// DescribeProducers).
+    pub fn producers(&self) -> Vec<ProducerInfo> {
+        self.inner.lock().producers.describe()
+    }
+
+    /// Forgets producers idle for at least `max_idle_ms` (Kafka's
+    /// `producer.id.expiration.ms`, one day by default; negative disables expiry) and
+    /// returns how many. A producer counts as active at the later of its last batch's
+    /// timestamp and the broker time of its last append, so one that writes old
+    /// timestamps keeps its duplicate detection for the whole window. A forgotten producer
+    /// that comes back is accepted at any sequence, as in Kafka.
+    pub fn expire_producers(&self, now_ms: i64, max_idle_ms: i64) -> usize {
+        let expired = self.inner.lock().producers.expire(now_ms, max_idle_ms);
+        if expired > 0 {
+            info!(
+                topic = %self.topic,
+                partition = self.partition,
+                expired,
+                "forgot idle producer ids"
+            );
+        }
+        expired
+    }
+
     /// Seals the active segment and starts a new one at the log end offset.
     fn roll(&self, inner: &mut Inner, now_ms: i64) -> Result<()> {
         let next = inner.log_end();
-        if let Some(active) = inner.segments.values_mut().next_back() {
-            if let Err(e) = active.seal() {
+        let Inner {
+            segments,
+            producers,
+            ..
+        } = &mut *inner;
+        if let Some(active) = segments.values_mut().next_back() {
+            if let Err(e) = active.seal(producers) {
                 self.fail(inner, &e);
                 return Err(e);
             }
@@ -676,6 +769,67 @@ impl Partition {
                 .map_err(|e| LogError::io("fsync", &a.path, e))?;
         }
         Ok(())
+    }
+}
+
+/// Loads the producer state from the snapshot of the newest sealed segment that has a
+/// usable one, and returns it with that segment's base offset and the offset the snapshot
+/// covers up to (the next segment's base). Without one the state is empty and must be
+/// rebuilt from every segment. Unusable snapshots are logged and deleted, as are snapshots
+/// that belong to no sealed segment (left over from a deletion or a failed roll).
+fn load_producer_snapshot(
+    dir: &Path,
+    bases: &[i64],
+    snapshots: &[i64],
+) -> (ProducerState, Option<(i64, i64)>) {
+    let sealed: Vec<(i64, i64)> = bases.windows(2).map(|w| (w[0], w[1])).collect();
+    for &base in snapshots {
+        if !sealed.iter().any(|&(b, _)| b == base) {
+            let _ = std::fs::remove_file(segment::file_stem(dir, base).with_extension("producers"));
+        }
+    }
+    for &(base, end) in sealed.iter().rev() {
+        if !snapshots.contains(&base) {
+            continue;
+        }
+        let path = segment::file_stem(dir, base).with_extension("producers");
+        let loaded = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|data| ProducerState::decode_snapshot(&data, end));
+        match loaded {
+            Ok(state) => return (state, Some((base, end))),
+            Err(reason) => {
+                warn!(
+                    path = %path.display(),
+                    %reason,
+                    "ignoring an unusable producer snapshot; the state is rebuilt from the log"
+                );
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    (ProducerState::default(), None)
+}
+
+/// Feeds the batches of a segment that recovery trusted without reading into the
+/// producer state. A header that does not parse ends this segment's walk with a warning:
+/// the log stays as usable as before, only producer state after that point is missing.
+fn replay_headers(seg: &Segment, producers: &mut ProducerState, now_ms: i64) -> Result<()> {
+    match seg.walk_headers(&mut |h| producers.replay(h, now_ms)) {
+        Err(LogError::Corrupt {
+            path,
+            position,
+            reason,
+        }) => {
+            warn!(
+                path = %path.display(),
+                position,
+                %reason,
+                "unreadable batch header while rebuilding producer state; skipping the rest of the segment"
+            );
+            Ok(())
+        }
+        other => other,
     }
 }
 

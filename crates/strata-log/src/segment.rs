@@ -1,5 +1,6 @@
 //! One segment: a file of Kafka v2 record batches back to back, named after the offset of
-//! its first batch (`00000000000000001234.log`), with its two sparse indexes.
+//! its first batch (`00000000000000001234.log`), with its two sparse indexes and, once
+//! sealed, a snapshot of the partition's producer state as of its end (`.producers`).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -10,6 +11,7 @@ use strata_protocol::batch::{self, BatchHeader, HEADER_LEN, HeaderIter};
 
 use crate::error::{LogError, Result};
 use crate::index::{self, OffsetIndex, TimeIndex};
+use crate::producers::ProducerState;
 
 /// How many bytes recovery reads at a time.
 const SCAN_CHUNK: usize = 1 << 20;
@@ -41,6 +43,9 @@ pub(crate) struct Recovered {
     pub(crate) segment: Segment,
     /// Bytes cut off the end because they were torn or corrupt.
     pub(crate) truncated: u64,
+    /// Whether every batch was read (and passed to the caller's `replay`); `false` when
+    /// the segment was trusted through its index files.
+    pub(crate) scanned: bool,
 }
 
 impl Segment {
@@ -87,13 +92,15 @@ impl Segment {
     /// Opens an existing segment. If it has a successor (`next_base`, that segment's base
     /// offset) and valid index files beside it, the indexes are loaded and `next_offset` is
     /// `next_base`; otherwise every batch is read and CRC-checked, the indexes are
-    /// rebuilt, and anything after the last good batch is cut off.
+    /// rebuilt, and anything after the last good batch is cut off. When the batches are
+    /// read, `replay` sees the header of each one that is kept, in order.
     pub(crate) fn open(
         path: PathBuf,
         base_offset: i64,
         index_interval: u64,
         next_base: Option<i64>,
         now_ms: i64,
+        replay: &mut dyn FnMut(&BatchHeader),
     ) -> Result<Recovered> {
         let file = OpenOptions::new()
             .read(true)
@@ -116,10 +123,11 @@ impl Segment {
                 return Ok(Recovered {
                     segment: seg,
                     truncated: 0,
+                    scanned: false,
                 });
             }
         }
-        seg.scan(len)?;
+        seg.scan(len, replay)?;
         let truncated = len - seg.size;
         if truncated > 0 {
             seg.file
@@ -132,6 +140,7 @@ impl Segment {
         Ok(Recovered {
             segment: seg,
             truncated,
+            scanned: true,
         })
     }
 
@@ -140,8 +149,9 @@ impl Segment {
     }
 
     /// Reads the file from the start, keeping every complete, CRC-valid batch whose base
-    /// offset continues the sequence; stops at the first one that is not.
-    fn scan(&mut self, len: u64) -> Result<()> {
+    /// offset continues the sequence; stops at the first one that is not. `replay` sees
+    /// every batch that is kept.
+    fn scan(&mut self, len: u64, replay: &mut dyn FnMut(&BatchHeader)) -> Result<()> {
         let mut buf = Vec::new();
         let mut pos: u64 = 0;
         loop {
@@ -182,6 +192,7 @@ impl Segment {
                     return Ok(());
                 }
                 self.track(&header, pos + off as u64);
+                replay(&header);
                 off += total;
             }
             pos += off as u64;
@@ -226,8 +237,39 @@ impl Segment {
         Ok(())
     }
 
-    /// Seals the segment: its data is fsynced and both indexes are written beside it.
-    pub(crate) fn seal(&mut self) -> Result<()> {
+    /// Passes the header of every batch in the segment to `f`, in order, reading the file
+    /// in large chunks. For segments that recovery trusted without reading them; stops with
+    /// `Corrupt` at a header that does not parse.
+    pub(crate) fn walk_headers(&self, f: &mut dyn FnMut(&BatchHeader)) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut buf_start: u64 = 0;
+        let mut pos: u64 = 0;
+        while pos + HEADER_LEN as u64 <= self.size {
+            if pos + HEADER_LEN as u64 > buf_start + buf.len() as u64 {
+                let n = (self.size - pos).min(SCAN_CHUNK as u64) as usize;
+                self.read_into(&mut buf, n, pos)?;
+                buf_start = pos;
+            }
+            let at = (pos - buf_start) as usize;
+            let header = BatchHeader::parse(&buf[at..]).map_err(|e| LogError::Corrupt {
+                path: self.path.clone(),
+                position: pos,
+                reason: e.to_string(),
+            })?;
+            let total = header.total_len() as u64;
+            if pos + total > self.size {
+                return Ok(());
+            }
+            f(&header);
+            pos += total;
+        }
+        Ok(())
+    }
+
+    /// Seals the segment: its data is fsynced, both indexes are written beside it, and so
+    /// is `producers` (the partition's producer state, which must be as of this segment's
+    /// end) as `<base>.producers`, so that start-up need not re-read this segment for it.
+    pub(crate) fn seal(&mut self, producers: &ProducerState) -> Result<()> {
         self.file
             .sync_data()
             .map_err(|e| LogError::io("fsync", &self.path, e))?;
@@ -237,17 +279,18 @@ impl Segment {
             );
             self.times.maybe_push(self.max_timestamp, last_rel);
         }
-        index::save(
-            &file_stem(self.dir(), self.base_offset),
-            &self.offsets,
-            &self.times,
+        let stem = file_stem(self.dir(), self.base_offset);
+        index::save(&stem, &self.offsets, &self.times)?;
+        index::write_atomically(
+            &stem.with_extension("producers"),
+            &producers.encode_snapshot(self.next_offset),
         )
     }
 
     /// Deletes the segment's files.
     pub(crate) fn delete_files(&self) -> Result<()> {
         let stem = file_stem(self.dir(), self.base_offset);
-        for ext in ["log", "index", "timeindex"] {
+        for ext in ["log", "index", "timeindex", "producers"] {
             let p = stem.with_extension(ext);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

@@ -9,15 +9,15 @@ use strata_telemetry::Metrics;
 
 use crate::{LogConfig, LogError, LogManager, Partition, PartitionKey};
 
-fn metrics() -> strata_telemetry::LogMetrics {
+pub(crate) fn metrics() -> strata_telemetry::LogMetrics {
     Metrics::new().unwrap().log
 }
 
-fn open(dir: &Path, config: LogConfig) -> Partition {
+pub(crate) fn open(dir: &Path, config: LogConfig) -> Partition {
     Partition::open(dir.to_path_buf(), "t".into(), 0, config, metrics(), 0).unwrap()
 }
 
-fn small(segment_bytes: u64) -> LogConfig {
+pub(crate) fn small(segment_bytes: u64) -> LogConfig {
     LogConfig {
         segment_bytes,
         segment_ms: i64::MAX,
@@ -32,7 +32,7 @@ fn append(p: &Partition, n: usize, ts: i64, now: i64) -> i64 {
     p.append(&b, &headers, 0, now).unwrap().base_offset
 }
 
-async fn sync(p: &Partition) {
+pub(crate) async fn sync(p: &Partition) {
     let end = p.offsets().log_end;
     p.wait_durable(end).await.unwrap();
 }

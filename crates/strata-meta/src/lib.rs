@@ -38,6 +38,8 @@ pub use types::BrokerInfo;
 pub use types::ClusterState;
 pub use types::Command;
 pub use types::CommandResult;
+pub use types::CommittedOffset;
 pub use types::NodeId;
+pub use types::OffsetCommit;
 pub use types::PartitionMeta;
 pub use types::TopicMeta;

@@ -29,6 +29,34 @@ pub struct ClusterState {
     pub brokers: BTreeMap<i32, BrokerInfo>,
     /// Topics by name.
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Bumped by every command that changes brokers or topics (not by offset commits or
+    /// producer-id allocation), so that watchers can skip work when only offsets moved.
+    #[serde(default)]
+    pub topics_epoch: u64,
+    /// Committed consumer-group offsets: group, then topic name, then partition.
+    #[serde(default)]
+    pub groups: BTreeMap<String, BTreeMap<String, BTreeMap<i32, CommittedOffset>>>,
+    /// The next producer id [`Command::AllocateProducerIds`] hands out.
+    #[serde(default)]
+    pub next_producer_id: i64,
+}
+
+/// A consumer group's committed position in one partition.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub leader_epoch: i32,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// One offset to commit, as carried by [`Command::CommitOffsets`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct OffsetCommit {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub committed: CommittedOffset,
 }
 
 /// A broker as advertised to Kafka clients.
@@ -108,6 +136,22 @@ pub enum Command {
         partition: i32,
         offset: i64,
     },
+    /// Stores committed offsets, many groups' at once (the broker batches commits so that
+    /// thousands of commits a second are a few Raft entries). Entries for topics that no
+    /// longer exist are skipped. Result: [`CommandResult::Ok`].
+    CommitOffsets { commits: Vec<OffsetCommit> },
+    /// Removes some of a group's committed offsets (OffsetDelete, expiry). Result:
+    /// [`CommandResult::Ok`].
+    DeleteOffsets {
+        group: String,
+        partitions: Vec<(String, i32)>,
+    },
+    /// Removes every committed offset of a group (DeleteGroups). Result:
+    /// [`CommandResult::Ok`] or [`CommandResult::UnknownGroup`].
+    DeleteGroupOffsets { group: String },
+    /// Reserves `count` consecutive producer ids. Result:
+    /// [`CommandResult::ProducerIds`] with the first one.
+    AllocateProducerIds { count: u32 },
 }
 
 /// What applying a [`Command`] produced; returned to the writer once committed.
@@ -128,6 +172,10 @@ pub enum CommandResult {
     UnknownPartition,
     /// The topic removed by [`Command::DeleteTopic`], so its data can be deleted.
     Deleted(TopicMeta),
+    /// The group has no committed offsets.
+    UnknownGroup,
+    /// The first of the producer ids reserved by [`Command::AllocateProducerIds`].
+    ProducerIds { first: i64 },
 }
 
 impl ClusterState {
@@ -161,6 +209,7 @@ impl ClusterState {
             }
             Command::RegisterBroker(info) => {
                 self.brokers.insert(info.node_id, info);
+                self.topics_epoch += 1;
                 CommandResult::Ok
             }
             Command::CreateTopic {
@@ -182,15 +231,25 @@ impl ClusterState {
                     configs,
                 };
                 self.topics.insert(name, topic);
+                self.topics_epoch += 1;
                 CommandResult::Ok
             }
             Command::DeleteTopic { name } => match self.topics.remove(&name) {
-                Some(topic) => CommandResult::Deleted(topic),
+                Some(topic) => {
+                    // Kafka forgets committed offsets of a deleted topic.
+                    for offsets in self.groups.values_mut() {
+                        offsets.remove(&name);
+                    }
+                    self.groups.retain(|_, offsets| !offsets.is_empty());
+                    self.topics_epoch += 1;
+                    CommandResult::Deleted(topic)
+                }
                 None => CommandResult::UnknownTopic,
             },
             Command::SetTopicConfigs { name, configs } => match self.topics.get_mut(&name) {
                 Some(topic) => {
                     topic.configs = configs;
+                    self.topics_epoch += 1;
                     CommandResult::Ok
                 }
                 None => CommandResult::UnknownTopic,
@@ -198,6 +257,7 @@ impl ClusterState {
             Command::AddPartitions { name, partitions } => match self.topics.get_mut(&name) {
                 Some(topic) => {
                     topic.partitions.extend(partitions);
+                    self.topics_epoch += 1;
                     CommandResult::Ok
                 }
                 None => CommandResult::UnknownTopic,
@@ -216,10 +276,50 @@ impl ClusterState {
                 match slot {
                     Some(p) => {
                         p.log_start_offset = p.log_start_offset.max(offset);
+                        self.topics_epoch += 1;
                         CommandResult::Ok
                     }
                     None => CommandResult::UnknownPartition,
                 }
+            }
+            Command::CommitOffsets { commits } => {
+                for c in commits {
+                    if !self.topics.contains_key(&c.topic) {
+                        continue;
+                    }
+                    self.groups
+                        .entry(c.group)
+                        .or_default()
+                        .entry(c.topic)
+                        .or_default()
+                        .insert(c.partition, c.committed);
+                }
+                CommandResult::Ok
+            }
+            Command::DeleteOffsets { group, partitions } => {
+                if let Some(offsets) = self.groups.get_mut(&group) {
+                    for (topic, partition) in partitions {
+                        if let Some(parts) = offsets.get_mut(&topic) {
+                            parts.remove(&partition);
+                            if parts.is_empty() {
+                                offsets.remove(&topic);
+                            }
+                        }
+                    }
+                    if offsets.is_empty() {
+                        self.groups.remove(&group);
+                    }
+                }
+                CommandResult::Ok
+            }
+            Command::DeleteGroupOffsets { group } => match self.groups.remove(&group) {
+                Some(_) => CommandResult::Ok,
+                None => CommandResult::UnknownGroup,
+            },
+            Command::AllocateProducerIds { count } => {
+                let first = self.next_producer_id;
+                self.next_producer_id = first.saturating_add(i64::from(count));
+                CommandResult::ProducerIds { first }
             }
         }
     }
@@ -334,5 +434,92 @@ mod tests {
             }),
             CommandResult::UnknownTopic
         );
+    }
+
+    fn commit(group: &str, topic: &str, partition: i32, offset: i64) -> OffsetCommit {
+        OffsetCommit {
+            group: group.into(),
+            topic: topic.into(),
+            partition,
+            committed: CommittedOffset {
+                offset,
+                leader_epoch: 0,
+                metadata: format!("m{offset}"),
+                commit_timestamp_ms: 5,
+            },
+        }
+    }
+
+    #[test]
+    fn offsets_are_stored_deleted_and_follow_their_topic() {
+        let mut s = ClusterState::default();
+        for name in ["a", "b"] {
+            s.apply(Command::CreateTopic {
+                name: name.into(),
+                id: Uuid::new_v4(),
+                partitions: vec![partition(), partition()],
+                configs: BTreeMap::new(),
+            });
+        }
+        let epoch = s.topics_epoch;
+        s.apply(Command::CommitOffsets {
+            commits: vec![
+                commit("g", "a", 0, 10),
+                commit("g", "a", 1, 11),
+                commit("g", "b", 0, 12),
+                commit("h", "a", 0, 1),
+                commit("g", "gone", 0, 9),
+            ],
+        });
+        assert_eq!(
+            s.topics_epoch, epoch,
+            "offset commits are not topic changes"
+        );
+        assert_eq!(s.groups["g"]["a"][&1].offset, 11);
+        assert!(
+            !s.groups["g"].contains_key("gone"),
+            "unknown topics are skipped"
+        );
+        // A later commit replaces the earlier one.
+        s.apply(Command::CommitOffsets {
+            commits: vec![commit("g", "a", 1, 20)],
+        });
+        assert_eq!(s.groups["g"]["a"][&1].metadata, "m20");
+
+        s.apply(Command::DeleteOffsets {
+            group: "g".into(),
+            partitions: vec![("a".into(), 0), ("a".into(), 1)],
+        });
+        assert!(!s.groups["g"].contains_key("a"));
+        assert!(s.groups["g"].contains_key("b"));
+        // Deleting a topic forgets its offsets; a group left with none disappears.
+        assert!(matches!(
+            s.apply(Command::DeleteTopic { name: "a".into() }),
+            CommandResult::Deleted(_)
+        ));
+        assert!(!s.groups.contains_key("h"));
+        assert_eq!(
+            s.apply(Command::DeleteGroupOffsets { group: "g".into() }),
+            CommandResult::Ok
+        );
+        assert_eq!(
+            s.apply(Command::DeleteGroupOffsets { group: "g".into() }),
+            CommandResult::UnknownGroup
+        );
+        assert!(s.groups.is_empty());
+    }
+
+    #[test]
+    fn producer_ids_come_in_disjoint_blocks() {
+        let mut s = ClusterState::default();
+        assert_eq!(
+            s.apply(Command::AllocateProducerIds { count: 1000 }),
+            CommandResult::ProducerIds { first: 0 }
+        );
+        assert_eq!(
+            s.apply(Command::AllocateProducerIds { count: 10 }),
+            CommandResult::ProducerIds { first: 1000 }
+        );
+        assert_eq!(s.next_producer_id, 1010);
     }
 }

@@ -68,6 +68,17 @@ pub struct LogMetrics {
     pub io_errors_total: IntCounterVec,
 }
 
+/// Consumer group coordinator metrics.
+#[derive(Clone)]
+pub struct GroupMetrics {
+    pub members: IntGauge,
+    pub rebalances_total: IntCounter,
+    pub expired_members_total: IntCounter,
+    pub offset_commits_total: IntCounter,
+    pub offset_commit_writes_total: IntCounter,
+    pub expired_offsets_total: IntCounter,
+}
+
 /// Every metric the broker exports, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -75,6 +86,7 @@ pub struct Metrics {
     names: Vec<String>,
     pub kafka: KafkaMetrics,
     pub log: LogMetrics,
+    pub group: GroupMetrics,
 }
 
 /// Creates and registers metrics, remembering their names.
@@ -239,11 +251,35 @@ impl Metrics {
                 &[REASON],
             )?,
         };
+        let group = GroupMetrics {
+            members: r.gauge(
+                "strata_group_members",
+                "Members of consumer groups coordinated here",
+            )?,
+            rebalances_total: r.counter("strata_group_rebalances_total", "Rebalances started")?,
+            expired_members_total: r.counter(
+                "strata_group_expired_members_total",
+                "Members removed because their session timed out",
+            )?,
+            offset_commits_total: r.counter(
+                "strata_group_offset_commits_total",
+                "Partition offsets committed",
+            )?,
+            offset_commit_writes_total: r.counter(
+                "strata_group_offset_commit_writes_total",
+                "Metadata (Raft) writes carrying committed offsets; commits are batched into them",
+            )?,
+            expired_offsets_total: r.counter(
+                "strata_group_expired_offsets_total",
+                "Committed offsets removed by offsets.retention.minutes",
+            )?,
+        };
         Ok(Self {
             registry: r.registry,
             names: r.names,
             kafka,
             log,
+            group,
         })
     }
 

@@ -4,12 +4,15 @@
 //! Each handler converts between Kafka's wire structs and the log/metadata calls at this
 //! boundary; nothing below it sees wire types.
 
+mod admin;
 mod api_versions;
 mod configs;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod metadata;
 mod produce;
+pub(crate) mod producers;
 mod topics;
 
 use std::sync::Arc;
@@ -32,10 +35,30 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 6),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::DescribeLogDirs, 1, 4),
 ];
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -43,6 +66,12 @@ fn supported(api: ApiKey) -> Option<(i16, i16)> {
         .iter()
         .find(|(k, _, _)| *k == api)
         .map(|&(_, min, max)| (min, max))
+}
+
+/// Who sent a request.
+pub(crate) struct RequestCtx {
+    pub client_id: String,
+    pub client_host: String,
 }
 
 /// What the connection should do with a request.
@@ -66,7 +95,11 @@ fn close(reason: &'static str, detail: impl ToString) -> Outcome {
 }
 
 /// Handles one request frame (without its size prefix).
-pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes) -> Outcome {
+pub(crate) async fn handle(
+    broker: &Arc<Broker>,
+    frame: Bytes,
+    peer: std::net::SocketAddr,
+) -> Outcome {
     let prefix = match RequestPrefix::parse(&frame) {
         Ok(p) => p,
         Err(e) => return close("malformed_header", e),
@@ -103,6 +136,11 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes) -> Outcome {
     };
     let client = header.client_id.unwrap_or_else(StrBytes::new);
     debug!(api = ?api, version, correlation_id = prefix.correlation_id, client = %client, "request");
+    let ctx = RequestCtx {
+        client_id: client.to_string(),
+        // Kafka shows the client's address as "/<ip>".
+        client_host: format!("/{}", peer.ip()),
+    };
     let response = match request {
         RequestKind::ApiVersions(r) => {
             Some(ResponseKind::ApiVersions(api_versions::handle(&r, version)))
@@ -128,6 +166,64 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes) -> Outcome {
         RequestKind::DescribeConfigs(r) => Some(ResponseKind::DescribeConfigs(configs::describe(
             broker, &r, version,
         ))),
+        RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
+            groups::find_coordinator(broker, r, version),
+        )),
+        RequestKind::JoinGroup(r) => Some(ResponseKind::JoinGroup(
+            groups::join(broker, r, version, &ctx).await,
+        )),
+        RequestKind::SyncGroup(r) => Some(ResponseKind::SyncGroup(
+            groups::sync(broker, r, version).await,
+        )),
+        RequestKind::Heartbeat(r) => Some(ResponseKind::Heartbeat(groups::heartbeat(broker, r))),
+        RequestKind::LeaveGroup(r) => {
+            Some(ResponseKind::LeaveGroup(groups::leave(broker, r, version)))
+        }
+        RequestKind::OffsetCommit(r) => Some(ResponseKind::OffsetCommit(
+            groups::offset_commit(broker, r, version).await,
+        )),
+        RequestKind::OffsetFetch(r) => Some(ResponseKind::OffsetFetch(groups::offset_fetch(
+            broker, r, version,
+        ))),
+        RequestKind::OffsetDelete(r) => Some(ResponseKind::OffsetDelete(
+            groups::offset_delete(broker, r).await,
+        )),
+        RequestKind::ListGroups(r) => Some(ResponseKind::ListGroups(groups::list_groups(
+            broker, r, version,
+        ))),
+        RequestKind::DescribeGroups(r) => Some(ResponseKind::DescribeGroups(
+            groups::describe_groups(broker, r, version),
+        )),
+        RequestKind::DeleteGroups(r) => Some(ResponseKind::DeleteGroups(
+            groups::delete_groups(broker, r).await,
+        )),
+        RequestKind::InitProducerId(r) => Some(ResponseKind::InitProducerId(
+            producers::init_producer_id(broker, r).await,
+        )),
+        RequestKind::DescribeProducers(r) => Some(ResponseKind::DescribeProducers(
+            producers::describe_producers(broker, r),
+        )),
+        RequestKind::CreatePartitions(r) => Some(ResponseKind::CreatePartitions(
+            admin::create_partitions(broker, r).await,
+        )),
+        RequestKind::DeleteRecords(r) => Some(ResponseKind::DeleteRecords(
+            admin::delete_records(broker, r).await,
+        )),
+        RequestKind::AlterConfigs(r) => Some(ResponseKind::AlterConfigs(
+            admin::alter_configs(broker, r).await,
+        )),
+        RequestKind::IncrementalAlterConfigs(r) => Some(ResponseKind::IncrementalAlterConfigs(
+            admin::incremental_alter_configs(broker, r).await,
+        )),
+        RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
+            admin::describe_cluster(broker, r, version),
+        )),
+        RequestKind::OffsetForLeaderEpoch(r) => Some(ResponseKind::OffsetForLeaderEpoch(
+            admin::offset_for_leader_epoch(broker, r),
+        )),
+        RequestKind::DescribeLogDirs(r) => Some(ResponseKind::DescribeLogDirs(
+            admin::describe_log_dirs(broker, r, version),
+        )),
         other => return close("unsupported_api", format!("{other:?} has no handler")),
     };
     let label = api_label(api);
@@ -183,6 +279,26 @@ fn api_label(api: ApiKey) -> &'static str {
         ApiKey::CreateTopics => "CreateTopics",
         ApiKey::DeleteTopics => "DeleteTopics",
         ApiKey::DescribeConfigs => "DescribeConfigs",
+        ApiKey::OffsetCommit => "OffsetCommit",
+        ApiKey::OffsetFetch => "OffsetFetch",
+        ApiKey::FindCoordinator => "FindCoordinator",
+        ApiKey::JoinGroup => "JoinGroup",
+        ApiKey::Heartbeat => "Heartbeat",
+        ApiKey::LeaveGroup => "LeaveGroup",
+        ApiKey::SyncGroup => "SyncGroup",
+        ApiKey::DescribeGroups => "DescribeGroups",
+        ApiKey::ListGroups => "ListGroups",
+        ApiKey::DeleteGroups => "DeleteGroups",
+        ApiKey::OffsetDelete => "OffsetDelete",
+        ApiKey::InitProducerId => "InitProducerId",
+        ApiKey::DescribeProducers => "DescribeProducers",
+        ApiKey::CreatePartitions => "CreatePartitions",
+        ApiKey::DeleteRecords => "DeleteRecords",
+        ApiKey::AlterConfigs => "AlterConfigs",
+        ApiKey::IncrementalAlterConfigs => "IncrementalAlterConfigs",
+        ApiKey::DescribeCluster => "DescribeCluster",
+        ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
+        ApiKey::DescribeLogDirs => "DescribeLogDirs",
         _ => "Other",
     }
 }
@@ -218,6 +334,58 @@ fn error_codes(body: &ResponseKind) -> Vec<i16> {
             .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
             .collect(),
         ResponseKind::DescribeConfigs(r) => r.results.iter().map(|x| x.error_code).collect(),
+        ResponseKind::FindCoordinator(r) => std::iter::once(r.error_code)
+            .chain(r.coordinators.iter().map(|c| c.error_code))
+            .collect(),
+        ResponseKind::JoinGroup(r) => vec![r.error_code],
+        ResponseKind::SyncGroup(r) => vec![r.error_code],
+        ResponseKind::Heartbeat(r) => vec![r.error_code],
+        ResponseKind::LeaveGroup(r) => std::iter::once(r.error_code)
+            .chain(r.members.iter().map(|m| m.error_code))
+            .collect(),
+        ResponseKind::OffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::OffsetFetch(r) => std::iter::once(r.error_code)
+            .chain(r.groups.iter().map(|g| g.error_code))
+            .collect(),
+        ResponseKind::OffsetDelete(r) => std::iter::once(r.error_code)
+            .chain(
+                r.topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            )
+            .collect(),
+        ResponseKind::ListGroups(r) => vec![r.error_code],
+        ResponseKind::DescribeGroups(r) => r.groups.iter().map(|g| g.error_code).collect(),
+        ResponseKind::DeleteGroups(r) => r.results.iter().map(|g| g.error_code).collect(),
+        ResponseKind::InitProducerId(r) => vec![r.error_code],
+        ResponseKind::DescribeProducers(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::CreatePartitions(r) => r.results.iter().map(|x| x.error_code).collect(),
+        ResponseKind::DeleteRecords(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::AlterConfigs(r) => r.responses.iter().map(|x| x.error_code).collect(),
+        ResponseKind::IncrementalAlterConfigs(r) => {
+            r.responses.iter().map(|x| x.error_code).collect()
+        }
+        ResponseKind::DescribeCluster(r) => vec![r.error_code],
+        ResponseKind::OffsetForLeaderEpoch(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect(),
+        ResponseKind::DescribeLogDirs(r) => std::iter::once(r.error_code)
+            .chain(r.results.iter().map(|x| x.error_code))
+            .collect(),
         _ => Vec::new(),
     };
     codes.into_iter().filter(|&c| c != 0).collect()
