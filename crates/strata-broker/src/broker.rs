@@ -46,6 +46,7 @@ pub struct Broker {
     pub(crate) groups: GroupCoordinator,
     pub(crate) offsets: OffsetWriter,
     pub(crate) producer_ids: crate::handlers::producers::ProducerIds,
+    pub(crate) tier: crate::tiering::Tier,
     /// The topics epoch of metadata the local logs were last reconciled with.
     pub(crate) reconciled_epoch: std::sync::atomic::AtomicU64,
     /// When this broker started: the age of an empty group's offsets counts from here at
@@ -176,6 +177,7 @@ impl Broker {
                 replicas: vec![self.node_id],
                 isr: vec![self.node_id],
                 log_start_offset: 0,
+                remote_segments: Vec::new(),
             })
             .collect();
         let id = Uuid::new_v4();
@@ -271,7 +273,15 @@ impl Broker {
                     continue;
                 }
                 match self.partition_log(topic, i as i32) {
-                    Ok(log) => log.set_config(config.clone()),
+                    Ok(log) => {
+                        log.set_config(config.clone());
+                        if let Some(end) = crate::tiering::remote_end(pm)
+                            && let Err(e) =
+                                log.restore_tiered(pm.log_start_offset, end, self.now_ms())
+                        {
+                            warn!(topic = %topic.name, partition = i, error = %e, "could not align the log with the object store");
+                        }
+                    }
                     Err(e) => {
                         warn!(topic = %topic.name, partition = i, error = %e.message, "could not open partition log")
                     }
@@ -302,29 +312,59 @@ impl Broker {
                 debug!(topic = %topic.name, partition = key.partition, producers = expired, "forgot idle producers");
             }
             let cfg = self.topic_config(&topic);
-            let Some(target) = log.retention_target(now, cfg.retention_ms(), cfg.retention_bytes())
-            else {
-                continue;
+            let tiered = cfg.remote_storage();
+            let target = if tiered {
+                self.tiered_retention_target(
+                    key,
+                    &log,
+                    now,
+                    cfg.retention_ms(),
+                    cfg.retention_bytes(),
+                )
+            } else {
+                log.retention_target(now, cfg.retention_ms(), cfg.retention_bytes())
             };
-            let cmd = Command::AdvanceLogStartOffset {
-                topic_id: key.topic_id,
-                partition: key.partition,
-                offset: target,
-            };
-            match self.meta.write(cmd).await {
-                Ok(CommandResult::Ok) => {
-                    if let Err(e) = log.advance_log_start(target, now) {
-                        warn!(topic = %topic.name, partition = key.partition, error = %e, "retention could not delete segments");
-                    }
-                }
-                Ok(other) => {
-                    debug!(topic = %topic.name, partition = key.partition, result = ?other, "retention skipped")
-                }
-                Err(e) => {
-                    warn!(topic = %topic.name, partition = key.partition, error = %e, "retention could not commit the log start offset")
-                }
+            if let Some(target) = target
+                && let Err(e) = self.move_log_start(key, &log, target).await
+            {
+                warn!(topic = %topic.name, partition = key.partition, error = %e, "retention could not move the log start offset");
+            }
+            if tiered
+                && let Some(local) = log.local_retention_target(
+                    now,
+                    cfg.local_retention_ms(),
+                    cfg.local_retention_bytes(),
+                )
+            {
+                log.delete_local_below(local);
             }
         }
+    }
+
+    /// Moves a partition's log start offset to `target`: committed to metadata first,
+    /// then remote segments below it are removed from the manifest and deleted, then
+    /// local segments. (Retention and DeleteRecords.)
+    pub(crate) async fn move_log_start(
+        &self,
+        key: PartitionKey,
+        log: &Partition,
+        target: i64,
+    ) -> Result<(), String> {
+        let cmd = Command::AdvanceLogStartOffset {
+            topic_id: key.topic_id,
+            partition: key.partition,
+            offset: target,
+        };
+        match self.meta.write(cmd).await {
+            Ok(CommandResult::Ok) => {}
+            Ok(other) => return Err(format!("metadata answered {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+        self.remove_remote_below(key.topic_id, key.partition, target)
+            .await;
+        log.advance_log_start(target, self.now_ms())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Runs reconciliation when topics change in metadata (and periodically), retention

@@ -212,6 +212,69 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Largest metadata string an OffsetCommit may attach to an offset.",
     ),
     def(
+        "log.local.retention.ms",
+        ConfigType::Long,
+        "-2",
+        Check::AtLeast(-2),
+        "Default local.retention.ms.",
+    ),
+    def(
+        "log.local.retention.bytes",
+        ConfigType::Long,
+        "-2",
+        Check::AtLeast(-2),
+        "Default local.retention.bytes.",
+    ),
+    def(
+        "strata.wal.max-unuploaded-bytes",
+        ConfigType::Long,
+        "4294967296",
+        Check::AtLeast(1),
+        "Local bytes not yet in the object store above which produce requests are delayed, then refused with a retriable error.",
+    ),
+    def(
+        "strata.tier.upload-concurrency",
+        ConfigType::Int,
+        "4",
+        Check::AtLeast(1),
+        "Segments uploaded at the same time (one per partition at a time).",
+    ),
+    def(
+        "strata.tier.multipart-part-bytes",
+        ConfigType::Int,
+        "8388608",
+        Check::AtLeast(5242880),
+        "Segments larger than this are uploaded in parts of this size, several in flight.",
+    ),
+    def(
+        "strata.tier.cache.memory-bytes",
+        ConfigType::Long,
+        "268435456",
+        Check::AtLeast(1048576),
+        "Memory tier of the remote-read block cache.",
+    ),
+    def(
+        "strata.tier.cache.disk-bytes",
+        ConfigType::Long,
+        "2147483648",
+        Check::AtLeast(16777216),
+        "Local-disk tier of the remote-read block cache (under <data-dir>/cache).",
+    ),
+    def(
+        "strata.tier.cache.block-bytes",
+        ConfigType::Int,
+        "1048576",
+        Check::AtLeast(4096),
+        "Size of one cached block, and of one ranged GET.",
+    ),
+    def(
+        "strata.tier.cache.readahead-blocks",
+        ConfigType::Int,
+        "4",
+        Check::AtLeast(0),
+        "Blocks fetched ahead of a consumer replaying from the object store.",
+    ),
+    def(
         "producer.id.expiration.ms",
         ConfigType::Int,
         "86400000",
@@ -221,7 +284,7 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
 ];
 
 /// Topic-level settings and the broker setting each one defaults to.
-pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
+pub static TOPIC_CONFIGS: &[(ConfigDef, Option<&str>)] = &[
     (
         def(
             "cleanup.policy",
@@ -230,7 +293,7 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
             Check::OneOf(&["delete"]),
             "Only delete is implemented: whole segments are deleted by retention.",
         ),
-        "log.cleanup.policy",
+        Some("log.cleanup.policy"),
     ),
     (
         def(
@@ -240,7 +303,7 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
             Check::AtLeast(-1),
             "How long to keep a segment after its newest record; -1 keeps forever.",
         ),
-        "log.retention.ms",
+        Some("log.retention.ms"),
     ),
     (
         def(
@@ -250,7 +313,7 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
             Check::AtLeast(-1),
             "Size above which a partition's oldest segments are deleted; -1 means no limit.",
         ),
-        "log.retention.bytes",
+        Some("log.retention.bytes"),
     ),
     (
         def(
@@ -260,7 +323,7 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
             Check::AtLeast(14),
             "Size at which a segment is rolled.",
         ),
-        "log.segment.bytes",
+        Some("log.segment.bytes"),
     ),
     (
         def(
@@ -270,7 +333,7 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
             Check::AtLeast(1),
             "Age at which a segment is rolled.",
         ),
-        "log.roll.ms",
+        Some("log.roll.ms"),
     ),
     (
         def(
@@ -280,7 +343,7 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
             Check::AtLeast(0),
             "Largest record batch accepted.",
         ),
-        "message.max.bytes",
+        Some("message.max.bytes"),
     ),
     (
         def(
@@ -290,7 +353,7 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
             Check::AtLeast(0),
             "Bytes of log between offset index entries.",
         ),
-        "log.index.interval.bytes",
+        Some("log.index.interval.bytes"),
     ),
     (
         def(
@@ -300,7 +363,37 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, &str)] = &[
             Check::AtLeast(1),
             "Replicas that must have a write before acks=all succeeds.",
         ),
-        "min.insync.replicas",
+        Some("min.insync.replicas"),
+    ),
+    (
+        def(
+            "remote.storage.enable",
+            ConfigType::Boolean,
+            "true",
+            Check::Any,
+            "Upload sealed segments to the object store and serve old offsets from there.",
+        ),
+        None,
+    ),
+    (
+        def(
+            "local.retention.ms",
+            ConfigType::Long,
+            "-2",
+            Check::AtLeast(-2),
+            "How long uploaded segments stay on local disk too; -2 follows retention.ms, -1 keeps them.",
+        ),
+        Some("log.local.retention.ms"),
+    ),
+    (
+        def(
+            "local.retention.bytes",
+            ConfigType::Long,
+            "-2",
+            Check::AtLeast(-2),
+            "Local bytes above which uploaded segments are deleted locally; -2 follows retention.bytes, -1 no limit.",
+        ),
+        Some("log.local.retention.bytes"),
     ),
 ];
 
@@ -308,7 +401,7 @@ fn find_broker(name: &str) -> Option<&'static ConfigDef> {
     BROKER_CONFIGS.iter().find(|d| d.name == name)
 }
 
-pub fn find_topic(name: &str) -> Option<&'static (ConfigDef, &'static str)> {
+pub fn find_topic(name: &str) -> Option<&'static (ConfigDef, Option<&'static str>)> {
     TOPIC_CONFIGS.iter().find(|(d, _)| d.name == name)
 }
 
@@ -459,6 +552,34 @@ impl BrokerConfig {
         self.number("offset.metadata.max.bytes") as usize
     }
 
+    pub fn max_unuploaded_bytes(&self) -> u64 {
+        self.number("strata.wal.max-unuploaded-bytes").max(1) as u64
+    }
+
+    pub fn upload_concurrency(&self) -> usize {
+        self.number("strata.tier.upload-concurrency").max(1) as usize
+    }
+
+    pub fn multipart_part_bytes(&self) -> usize {
+        self.number("strata.tier.multipart-part-bytes") as usize
+    }
+
+    pub fn cache_memory_bytes(&self) -> usize {
+        self.number("strata.tier.cache.memory-bytes") as usize
+    }
+
+    pub fn cache_disk_bytes(&self) -> usize {
+        self.number("strata.tier.cache.disk-bytes") as usize
+    }
+
+    pub fn cache_block_bytes(&self) -> u64 {
+        self.number("strata.tier.cache.block-bytes") as u64
+    }
+
+    pub fn cache_readahead_blocks(&self) -> u64 {
+        self.number("strata.tier.cache.readahead-blocks") as u64
+    }
+
     pub fn producer_id_expiration_ms(&self) -> i64 {
         self.number("producer.id.expiration.ms")
     }
@@ -494,8 +615,8 @@ impl TopicConfig {
             .map(|(d, synonym)| {
                 let value = match overrides.get(d.name) {
                     Some(v) => (v.clone(), ConfigSource::TopicConfig),
-                    None => broker
-                        .get(synonym)
+                    None => synonym
+                        .and_then(|name| broker.get(name))
                         .map_or((d.default.to_string(), ConfigSource::Default), |(v, s)| {
                             (v.to_string(), s)
                         }),
@@ -509,7 +630,7 @@ impl TopicConfig {
     /// (definition, broker synonym, value, source) of every topic setting.
     pub fn entries(
         &self,
-    ) -> impl Iterator<Item = (&'static ConfigDef, &'static str, &str, ConfigSource)> {
+    ) -> impl Iterator<Item = (&'static ConfigDef, Option<&'static str>, &str, ConfigSource)> {
         TOPIC_CONFIGS.iter().filter_map(|(d, synonym)| {
             self.values
                 .get(d.name)
@@ -534,6 +655,29 @@ impl TopicConfig {
 
     pub fn max_message_bytes(&self) -> usize {
         self.number("max.message.bytes").max(0) as usize
+    }
+
+    /// Whether sealed segments go to the object store.
+    pub fn remote_storage(&self) -> bool {
+        self.values
+            .get("remote.storage.enable")
+            .is_some_and(|(v, _)| v == "true")
+    }
+
+    /// `local.retention.ms` with -2 resolved to `retention.ms`.
+    pub fn local_retention_ms(&self) -> i64 {
+        match self.number("local.retention.ms") {
+            -2 => self.retention_ms(),
+            v => v,
+        }
+    }
+
+    /// `local.retention.bytes` with -2 resolved to `retention.bytes`.
+    pub fn local_retention_bytes(&self) -> i64 {
+        match self.number("local.retention.bytes") {
+            -2 => self.retention_bytes(),
+            v => v,
+        }
     }
 
     pub fn min_insync_replicas(&self) -> usize {
@@ -563,6 +707,7 @@ mod tests {
             assert_eq!(d.validate(d.default).unwrap(), d.default, "{}", d.name);
         }
         for (d, synonym) in TOPIC_CONFIGS {
+            let Some(synonym) = synonym else { continue };
             let b = find_broker(synonym).unwrap();
             assert_eq!(b.default, d.default, "{} and {synonym} agree", d.name);
         }

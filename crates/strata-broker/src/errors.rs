@@ -10,7 +10,10 @@ use strata_protocol::BatchError;
 pub fn log_error(e: &LogError) -> ResponseError {
     match e {
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
-        LogError::Io { .. }
+        // Fetches read such offsets from the object store; anything else asking the
+        // local log for them cannot be served from this storage.
+        LogError::NotLocal { .. }
+        | LogError::Io { .. }
         | LogError::Offline { .. }
         | LogError::Corrupt { .. }
         | LogError::BadDirectory { .. } => ResponseError::KafkaStorageError,

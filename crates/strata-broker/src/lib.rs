@@ -16,6 +16,7 @@ mod errors;
 mod groups;
 pub(crate) mod handlers;
 mod server;
+mod tiering;
 
 pub use broker::Endpoint;
 pub use clock::{Clock, SystemClock};

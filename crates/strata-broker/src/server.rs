@@ -21,6 +21,8 @@ use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::groups::coordinator::{GroupConfig, GroupCoordinator};
 use crate::groups::offsets::OffsetWriter;
+use crate::tiering::Tier;
+use strata_tier::{BlockCache, CacheConfig, Store, StoreConfig};
 
 /// Everything a broker needs besides its metadata node and listener.
 pub struct BrokerOptions {
@@ -32,6 +34,10 @@ pub struct BrokerOptions {
     pub config: BrokerConfig,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
+    /// Where sealed segments go.
+    pub object_store: StoreConfig,
+    /// The disk tier of the remote-read cache.
+    pub cache_dir: PathBuf,
 }
 
 /// Why a broker could not start.
@@ -45,6 +51,8 @@ pub enum StartError {
     Listener(std::io::Error),
     #[error("metadata returned {0:?} when initialising the cluster id")]
     ClusterId(CommandResult),
+    #[error("tiered storage: {0}")]
+    Tier(#[from] strata_tier::TierError),
 }
 
 /// A running broker.
@@ -54,7 +62,7 @@ pub struct RunningBroker {
     kafka_addr: SocketAddr,
     connections: TaskTracker,
     accept: JoinHandle<()>,
-    background: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Answers readiness probes: ready while the listener accepts and no shutdown began.
@@ -145,6 +153,26 @@ impl RunningBroker {
             initial_rebalance_delay_ms: opts.config.group_initial_rebalance_delay_ms(),
         });
         let offsets = OffsetWriter::start(meta.clone(), opts.metrics.group.clone());
+        let store = Store::open(&opts.object_store, opts.metrics.tier.clone())?;
+        store.check().await?;
+        let cache = BlockCache::open(
+            CacheConfig {
+                dir: opts.cache_dir.clone(),
+                memory_bytes: opts.config.cache_memory_bytes(),
+                disk_bytes: opts.config.cache_disk_bytes(),
+                block_bytes: opts.config.cache_block_bytes(),
+                readahead_blocks: opts.config.cache_readahead_blocks(),
+            },
+            store.clone(),
+            opts.metrics.tier.clone(),
+        )
+        .await?;
+        let tier = Tier::new(
+            store,
+            cache,
+            opts.config.upload_concurrency(),
+            opts.config.multipart_part_bytes(),
+        );
         let broker = Arc::new(Broker {
             node_id: opts.node_id,
             endpoint,
@@ -159,6 +187,7 @@ impl RunningBroker {
             groups,
             offsets,
             producer_ids: Default::default(),
+            tier,
             reconciled_epoch: std::sync::atomic::AtomicU64::new(0),
         });
         {
@@ -168,6 +197,8 @@ impl RunningBroker {
                 .map_err(|e| StartError::Listener(std::io::Error::other(e)))?;
         }
         let background = tokio::spawn(broker.clone().run_background());
+        let uploads = tokio::spawn(broker.clone().run_uploads());
+        let gc = tokio::spawn(broker.clone().run_gc());
         let connections = TaskTracker::new();
         let health = Health {
             shutdown: broker.shutdown.clone(),
@@ -186,13 +217,14 @@ impl RunningBroker {
             cluster_id = %broker.cluster_id,
             "kafka listener ready"
         );
+        info!(object_store = %broker.tier.store.description(), "tiered storage ready");
         Ok(Self {
             broker,
             health,
             kafka_addr,
             connections,
             accept,
-            background,
+            background: vec![background, uploads, gc],
         })
     }
 
@@ -222,7 +254,10 @@ impl RunningBroker {
                 "connections still busy after the grace period"
             );
         }
-        let _ = self.background.await;
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.broker.tier.cache.close().await;
         let broker = self.broker.clone();
         match tokio::task::spawn_blocking(move || broker.logs.sync_all()).await {
             Ok(Ok(())) => info!("partition logs synced"),

@@ -18,6 +18,10 @@ pub enum LogError {
         log_start: i64,
         high_watermark: i64,
     },
+    #[error(
+        "offset {offset} is no longer on local disk (local data starts at {local_start}): read it from the object store"
+    )]
+    NotLocal { offset: i64, local_start: i64 },
     #[error("partition log {path} is offline after a disk error: {reason}")]
     Offline { path: PathBuf, reason: String },
     #[error("segment {path} holds a corrupt batch at byte {position}: {reason}")]

@@ -122,6 +122,58 @@ impl TimeIndex {
     }
 }
 
+/// Both indexes of one sealed segment, as shipped to the object store beside it: the
+/// `.idx` object is `[u32 offset-index length][offset index][time index]`, each in the
+/// file format above.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentIndex {
+    offsets: OffsetIndex,
+    times: TimeIndex,
+}
+
+impl SegmentIndex {
+    pub(crate) fn new(offsets: OffsetIndex, times: TimeIndex) -> Self {
+        Self { offsets, times }
+    }
+
+    /// The indexes written beside a sealed segment file (`<base>.log`).
+    pub fn load_beside(segment: &Path, segment_size: u64) -> Option<Self> {
+        let (offsets, times) = load(&segment.with_extension(""), segment_size)?;
+        Some(Self { offsets, times })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let offsets = self.offsets.encode();
+        let mut out = Vec::with_capacity(4 + offsets.len() + self.times.entries.len() * 12);
+        out.extend_from_slice(&(offsets.len() as u32).to_be_bytes());
+        out.extend_from_slice(&offsets);
+        out.extend_from_slice(&self.times.encode());
+        out
+    }
+
+    /// Decodes an `.idx` object, or `None` if it is not plausible for a segment of
+    /// `segment_size` bytes.
+    pub fn from_bytes(data: &[u8], segment_size: u64) -> Option<Self> {
+        let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+        let offsets = data.get(4..4 + len)?;
+        let times = data.get(4 + len..)?;
+        Some(Self {
+            offsets: OffsetIndex::decode(offsets, segment_size)?,
+            times: TimeIndex::decode(times)?,
+        })
+    }
+
+    /// Byte position from which to scan for the batch holding `rel_offset`.
+    pub fn position_for(&self, rel_offset: u32) -> u32 {
+        self.offsets.lookup(rel_offset)
+    }
+
+    /// Relative offset from which to search for the first record at or after `timestamp`.
+    pub fn offset_for_time(&self, timestamp: i64) -> u32 {
+        self.times.lookup(timestamp)
+    }
+}
+
 /// Writes `data` to `path` atomically: a temporary file, fsync, rename.
 pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");

@@ -23,8 +23,12 @@ mod producers;
 mod segment;
 
 pub use error::{LogError, Result};
+pub use index::SegmentIndex;
 pub use manager::{LogManager, PartitionKey};
-pub use partition::{AppendInfo, LogConfig, Offsets, Partition, ReadResult, SegmentInfo};
+pub use partition::{
+    AppendInfo, LogConfig, Offsets, Partition, ReadResult, SealedSegment, SegmentInfo,
+    plan_retention,
+};
 pub use producers::{ProducerError, ProducerInfo};
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::error::{LogError, Result};
+use crate::index::SegmentIndex;
 use crate::producers::{Checked, ProducerInfo, ProducerState};
 use crate::segment::{self, Segment};
 
@@ -54,8 +55,12 @@ impl Default for LogConfig {
 /// Where a partition's log begins and ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Offsets {
-    /// First offset still readable.
+    /// First offset still readable (locally or from the object store).
     pub log_start: i64,
+    /// First offset on local disk; below it, data is only in the object store.
+    pub local_start: i64,
+    /// Offsets below this are in the object store (tiered partitions).
+    pub remote_end: i64,
     /// End of the synced (durable, readable) log.
     pub high_watermark: i64,
     /// Next offset to be assigned.
@@ -81,6 +86,60 @@ pub struct ReadResult {
     pub offsets: Offsets,
 }
 
+/// A sealed local segment, as the uploader sees it.
+#[derive(Debug, Clone)]
+pub struct SealedSegment {
+    pub base_offset: i64,
+    pub next_offset: i64,
+    pub size: u64,
+    pub max_timestamp: i64,
+    /// The segment file; its `.index`/`.timeindex` files sit beside it.
+    pub path: PathBuf,
+    /// An open handle, so the data stays readable even if retention unlinks the file.
+    pub file: Arc<File>,
+    /// Its offset and time indexes.
+    pub index: SegmentIndex,
+}
+
+/// The longest prefix of `segments` (oldest first, the last one active) that retention
+/// may delete, as the offset the log would then start at: every segment older than
+/// `retention_ms`, or pushing the total over `retention_bytes` (-1 disables either). The
+/// active segment counts only for time. Segments ending after `eligible_upto` are never
+/// due (unsynced data, or local data not yet in the object store).
+pub fn plan_retention(
+    segments: &[SegmentInfo],
+    now_ms: i64,
+    retention_ms: i64,
+    retention_bytes: i64,
+    eligible_upto: i64,
+) -> Option<i64> {
+    let total: u64 = segments.iter().map(|s| s.size).sum();
+    let mut excess = if retention_bytes >= 0 {
+        total as i64 - retention_bytes
+    } else {
+        0
+    };
+    let last = segments.len().saturating_sub(1);
+    let mut target = None;
+    for (i, s) in segments.iter().enumerate() {
+        if s.size == 0 {
+            continue;
+        }
+        let expired = retention_ms >= 0 && s.max_timestamp < now_ms - retention_ms;
+        let over_size = i != last && excess > 0 && excess >= s.size as i64;
+        if !(expired || over_size) || s.next_offset > eligible_upto {
+            break;
+        }
+        excess -= s.size as i64;
+        target = Some(s.next_offset);
+    }
+    target
+}
+
+fn segment_infos(inner: &Inner) -> Vec<SegmentInfo> {
+    inner.segments.values().map(SegmentInfo::of).collect()
+}
+
 /// Size and age of one segment, for retention decisions and the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentInfo {
@@ -88,6 +147,17 @@ pub struct SegmentInfo {
     pub next_offset: i64,
     pub size: u64,
     pub max_timestamp: i64,
+}
+
+impl SegmentInfo {
+    fn of(s: &Segment) -> Self {
+        Self {
+            base_offset: s.base_offset,
+            next_offset: s.next_offset,
+            size: s.size,
+            max_timestamp: s.max_timestamp,
+        }
+    }
 }
 
 struct Inner {
@@ -101,6 +171,9 @@ struct Inner {
     config: LogConfig,
     /// Idempotent producers' sequence and epoch state, as of the end of the log.
     producers: ProducerState,
+    /// Everything below this offset is in the object store (the end of the last
+    /// uploaded segment); local segments below it may be deleted.
+    remote_end: i64,
     /// Set after an fsync failure: the page cache may have dropped data, so the log takes
     /// no more writes until a restart recovers it from disk.
     failed: Option<String>,
@@ -118,9 +191,20 @@ impl Inner {
     fn offsets(&self) -> Offsets {
         Offsets {
             log_start: self.log_start,
+            local_start: self.local_start(),
+            remote_end: self.remote_end,
             high_watermark: self.hw,
             log_end: self.log_end(),
         }
+    }
+
+    fn local_start(&self) -> i64 {
+        self.segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.log_start)
+            .max(self.log_start)
     }
 
     /// Bytes of segment `base` that readers may see.
@@ -267,6 +351,7 @@ impl Partition {
             hw_position: 0,
             config,
             producers,
+            remote_end: log_start,
             failed: None,
         };
         // Everything that survived recovery is on disk: it is all durable.
@@ -317,17 +402,7 @@ impl Partition {
     }
 
     pub fn segments(&self) -> Vec<SegmentInfo> {
-        self.inner
-            .lock()
-            .segments
-            .values()
-            .map(|s| SegmentInfo {
-                base_offset: s.base_offset,
-                next_offset: s.next_offset,
-                size: s.size,
-                max_timestamp: s.max_timestamp,
-            })
-            .collect()
+        segment_infos(&self.inner.lock())
     }
 
     /// A receiver that changes whenever the high watermark advances (long-polling fetches
@@ -579,6 +654,12 @@ impl Partition {
                     offsets,
                 });
             }
+            if offset < offsets.local_start {
+                return Err(LogError::NotLocal {
+                    offset,
+                    local_start: offsets.local_start,
+                });
+            }
             let first = inner
                 .segments
                 .range(..=offset)
@@ -683,26 +764,127 @@ impl Partition {
         retention_bytes: i64,
     ) -> Option<i64> {
         let inner = self.inner.lock();
-        let segs: Vec<&Segment> = inner.segments.values().filter(|s| s.size > 0).collect();
-        let active_base = inner.active().map(|a| a.base_offset);
-        let mut excess = if retention_bytes >= 0 {
-            inner.size_bytes() as i64 - retention_bytes
-        } else {
-            0
-        };
-        let mut target = None;
-        for s in segs {
-            let is_active = Some(s.base_offset) == active_base;
-            let expired = retention_ms >= 0 && s.max_timestamp < now_ms - retention_ms;
-            let over_size = !is_active && excess >= s.size as i64 && excess > 0;
-            // Only synced data may be deleted, so the start never passes the high watermark.
-            if !(expired || over_size) || s.next_offset > inner.hw {
-                break;
-            }
-            excess -= s.size as i64;
-            target = Some(s.next_offset);
+        let segs = segment_infos(&inner);
+        // Only synced data may be deleted, so the start never passes the high watermark.
+        plan_retention(&segs, now_ms, retention_ms, retention_bytes, inner.hw)
+            .filter(|&t| t > inner.log_start)
+    }
+
+    /// The offset below which local segments may go under `local.retention.ms` /
+    /// `local.retention.bytes` (-1 disables either): only segments already in the
+    /// object store qualify. `None` if nothing is due.
+    pub fn local_retention_target(
+        &self,
+        now_ms: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+    ) -> Option<i64> {
+        let inner = self.inner.lock();
+        let segs = segment_infos(&inner);
+        let eligible = inner.remote_end.min(inner.hw);
+        plan_retention(&segs, now_ms, retention_ms, retention_bytes, eligible)
+            .filter(|&t| t > inner.local_start())
+    }
+
+    /// Sealed segments whose data is not in the object store yet, oldest first.
+    pub fn upload_candidates(&self) -> Vec<SealedSegment> {
+        let inner = self.inner.lock();
+        let active = inner.active().map(|a| a.base_offset);
+        inner
+            .segments
+            .values()
+            .filter(|s| {
+                Some(s.base_offset) != active && s.size > 0 && s.next_offset > inner.remote_end
+            })
+            .map(|s| SealedSegment {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size: s.size,
+                max_timestamp: s.max_timestamp,
+                path: s.path.clone(),
+                file: s.file.clone(),
+                index: SegmentIndex::new(s.offsets.clone(), s.times.clone()),
+            })
+            .collect()
+    }
+
+    /// Records that everything below `offset` is in the object store.
+    pub fn set_remote_end(&self, offset: i64) {
+        let mut inner = self.inner.lock();
+        inner.remote_end = inner.remote_end.max(offset);
+    }
+
+    /// Bytes and segments on local disk that are not in the object store yet (the data a
+    /// lost disk would take with it), active segment included.
+    pub fn unuploaded(&self) -> (u64, usize) {
+        let inner = self.inner.lock();
+        inner
+            .segments
+            .values()
+            .filter(|s| s.next_offset > inner.remote_end && s.size > 0)
+            .fold((0, 0), |(b, n), s| (b + s.size, n + 1))
+    }
+
+    /// Deletes local segments that lie wholly below `offset` and are in the object store;
+    /// the log start offset does not move (the data stays readable from the store).
+    pub fn delete_local_below(&self, offset: i64) -> usize {
+        let mut inner = self.inner.lock();
+        let limit = offset.min(inner.remote_end);
+        let active = inner.active().map(|a| a.base_offset);
+        let n = self.remove_segments(&mut inner, |s| {
+            s.next_offset <= limit && Some(s.base_offset) != active
+        });
+        if n > 0 {
+            info!(
+                topic = %self.topic,
+                partition = self.partition,
+                local_start = inner.local_start(),
+                deleted_segments = n,
+                "deleted local segments that are in the object store"
+            );
+            self.publish_metrics(&inner);
         }
-        target.filter(|&t| t > inner.log_start)
+        n
+    }
+
+    /// Rolls the active segment if it holds data and is older than `segment.ms`, so that
+    /// a quiet partition's data still gets sealed (and uploaded).
+    pub fn roll_if_old(&self, now_ms: i64) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        self.check_online(&inner)?;
+        let due = inner
+            .active()
+            .is_some_and(|a| a.size > 0 && now_ms - a.created_ms >= inner.config.segment_ms);
+        if due {
+            self.roll(&mut inner, now_ms)?;
+        }
+        Ok(due)
+    }
+
+    /// Aligns the local log with what metadata and the object store hold: the logical log
+    /// start (which may lie below the first local segment when older data is only in the
+    /// store) and the end of the uploaded data. A local log that ends before the uploaded
+    /// data (a new or wiped disk) restarts empty at `remote_end`, so offsets continue
+    /// where the store left off.
+    pub fn restore_tiered(&self, log_start: i64, remote_end: i64, now_ms: i64) -> Result<()> {
+        {
+            let mut inner = self.inner.lock();
+            inner.remote_end = inner.remote_end.max(remote_end);
+            if remote_end >= inner.local_start() && log_start < inner.log_start {
+                inner.log_start = log_start;
+            }
+        }
+        if remote_end > self.offsets().log_end {
+            warn!(
+                topic = %self.topic,
+                partition = self.partition,
+                remote_end,
+                "local log ends before the object store's data; restarting it there"
+            );
+            self.advance_log_start(remote_end, now_ms)?;
+            self.inner.lock().log_start = log_start.min(remote_end);
+        }
+        Ok(())
     }
 
     /// Moves the log start offset forward to `offset` and deletes every segment that lies
@@ -723,13 +905,35 @@ impl Partition {
             inner.advance_hw(offset, 0, offset);
         }
         inner.log_start = offset;
-        let doomed: Vec<i64> = inner
+        let deleted = self.remove_segments(&mut inner, |s| {
+            s.next_offset <= offset && s.base_offset < offset
+        });
+        if deleted > 0 {
+            info!(
+                topic = %self.topic,
+                partition = self.partition,
+                log_start = offset,
+                deleted_segments = deleted,
+                "advanced log start offset"
+            );
+        }
+        let hw = inner.hw;
+        self.publish_metrics(&inner);
+        drop(inner);
+        self.hw_tx
+            .send_if_modified(|cur| replace_if_greater(cur, hw));
+        Ok(deleted)
+    }
+
+    /// Removes the segments `doomed` picks, with their files; returns how many.
+    fn remove_segments(&self, inner: &mut Inner, doomed: impl Fn(&Segment) -> bool) -> usize {
+        let bases: Vec<i64> = inner
             .segments
-            .iter()
-            .filter(|(base, s)| s.next_offset <= offset && **base < offset)
-            .map(|(&b, _)| b)
+            .values()
+            .filter(|s| doomed(s))
+            .map(|s| s.base_offset)
             .collect();
-        for base in &doomed {
+        for base in &bases {
             if let Some(seg) = inner.segments.remove(base)
                 && let Err(e) = seg.delete_files()
             {
@@ -742,22 +946,8 @@ impl Partition {
         }
         self.metrics
             .segments_deleted_total
-            .inc_by(doomed.len() as u64);
-        if !doomed.is_empty() {
-            info!(
-                topic = %self.topic,
-                partition = self.partition,
-                log_start = offset,
-                deleted_segments = doomed.len(),
-                "advanced log start offset"
-            );
-        }
-        let hw = inner.hw;
-        self.publish_metrics(&inner);
-        drop(inner);
-        self.hw_tx
-            .send_if_modified(|cur| replace_if_greater(cur, hw));
-        Ok(doomed.len())
+            .inc_by(bases.len() as u64);
+        bases.len()
     }
 
     /// Syncs the active segment (orderly shutdown).

@@ -42,4 +42,5 @@ pub use types::CommittedOffset;
 pub use types::NodeId;
 pub use types::OffsetCommit;
 pub use types::PartitionMeta;
+pub use types::RemoteSegmentMeta;
 pub use types::TopicMeta;

@@ -88,6 +88,24 @@ pub struct PartitionMeta {
     pub isr: Vec<i32>,
     /// The earliest offset still readable; only ever moves forward.
     pub log_start_offset: i64,
+    /// Segments in the object store, oldest first, contiguous in offsets.
+    #[serde(default)]
+    pub remote_segments: Vec<RemoteSegmentMeta>,
+}
+
+/// A segment uploaded to the object store: the manifest entry that makes it exist.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RemoteSegmentMeta {
+    pub base_offset: i64,
+    /// Offset after its last record.
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+    pub size: u64,
+    pub leader_epoch: i32,
+    /// Object key of the segment data (relative to the store's prefix).
+    pub key: String,
+    /// Object key of its offset and time indexes.
+    pub index_key: String,
 }
 
 /// A change to the cluster metadata, proposed through Raft.
@@ -152,6 +170,22 @@ pub enum Command {
     /// Reserves `count` consecutive producer ids. Result:
     /// [`CommandResult::ProducerIds`] with the first one.
     AllocateProducerIds { count: u32 },
+    /// Records an uploaded segment in the partition's manifest. A segment that does not
+    /// extend the manifest (a retried commit) leaves it unchanged. Result:
+    /// [`CommandResult::Ok`], [`CommandResult::UnknownTopic`] or
+    /// [`CommandResult::UnknownPartition`].
+    AddRemoteSegment {
+        topic_id: Uuid,
+        partition: i32,
+        segment: RemoteSegmentMeta,
+    },
+    /// Removes manifest entries that end at or below `below` (their objects may then be
+    /// deleted). Result: [`CommandResult::RemoteSegmentsRemoved`] with them.
+    RemoveRemoteSegments {
+        topic_id: Uuid,
+        partition: i32,
+        below: i64,
+    },
 }
 
 /// What applying a [`Command`] produced; returned to the writer once committed.
@@ -176,6 +210,8 @@ pub enum CommandResult {
     UnknownGroup,
     /// The first of the producer ids reserved by [`Command::AllocateProducerIds`].
     ProducerIds { first: i64 },
+    /// The manifest entries [`Command::RemoveRemoteSegments`] removed.
+    RemoteSegmentsRemoved(Vec<RemoteSegmentMeta>),
 }
 
 impl ClusterState {
@@ -193,6 +229,20 @@ impl ClusterState {
             .keys()
             .find(|t| t.as_str() != name && unified(t) == want)
             .map(String::as_str)
+    }
+
+    fn partition_mut(
+        &mut self,
+        topic_id: Uuid,
+        partition: i32,
+    ) -> Result<&mut PartitionMeta, CommandResult> {
+        let topic = self
+            .topic_by_id_mut(topic_id)
+            .ok_or(CommandResult::UnknownTopic)?;
+        usize::try_from(partition)
+            .ok()
+            .and_then(|p| topic.partitions.get_mut(p))
+            .ok_or(CommandResult::UnknownPartition)
     }
 
     fn topic_by_id_mut(&mut self, id: Uuid) -> Option<&mut TopicMeta> {
@@ -266,22 +316,14 @@ impl ClusterState {
                 topic_id,
                 partition,
                 offset,
-            } => {
-                let Some(topic) = self.topic_by_id_mut(topic_id) else {
-                    return CommandResult::UnknownTopic;
-                };
-                let slot = usize::try_from(partition)
-                    .ok()
-                    .and_then(|p| topic.partitions.get_mut(p));
-                match slot {
-                    Some(p) => {
-                        p.log_start_offset = p.log_start_offset.max(offset);
-                        self.topics_epoch += 1;
-                        CommandResult::Ok
-                    }
-                    None => CommandResult::UnknownPartition,
+            } => match self.partition_mut(topic_id, partition) {
+                Err(e) => e,
+                Ok(p) => {
+                    p.log_start_offset = p.log_start_offset.max(offset);
+                    self.topics_epoch += 1;
+                    CommandResult::Ok
                 }
-            }
+            },
             Command::CommitOffsets { commits } => {
                 for c in commits {
                     if !self.topics.contains_key(&c.topic) {
@@ -321,6 +363,34 @@ impl ClusterState {
                 self.next_producer_id = first.saturating_add(i64::from(count));
                 CommandResult::ProducerIds { first }
             }
+            Command::AddRemoteSegment {
+                topic_id,
+                partition,
+                segment,
+            } => match self.partition_mut(topic_id, partition) {
+                Err(e) => e,
+                Ok(p) => {
+                    let end = p.remote_segments.last().map_or(i64::MIN, |s| s.next_offset);
+                    if segment.next_offset > end {
+                        p.remote_segments.push(segment);
+                    }
+                    CommandResult::Ok
+                }
+            },
+            Command::RemoveRemoteSegments {
+                topic_id,
+                partition,
+                below,
+            } => match self.partition_mut(topic_id, partition) {
+                Err(e) => e,
+                Ok(p) => {
+                    let (gone, kept) = std::mem::take(&mut p.remote_segments)
+                        .into_iter()
+                        .partition(|s| s.next_offset <= below);
+                    p.remote_segments = kept;
+                    CommandResult::RemoteSegmentsRemoved(gone)
+                }
+            },
         }
     }
 }
@@ -337,6 +407,7 @@ mod tests {
             replicas: vec![1],
             isr: vec![1],
             log_start_offset: 0,
+            remote_segments: Vec::new(),
         }
     }
 

@@ -18,6 +18,10 @@ pub mod labels {
     pub const TOPIC: &str = "topic";
     pub const PARTITION: &str = "partition";
     pub const ERROR: &str = "error";
+    pub const OP: &str = "op";
+    pub const OUTCOME: &str = "outcome";
+    pub const SOURCE: &str = "source";
+    pub const RESULT: &str = "result";
 }
 
 /// Errors setting up telemetry.
@@ -79,6 +83,24 @@ pub struct GroupMetrics {
     pub expired_offsets_total: IntCounter,
 }
 
+/// Tiered storage and object store metrics.
+#[derive(Clone)]
+pub struct TierMetrics {
+    pub objstore_requests_total: IntCounterVec,
+    pub objstore_request_duration_seconds: HistogramVec,
+    pub unuploaded_bytes: IntGauge,
+    pub unuploaded_segments: IntGauge,
+    pub uploads_total: IntCounter,
+    pub upload_errors_total: IntCounter,
+    pub uploaded_bytes_total: IntCounter,
+    pub upload_duration_seconds: Histogram,
+    pub read_bytes_total: IntCounterVec,
+    pub cache_requests_total: IntCounterVec,
+    pub remote_segments_deleted_total: IntCounter,
+    pub gc_deleted_objects_total: IntCounter,
+    pub produce_throttled_total: IntCounter,
+}
+
 /// Every metric the broker exports, registered in one registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -87,6 +109,7 @@ pub struct Metrics {
     pub kafka: KafkaMetrics,
     pub log: LogMetrics,
     pub group: GroupMetrics,
+    pub tier: TierMetrics,
 }
 
 /// Creates and registers metrics, remembering their names.
@@ -274,12 +297,64 @@ impl Metrics {
                 "Committed offsets removed by offsets.retention.minutes",
             )?,
         };
+        let tier = TierMetrics {
+            objstore_requests_total: r.counter_vec(
+                "strata_objstore_requests_total",
+                "Object store requests, by operation and outcome (ok, not_found, error)",
+                &[OP, OUTCOME],
+            )?,
+            objstore_request_duration_seconds: r.histogram_vec(
+                "strata_objstore_request_duration_seconds",
+                "Object store request latency, by operation",
+                LATENCY_BUCKETS,
+                &[OP],
+            )?,
+            unuploaded_bytes: r.gauge(
+                "strata_unuploaded_bytes",
+                "Bytes on local disk not yet in the object store: what a lost disk would take with it",
+            )?,
+            unuploaded_segments: r.gauge(
+                "strata_unuploaded_segments",
+                "Segments (the active ones included) with data not yet in the object store",
+            )?,
+            uploads_total: r.counter("strata_tier_uploads_total", "Segments uploaded and recorded in the manifest")?,
+            upload_errors_total: r.counter("strata_tier_upload_errors_total", "Segment uploads that failed (and will be retried)")?,
+            uploaded_bytes_total: r.counter("strata_tier_uploaded_bytes_total", "Segment bytes uploaded")?,
+            upload_duration_seconds: r.histogram(
+                "strata_tier_upload_duration_seconds",
+                "Time to upload a segment and its index and commit it to the manifest",
+                LATENCY_BUCKETS,
+            )?,
+            read_bytes_total: r.counter_vec(
+                "strata_tier_read_bytes_total",
+                "Record bytes served to fetches, by source (local, cache, object_store)",
+                &[SOURCE],
+            )?,
+            cache_requests_total: r.counter_vec(
+                "strata_tier_cache_requests_total",
+                "Block reads of remote data, by result (hit: served by the cache; miss: needed a GET)",
+                &[RESULT],
+            )?,
+            remote_segments_deleted_total: r.counter(
+                "strata_tier_remote_segments_deleted_total",
+                "Remote segments deleted by retention, DeleteRecords or topic deletion",
+            )?,
+            gc_deleted_objects_total: r.counter(
+                "strata_tier_gc_deleted_objects_total",
+                "Objects no manifest names (left by a crash between upload and commit), deleted",
+            )?,
+            produce_throttled_total: r.counter(
+                "strata_tier_produce_throttled_total",
+                "Produce requests refused because strata.wal.max-unuploaded-bytes was reached",
+            )?,
+        };
         Ok(Self {
             registry: r.registry,
             names: r.names,
             kafka,
             log,
             group,
+            tier,
         })
     }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use strata_broker::{BROKER_CONFIGS, BrokerConfig, Endpoint};
+use strata_tier::StoreConfig;
 
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9644";
@@ -27,7 +28,14 @@ struct FileConfig {
     advertised_listener: Option<String>,
     http_listen: Option<String>,
     log_level: Option<String>,
+    object_store: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_allow_http: Option<bool>,
+    s3_path_style: Option<bool>,
     kafka: Option<toml::Table>,
+    /// Strata's own broker settings, written without their `strata.` prefix.
+    strata: Option<toml::Table>,
 }
 
 /// Values given on the command line or through `STRATA_*` variables (clap reads both).
@@ -54,6 +62,21 @@ pub struct Overrides {
     /// Log level or tracing filter (e.g. `info`, `strata_log=debug`) [default: RUST_LOG, else info]
     #[arg(long, env = "STRATA_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Where sealed segments go: file:///dir or s3://bucket/prefix [default: file://<data-dir>/objects]
+    #[arg(long, env = "STRATA_OBJECT_STORE", value_name = "URL")]
+    pub object_store: Option<String>,
+    /// S3 endpoint for S3-compatible stores (MinIO, Ceph RGW) [default: AWS]
+    #[arg(long, env = "STRATA_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION, else us-east-1]
+    #[arg(long, env = "STRATA_S3_REGION", value_name = "NAME")]
+    pub s3_region: Option<String>,
+    /// Allow http:// S3 endpoints
+    #[arg(long, env = "STRATA_S3_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub s3_allow_http: Option<bool>,
+    /// Path-style S3 addressing (endpoint/bucket/key), as most S3-compatible stores want
+    #[arg(long, env = "STRATA_S3_PATH_STYLE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub s3_path_style: Option<bool>,
 }
 
 /// The settings `strata serve` runs with.
@@ -65,10 +88,11 @@ pub struct ServeConfig {
     pub advertised: Option<Endpoint>,
     pub http_listen: String,
     pub log_level: Option<String>,
+    pub object_store: StoreConfig,
     pub kafka: BrokerConfig,
 }
 
-/// Environment variables read by clap itself, besides `STRATA_KAFKA_*`.
+/// Environment variables read by clap itself; the others name broker settings.
 const FLAG_VARS: &[&str] = &[
     "STRATA_CONFIG",
     "STRATA_DATA_DIR",
@@ -77,12 +101,24 @@ const FLAG_VARS: &[&str] = &[
     "STRATA_HTTP_LISTEN",
     "STRATA_NODE_ID",
     "STRATA_LOG_LEVEL",
+    "STRATA_OBJECT_STORE",
+    "STRATA_S3_ENDPOINT",
+    "STRATA_S3_REGION",
+    "STRATA_S3_ALLOW_HTTP",
+    "STRATA_S3_PATH_STYLE",
 ];
 
-fn env_name(prefix: &str, key: &str) -> String {
+/// The environment variable of a broker setting: `STRATA_` plus Strata's own setting
+/// without its `strata.` prefix, or `STRATA_KAFKA_` plus a Kafka name; upper case, with
+/// `.` and `-` as `_`.
+fn env_name(key: &str) -> String {
+    let (prefix, rest) = match key.strip_prefix("strata.") {
+        Some(rest) => ("STRATA_", rest),
+        None => ("STRATA_KAFKA_", key),
+    };
     format!(
         "{prefix}{}",
-        key.to_ascii_uppercase().replace(['.', '-'], "_")
+        rest.to_ascii_uppercase().replace(['.', '-'], "_")
     )
 }
 
@@ -163,14 +199,14 @@ impl ServeConfig {
         if let Some(t) = &file.kafka {
             flatten("", t, &mut kafka)?;
         }
+        if let Some(t) = &file.strata {
+            flatten("strata", t, &mut kafka)?;
+        }
         for (name, value) in env {
             if !name.starts_with("STRATA_") || FLAG_VARS.contains(&name.as_str()) {
                 continue;
             }
-            match BROKER_CONFIGS
-                .iter()
-                .find(|d| env_name("STRATA_KAFKA_", d.name) == name)
-            {
+            match BROKER_CONFIGS.iter().find(|d| env_name(d.name) == name) {
                 Some(d) => {
                     kafka.insert(d.name.to_string(), value);
                 }
@@ -189,7 +225,7 @@ impl ServeConfig {
             }
         }
         let kafka = BrokerConfig::from_pairs(kafka.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .context("[kafka] settings")?;
+            .context("[kafka] and [strata] settings")?;
         let node_id = overrides.node_id.or(file.node_id).unwrap_or(0);
         if node_id < 0 {
             bail!("node id must be 0 or more, not {node_id}");
@@ -200,13 +236,33 @@ impl ServeConfig {
             .or(file.advertised_listener)
             .map(|s| parse_endpoint(&s))
             .transpose()?;
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let object_store = StoreConfig {
+            url: match overrides.object_store.clone().or(file.object_store) {
+                Some(url) => url,
+                None => {
+                    let dir = std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone());
+                    format!("file://{}", dir.join("objects").display())
+                }
+            },
+            s3_endpoint: overrides.s3_endpoint.clone().or(file.s3_endpoint),
+            s3_region: overrides.s3_region.clone().or(file.s3_region),
+            s3_allow_http: overrides
+                .s3_allow_http
+                .or(file.s3_allow_http)
+                .unwrap_or(false),
+            s3_path_style: overrides
+                .s3_path_style
+                .or(file.s3_path_style)
+                .unwrap_or(false),
+        };
         Ok(Self {
             node_id,
-            data_dir: overrides
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("./data")),
+            data_dir,
             kafka_listen: overrides
                 .kafka_listen
                 .clone()
@@ -219,6 +275,7 @@ impl ServeConfig {
                 .or(file.http_listen)
                 .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into()),
             log_level: overrides.log_level.clone().or(file.log_level),
+            object_store,
             kafka,
         })
     }
@@ -245,6 +302,43 @@ mod tests {
         assert_eq!(c.node_id, 0);
         assert!(c.advertised.is_none());
         assert_eq!(c.kafka.num_partitions(), 1);
+        assert!(
+            c.object_store.url.starts_with("file:///"),
+            "{}",
+            c.object_store.url
+        );
+        assert!(
+            c.object_store.url.ends_with("data/objects"),
+            "{}",
+            c.object_store.url
+        );
+    }
+
+    #[test]
+    fn object_store_and_strata_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.toml");
+        std::fs::write(
+            &path,
+            "object_store = \"s3://bucket/pre\"\ns3_path_style = true\n[strata]\nwal.max-unuploaded-bytes = 1000\n",
+        )
+        .unwrap();
+        let flags = Overrides {
+            config: Some(path),
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            ..Overrides::default()
+        };
+        let c =
+            ServeConfig::resolve(&flags, env(&[("STRATA_TIER_UPLOAD_CONCURRENCY", "9")])).unwrap();
+        assert_eq!(c.object_store.url, "s3://bucket/pre");
+        assert!(c.object_store.s3_path_style);
+        assert!(!c.object_store.s3_allow_http);
+        assert_eq!(
+            c.object_store.s3_endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert_eq!(c.kafka.max_unuploaded_bytes(), 1000);
+        assert_eq!(c.kafka.upload_concurrency(), 9);
     }
 
     #[test]

@@ -67,6 +67,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             config: cfg.kafka.clone(),
             metrics: metrics.clone(),
             clock: Arc::new(SystemClock),
+            object_store: cfg.object_store.clone(),
+            cache_dir: cfg.data_dir.join("cache"),
         },
         meta,
         kafka,

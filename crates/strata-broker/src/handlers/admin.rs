@@ -19,6 +19,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
+use strata_log::PartitionKey;
 use strata_meta::{Command, CommandResult, PartitionMeta};
 use tracing::info;
 
@@ -145,6 +146,7 @@ async fn add_partitions(
             isr: r.clone(),
             replicas: r,
             log_start_offset: 0,
+            remote_segments: Vec::new(),
         })
         .collect();
     match broker
@@ -194,17 +196,16 @@ pub(super) async fn delete_records(
                         } else if target <= o.log_start {
                             Ok(o.log_start)
                         } else {
-                            let cmd = Command::AdvanceLogStartOffset {
+                            let key = PartitionKey {
                                 topic_id: topic.id,
                                 partition: p.partition_index,
-                                offset: target,
                             };
-                            match broker.meta.write(cmd).await {
-                                Ok(_) => log
-                                    .advance_log_start(target, broker.now_ms())
-                                    .map(|_| log.offsets().log_start)
-                                    .map_err(|e| errors::log_error(&e)),
-                                Err(e) => Err(errors::meta_error(&e)),
+                            match broker.move_log_start(key, &log, target).await {
+                                Ok(()) => Ok(log.offsets().log_start),
+                                Err(e) => {
+                                    tracing::warn!(topic = %topic.name, partition = p.partition_index, error = %e, "DeleteRecords failed");
+                                    Err(ResponseError::KafkaStorageError)
+                                }
                             }
                         }
                     }

@@ -83,16 +83,18 @@ pub(super) fn describe(
                                 if source == ConfigSource::TopicConfig {
                                     e.synonyms.push(synonym(d.name, value, source));
                                 }
-                                if let Some((bv, bs)) = broker.config.get(broker_name)
-                                    && bs == ConfigSource::StaticBroker
-                                {
-                                    e.synonyms.push(synonym(broker_name, bv, bs));
+                                if let Some(broker_name) = broker_name {
+                                    if let Some((bv, bs)) = broker.config.get(broker_name)
+                                        && bs == ConfigSource::StaticBroker
+                                    {
+                                        e.synonyms.push(synonym(broker_name, bv, bs));
+                                    }
+                                    e.synonyms.push(synonym(
+                                        broker_name,
+                                        d.default,
+                                        ConfigSource::Default,
+                                    ));
                                 }
-                                e.synonyms.push(synonym(
-                                    broker_name,
-                                    d.default,
-                                    ConfigSource::Default,
-                                ));
                             }
                             e
                         })

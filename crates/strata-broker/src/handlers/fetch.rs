@@ -9,7 +9,7 @@ use futures::future::select_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
-use strata_log::Partition;
+use strata_log::{LogError, Partition, PartitionKey};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -20,6 +20,7 @@ use crate::errors;
 struct Target {
     topic: usize,
     partition: i32,
+    key: PartitionKey,
     offset: i64,
     max_bytes: usize,
     log: Result<Arc<Partition>, ResponseError>,
@@ -29,6 +30,17 @@ struct Target {
 enum Found {
     Data(strata_log::ReadResult),
     Error(ResponseError),
+    /// The offset is only in the object store.
+    Remote(strata_log::Offsets),
+}
+
+/// A partition to read: its log, where it lives, and the request's offset and limit.
+#[derive(Clone)]
+struct Readable {
+    log: Arc<Partition>,
+    key: PartitionKey,
+    offset: i64,
+    max_bytes: usize,
 }
 
 fn resolve(
@@ -72,6 +84,10 @@ fn resolve(
             targets.push(Target {
                 topic: ti,
                 partition: p.partition,
+                key: PartitionKey {
+                    topic_id: meta.as_ref().map_or(Uuid::nil(), |m| m.id),
+                    partition: p.partition,
+                },
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
                 log,
@@ -83,20 +99,75 @@ fn resolve(
 
 /// Reads every target once, within the request's total byte budget. The first
 /// partition with data may exceed the budget by one batch so consumers make progress.
-fn read_all(targets: &[(Arc<Partition>, i64, usize)], max_bytes: usize) -> (Vec<Found>, usize) {
+fn read_all(targets: &[Readable], max_bytes: usize) -> (Vec<Found>, usize) {
     let mut total = 0usize;
     let mut found = Vec::with_capacity(targets.len());
-    for (log, offset, partition_max) in targets {
-        let budget = (*partition_max).min(max_bytes.saturating_sub(total));
-        match log.read(*offset, budget, total == 0) {
+    for t in targets {
+        let budget = t.max_bytes.min(max_bytes.saturating_sub(total));
+        match t.log.read(t.offset, budget, total == 0) {
             Ok(r) => {
                 total += r.records.len();
                 found.push(Found::Data(r));
             }
+            Err(LogError::NotLocal { .. }) => found.push(Found::Remote(t.log.offsets())),
             Err(e) => found.push(Found::Error(errors::log_error(&e))),
         }
     }
     (found, total)
+}
+
+/// Serves the partitions whose offsets are only in the object store, concurrently, then
+/// keeps their data in request order within the response's byte budget.
+async fn read_remote_all(
+    broker: &Broker,
+    targets: &[Readable],
+    found: &mut [Found],
+    total: &mut usize,
+    max_bytes: usize,
+) {
+    let first_empty = *total == 0;
+    let remaining = max_bytes.saturating_sub(*total).max(1);
+    let reads = found
+        .iter()
+        .zip(targets)
+        .enumerate()
+        .filter_map(|(i, (f, t))| match f {
+            Found::Remote(_) => Some(async move {
+                let budget = t.max_bytes.min(remaining);
+                (
+                    i,
+                    broker
+                        .read_remote(
+                            t.key.topic_id,
+                            t.key.partition,
+                            t.offset,
+                            budget,
+                            first_empty,
+                        )
+                        .await,
+                )
+            }),
+            _ => None,
+        });
+    let results = futures::future::join_all(reads).await;
+    for (i, result) in results {
+        let Found::Remote(offsets) = found[i] else {
+            continue;
+        };
+        found[i] = match result {
+            Ok(records) if *total > 0 && *total + records.len() > max_bytes => {
+                Found::Data(strata_log::ReadResult {
+                    records: Bytes::new(),
+                    offsets,
+                })
+            }
+            Ok(records) => {
+                *total += records.len();
+                Found::Data(strata_log::ReadResult { records, offsets })
+            }
+            Err(code) => Found::Error(code),
+        };
+    }
 }
 
 pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
@@ -111,13 +182,15 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16
             .with_error_code(ResponseError::InvalidFetchSessionEpoch.code());
     }
     let (topics, targets) = resolve(broker, &req, version);
-    let readable: Vec<(Arc<Partition>, i64, usize)> = targets
+    let readable: Vec<Readable> = targets
         .iter()
         .filter_map(|t| {
-            t.log
-                .as_ref()
-                .ok()
-                .map(|l| (l.clone(), t.offset, t.max_bytes))
+            t.log.as_ref().ok().map(|l| Readable {
+                log: l.clone(),
+                key: t.key,
+                offset: t.offset,
+                max_bytes: t.max_bytes,
+            })
         })
         .collect();
     let has_resolve_error = targets.iter().any(|t| t.log.is_err());
@@ -127,9 +200,9 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16
     let found = loop {
         // Subscribe before reading so that an append between the read and the wait
         // still wakes us.
-        let mut watchers: Vec<_> = readable.iter().map(|(log, _, _)| log.subscribe()).collect();
+        let mut watchers: Vec<_> = readable.iter().map(|r| r.log.subscribe()).collect();
         let work = readable.clone();
-        let (found, total) =
+        let (mut found, mut total) =
             match tokio::task::spawn_blocking(move || read_all(&work, max_bytes)).await {
                 Ok(x) => x,
                 Err(_) => (
@@ -140,6 +213,15 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16
                     0,
                 ),
             };
+        broker
+            .metrics
+            .tier
+            .read_bytes_total
+            .with_label_values(&["local"])
+            .inc_by(total as u64);
+        if found.iter().any(|f| matches!(f, Found::Remote(_))) {
+            read_remote_all(broker, &readable, &mut found, &mut total, max_bytes).await;
+        }
         let any_error = has_resolve_error || found.iter().any(|f| matches!(f, Found::Error(_)));
         if total >= min_bytes || any_error || readable.is_empty() || Instant::now() >= deadline {
             break found;
@@ -195,6 +277,7 @@ fn build(
                     .with_log_start_offset(r.offsets.log_start)
                     .with_records(Some(r.records))
             }
+            Found::Remote(_) => part.with_error_code(ResponseError::KafkaStorageError.code()),
             Found::Error(code) => part
                 .with_error_code(code.code())
                 .with_high_watermark(-1)

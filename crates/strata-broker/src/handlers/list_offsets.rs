@@ -7,7 +7,7 @@ use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
-use strata_log::Partition;
+use strata_log::{Partition, PartitionKey};
 
 use crate::broker::Broker;
 use crate::errors;
@@ -18,31 +18,69 @@ const EARLIEST: i64 = -2;
 const MAX_TIMESTAMP: i64 = -3;
 const EARLIEST_LOCAL: i64 = -4;
 
-/// (offset, timestamp) for one lookup; blocking file I/O for the timestamp searches.
-fn lookup(log: &Partition, timestamp: i64, version: i16) -> Result<(i64, i64), ResponseError> {
+/// (offset, timestamp) of the first record at or after `timestamp`, looking in the
+/// remote-only segments first (they are older), then in the local log.
+async fn by_timestamp(
+    broker: &Broker,
+    key: PartitionKey,
+    log: &Arc<Partition>,
+    timestamp: i64,
+) -> Result<(i64, i64), ResponseError> {
+    let o = log.offsets();
+    if o.log_start < o.local_start
+        && let Some(found) = broker
+            .remote_offset_for_timestamp(
+                key.topic_id,
+                key.partition,
+                timestamp,
+                o.log_start,
+                o.local_start,
+            )
+            .await?
+    {
+        return Ok(found);
+    }
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.offset_for_timestamp(timestamp))
+        .await
+        .unwrap_or_else(|e| {
+            Err(strata_log::LogError::Offline {
+                path: Default::default(),
+                reason: e.to_string(),
+            })
+        })
+        .map(|found| found.unwrap_or((-1, -1)))
+        .map_err(|e| errors::log_error(&e))
+}
+
+/// (offset, timestamp) for one lookup.
+async fn lookup(
+    broker: &Broker,
+    key: PartitionKey,
+    log: &Arc<Partition>,
+    timestamp: i64,
+    version: i16,
+) -> Result<(i64, i64), ResponseError> {
     let o = log.offsets();
     match timestamp {
         LATEST => Ok((o.high_watermark, -1)),
         EARLIEST => Ok((o.log_start, -1)),
-        EARLIEST_LOCAL if version >= 8 => Ok((o.log_start, -1)),
+        EARLIEST_LOCAL if version >= 8 => Ok((o.local_start, -1)),
         MAX_TIMESTAMP if version >= 7 => {
-            let max = log
+            let local = log
                 .segments()
                 .iter()
                 .map(|s| s.max_timestamp)
                 .max()
                 .unwrap_or(-1);
+            let remote = broker.remote_max_timestamp(key, o.local_start);
+            let max = local.max(remote);
             if max < 0 {
                 return Ok((-1, -1));
             }
-            log.offset_for_timestamp(max)
-                .map(|found| found.unwrap_or((-1, -1)))
-                .map_err(|e| errors::log_error(&e))
+            by_timestamp(broker, key, log, max).await
         }
-        t if t >= 0 => log
-            .offset_for_timestamp(t)
-            .map(|found| found.unwrap_or((-1, -1)))
-            .map_err(|e| errors::log_error(&e)),
+        t if t >= 0 => by_timestamp(broker, key, log, t).await,
         _ => Err(ResponseError::InvalidRequest),
     }
 }
@@ -80,10 +118,11 @@ pub(super) async fn handle(
                 }
                 Ok(_) if p.current_leader_epoch > epoch => Err(ResponseError::UnknownLeaderEpoch),
                 Ok(log) => {
-                    let ts = p.timestamp;
-                    tokio::task::spawn_blocking(move || lookup(&log, ts, version))
-                        .await
-                        .unwrap_or(Err(ResponseError::KafkaStorageError))
+                    let key = PartitionKey {
+                        topic_id: meta.as_ref().map_or(uuid::Uuid::nil(), |m| m.id),
+                        partition: p.partition_index,
+                    };
+                    lookup(broker, key, &log, p.timestamp, version).await
                 }
             };
             parts.push(match result {

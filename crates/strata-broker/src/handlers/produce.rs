@@ -121,6 +121,35 @@ pub(super) async fn handle(
     version: i16,
 ) -> Result<Option<ProduceResponse>, String> {
     let acks = req.acks;
+    // Too much data waiting for the object store: hold the request, then refuse it.
+    let wait = Duration::from_millis((req.timeout_ms.max(0) as u64 / 2).min(10_000));
+    if let Err(reason) = broker.admit_produce(wait).await {
+        warn!(reason = %reason, "produce refused: local tail full");
+        if acks == 0 {
+            return Err(reason);
+        }
+        let responses = req
+            .topic_data
+            .into_iter()
+            .map(|t| {
+                let parts = t
+                    .partition_data
+                    .iter()
+                    .map(|d| {
+                        failed(
+                            d.index,
+                            Failure(ResponseError::KafkaStorageError, reason.clone()),
+                        )
+                    })
+                    .collect();
+                TopicProduceResponse::default()
+                    .with_name(t.name)
+                    .with_topic_id(t.topic_id)
+                    .with_partition_responses(parts)
+            })
+            .collect();
+        return Ok(Some(ProduceResponse::default().with_responses(responses)));
+    }
     let mut responses = Vec::with_capacity(req.topic_data.len());
     let mut pending = Vec::new();
     let mut first_error = None;

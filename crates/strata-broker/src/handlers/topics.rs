@@ -229,6 +229,8 @@ pub(super) async fn delete(
                     // The reconciler retries: metadata no longer names this topic id.
                     warn!(topic = %gone.name, error = %e, "could not delete topic data yet");
                 }
+                let b = broker.clone();
+                tokio::spawn(async move { b.purge_topic_objects(gone.id).await });
                 responses.push(result);
             }
             Ok(_) => responses

@@ -1,0 +1,496 @@
+//! Tiered storage as the broker runs it: uploading sealed segments and recording them in
+//! the manifest, reading old offsets back from the object store, deleting remote data
+//! (retention, DeleteRecords, topic deletion, orphans), and holding produce back when too
+//! much data is not yet uploaded.
+//!
+//! The order that keeps data safe: an upload is recorded in the manifest (Raft) only after
+//! both objects are written, and a local segment is deleted only after the manifest names
+//! it; remote data is removed from the manifest first and its objects deleted afterwards,
+//! so a crash in between leaves orphans (collected later), never dangling entries.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use parking_lot::Mutex;
+use strata_log::{Partition, PartitionKey, SealedSegment, SegmentInfo, plan_retention};
+use strata_meta::{Command, CommandResult, PartitionMeta, RemoteSegmentMeta, TopicMeta};
+use strata_tier::{BlockCache, RemoteSegment, Store, TierError, layout};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::broker::Broker;
+
+/// How often the uploader looks for sealed segments.
+const UPLOAD_TICK: Duration = Duration::from_secs(1);
+/// How long objects no manifest names are left alone (an upload may be committing).
+const GC_GRACE_MS: i64 = 15 * 60 * 1000;
+/// How often orphaned objects are looked for.
+const GC_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// Longest wait between failed upload attempts of a partition.
+const MAX_BACKOFF_MS: i64 = 30_000;
+
+/// Upload bookkeeping of one partition.
+#[derive(Default)]
+struct UploadState {
+    in_flight: bool,
+    failures: u32,
+    next_attempt_ms: i64,
+}
+
+/// The object store, its cache and the uploader's state.
+pub(crate) struct Tier {
+    pub(crate) store: Store,
+    pub(crate) cache: BlockCache,
+    uploads: Mutex<HashMap<PartitionKey, UploadState>>,
+    slots: Semaphore,
+    part_bytes: usize,
+    /// Bytes not yet uploaded across all partitions, refreshed every upload tick.
+    unuploaded: AtomicU64,
+}
+
+impl Tier {
+    pub(crate) fn new(
+        store: Store,
+        cache: BlockCache,
+        concurrency: usize,
+        part_bytes: usize,
+    ) -> Self {
+        Self {
+            store,
+            cache,
+            uploads: Mutex::new(HashMap::new()),
+            slots: Semaphore::new(concurrency),
+            part_bytes,
+            unuploaded: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The end of a partition's uploaded data, from its manifest.
+pub(crate) fn remote_end(pm: &PartitionMeta) -> Option<i64> {
+    pm.remote_segments.last().map(|s| s.next_offset)
+}
+
+fn to_remote(s: &RemoteSegmentMeta) -> RemoteSegment {
+    RemoteSegment {
+        key: s.key.clone(),
+        index_key: s.index_key.clone(),
+        base_offset: s.base_offset,
+        next_offset: s.next_offset,
+        size: s.size,
+        max_timestamp: s.max_timestamp,
+    }
+}
+
+fn jitter(ms: i64) -> i64 {
+    ms / 2 + rand::random_range(0..=ms / 2)
+}
+
+impl Broker {
+    fn partition_meta(&self, topic_id: Uuid, partition: i32) -> Option<PartitionMeta> {
+        self.meta.read(|s| {
+            s.topic_by_id(topic_id).and_then(|t| {
+                usize::try_from(partition)
+                    .ok()
+                    .and_then(|i| t.partitions.get(i))
+                    .cloned()
+            })
+        })
+    }
+
+    /// The remote segment holding `offset`, if the manifest has one.
+    fn remote_segment_for(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+    ) -> Option<RemoteSegment> {
+        let pm = self.partition_meta(topic_id, partition)?;
+        // The first segment that ends after `offset`: it holds it (or, across a gap,
+        // the next data after it).
+        let segs = &pm.remote_segments;
+        segs.get(segs.partition_point(|s| s.next_offset <= offset))
+            .map(to_remote)
+    }
+
+    /// Whole batches from the object store starting with the one that holds `offset`.
+    pub(crate) async fn read_remote(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Bytes, ResponseError> {
+        let Some(seg) = self.remote_segment_for(topic_id, partition, offset) else {
+            return Err(ResponseError::OffsetOutOfRange);
+        };
+        match self
+            .tier
+            .cache
+            .read_batches(&seg, offset, max_bytes, min_one)
+            .await
+        {
+            Ok(data) => Ok(data),
+            Err(e) => {
+                warn!(topic_id = %topic_id, partition, offset, error = %e, "remote read failed");
+                // Retriable: the client tries again, the store may be back by then.
+                Err(ResponseError::KafkaStorageError)
+            }
+        }
+    }
+
+    /// The first record at or after `timestamp` among the remote-only segments (those
+    /// below the local log), if any: (offset, timestamp).
+    pub(crate) async fn remote_offset_for_timestamp(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        timestamp: i64,
+        log_start: i64,
+        local_start: i64,
+    ) -> Result<Option<(i64, i64)>, ResponseError> {
+        let Some(pm) = self.partition_meta(topic_id, partition) else {
+            return Ok(None);
+        };
+        for s in pm
+            .remote_segments
+            .iter()
+            .filter(|s| s.base_offset < local_start && s.next_offset > log_start)
+        {
+            match self
+                .tier
+                .cache
+                .offset_for_timestamp(&to_remote(s), timestamp, log_start)
+                .await
+            {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(topic_id = %topic_id, partition, error = %e, "remote timestamp lookup failed");
+                    return Err(ResponseError::KafkaStorageError);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The largest timestamp among the remote-only segments (below `local_start`), or -1.
+    pub(crate) fn remote_max_timestamp(&self, key: PartitionKey, local_start: i64) -> i64 {
+        self.partition_meta(key.topic_id, key.partition)
+            .map(|pm| {
+                pm.remote_segments
+                    .iter()
+                    .filter(|s| s.base_offset < local_start)
+                    .map(|s| s.max_timestamp)
+                    .max()
+                    .unwrap_or(-1)
+            })
+            .unwrap_or(-1)
+    }
+
+    /// Uploads sealed segments until shutdown, one per partition at a time and at most
+    /// `strata.tier.upload-concurrency` at once; also rolls quiet active segments past
+    /// `segment.ms` and refreshes the unuploaded-data gauges.
+    pub(crate) async fn run_uploads(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(UPLOAD_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = self.now_ms();
+            let mut total = (0u64, 0usize);
+            for (key, log) in self.logs.partitions() {
+                let Some(topic) = self.topic_by_id(key.topic_id) else {
+                    continue;
+                };
+                if !self.topic_config(&topic).remote_storage() {
+                    continue;
+                }
+                if let Err(e) = log.roll_if_old(now) {
+                    warn!(topic = %topic.name, partition = key.partition, error = %e, "could not roll an old segment");
+                }
+                let (bytes, segments) = log.unuploaded();
+                total = (total.0 + bytes, total.1 + segments);
+                self.maybe_upload(key, &topic, log, now);
+            }
+            self.tier.unuploaded.store(total.0, Ordering::Relaxed);
+            self.metrics.tier.unuploaded_bytes.set(total.0 as i64);
+            self.metrics.tier.unuploaded_segments.set(total.1 as i64);
+        }
+    }
+
+    /// Starts uploading the partition's oldest sealed segment that is not in the store, if
+    /// the partition is not busy or backing off.
+    fn maybe_upload(
+        self: &Arc<Self>,
+        key: PartitionKey,
+        topic: &TopicMeta,
+        log: Arc<Partition>,
+        now: i64,
+    ) {
+        let Some(pm) = usize::try_from(key.partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+        else {
+            return;
+        };
+        if pm.leader != self.node_id {
+            return;
+        }
+        {
+            let mut uploads = self.tier.uploads.lock();
+            let state = uploads.entry(key).or_default();
+            if state.in_flight || state.next_attempt_ms > now {
+                return;
+            }
+            let Some(seg) = log.upload_candidates().into_iter().next() else {
+                return;
+            };
+            state.in_flight = true;
+            let this = self.clone();
+            let epoch = pm.leader_epoch;
+            let name = topic.name.clone();
+            tokio::spawn(async move {
+                let result = this.upload(key, epoch, &seg, &log).await;
+                let now = this.now_ms();
+                let mut uploads = this.tier.uploads.lock();
+                let state = uploads.entry(key).or_default();
+                state.in_flight = false;
+                match result {
+                    Ok(()) => {
+                        state.failures = 0;
+                        state.next_attempt_ms = 0;
+                    }
+                    Err(e) => {
+                        state.failures += 1;
+                        let backoff = (250i64 << state.failures.min(8)).min(MAX_BACKOFF_MS);
+                        state.next_attempt_ms = now + jitter(backoff);
+                        this.metrics.tier.upload_errors_total.inc();
+                        warn!(
+                            topic = %name,
+                            partition = key.partition,
+                            base_offset = seg.base_offset,
+                            attempt = state.failures,
+                            retry_in_ms = state.next_attempt_ms - now,
+                            error = %e,
+                            "segment upload failed; will retry"
+                        );
+                    }
+                }
+            });
+        }
+    }
+
+    /// Uploads one sealed segment and its index, then records it in the manifest.
+    async fn upload(
+        &self,
+        key: PartitionKey,
+        epoch: i32,
+        seg: &SealedSegment,
+        log: &Partition,
+    ) -> Result<(), String> {
+        let _slot = self.tier.slots.acquire().await.map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let seg_key = layout::segment_key(key.topic_id, key.partition, seg.base_offset, epoch);
+        let idx_key = layout::index_key(key.topic_id, key.partition, seg.base_offset, epoch);
+        self.tier
+            .store
+            .put_file(
+                &seg_key,
+                seg.file.clone(),
+                &seg.path,
+                seg.size,
+                self.tier.part_bytes,
+                4,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        self.tier
+            .store
+            .put(&idx_key, Bytes::from(seg.index.to_bytes()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let entry = RemoteSegmentMeta {
+            base_offset: seg.base_offset,
+            next_offset: seg.next_offset,
+            max_timestamp: seg.max_timestamp,
+            size: seg.size,
+            leader_epoch: epoch,
+            key: seg_key.clone(),
+            index_key: idx_key,
+        };
+        let cmd = Command::AddRemoteSegment {
+            topic_id: key.topic_id,
+            partition: key.partition,
+            segment: entry,
+        };
+        match self.meta.write(cmd).await {
+            Ok(CommandResult::Ok) => {}
+            Ok(other) => return Err(format!("manifest refused the segment: {other:?}")),
+            Err(e) => return Err(format!("committing the manifest entry: {e}")),
+        }
+        log.set_remote_end(seg.next_offset);
+        let m = &self.metrics.tier;
+        m.uploads_total.inc();
+        m.uploaded_bytes_total.inc_by(seg.size);
+        m.upload_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        debug!(key = %seg_key, bytes = seg.size, "uploaded segment");
+        Ok(())
+    }
+
+    /// The retention plan of a tiered partition: its remote-only segments followed by its
+    /// local ones, as one log.
+    pub(crate) fn tiered_retention_target(
+        &self,
+        key: PartitionKey,
+        log: &Partition,
+        now: i64,
+        retention_ms: i64,
+        retention_bytes: i64,
+    ) -> Option<i64> {
+        let o = log.offsets();
+        let pm = self.partition_meta(key.topic_id, key.partition)?;
+        let mut segs: Vec<SegmentInfo> = pm
+            .remote_segments
+            .iter()
+            .filter(|s| s.next_offset <= o.local_start && s.next_offset > o.log_start)
+            .map(|s| SegmentInfo {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size: s.size,
+                max_timestamp: s.max_timestamp,
+            })
+            .collect();
+        segs.extend(log.segments());
+        plan_retention(&segs, now, retention_ms, retention_bytes, o.high_watermark)
+            .filter(|&t| t > o.log_start)
+    }
+
+    /// Removes manifest entries wholly below `below`, then their objects.
+    pub(crate) async fn remove_remote_below(&self, topic_id: Uuid, partition: i32, below: i64) {
+        let cmd = Command::RemoveRemoteSegments {
+            topic_id,
+            partition,
+            below,
+        };
+        let removed = match self.meta.write(cmd).await {
+            Ok(CommandResult::RemoteSegmentsRemoved(r)) => r,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(%topic_id, partition, error = %e, "could not remove remote segments from the manifest");
+                return;
+            }
+        };
+        for s in &removed {
+            for k in [&s.key, &s.index_key] {
+                if let Err(e) = self.tier.store.delete(k).await {
+                    warn!(key = %k, error = %e, "could not delete a remote object; the garbage collector will");
+                }
+            }
+            self.tier.cache.forget(&s.key, s.size);
+            self.metrics.tier.remote_segments_deleted_total.inc();
+        }
+        if !removed.is_empty() {
+            info!(%topic_id, partition, below, segments = removed.len(), "deleted remote segments");
+        }
+    }
+
+    /// Deletes every object of a deleted topic (its manifest went with it).
+    pub(crate) async fn purge_topic_objects(&self, topic_id: Uuid) {
+        match self.tier.store.list(&layout::topic_prefix(topic_id)).await {
+            Ok(objects) => {
+                for o in &objects {
+                    if let Err(e) = self.tier.store.delete(&o.key).await {
+                        warn!(key = %o.key, error = %e, "could not delete an object of a deleted topic");
+                    }
+                }
+                if !objects.is_empty() {
+                    info!(%topic_id, objects = objects.len(), "deleted the objects of a deleted topic");
+                }
+            }
+            Err(e) => {
+                warn!(%topic_id, error = %e, "could not list a deleted topic's objects; the garbage collector will retry")
+            }
+        }
+    }
+
+    /// Deletes objects that no manifest names and that are older than the grace period:
+    /// leftovers of a crash between upload and commit, or of a topic deletion.
+    pub(crate) async fn collect_garbage(&self) -> Result<usize, TierError> {
+        let now = self.now_ms();
+        let (known_topics, referenced): (HashSet<Uuid>, HashSet<String>) = self.meta.read(|s| {
+            let topics = s.topics.values().map(|t| t.id).collect();
+            let keys = s
+                .topics
+                .values()
+                .flat_map(|t| t.partitions.iter())
+                .flat_map(|p| p.remote_segments.iter())
+                .flat_map(|r| [r.key.clone(), r.index_key.clone()])
+                .collect();
+            (topics, keys)
+        });
+        let mut deleted = 0;
+        for o in self.tier.store.list("").await? {
+            let Some(parsed) = layout::parse(&o.key) else {
+                continue;
+            };
+            let orphan = !known_topics.contains(&parsed.topic_id) || !referenced.contains(&o.key);
+            if orphan && now - o.last_modified_ms > GC_GRACE_MS {
+                self.tier.store.delete(&o.key).await?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            info!(objects = deleted, "garbage-collected orphaned objects");
+            self.metrics
+                .tier
+                .gc_deleted_objects_total
+                .inc_by(deleted as u64);
+        }
+        Ok(deleted)
+    }
+
+    pub(crate) async fn run_gc(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(GC_INTERVAL);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.collect_garbage().await {
+                        warn!(error = %e, "object garbage collection failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Holds a produce request back while more than `strata.wal.max-unuploaded-bytes` are
+    /// waiting for the object store, for at most `wait`. `Err` with the reason if the
+    /// backlog did not drain.
+    pub(crate) async fn admit_produce(&self, wait: Duration) -> Result<(), String> {
+        let cap = self.config.max_unuploaded_bytes();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let pending = self.tier.unuploaded.load(Ordering::Relaxed);
+            if pending < cap {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.metrics.tier.produce_throttled_total.inc();
+                return Err(format!(
+                    "{pending} bytes on local disk are not in the object store yet (strata.wal.max-unuploaded-bytes is {cap}); retry later"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
