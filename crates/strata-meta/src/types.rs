@@ -39,6 +39,10 @@ pub struct ClusterState {
     /// The next producer id [`Command::AllocateProducerIds`] hands out.
     #[serde(default)]
     pub next_producer_id: i64,
+    /// The protocol type (`consumer`, `connect`, ...) of groups with committed offsets, as
+    /// their members last committed under, so an empty group still reports it.
+    #[serde(default)]
+    pub group_protocol_types: BTreeMap<String, String>,
 }
 
 /// A consumer group's committed position in one partition.
@@ -57,6 +61,9 @@ pub struct OffsetCommit {
     pub topic: String,
     pub partition: i32,
     pub committed: CommittedOffset,
+    /// The committing group's protocol type; empty for commits outside group management.
+    #[serde(default)]
+    pub protocol_type: String,
 }
 
 /// A broker as advertised to Kafka clients.
@@ -245,6 +252,12 @@ impl ClusterState {
             .ok_or(CommandResult::UnknownPartition)
     }
 
+    fn forget_groups_without_offsets(&mut self) {
+        let groups = &self.groups;
+        self.group_protocol_types
+            .retain(|g, _| groups.contains_key(g));
+    }
+
     fn topic_by_id_mut(&mut self, id: Uuid) -> Option<&mut TopicMeta> {
         self.topics.values_mut().find(|t| t.id == id)
     }
@@ -291,6 +304,7 @@ impl ClusterState {
                         offsets.remove(&name);
                     }
                     self.groups.retain(|_, offsets| !offsets.is_empty());
+                    self.forget_groups_without_offsets();
                     self.topics_epoch += 1;
                     CommandResult::Deleted(topic)
                 }
@@ -329,6 +343,10 @@ impl ClusterState {
                     if !self.topics.contains_key(&c.topic) {
                         continue;
                     }
+                    if !c.protocol_type.is_empty() {
+                        self.group_protocol_types
+                            .insert(c.group.clone(), c.protocol_type);
+                    }
                     self.groups
                         .entry(c.group)
                         .or_default()
@@ -352,10 +370,14 @@ impl ClusterState {
                         self.groups.remove(&group);
                     }
                 }
+                self.forget_groups_without_offsets();
                 CommandResult::Ok
             }
             Command::DeleteGroupOffsets { group } => match self.groups.remove(&group) {
-                Some(_) => CommandResult::Ok,
+                Some(_) => {
+                    self.forget_groups_without_offsets();
+                    CommandResult::Ok
+                }
                 None => CommandResult::UnknownGroup,
             },
             Command::AllocateProducerIds { count } => {
@@ -518,6 +540,7 @@ mod tests {
                 metadata: format!("m{offset}"),
                 commit_timestamp_ms: 5,
             },
+            protocol_type: "consumer".into(),
         }
     }
 
@@ -578,6 +601,10 @@ mod tests {
             CommandResult::UnknownGroup
         );
         assert!(s.groups.is_empty());
+        assert!(
+            s.group_protocol_types.is_empty(),
+            "forgotten with the offsets"
+        );
     }
 
     #[test]

@@ -366,7 +366,8 @@ impl Group {
         if let Some(i) = &m.instance_id {
             self.static_members.insert(i.clone(), m.id.clone());
         }
-        if self.protocol_type.is_none() {
+        if self.members.is_empty() {
+            // An empty group takes the protocol type of whoever joins first.
             self.protocol_type = Some(m.protocol_type.clone());
         }
         self.members.push(m);
@@ -384,7 +385,7 @@ impl Group {
             self.leader = self.members.first().map(|m| m.id.clone());
         }
         if self.members.is_empty() {
-            self.protocol_type = None;
+            // Like Kafka, an empty group keeps its protocol type.
             self.empty_since_ms = now;
         }
         Some(m)
@@ -1023,6 +1024,14 @@ impl GroupCoordinator {
         let groups = self.groups.lock();
         let g = groups.get(group_id)?;
         g.members.is_empty().then_some(g.empty_since_ms)
+    }
+
+    /// The group's protocol type (`consumer`, ...), if it is known here.
+    pub(crate) fn protocol_type(&self, group_id: &str) -> Option<String> {
+        self.groups
+            .lock()
+            .get(group_id)
+            .and_then(|g| g.protocol_type.clone())
     }
 
     /// Topics the group's consumers subscribe to, from their `consumer` protocol

@@ -254,6 +254,7 @@ pub(super) async fn offset_commit(
     );
     let now = broker.now_ms();
     let max_metadata = broker.config.offset_metadata_max_bytes();
+    let protocol_type = broker.groups.protocol_type(&group).unwrap_or_default();
     // Per partition: Ok(commit) to store, or the error to answer with.
     // Per topic, per partition: the offset to store, or the error to answer with.
     type Outcome = Vec<(TopicName, Vec<(i32, Result<OffsetCommit, ResponseError>)>)>;
@@ -287,6 +288,7 @@ pub(super) async fn offset_commit(
                             metadata: metadata.to_string(),
                             commit_timestamp_ms: now,
                         },
+                        protocol_type: protocol_type.clone(),
                     }),
                 };
                 (p.partition_index, r)
@@ -515,7 +517,10 @@ fn all_groups(broker: &Broker) -> Vec<(String, String, &'static str)> {
     let mut out: BTreeMap<String, (String, &'static str)> = broker.meta.read(|st| {
         st.groups
             .keys()
-            .map(|g| (g.clone(), (String::new(), "Empty")))
+            .map(|g| {
+                let protocol_type = st.group_protocol_types.get(g).cloned().unwrap_or_default();
+                (g.clone(), (protocol_type, "Empty"))
+            })
             .collect()
     });
     for (id, protocol_type, state) in broker.groups.list() {
@@ -583,7 +588,14 @@ pub(super) fn describe_groups(
                             })
                             .collect(),
                     ),
-                None if has_offsets(broker, &id) => d.with_group_state(s("Empty")),
+                None if has_offsets(broker, &id) => d
+                    .with_group_state(s("Empty"))
+                    .with_protocol_type(s(&broker.meta.read(|st| {
+                        st.group_protocol_types
+                            .get(id.as_str())
+                            .cloned()
+                            .unwrap_or_default()
+                    }))),
                 None if version >= 6 => d
                     .with_group_state(s("Dead"))
                     .with_error_code(ResponseError::GroupIdNotFound.code())
