@@ -1,6 +1,7 @@
 //! The broker's HTTP side: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
 //!
-//! This crate owns the HTTP routes and their status codes. It reads broker state only
+//! This crate owns the HTTP routes (`/api/v1/partitions` lists every partition's local
+//! and remote log bounds) and their status codes. It reads broker state only
 //! through the [`AdminState`] trait, so it depends on no other Strata crate, and the
 //! broker never depends on HTTP.
 
@@ -20,6 +21,8 @@ pub trait AdminState: Send + Sync + 'static {
     fn readiness(&self) -> Result<(), String>;
     /// All metrics in Prometheus text exposition format.
     fn metrics_text(&self) -> String;
+    /// Every partition this broker holds, with its local and remote log bounds.
+    fn partitions(&self) -> serde_json::Value;
 }
 
 type Shared = Arc<dyn AdminState>;
@@ -48,12 +51,17 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     )
 }
 
+async fn partitions(State(state): State<Shared>) -> impl IntoResponse {
+    axum::Json(state.partitions())
+}
+
 /// The routes, for serving or for tests.
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/partitions", get(partitions))
         .with_state(state)
 }
 
@@ -88,6 +96,9 @@ mod tests {
         fn metrics_text(&self) -> String {
             "strata_test_total 1\n".into()
         }
+        fn partitions(&self) -> serde_json::Value {
+            serde_json::json!([{"topic": "t", "partition": 0}])
+        }
     }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -116,6 +127,11 @@ mod tests {
         state.0.store(true, Ordering::SeqCst);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
         assert!(get(addr, "/metrics").await.contains("strata_test_total 1"));
+        let api = get(addr, "/api/v1/partitions").await;
+        assert!(
+            api.contains("application/json") && api.contains(r#"[{"partition":0,"topic":"t"}]"#),
+            "{api}"
+        );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.0 404"));
         stop.cancel();
         server.await.unwrap().unwrap();

@@ -21,4 +21,4 @@ mod tiering;
 pub use broker::Endpoint;
 pub use clock::{Clock, SystemClock};
 pub use config::{BROKER_CONFIGS, BrokerConfig, ConfigDef, ConfigError, TOPIC_CONFIGS};
-pub use server::{BrokerOptions, Health, RunningBroker, StartError};
+pub use server::{BrokerOptions, BrokerView, Health, PartitionStatus, RunningBroker, StartError};

@@ -65,6 +65,70 @@ pub struct RunningBroker {
     background: Vec<JoinHandle<()>>,
 }
 
+/// A partition's log bounds as the admin API shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub topic_id: String,
+    pub partition: i32,
+    /// First readable offset (locally or from the object store).
+    pub log_start_offset: i64,
+    /// First offset on local disk.
+    pub local_log_start_offset: i64,
+    /// End of the data in the object store (start of the remote log if `None`).
+    pub remote_log_start_offset: Option<i64>,
+    pub remote_log_end_offset: Option<i64>,
+    pub high_watermark: i64,
+    pub log_end_offset: i64,
+    pub local_size_bytes: u64,
+    pub remote_size_bytes: u64,
+    pub remote_segments: usize,
+    pub unuploaded_bytes: u64,
+}
+
+/// Read-only access to the broker for the admin API.
+#[derive(Clone)]
+pub struct BrokerView(Arc<Broker>);
+
+impl BrokerView {
+    pub fn partitions(&self) -> Vec<PartitionStatus> {
+        let mut out: Vec<PartitionStatus> = self
+            .0
+            .logs
+            .partitions()
+            .into_iter()
+            .filter_map(|(key, log)| {
+                let topic = self.0.topic_by_id(key.topic_id)?;
+                let pm = usize::try_from(key.partition)
+                    .ok()
+                    .and_then(|i| topic.partitions.get(i))?
+                    .clone();
+                let o = log.offsets();
+                Some(PartitionStatus {
+                    topic: topic.name.clone(),
+                    topic_id: key.topic_id.to_string(),
+                    partition: key.partition,
+                    log_start_offset: o.log_start,
+                    local_log_start_offset: o.local_start,
+                    remote_log_start_offset: pm
+                        .remote_segments
+                        .first()
+                        .map(|s| s.base_offset.max(o.log_start)),
+                    remote_log_end_offset: pm.remote_segments.last().map(|s| s.next_offset),
+                    high_watermark: o.high_watermark,
+                    log_end_offset: o.log_end,
+                    local_size_bytes: log.size_bytes(),
+                    remote_size_bytes: pm.remote_segments.iter().map(|s| s.size).sum(),
+                    remote_segments: pm.remote_segments.len(),
+                    unuploaded_bytes: log.unuploaded().0,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        out
+    }
+}
+
 /// Answers readiness probes: ready while the listener accepts and no shutdown began.
 #[derive(Clone)]
 pub struct Health {
@@ -235,6 +299,11 @@ impl RunningBroker {
     /// A handle that answers readiness probes for as long as anyone holds it.
     pub fn health(&self) -> Health {
         self.health.clone()
+    }
+
+    /// A read-only view of the broker's partitions, for the admin API.
+    pub fn view(&self) -> BrokerView {
+        BrokerView(self.broker.clone())
     }
 
     /// Stops accepting, lets in-flight requests finish (cutting long-poll waits short),

@@ -268,75 +268,78 @@ impl Iterator for HeaderIter<'_> {
     }
 }
 
+/// One record for [`encode`].
+pub struct Record<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub timestamp: i64,
+}
+
+fn put_varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let byte = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => put_varint(out, -1),
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+/// Encodes records as one uncompressed v2 batch with base offset 0, no producer id and a
+/// correct CRC: what a plain (non-idempotent) producer sends.
+pub fn encode(records: &[Record<'_>]) -> Vec<u8> {
+    let base_ts = records.first().map_or(0, |r| r.timestamp);
+    let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
+    let mut body = Vec::new();
+    let mut rec = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        rec.clear();
+        rec.push(0u8); // attributes
+        put_varint(&mut rec, r.timestamp - base_ts);
+        put_varint(&mut rec, i as i64);
+        put_bytes(&mut rec, r.key);
+        put_bytes(&mut rec, r.value);
+        put_varint(&mut rec, 0); // headers
+        put_varint(&mut body, rec.len() as i64);
+        body.extend_from_slice(&rec);
+    }
+    let mut b = Vec::with_capacity(HEADER_LEN + body.len());
+    b.extend_from_slice(&0i64.to_be_bytes());
+    b.extend_from_slice(&((HEADER_LEN - LOG_OVERHEAD + body.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes());
+    b.push(MAGIC_V2 as u8);
+    b.extend_from_slice(&0u32.to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&(records.len() as i32 - 1).to_be_bytes());
+    b.extend_from_slice(&base_ts.to_be_bytes());
+    b.extend_from_slice(&max_ts.to_be_bytes());
+    b.extend_from_slice(&(-1i64).to_be_bytes());
+    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes());
+    b.extend_from_slice(&(records.len() as i32).to_be_bytes());
+    b.extend_from_slice(&body);
+    let crc = crc32c::crc32c(&b[CRC_START..]);
+    b[CRC_POS..CRC_START].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util {
     //! Builds valid batches for tests without a Kafka client.
-    use super::*;
-
-    /// One record for [`build_batch`].
-    pub struct TestRecord<'a> {
-        pub key: Option<&'a [u8]>,
-        pub value: Option<&'a [u8]>,
-        pub timestamp: i64,
-    }
-
-    fn put_varint(out: &mut Vec<u8>, v: i64) {
-        let mut z = ((v << 1) ^ (v >> 63)) as u64;
-        loop {
-            let byte = (z & 0x7f) as u8;
-            z >>= 7;
-            if z == 0 {
-                out.push(byte);
-                break;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-
-    fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
-        match b {
-            None => put_varint(out, -1),
-            Some(b) => {
-                put_varint(out, b.len() as i64);
-                out.extend_from_slice(b);
-            }
-        }
-    }
-
-    /// An uncompressed v2 batch with base offset 0 and a correct CRC.
-    pub fn build_batch(records: &[TestRecord<'_>]) -> Vec<u8> {
-        let base_ts = records.first().map_or(0, |r| r.timestamp);
-        let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
-        let mut body = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            let mut rec = vec![0u8]; // attributes
-            put_varint(&mut rec, r.timestamp - base_ts);
-            put_varint(&mut rec, i as i64);
-            put_bytes(&mut rec, r.key);
-            put_bytes(&mut rec, r.value);
-            put_varint(&mut rec, 0); // headers
-            put_varint(&mut body, rec.len() as i64);
-            body.extend_from_slice(&rec);
-        }
-        let mut b = Vec::with_capacity(HEADER_LEN + body.len());
-        b.extend_from_slice(&0i64.to_be_bytes());
-        b.extend_from_slice(&((HEADER_LEN - LOG_OVERHEAD + body.len()) as i32).to_be_bytes());
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b.push(MAGIC_V2 as u8);
-        b.extend_from_slice(&0u32.to_be_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(records.len() as i32 - 1).to_be_bytes());
-        b.extend_from_slice(&base_ts.to_be_bytes());
-        b.extend_from_slice(&max_ts.to_be_bytes());
-        b.extend_from_slice(&(-1i64).to_be_bytes());
-        b.extend_from_slice(&(-1i16).to_be_bytes());
-        b.extend_from_slice(&(-1i32).to_be_bytes());
-        b.extend_from_slice(&(records.len() as i32).to_be_bytes());
-        b.extend_from_slice(&body);
-        let crc = crc32c::crc32c(&b[CRC_START..]);
-        b[CRC_POS..CRC_START].copy_from_slice(&crc.to_be_bytes());
-        b
-    }
+    pub use super::{Record as TestRecord, encode as build_batch};
 
     /// A batch of `n` records with values `value-<i>` and timestamps `ts + i`.
     pub fn simple_batch(n: usize, ts: i64) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! global allocator. It holds no broker logic of its own.
 
 mod alloc;
+mod bench;
 mod config;
 mod serve;
 
@@ -27,12 +28,35 @@ struct Cli {
 enum Command {
     /// Run a broker (the default when no command is given).
     Serve(config::Overrides),
+    /// Produce to a running broker and read everything back: throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+fn bench_main(args: bench::BenchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("strata bench: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let overrides = match cli.command {
         Some(Command::Serve(o)) => o,
+        Some(Command::Bench(args)) => return bench_main(args),
         None => config::Overrides::default(),
     };
     let cfg = match config::ServeConfig::resolve(&overrides, std::env::vars()) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use strata_admin::AdminState;
-use strata_broker::{BrokerOptions, Health, RunningBroker, SystemClock};
+use strata_broker::{BrokerOptions, BrokerView, Health, RunningBroker, SystemClock};
 use strata_meta::{MetaConfig, MetaNode};
 use strata_telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
 struct Admin {
     health: Health,
+    view: BrokerView,
     metrics: Metrics,
 }
 
@@ -29,6 +30,10 @@ impl AdminState for Admin {
 
     fn metrics_text(&self) -> String {
         self.metrics.render()
+    }
+
+    fn partitions(&self) -> serde_json::Value {
+        serde_json::to_value(self.view.partitions()).unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -81,6 +86,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         http,
         Arc::new(Admin {
             health: broker.health(),
+            view: broker.view(),
             metrics,
         }),
         stop_http.clone(),

@@ -1,0 +1,444 @@
+//! `strata bench`: produces N messages to a running broker, reads them back from offset
+//! 0, and reports throughput and latency percentiles. It speaks the Kafka protocol
+//! directly (one request in flight per connection, several connections), so it measures
+//! the broker rather than a client library's batching.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::{Buf, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use strata_protocol::batch::{self, HeaderIter, Record};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Options of `strata bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Broker to connect to.
+    #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
+    pub bootstrap: String,
+    /// Topic to use (created if missing).
+    #[arg(long, default_value = "strata-bench")]
+    pub topic: String,
+    /// Messages to produce.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub messages: u64,
+    /// Bytes per message value.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// Partitions of a newly created topic.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// acks for produce requests: -1 (all), 0 or 1.
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub acks: i16,
+    /// Bytes of records per produce batch.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub batch_bytes: usize,
+    /// Connections used in each phase (one request in flight on each).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Topic config for a newly created topic, as name=value (repeatable).
+    #[arg(long = "topic-config", value_name = "NAME=VALUE")]
+    pub topic_configs: Vec<String>,
+    /// Only read the topic back (for a second, cached replay).
+    #[arg(long)]
+    pub consume_only: bool,
+    /// Only produce.
+    #[arg(long)]
+    pub produce_only: bool,
+}
+
+/// One connection, one request at a time.
+struct Conn {
+    stream: TcpStream,
+    next: i32,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self { stream, next: 1 })
+    }
+
+    async fn call(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &impl Encodable,
+    ) -> anyhow::Result<ResponseKind> {
+        let id = self.next;
+        self.next += 1;
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0; 4]);
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .with_client_id(Some(StrBytes::from_static_str("strata-bench")))
+            .encode(&mut buf, api.request_header_version(version))?;
+        body.encode(&mut buf, version)?;
+        let size = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream.write_all(&buf).await?;
+        let len = self.stream.read_i32().await? as usize;
+        let mut frame = vec![0u8; len];
+        self.stream.read_exact(&mut frame).await?;
+        let mut frame = Bytes::from(frame);
+        let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))?;
+        if header.correlation_id != id {
+            bail!(
+                "correlation id {} does not match request {id}",
+                header.correlation_id
+            );
+        }
+        ResponseKind::decode(api, &mut frame, version)
+    }
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+/// Latency percentiles of a run, in milliseconds.
+fn percentiles(mut samples: Vec<Duration>) -> String {
+    if samples.is_empty() {
+        return "no samples".into();
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[i].as_secs_f64() * 1000.0
+    };
+    format!(
+        "p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        at(0.5),
+        at(0.95),
+        at(0.99),
+        at(0.999),
+        at(1.0)
+    )
+}
+
+/// Prints a progress bar on stderr until `done` reaches `total` or the task is aborted.
+fn progress(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        loop {
+            let n = done.load(Ordering::Relaxed).min(total);
+            let frac = if total == 0 {
+                1.0
+            } else {
+                n as f64 / total as f64
+            };
+            let filled = (frac * 40.0) as usize;
+            eprint!(
+                "\r{label:8} [{}{}] {:5.1}% {n}/{total} msgs, {:.1}s",
+                "#".repeat(filled),
+                "-".repeat(40 - filled),
+                frac * 100.0,
+                started.elapsed().as_secs_f64()
+            );
+            if n >= total {
+                eprintln!();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+}
+
+async fn ensure_topic(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut c = Conn::open(&args.bootstrap).await?;
+    let configs = args
+        .topic_configs
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--topic-config {kv:?} is not NAME=VALUE"))?;
+            Ok(CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string(k.to_string()))
+                .with_value(Some(StrBytes::from_string(v.to_string()))))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let req = CreateTopicsRequest::default()
+        .with_timeout_ms(30_000)
+        .with_topics(vec![
+            CreatableTopic::default()
+                .with_name(topic_name(&args.topic))
+                .with_num_partitions(args.partitions)
+                .with_replication_factor(-1)
+                .with_configs(configs),
+        ]);
+    let ResponseKind::CreateTopics(r) = c.call(ApiKey::CreateTopics, 7, &req).await? else {
+        bail!("unexpected response to CreateTopics");
+    };
+    match r.topics.first().map(|t| t.error_code) {
+        Some(0) | Some(36) => Ok(()),
+        Some(code) => bail!("creating topic {}: error code {code}", args.topic),
+        None => bail!("empty CreateTopics response"),
+    }
+}
+
+/// The topic's partition count and each partition's (earliest, latest) offsets.
+async fn offsets(args: &BenchArgs) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut c = Conn::open(&args.bootstrap).await?;
+    let ResponseKind::Metadata(m) = c
+        .call(
+            ApiKey::Metadata,
+            12,
+            &MetadataRequest::default().with_topics(Some(vec![
+                metadata_request::MetadataRequestTopic::default()
+                    .with_name(Some(topic_name(&args.topic))),
+            ])),
+        )
+        .await?
+    else {
+        bail!("unexpected response to Metadata");
+    };
+    let n = m.topics.first().map_or(0, |t| t.partitions.len()) as i32;
+    if n == 0 {
+        bail!("topic {} has no partitions", args.topic);
+    }
+    let mut out = Vec::new();
+    for p in 0..n {
+        let mut pair = [0i64; 2];
+        for (slot, ts) in [(0, -2i64), (1, -1)] {
+            let req = ListOffsetsRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_topics(vec![
+                    ListOffsetsTopic::default()
+                        .with_name(topic_name(&args.topic))
+                        .with_partitions(vec![
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_timestamp(ts),
+                        ]),
+                ]);
+            let ResponseKind::ListOffsets(r) = c.call(ApiKey::ListOffsets, 7, &req).await? else {
+                bail!("unexpected response to ListOffsets");
+            };
+            pair[slot] = r.topics[0].partitions[0].offset;
+        }
+        out.push((pair[0], pair[1]));
+    }
+    Ok(out)
+}
+
+async fn produce(args: &BenchArgs, partitions: i32) -> anyhow::Result<()> {
+    let per_batch = (args.batch_bytes / args.size.max(1)).max(1);
+    let value: Vec<u8> = (0..args.size).map(|i| (i % 251) as u8).collect();
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress("produce", done.clone(), args.messages);
+    let started = Instant::now();
+    let conns = args.connections.max(1);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let share =
+            args.messages / conns as u64 + u64::from((c as u64) < args.messages % conns as u64);
+        let (args, value, done) = (args.clone(), value.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&args.bootstrap).await?;
+            let mut latencies = Vec::new();
+            let mut sent = 0u64;
+            // This connection's partitions; with more connections than partitions, some
+            // share one.
+            let mut mine: Vec<i32> = (0..partitions)
+                .filter(|p| *p as usize % conns == c)
+                .collect();
+            if mine.is_empty() {
+                mine.push(c as i32 % partitions);
+            }
+            let mut turn = 0usize;
+            while sent < share {
+                let p = mine[turn % mine.len()];
+                turn += 1;
+                let n = per_batch.min((share - sent) as usize);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as i64;
+                let records: Vec<Record<'_>> = (0..n)
+                    .map(|_| Record {
+                        key: None,
+                        value: Some(&value),
+                        timestamp: now,
+                    })
+                    .collect();
+                let req = ProduceRequest::default()
+                    .with_acks(args.acks)
+                    .with_timeout_ms(30_000)
+                    .with_topic_data(vec![
+                        TopicProduceData::default()
+                            .with_name(topic_name(&args.topic))
+                            .with_partition_data(vec![
+                                PartitionProduceData::default()
+                                    .with_index(p)
+                                    .with_records(Some(Bytes::from(batch::encode(&records)))),
+                            ]),
+                    ]);
+                let t = Instant::now();
+                if args.acks == 0 {
+                    // No response comes back for acks=0.
+                    let mut buf = BytesMut::new();
+                    buf.extend_from_slice(&[0; 4]);
+                    RequestHeader::default()
+                        .with_request_api_key(ApiKey::Produce as i16)
+                        .with_request_api_version(9)
+                        .with_correlation_id(0)
+                        .encode(&mut buf, ApiKey::Produce.request_header_version(9))?;
+                    req.encode(&mut buf, 9)?;
+                    let size = (buf.len() - 4) as i32;
+                    buf[..4].copy_from_slice(&size.to_be_bytes());
+                    conn.stream.write_all(&buf).await?;
+                } else {
+                    let ResponseKind::Produce(r) = conn.call(ApiKey::Produce, 9, &req).await?
+                    else {
+                        bail!("unexpected response to Produce");
+                    };
+                    let code = r.responses[0].partition_responses[0].error_code;
+                    if code != 0 {
+                        bail!("produce to partition {p} failed with error code {code}");
+                    }
+                }
+                latencies.push(t.elapsed());
+                sent += n as u64;
+                done.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = bar.await;
+    let bytes = args.messages as f64 * args.size as f64;
+    println!(
+        "produce: {} msgs of {} B, acks={}, in {:.2} s: {:.1} MB/s, {:.0} msgs/s; request latency {}",
+        args.messages,
+        args.size,
+        args.acks,
+        elapsed,
+        bytes / elapsed / 1e6,
+        args.messages as f64 / elapsed,
+        percentiles(latencies)
+    );
+    Ok(())
+}
+
+async fn consume(args: &BenchArgs, ranges: Vec<(i64, i64)>) -> anyhow::Result<()> {
+    let total: i64 = ranges.iter().map(|(s, e)| e - s).sum();
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = progress("consume", done.clone(), total.max(0) as u64);
+    let started = Instant::now();
+    let conns = args.connections.max(1);
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let mine: Vec<(i32, i64, i64)> = ranges
+            .iter()
+            .enumerate()
+            .filter(|(p, _)| p % conns == c)
+            .map(|(p, (s, e))| (p as i32, *s, *e))
+            .collect();
+        let (args, done) = (args.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&args.bootstrap).await?;
+            let (mut latencies, mut bytes) = (Vec::new(), 0u64);
+            for (p, start, end) in mine {
+                let mut offset = start;
+                while offset < end {
+                    let req = FetchRequest::default()
+                        .with_replica_id(BrokerId(-1))
+                        .with_max_wait_ms(500)
+                        .with_min_bytes(1)
+                        .with_max_bytes(32 << 20)
+                        .with_session_epoch(-1)
+                        .with_topics(vec![
+                            FetchTopic::default()
+                                .with_topic(topic_name(&args.topic))
+                                .with_partitions(vec![
+                                    FetchPartition::default()
+                                        .with_partition(p)
+                                        .with_fetch_offset(offset)
+                                        .with_partition_max_bytes(16 << 20),
+                                ]),
+                        ]);
+                    let t = Instant::now();
+                    let ResponseKind::Fetch(r) = conn.call(ApiKey::Fetch, 12, &req).await? else {
+                        bail!("unexpected response to Fetch");
+                    };
+                    latencies.push(t.elapsed());
+                    let part = &r.responses[0].partitions[0];
+                    if part.error_code != 0 {
+                        bail!(
+                            "fetch of partition {p} at {offset} failed with error code {}",
+                            part.error_code
+                        );
+                    }
+                    let records = part.records.clone().unwrap_or_default();
+                    bytes += records.remaining() as u64;
+                    let before = offset;
+                    for (_, h) in HeaderIter::new(&records) {
+                        if h.last_offset() >= offset {
+                            done.fetch_add(
+                                (h.last_offset() + 1 - offset.max(h.base_offset)) as u64,
+                                Ordering::Relaxed,
+                            );
+                            offset = h.next_offset();
+                        }
+                    }
+                    if offset == before && records.is_empty() && part.high_watermark <= offset {
+                        bail!(
+                            "partition {p} ends at {} before the expected {end}",
+                            part.high_watermark
+                        );
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((latencies, bytes))
+        }));
+    }
+    let (mut latencies, mut bytes) = (Vec::new(), 0u64);
+    for t in tasks {
+        let (l, b) = t.await??;
+        latencies.extend(l);
+        bytes += b;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = bar.await;
+    println!(
+        "consume: {total} msgs ({:.1} MB of batches) in {:.2} s: {:.1} MB/s, {:.0} msgs/s; fetch latency {}",
+        bytes as f64 / 1e6,
+        elapsed,
+        bytes as f64 / elapsed / 1e6,
+        total as f64 / elapsed,
+        percentiles(latencies)
+    );
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if !args.consume_only {
+        ensure_topic(&args).await?;
+        let partitions = offsets(&args).await?.len() as i32;
+        produce(&args, partitions).await?;
+    }
+    if !args.produce_only {
+        let ranges = offsets(&args).await?;
+        consume(&args, ranges).await?;
+    }
+    Ok(())
+}

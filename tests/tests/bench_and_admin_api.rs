@@ -1,0 +1,102 @@
+//! `strata bench` against a real broker, and the admin API's view of what it wrote,
+//! including data that moved to the object store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use strata_e2e::{Options, Strata, strata_bin};
+
+fn bench(s: &Strata, extra: &[&str]) -> String {
+    let out = Command::new(strata_bin())
+        .args(["bench", "--bootstrap", &s.bootstrap(), "--topic", "b"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "bench failed: {}\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        s.log_tail()
+    );
+    stdout
+}
+
+fn partitions(s: &Strata) -> Vec<serde_json::Value> {
+    let (status, body) = s.http_get("/api/v1/partitions");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
+}
+
+fn sum(ps: &[serde_json::Value], field: &str) -> i64 {
+    ps.iter().map(|p| p[field].as_i64().unwrap_or(0)).sum()
+}
+
+#[test]
+fn bench_round_trip_and_partitions_api_through_the_object_store() {
+    let s = Strata::with(Options {
+        env: vec![(
+            "STRATA_KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS".into(),
+            "300".into(),
+        )],
+        ..Options::default()
+    });
+    let out = bench(
+        &s,
+        &[
+            "--messages",
+            "6000",
+            "--size",
+            "200",
+            "--partitions",
+            "3",
+            "--batch-bytes",
+            "8000",
+            "--topic-config",
+            "segment.bytes=20000",
+            "--topic-config",
+            "local.retention.bytes=40000",
+        ],
+    );
+    assert!(out.contains("produce: 6000 msgs of 200 B"), "{out}");
+    assert!(out.contains("consume: 6000 msgs"), "{out}");
+
+    let ps = partitions(&s);
+    assert_eq!(ps.len(), 3);
+    assert!(ps.iter().all(|p| p["topic"] == "b"));
+    assert_eq!(sum(&ps, "log_end_offset"), 6000);
+    assert_eq!(sum(&ps, "high_watermark"), 6000);
+
+    // Sealed segments reach the object store and leave local disk.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ps = partitions(&s);
+        let moved = ps.iter().all(|p| {
+            p["remote_segments"].as_i64().unwrap_or(0) > 0
+                && p["local_log_start_offset"].as_i64().unwrap_or(0) > 0
+        });
+        if moved {
+            assert_eq!(sum(&ps, "log_start_offset"), 0, "the log still starts at 0");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "data never moved to the object store: {ps:?}\n{}",
+            s.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = s
+        .metric("strata_tier_read_bytes_total{source=\"object_store\"}")
+        .unwrap_or(0.0);
+    let out = bench(&s, &["--consume-only"]);
+    assert!(out.contains("consume: 6000 msgs"), "{out}");
+    let after = s
+        .metric("strata_tier_read_bytes_total{source=\"object_store\"}")
+        .unwrap_or(0.0);
+    assert!(
+        after > before,
+        "the replay read from the object store ({before} -> {after})"
+    );
+}
