@@ -391,6 +391,20 @@ impl Group {
         Some(m)
     }
 
+    /// Removes the members `doomed` picks; returns their ids.
+    fn remove_members_where(&mut self, doomed: impl Fn(&Member) -> bool, now: i64) -> Vec<String> {
+        let ids: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| doomed(m))
+            .map(|m| m.id.clone())
+            .collect();
+        for id in &ids {
+            self.remove_member(id, now);
+        }
+        ids
+    }
+
     fn max_rebalance_timeout(&self) -> i64 {
         self.members
             .iter()
@@ -431,15 +445,8 @@ impl Group {
         if !force && !self.all_joined() {
             return false;
         }
-        let gone: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.join_waiter.is_none())
-            .map(|m| m.id.clone())
-            .collect();
-        for id in gone {
-            info!(group = %self.id, member = %id, "removing member that did not rejoin in time");
-            self.remove_member(&id, now);
+        for id in self.remove_members_where(|m| m.join_waiter.is_none(), now) {
+            info!(group = %self.id, member = %id, "removed member that did not rejoin in time");
         }
         self.pending.clear();
         self.generation += 1;
@@ -873,19 +880,16 @@ impl GroupCoordinator {
         let mut groups = self.groups.lock();
         for g in groups.values_mut() {
             g.pending.retain(|_, lapse| *lapse > now);
-            let expired: Vec<String> = g
-                .members
-                .iter()
-                .filter(|m| {
+            let expired = g.remove_members_where(
+                |m| {
                     m.join_waiter.is_none()
                         && m.sync_waiter.is_none()
                         && now - m.last_heartbeat_ms > i64::from(m.session_timeout_ms)
-                })
-                .map(|m| m.id.clone())
-                .collect();
+                },
+                now,
+            );
             for id in &expired {
                 info!(group = %g.id, member = %id, "member session expired");
-                g.remove_member(id, now);
             }
             if !expired.is_empty() {
                 self.events.lock().expired_members += expired.len() as u64;
@@ -907,15 +911,7 @@ impl GroupCoordinator {
                 GroupState::CompletingRebalance if now >= g.sync_deadline_ms => {
                     // The leader never sent its assignment: start over without the members
                     // that are not waiting for it.
-                    let stale: Vec<String> = g
-                        .members
-                        .iter()
-                        .filter(|m| m.sync_waiter.is_none())
-                        .map(|m| m.id.clone())
-                        .collect();
-                    for id in &stale {
-                        g.remove_member(id, now);
-                    }
+                    g.remove_members_where(|m| m.sync_waiter.is_none(), now);
                     self.after_departure(g, now, "members did not sync in time");
                 }
                 _ => {}

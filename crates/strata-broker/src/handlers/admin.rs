@@ -20,7 +20,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use strata_log::PartitionKey;
-use strata_meta::{Command, CommandResult, PartitionMeta};
+use strata_meta::{Command, CommandResult, PartitionMeta, TopicMeta};
 use tracing::info;
 
 use crate::broker::{Broker, MAX_PARTITIONS, TopicError};
@@ -354,43 +354,95 @@ fn alter_result(
     }
 }
 
+/// Changes one resource's config: refuses anything but a topic, looks the topic up,
+/// computes its new overrides with `next`, then validates and stores them.
+async fn alter_resource(
+    broker: &Broker,
+    resource_type: i8,
+    name: &StrBytes,
+    validate_only: bool,
+    next: impl FnOnce(&TopicMeta) -> Result<BTreeMap<String, String>, TopicError>,
+) -> AlterConfigsResourceResponse {
+    let outcome = if resource_type != TOPIC {
+        Err(not_a_topic(resource_type))
+    } else {
+        match broker.topic(name) {
+            None => Err(topic_error(
+                ResponseError::UnknownTopicOrPartition,
+                "topic does not exist",
+            )),
+            Some(topic) => match next(&topic) {
+                Ok(configs) => {
+                    store_topic_configs(broker, &topic.name, configs, validate_only).await
+                }
+                Err(e) => Err(e),
+            },
+        }
+    };
+    alter_result(resource_type, name, outcome)
+}
+
 pub(super) async fn alter_configs(
     broker: &Arc<Broker>,
     req: AlterConfigsRequest,
 ) -> AlterConfigsResponse {
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
-        let outcome = if r.resource_type != TOPIC {
-            Err(not_a_topic(r.resource_type))
-        } else {
-            match broker.topic(&r.resource_name) {
-                None => Err(topic_error(
-                    ResponseError::UnknownTopicOrPartition,
-                    "topic does not exist",
-                )),
-                Some(topic) => {
-                    // AlterConfigs replaces every override with the given set.
-                    let ops = r
-                        .configs
-                        .iter()
-                        .filter_map(|c| {
-                            c.value
-                                .as_ref()
-                                .map(|v| (c.name.to_string(), Op::Set(v.to_string())))
-                        })
-                        .collect();
-                    match apply_ops(&BTreeMap::new(), |_| String::new(), ops) {
-                        Ok(next) => {
-                            store_topic_configs(broker, &topic.name, next, req.validate_only).await
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            }
-        };
-        responses.push(alter_result(r.resource_type, &r.resource_name, outcome));
+        // AlterConfigs replaces every override with the given set.
+        let ops: Vec<(String, Op)> = r
+            .configs
+            .iter()
+            .filter_map(|c| {
+                c.value
+                    .as_ref()
+                    .map(|v| (c.name.to_string(), Op::Set(v.to_string())))
+            })
+            .collect();
+        let next = |_: &TopicMeta| apply_ops(&BTreeMap::new(), |_| String::new(), ops);
+        responses.push(
+            alter_resource(
+                broker,
+                r.resource_type,
+                &r.resource_name,
+                req.validate_only,
+                next,
+            )
+            .await,
+        );
     }
     AlterConfigsResponse::default().with_responses(responses)
+}
+
+/// The operations of one IncrementalAlterConfigs resource.
+fn incremental_ops(
+    configs: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
+) -> Result<Vec<(String, Op)>, TopicError> {
+    configs
+        .iter()
+        .map(|c| {
+            let name = c.name.to_string();
+            let value = c.value.as_ref().map(|v| v.to_string());
+            let op = match (c.config_operation, value) {
+                (0, Some(v)) => Op::Set(v),
+                (1, _) => Op::Delete,
+                (2, Some(v)) => Op::Append(v),
+                (3, Some(v)) => Op::Subtract(v),
+                (0 | 2 | 3, None) => {
+                    return Err(topic_error(
+                        ResponseError::InvalidRequest,
+                        format!("config {name:?} needs a value"),
+                    ));
+                }
+                (other, _) => {
+                    return Err(topic_error(
+                        ResponseError::InvalidRequest,
+                        format!("unknown config operation {other}"),
+                    ));
+                }
+            };
+            Ok((name, op))
+        })
+        .collect()
 }
 
 pub(super) async fn incremental_alter_configs(
@@ -400,59 +452,25 @@ pub(super) async fn incremental_alter_configs(
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse as Resp;
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
-        let outcome = if r.resource_type != TOPIC {
-            Err(not_a_topic(r.resource_type))
-        } else {
-            match broker.topic(&r.resource_name) {
-                None => Err(topic_error(
-                    ResponseError::UnknownTopicOrPartition,
-                    "topic does not exist",
-                )),
-                Some(topic) => {
-                    let ops: Result<Vec<(String, Op)>, TopicError> = r
-                        .configs
-                        .iter()
-                        .map(|c| {
-                            let name = c.name.to_string();
-                            let value = c.value.as_ref().map(|v| v.to_string());
-                            let op = match (c.config_operation, value) {
-                                (0, Some(v)) => Op::Set(v),
-                                (1, _) => Op::Delete,
-                                (2, Some(v)) => Op::Append(v),
-                                (3, Some(v)) => Op::Subtract(v),
-                                (0 | 2 | 3, None) => {
-                                    return Err(topic_error(
-                                        ResponseError::InvalidRequest,
-                                        format!("config {name:?} needs a value"),
-                                    ));
-                                }
-                                (other, _) => {
-                                    return Err(topic_error(
-                                        ResponseError::InvalidRequest,
-                                        format!("unknown config operation {other}"),
-                                    ));
-                                }
-                            };
-                            Ok((name, op))
-                        })
-                        .collect();
-                    let cfg = broker.topic_config(&topic);
-                    let effective = |name: &str| {
-                        cfg.entries()
-                            .find(|(d, _, _, _)| d.name == name)
-                            .map(|(_, _, v, _)| v.to_string())
-                            .unwrap_or_default()
-                    };
-                    match ops.and_then(|ops| apply_ops(&topic.configs, effective, ops)) {
-                        Ok(next) => {
-                            store_topic_configs(broker, &topic.name, next, req.validate_only).await
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-            }
+        let next = |topic: &TopicMeta| {
+            let ops = incremental_ops(&r.configs)?;
+            let cfg = broker.topic_config(topic);
+            let effective = |name: &str| {
+                cfg.entries()
+                    .find(|(d, _, _, _)| d.name == name)
+                    .map(|(_, _, v, _)| v.to_string())
+                    .unwrap_or_default()
+            };
+            apply_ops(&topic.configs, effective, ops)
         };
-        let a = alter_result(r.resource_type, &r.resource_name, outcome);
+        let a = alter_resource(
+            broker,
+            r.resource_type,
+            &r.resource_name,
+            req.validate_only,
+            next,
+        )
+        .await;
         responses.push(
             Resp::default()
                 .with_resource_type(a.resource_type)
