@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs every test dependency, then checks
 # formatting and lints, runs the Rust unit and end-to-end tests (real broker processes,
-# librdkafka) and the Python client tests (confluent-kafka, kafka-python, kcat).
+# librdkafka) and the client tests driven by pytest (confluent-kafka, kafka-python, kcat,
+# and KafkaJS consumer groups run as node processes from tests/python/test_groups_kafkajs.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -24,7 +25,7 @@ cargo build --bin strata
 step "Rust unit and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast
 
-step "Python client tests"
+step "client tests (Python clients, kcat, KafkaJS)"
 .venv/bin/python -m pytest tests/python -q --timeout 300
 
 step "all tests passed"

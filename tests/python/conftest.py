@@ -5,6 +5,7 @@ ports. `broker_factory(env={...})` starts more (or differently configured) ones.
 `StrataBroker` can be stopped (SIGTERM, exit code checked), killed (SIGKILL) and restarted
 on the same data directory and the same Kafka port. Whatever happens, every process is
 killed at teardown, and a failing test gets the tail of each broker's log in its report.
+`group_members` starts consumer-group members in their own processes (group_helpers).
 """
 
 from __future__ import annotations
@@ -297,6 +298,19 @@ def broker(broker_factory) -> StrataBroker:
     return broker_factory()
 
 
+@pytest.fixture
+def group_members(tmp_path, request):
+    """Consumer-group members in their own processes (see group_helpers.Members):
+    `group_members.spawn("confluent", broker, group, topic, "range")`. Every process is
+    killed at teardown; a failing test gets each member's report and stderr tail."""
+    from group_helpers import Members
+
+    members = Members(tmp_path)
+    request.node._strata_members = members
+    yield members
+    members.cleanup()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -306,3 +320,151 @@ def pytest_runtest_makereport(item, call):
             report.sections.append(
                 (f"strata broker {i} log tail ({b.log_path})", b.log_tail())
             )
+        members = getattr(item, "_strata_members", None)
+        for m in members.all if members else []:
+            report.sections.append(
+                (f"group member {m.name} ({m.stderr_path})", m.summary() + "\n" + m.stderr_tail())
+            )
+
+
+# --- Ceph radosgw: a real S3 server for tiered-storage tests (scripts/rgw.sh) -------------
+
+RGW_SCRIPT = REPO / "scripts" / "rgw.sh"
+RGW_START_TIMEOUT_S = 120.0
+
+
+class RadosGateway:
+    """A throw-away single-node Ceph cluster with radosgw, run by scripts/rgw.sh in `root`.
+
+    After `start()`: `endpoint` (http://127.0.0.1:PORT), `access_key`, `secret_key`,
+    `region`, `env()` (the variables `rgw.sh start` prints). `pause()`/`resume()` (or
+    `with gw.outage(): ...`) simulate an object-store outage; `stop()` is idempotent.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.endpoint: str | None = None
+        self.access_key: str | None = None
+        self.secret_key: str | None = None
+        self.region: str | None = None
+        self.paused = False
+
+    def _run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0):
+        return subprocess.run(
+            ["bash", str(RGW_SCRIPT), *args, str(self.root)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+    def start(self) -> "RadosGateway":
+        if shutil.which("radosgw") is None:
+            raise FileNotFoundError(
+                "radosgw is not installed: run scripts/install-test-deps.sh "
+                "(Debian packages radosgw ceph-mon ceph-osd)"
+            )
+        r = self._run("start", timeout=RGW_START_TIMEOUT_S)
+        if r.returncode != 0:
+            raise RuntimeError(f"scripts/rgw.sh start failed ({r.returncode}):\n{r.stderr}")
+        values = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+        self.endpoint = values["RGW_ENDPOINT"]
+        self.access_key = values["AWS_ACCESS_KEY_ID"]
+        self.secret_key = values["AWS_SECRET_ACCESS_KEY"]
+        self.region = values["AWS_REGION"]
+        return self
+
+    def env(self) -> dict[str, str]:
+        """The variables `rgw.sh start` prints, e.g. for a broker or the `aws` CLI."""
+        assert self.endpoint, "radosgw not started"
+        return {
+            "RGW_ENDPOINT": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+        }
+
+    def pause(self, mode: str | None = None) -> None:
+        """Makes the S3 endpoint unavailable. mode "stop" (default): radosgw is SIGSTOPped,
+        connections are accepted but nothing answers (clients time out; requests sent
+        meanwhile are executed after resume). mode "restart": radosgw is stopped (clients
+        get connection refused) and resume() starts it again on the same port."""
+        r = self._run("pause", env={"RGW_PAUSE_MODE": mode} if mode else None)
+        assert r.returncode == 0, f"rgw.sh pause failed:\n{r.stderr}"
+        self.paused = True
+
+    def resume(self) -> None:
+        r = self._run("resume", timeout=RGW_START_TIMEOUT_S)
+        assert r.returncode == 0, f"rgw.sh resume failed:\n{r.stderr}"
+        self.paused = False
+
+    def outage(self, mode: str | None = None) -> "_RgwOutage":
+        """`with rgw.outage(): ...` pauses radosgw for the block, resumes it after."""
+        return _RgwOutage(self, mode)
+
+    def stop(self) -> None:
+        r = self._run("stop")
+        assert r.returncode == 0, f"rgw.sh stop failed:\n{r.stderr}"
+        self.paused = False
+
+    def s3_client(self, **config):
+        """A boto3 S3 client for this gateway (path-style addressing); keyword arguments
+        go to botocore's Config, e.g. connect_timeout=2, retries={"total_max_attempts": 1}."""
+        import boto3
+        from botocore.config import Config
+
+        assert self.endpoint, "radosgw not started"
+        config.setdefault("s3", {"addressing_style": "path"})
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(**config),
+        )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n\n".join(
+            f"--- {p.name}\n{_tail(p, lines)}" for p in sorted((self.root / "log").glob("*.log"))
+        )
+
+
+class _RgwOutage:
+    def __init__(self, gw: RadosGateway, mode: str | None):
+        self.gw, self.mode = gw, mode
+
+    def __enter__(self) -> RadosGateway:
+        self.gw.pause(self.mode)
+        return self.gw
+
+    def __exit__(self, *exc) -> None:
+        self.gw.resume()
+
+
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory):
+    """One radosgw (real S3 server) for the whole session; stopped at the end. Tests share
+    it: use unique bucket names, and resume it if you pause it (or use `rgw.outage()`)."""
+    gw = RadosGateway(tmp_path_factory.mktemp("rgw"))
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+
+
+@pytest.fixture
+def rgw_factory(tmp_path):
+    """Starts private radosgw instances (`rgw_factory()`), e.g. for a test that stops one;
+    all are stopped at teardown."""
+    gateways: list[RadosGateway] = []
+
+    def make() -> RadosGateway:
+        gw = RadosGateway(tmp_path / f"rgw{len(gateways)}")
+        gateways.append(gw)
+        return gw.start()
+
+    yield make
+    for gw in gateways:
+        gw.stop()
