@@ -76,18 +76,21 @@ pub fn decode_request(
 }
 
 /// Encodes a response frame, size prefix included, ready to write to the socket.
+/// `size_hint` is the caller's estimate of the encoded size (the record bytes of a fetch,
+/// say), so the buffer is allocated once instead of grown by copying.
 pub fn encode_response(
     correlation_id: i32,
     api: ApiKey,
     version: i16,
     body: &ResponseKind,
+    size_hint: usize,
 ) -> Result<Bytes, FrameError> {
     let fail = |e: anyhow::Error| FrameError::Encode {
         api,
         version,
         reason: format!("{e:#}"),
     };
-    let mut buf = BytesMut::with_capacity(64);
+    let mut buf = BytesMut::with_capacity(size_hint.saturating_add(256));
     buf.put_i32(0);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)
@@ -159,7 +162,7 @@ mod tests {
     #[test]
     fn response_frame_has_size_and_correlation_id() {
         let body = ResponseKind::Metadata(MetadataResponse::default());
-        let frame = encode_response(9, ApiKey::Metadata, 1, &body).unwrap();
+        let frame = encode_response(9, ApiKey::Metadata, 1, &body, 0).unwrap();
         let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(size, frame.len() - 4);
         assert_eq!(&frame[4..8], &9i32.to_be_bytes());

@@ -14,6 +14,18 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
+/// Keeps glibc from returning large buffers to the kernel after every use: fetch and
+/// produce buffers of megabytes are allocated per request, and with glibc's defaults
+/// each one is a fresh `mmap` whose pages fault in one by one and are unmapped again on
+/// free. With these settings they come from (and go back to) the heap, already mapped.
+pub fn tune_malloc() {
+    // SAFETY: mallopt only changes glibc's allocation policy; it has no preconditions.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
 /// Requests at or above this size bypass malloc.
 const HUGE: usize = 1 << 30;
 const PAGE: usize = 4096;

@@ -53,6 +53,7 @@ fn bench_main(args: bench::BenchArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    alloc::tune_malloc();
     let cli = Cli::parse();
     let overrides = match cli.command {
         Some(Command::Serve(o)) => o,

@@ -254,7 +254,17 @@ fn encode(
     version: i16,
     body: ResponseKind,
 ) -> Outcome {
-    match frame::encode_response(correlation_id, api, version, &body) {
+    // Fetch responses are mostly record bytes: size the buffer for them up front.
+    let hint = match &body {
+        ResponseKind::Fetch(r) => r
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter())
+            .map(|p| p.records.as_ref().map_or(0, |r| r.len()) + 128)
+            .sum(),
+        _ => 0,
+    };
+    match frame::encode_response(correlation_id, api, version, &body, hint) {
         Ok(bytes) => Outcome::Respond(bytes),
         Err(e) => {
             broker
