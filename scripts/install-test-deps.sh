@@ -11,6 +11,7 @@ need_apt=()
 command -v kcat >/dev/null || need_apt+=(kcat)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+command -v curl >/dev/null || need_apt+=(curl) # scripts/rgw.sh waits for radosgw with it
 command -v radosgw >/dev/null || need_apt+=(radosgw)
 command -v ceph-mon >/dev/null || need_apt+=(ceph-mon)
 command -v ceph-osd >/dev/null || need_apt+=(ceph-osd)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs every test dependency, then checks
 # formatting and lints, runs the Rust unit and end-to-end tests (real broker processes,
-# librdkafka) and the client tests driven by pytest (confluent-kafka, kafka-python, kcat,
-# and KafkaJS consumer groups run as node processes from tests/python/test_groups_kafkajs.py).
+# librdkafka; strata-tier's object-store conformance suite against a local directory and
+# a throw-away Ceph radosgw from scripts/rgw.sh) and the client tests driven by pytest
+# (confluent-kafka, kafka-python, kcat, KafkaJS consumer groups run as node processes from
+# tests/python/test_groups_kafkajs.py, and tiered storage against both object stores in
+# tests/python/test_tiered.py, radosgw outages included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -25,7 +28,7 @@ cargo build --bin strata
 step "Rust unit and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast
 
-step "client tests (Python clients, kcat, KafkaJS)"
+step "client tests (Python clients, kcat, KafkaJS, tiered storage on radosgw)"
 .venv/bin/python -m pytest tests/python -q --timeout 300
 
 step "all tests passed"

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
 use strata_log::{Partition, PartitionKey, SealedSegment, SegmentInfo, plan_retention};
 use strata_meta::{Command, CommandResult, PartitionMeta, RemoteSegmentMeta, TopicMeta};
+use strata_protocol::batch::HeaderIter;
 use strata_tier::{BlockCache, RemoteSegment, Store, TierError, layout};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -49,7 +50,8 @@ pub(crate) struct Tier {
     uploads: Mutex<HashMap<PartitionKey, UploadState>>,
     slots: Semaphore,
     part_bytes: usize,
-    /// Bytes not yet uploaded across all partitions, refreshed every upload tick.
+    /// Bytes not yet uploaded across all partitions: recounted every upload tick and
+    /// raised by every append in between, so admission sees a burst at once.
     unuploaded: AtomicU64,
 }
 
@@ -103,22 +105,28 @@ impl Broker {
         })
     }
 
-    /// The remote segment holding `offset`, if the manifest has one.
-    fn remote_segment_for(
+    /// The remote segments from the one holding `offset` on (across a gap, from the next
+    /// one with data after it).
+    fn remote_segments_from(
         &self,
         topic_id: Uuid,
         partition: i32,
         offset: i64,
-    ) -> Option<RemoteSegment> {
-        let pm = self.partition_meta(topic_id, partition)?;
-        // The first segment that ends after `offset`: it holds it (or, across a gap,
-        // the next data after it).
+    ) -> Vec<RemoteSegment> {
+        let Some(pm) = self.partition_meta(topic_id, partition) else {
+            return Vec::new();
+        };
         let segs = &pm.remote_segments;
-        segs.get(segs.partition_point(|s| s.next_offset <= offset))
+        segs[segs.partition_point(|s| s.next_offset <= offset)..]
+            .iter()
             .map(to_remote)
+            .collect()
     }
 
-    /// Whole batches from the object store starting with the one that holds `offset`.
+    /// Whole batches from the object store starting with the one that holds `offset`, up
+    /// to `max_bytes` (at least one batch with `min_one`), continuing into the following
+    /// segments. The segments the budget covers are read concurrently, and the one after
+    /// them is fetched ahead, so a sequential replay keeps many GETs in flight.
     pub(crate) async fn read_remote(
         &self,
         topic_id: Uuid,
@@ -127,22 +135,69 @@ impl Broker {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<Bytes, ResponseError> {
-        let Some(seg) = self.remote_segment_for(topic_id, partition, offset) else {
+        let segs = self.remote_segments_from(topic_id, partition, offset);
+        let Some(first) = segs.first() else {
             return Err(ResponseError::OffsetOutOfRange);
         };
-        match self
-            .tier
-            .cache
-            .read_batches(&seg, offset, max_bytes, min_one)
-            .await
-        {
-            Ok(data) => Ok(data),
-            Err(e) => {
-                warn!(topic_id = %topic_id, partition, offset, error = %e, "remote read failed");
-                // Retriable: the client tries again, the store may be back by then.
-                Err(ResponseError::KafkaStorageError)
+        // The first segment from `offset`, then whole segments while they fit the budget.
+        let mut planned = vec![(first, offset)];
+        let mut room = max_bytes.saturating_sub(first.size as usize);
+        for seg in &segs[1..] {
+            if seg.size as usize > room {
+                break;
+            }
+            room -= seg.size as usize;
+            planned.push((seg, seg.base_offset));
+        }
+        if let Some(after) = segs.get(planned.len()) {
+            self.tier
+                .cache
+                .prefetch(&after.key, after.size, &after.index_key);
+        }
+        let reads = planned.iter().enumerate().map(|(i, (seg, from))| {
+            let budget = if i == 0 { max_bytes } else { seg.size as usize };
+            self.tier
+                .cache
+                .read_batches(seg, *from, budget, min_one && i == 0)
+        });
+        let results = futures::future::join_all(reads).await;
+        // Keep whole pieces in order within the budget; stop at the first failure or gap.
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        for (i, result) in results.into_iter().enumerate() {
+            let data = match result {
+                Ok(data) => data,
+                Err(e) => {
+                    warn!(topic_id = %topic_id, partition, offset, error = %e, "remote read failed");
+                    if len == 0 {
+                        // Retriable: the client tries again, the store may be back by then.
+                        return Err(ResponseError::KafkaStorageError);
+                    }
+                    break;
+                }
+            };
+            if len > 0 && len + data.len() > max_bytes {
+                break;
+            }
+            len += data.len();
+            let ended = HeaderIter::new(&data).last().map(|(_, h)| h.next_offset());
+            pieces.push(data);
+            if ended.is_none_or(|end| end < planned[i].0.next_offset) {
+                // This segment was not read to its end: the next one must not follow it.
+                break;
             }
         }
+        Ok(match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.remove(0),
+            _ => {
+                let mut out = BytesMut::with_capacity(len);
+                for p in &pieces {
+                    out.extend_from_slice(p);
+                }
+                out.freeze()
+            }
+        })
     }
 
     /// The first record at or after `timestamp` among the remote-only segments (those
@@ -206,6 +261,12 @@ impl Broker {
                 _ = tick.tick() => {}
             }
             let now = self.now_ms();
+            // Over the cap, active segments are sealed early so that they can be uploaded
+            // (otherwise they would hold produce back until `segment.ms`); a partition
+            // that still has sealed segments queued is left alone, so an unreachable
+            // store does not turn its tail into a stream of tiny segments.
+            let over_cap =
+                self.tier.unuploaded.load(Ordering::Relaxed) >= self.config.max_unuploaded_bytes();
             let mut total = (0u64, 0usize);
             for (key, log) in self.logs.partitions() {
                 let Some(topic) = self.topic_by_id(key.topic_id) else {
@@ -214,8 +275,9 @@ impl Broker {
                 if !self.topic_config(&topic).remote_storage() {
                     continue;
                 }
-                if let Err(e) = log.roll_if_old(now) {
-                    warn!(topic = %topic.name, partition = key.partition, error = %e, "could not roll an old segment");
+                let force = over_cap && log.upload_candidates().is_empty();
+                if let Err(e) = log.roll_active(now, force) {
+                    warn!(topic = %topic.name, partition = key.partition, error = %e, "could not roll the active segment");
                 }
                 let (bytes, segments) = log.unuploaded();
                 total = (total.0 + bytes, total.1 + segments);
@@ -225,6 +287,11 @@ impl Broker {
             self.metrics.tier.unuploaded_bytes.set(total.0 as i64);
             self.metrics.tier.unuploaded_segments.set(total.1 as i64);
         }
+    }
+
+    /// Counts freshly appended bytes of a tiered topic towards the unuploaded total.
+    pub(crate) fn note_unuploaded(&self, bytes: u64) {
+        self.tier.unuploaded.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Starts uploading the partition's oldest sealed segment that is not in the store, if
@@ -268,6 +335,12 @@ impl Broker {
                     Ok(()) => {
                         state.failures = 0;
                         state.next_attempt_ms = 0;
+                        drop(uploads);
+                        // Go straight on with the next sealed segment rather than waiting
+                        // for the tick, so a backlog drains at the store's pace.
+                        if let Some(topic) = this.topic_by_id(key.topic_id) {
+                            this.maybe_upload(key, &topic, log, now);
+                        }
                     }
                     Err(e) => {
                         state.failures += 1;
@@ -409,8 +482,17 @@ impl Broker {
         match self.tier.store.list(&layout::topic_prefix(topic_id)).await {
             Ok(objects) => {
                 for o in &objects {
-                    if let Err(e) = self.tier.store.delete(&o.key).await {
-                        warn!(key = %o.key, error = %e, "could not delete an object of a deleted topic");
+                    match self.tier.store.delete(&o.key).await {
+                        Ok(()) => {
+                            if layout::parse(&o.key)
+                                .is_some_and(|p| p.kind == layout::Kind::Segment)
+                            {
+                                self.metrics.tier.remote_segments_deleted_total.inc();
+                            }
+                        }
+                        Err(e) => {
+                            warn!(key = %o.key, error = %e, "could not delete an object of a deleted topic")
+                        }
                     }
                 }
                 if !objects.is_empty() {

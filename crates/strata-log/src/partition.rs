@@ -847,14 +847,15 @@ impl Partition {
         n
     }
 
-    /// Rolls the active segment if it holds data and is older than `segment.ms`, so that
-    /// a quiet partition's data still gets sealed (and uploaded).
-    pub fn roll_if_old(&self, now_ms: i64) -> Result<bool> {
+    /// Rolls the active segment if it holds data and is older than `segment.ms` (so that
+    /// a quiet partition's data still gets sealed and uploaded), or holds data at all when
+    /// `force` is set. `Ok(true)` if it rolled.
+    pub fn roll_active(&self, now_ms: i64, force: bool) -> Result<bool> {
         let mut inner = self.inner.lock();
         self.check_online(&inner)?;
-        let due = inner
-            .active()
-            .is_some_and(|a| a.size > 0 && now_ms - a.created_ms >= inner.config.segment_ms);
+        let due = inner.active().is_some_and(|a| {
+            a.size > 0 && (force || now_ms - a.created_ms >= inner.config.segment_ms)
+        });
         if due {
             self.roll(&mut inner, now_ms)?;
         }

@@ -170,6 +170,24 @@ async fn rolls_by_size_and_age_and_reads_across_segments() {
     assert_eq!(p.segments().len(), 4);
     append(&p, 1, 0, 1000);
     assert_eq!(p.segments().len(), 5);
+
+    // Without an append: a quiet active segment rolls once it is old enough, or when
+    // forced, but never while it is empty.
+    assert!(!p.roll_active(1500, false).unwrap(), "not old enough yet");
+    assert!(p.roll_active(2000, false).unwrap());
+    assert_eq!(p.segments().len(), 6);
+    assert!(
+        !p.roll_active(10_000, true).unwrap(),
+        "the new active segment is empty"
+    );
+    append(&p, 1, 0, 2100);
+    assert!(p.roll_active(2100, true).unwrap());
+    assert_eq!(p.segments().len(), 7);
+    assert_eq!(
+        p.upload_candidates().len(),
+        6,
+        "every segment but the active one is sealed"
+    );
 }
 
 #[tokio::test]

@@ -3,10 +3,11 @@
 //! single-flight fetch), so many consumer groups replaying the same range cost one GET per
 //! block; a reader moving forward has the next blocks fetched ahead of it.
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder};
@@ -35,8 +36,15 @@ pub struct BlockCache {
     store: Store,
     block: u64,
     readahead: u64,
+    /// Blocks fetched ahead of a reader and not read yet: the first read of one counts
+    /// as coming from the object store (the GET was made for it), later ones as cache.
+    ahead: Arc<Mutex<HashSet<String>>>,
     metrics: TierMetrics,
 }
+
+/// Most read-ahead blocks remembered as not read yet (blocks evicted unread would
+/// otherwise accumulate); past it the set starts over and a few reads count as cache.
+const MAX_AHEAD: usize = 16_384;
 
 fn block_key(key: &str, index: u64) -> String {
     format!("{key}#{index}")
@@ -49,10 +57,24 @@ impl BlockCache {
             path: cfg.dir.clone(),
             source: e,
         })?;
-        let device = FsDeviceBuilder::new(&cfg.dir)
+        // Direct I/O keeps cached blocks out of the page cache (they are cached already)
+        // and saves a copy per block; file systems without it (tmpfs) get buffered I/O.
+        let device = match FsDeviceBuilder::new(&cfg.dir)
             .with_capacity(cfg.disk_bytes)
+            .with_direct(true)
             .build()
-            .map_err(|e| TierError::Cache(format!("disk tier at {}: {e}", cfg.dir.display())))?;
+        {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(dir = %cfg.dir.display(), error = %e, "no direct I/O for the cache's disk tier; using buffered I/O");
+                FsDeviceBuilder::new(&cfg.dir)
+                    .with_capacity(cfg.disk_bytes)
+                    .build()
+                    .map_err(|e| {
+                        TierError::Cache(format!("disk tier at {}: {e}", cfg.dir.display()))
+                    })?
+            }
+        };
         let cache = HybridCacheBuilder::new()
             .with_name("strata-blocks")
             .memory(cfg.memory_bytes)
@@ -67,6 +89,7 @@ impl BlockCache {
             store,
             block: cfg.block_bytes.max(4096),
             readahead: cfg.readahead_blocks,
+            ahead: Arc::default(),
             metrics,
         })
     }
@@ -75,62 +98,92 @@ impl BlockCache {
         &self.store
     }
 
-    /// One block of object `key` (of `size` bytes), from the cache or one ranged GET.
-    /// Reader requests (`counted`) are counted as cache hits or misses; read-ahead is not.
-    async fn block(&self, key: &str, size: u64, index: u64, counted: bool) -> Result<Bytes> {
+    /// One block of object `key` (of `size` bytes), from the cache or one ranged GET. A
+    /// reader's request (`reader`) is counted as a cache hit or miss and learns whether
+    /// the block came from the store for it (fetched now, or ahead of it and not read
+    /// before); read-ahead (`!reader`) remembers the blocks it fetched.
+    async fn block(&self, key: &str, size: u64, index: u64, reader: bool) -> Result<(Bytes, bool)> {
         let range = index * self.block..((index + 1) * self.block).min(size);
         let store = self.store.clone();
         let object = key.to_string();
         let fetched = Arc::new(AtomicBool::new(false));
         let flag = fetched.clone();
+        let name = block_key(key, index);
+        // Marked before the GET, so a reader waiting on the same fetch finds the mark.
+        let ahead = (!reader).then(|| (self.ahead.clone(), name.clone()));
         let entry = self
             .cache
-            .get_or_fetch(&block_key(key, index), move || async move {
+            .get_or_fetch(&name, move || async move {
                 flag.store(true, Ordering::Relaxed);
+                if let Some((set, name)) = &ahead {
+                    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+                    if set.len() >= MAX_AHEAD {
+                        set.clear();
+                    }
+                    set.insert(name.clone());
+                }
                 store.get_range(&object, range).await
             })
-            .await
-            .map_err(|e| TierError::Cache(format!("{key} block {index}: {e}")))?;
-        let data = entry.value().clone();
+            .await;
         let missed = fetched.load(Ordering::Relaxed);
-        if missed {
-            self.metrics
-                .read_bytes_total
-                .with_label_values(&["object_store"])
-                .inc_by(data.len() as u64);
-        }
-        if counted {
-            let (result, source) = if missed {
-                ("miss", "object_store")
+        let from_store = {
+            let mut set = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+            if entry.is_err() || reader {
+                // A read (or a failed fetch) consumes the mark.
+                set.remove(&name) || missed
             } else {
-                ("hit", "cache")
-            };
+                missed
+            }
+        };
+        let entry = entry.map_err(|e| TierError::Cache(format!("{key} block {index}: {e}")))?;
+        if reader {
             self.metrics
                 .cache_requests_total
-                .with_label_values(&[result])
+                .with_label_values(&[if missed { "miss" } else { "hit" }])
                 .inc();
-            if !missed {
-                self.metrics
-                    .read_bytes_total
-                    .with_label_values(&[source])
-                    .inc_by(data.len() as u64);
-            }
         }
-        Ok(data)
+        Ok((entry.value().clone(), from_store))
     }
 
     /// Bytes `range` of object `key` (which has `size` bytes), and the next blocks
-    /// fetched in the background.
+    /// fetched in the background. Counts nothing in `strata_tier_read_bytes_total`: the
+    /// caller knows which bytes it serves (see [`BlockCache::count_served`]).
     pub async fn read(&self, key: &str, size: u64, range: Range<u64>) -> Result<Bytes> {
+        Ok(self.read_blocks(key, size, range).await?.0)
+    }
+
+    /// Like [`BlockCache::read`], also returning the blocks that came from the store for
+    /// this call (fetched by it or ahead of it; the others were read before).
+    pub(crate) async fn read_blocks(
+        &self,
+        key: &str,
+        size: u64,
+        range: Range<u64>,
+    ) -> Result<(Bytes, Vec<u64>)> {
         let end = range.end.min(size);
         if range.start >= end {
-            return Ok(Bytes::new());
+            return Ok((Bytes::new(), Vec::new()));
         }
         let first = range.start / self.block;
         let last = (end - 1) / self.block;
         let blocks = try_join_all((first..=last).map(|i| self.block(key, size, i, true))).await?;
+        self.read_ahead(key, size, last);
+        let fetched: Vec<u64> = (first..=last)
+            .zip(&blocks)
+            .filter(|(_, (_, missed))| *missed)
+            .map(|(i, _)| i)
+            .collect();
+        if let [(only, _)] = blocks.as_slice() {
+            // Within one block: a view of it, no copy.
+            let at = first * self.block;
+            let to = ((end - at) as usize).min(only.len());
+            return Ok((
+                only.slice(((range.start - at) as usize).min(to)..to),
+                fetched,
+            ));
+        }
         let mut out = BytesMut::with_capacity((end - range.start) as usize);
-        for (n, b) in blocks.iter().enumerate() {
+        for (n, (b, _)) in blocks.iter().enumerate() {
             let at = (first + n as u64) * self.block;
             let from = range.start.saturating_sub(at) as usize;
             let to = ((end - at) as usize).min(b.len());
@@ -138,6 +191,34 @@ impl BlockCache {
                 out.extend_from_slice(&b[from..to]);
             }
         }
+        Ok((out.freeze(), fetched))
+    }
+
+    /// Counts bytes `range` of an object as served to a fetch in
+    /// `strata_tier_read_bytes_total`: those in blocks `fetched` (from the store for this
+    /// read) under `object_store`, the rest under `cache`.
+    pub(crate) fn count_served(&self, range: Range<u64>, fetched: &[u64]) {
+        let (mut from_store, mut from_cache) = (0u64, 0u64);
+        let mut at = range.start;
+        while at < range.end {
+            let index = at / self.block;
+            let to = ((index + 1) * self.block).min(range.end);
+            if fetched.contains(&index) {
+                from_store += to - at;
+            } else {
+                from_cache += to - at;
+            }
+            at = to;
+        }
+        let bytes = &self.metrics.read_bytes_total;
+        bytes
+            .with_label_values(&["object_store"])
+            .inc_by(from_store);
+        bytes.with_label_values(&["cache"]).inc_by(from_cache);
+    }
+
+    /// Fetches the blocks after `last` in the background.
+    fn read_ahead(&self, key: &str, size: u64, last: u64) {
         let total_blocks = size.div_ceil(self.block);
         for i in last + 1..(last + 1 + self.readahead).min(total_blocks) {
             let this = self.clone();
@@ -146,7 +227,24 @@ impl BlockCache {
                 let _ = this.block(&key, size, i, false).await;
             });
         }
-        Ok(out.freeze())
+    }
+
+    /// Starts fetching the first blocks of an object in the background (the next segment
+    /// of a sequential replay), plus `extra`, a small object that goes with it.
+    pub fn prefetch(&self, key: &str, size: u64, extra: &str) {
+        let blocks = size.div_ceil(self.block).min(self.readahead.max(1));
+        for i in 0..blocks {
+            let this = self.clone();
+            let key = key.to_string();
+            tokio::spawn(async move {
+                let _ = this.block(&key, size, i, false).await;
+            });
+        }
+        let this = self.clone();
+        let extra = extra.to_string();
+        tokio::spawn(async move {
+            let _ = this.whole(&extra).await;
+        });
     }
 
     /// A small whole object (an index), cached as block 0 of its own.
@@ -167,8 +265,11 @@ impl BlockCache {
     /// never read again).
     pub fn forget(&self, key: &str, size: u64) {
         self.cache.remove(&format!("{key}#all"));
+        let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..size.div_ceil(self.block) {
-            self.cache.remove(&block_key(key, i));
+            let name = block_key(key, i);
+            self.cache.remove(&name);
+            ahead.remove(&name);
         }
     }
 

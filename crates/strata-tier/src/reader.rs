@@ -49,16 +49,24 @@ impl BlockCache {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<Bytes> {
-        let rel = (offset - seg.base_offset).clamp(0, i64::from(u32::MAX)) as u32;
-        let mut pos = u64::from(self.index(seg).await?.position_for(rel));
+        // Reading from the segment's start needs no index lookup.
+        let mut pos = if offset <= seg.base_offset {
+            0
+        } else {
+            let rel = (offset - seg.base_offset).min(i64::from(u32::MAX)) as u32;
+            u64::from(self.index(seg).await?.position_for(rel))
+        };
+        // Blocks this call fetched from the store, for strata_tier_read_bytes_total.
+        let mut fetched = Vec::new();
         // Skip batches that end before `offset`, reading headers from cached blocks.
         loop {
             if pos + HEADER_LEN as u64 > seg.size {
                 return Ok(Bytes::new());
             }
-            let head = self
-                .read(&seg.key, seg.size, pos..pos + HEADER_LEN as u64)
+            let (head, f) = self
+                .read_blocks(&seg.key, seg.size, pos..pos + HEADER_LEN as u64)
                 .await?;
+            fetched.extend(f);
             let h =
                 BatchHeader::parse(&head).map_err(|e| Self::corrupt(seg, pos, e.to_string()))?;
             if h.last_offset() >= offset {
@@ -70,11 +78,14 @@ impl BlockCache {
                 if want < h.total_len() as u64 {
                     return Ok(Bytes::new());
                 }
-                let data = self
-                    .read(&seg.key, seg.size, pos..(pos + want).min(seg.size))
+                let (data, f) = self
+                    .read_blocks(&seg.key, seg.size, pos..(pos + want).min(seg.size))
                     .await?;
+                fetched.extend(f);
                 let mut it = HeaderIter::new(&data);
                 for _ in it.by_ref() {}
+                let served = it.position() as u64;
+                self.count_served(pos..pos + served, &fetched);
                 return Ok(data.slice(..it.position()));
             }
             pos += h.total_len() as u64;

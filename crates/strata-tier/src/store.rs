@@ -17,7 +17,7 @@ use object_store::{
     WriteMultipart,
 };
 use strata_telemetry::TierMetrics;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::error::{Result, TierError};
 
@@ -267,16 +267,29 @@ impl Store {
         let mut at = 0u64;
         while at < size {
             let len = (size - at).min(part_size as u64) as usize;
-            let chunk = read(at, len).await?;
-            self.instrumented(
-                "upload_part",
-                key,
-                writer.wait_for_capacity(concurrency.max(1)),
-            )
-            .await?;
-            writer.put(chunk);
+            let sent = async {
+                let chunk = read(at, len).await?;
+                self.instrumented(
+                    "upload_part",
+                    key,
+                    writer.wait_for_capacity(concurrency.max(1)),
+                )
+                .await?;
+                writer.put(chunk);
+                Ok::<(), TierError>(())
+            }
+            .await;
+            if let Err(e) = sent {
+                // Parts of an unfinished upload are invisible to listings (and so to the
+                // garbage collector) but still stored: abort it.
+                if let Err(abort) = writer.abort().await {
+                    warn!(key, error = %abort, "could not abort a failed multipart upload");
+                }
+                return Err(e);
+            }
             at += len as u64;
         }
+        // `finish` aborts the upload itself when completing fails.
         self.instrumented("complete_multipart", key, writer.finish())
             .await
             .map(|_| ())

@@ -451,6 +451,7 @@ on_both_backends!(
     cache_reads_ahead,
     cache_forget_and_errors,
     read_batches_of_uploaded_segment,
+    read_batches_counts_the_bytes_it_serves,
     offset_for_timestamp_in_uploaded_segment,
 );
 
@@ -1256,6 +1257,15 @@ async fn read_batches_of_uploaded_segment(b: Backend) {
         past.len()
     );
 
+    cache.close().await;
+}
+
+/// `strata_tier_read_bytes_total{source}` counts record bytes served to fetches
+/// (docs/metrics.md), once each: not whole blocks, not header re-reads, not read-ahead.
+async fn read_batches_counts_the_bytes_it_serves(b: Backend) {
+    let up = upload_segment(&b).await;
+    let seg = &up.seg;
+    let first = seg.base_offset;
     // strata_tier_read_bytes_total counts what was served, once: one read of the whole
     // segment through a cold cache serves the segment's bytes from the object store.
     let cold = b.cache(BLOCK, 1).await;
@@ -1301,7 +1311,40 @@ async fn read_batches_of_uploaded_segment(b: Backend) {
         b.read_bytes("object_store") - from_store,
         b.read_bytes("cache") - from_cache
     );
-    cache.close().await;
+    // Reading on: blocks fetched ahead count as object-store bytes the first time they
+    // are read (the GETs were made for this reader), and as cache bytes after that.
+    let (from_store, from_cache) = (b.read_bytes("object_store"), b.read_bytes("cache"));
+    let whole = ahead
+        .read_batches(seg, first, up.bytes.len(), true)
+        .await
+        .unwrap();
+    assert_eq!(whole.len(), up.bytes.len(), "{}", b.kind);
+    let new_from_store = b.read_bytes("object_store") - from_store;
+    assert_eq!(
+        new_from_store + (b.read_bytes("cache") - from_cache),
+        whole.len() as u64,
+        "{}",
+        b.kind
+    );
+    assert!(
+        new_from_store >= whole.len() as u64 - BLOCK,
+        "{}: only {new_from_store} of {} bytes read for the first time counted as \
+         object-store bytes (all but the first block came from read-ahead)",
+        b.kind,
+        whole.len()
+    );
+    let from_store = b.read_bytes("object_store");
+    let again = ahead
+        .read_batches(seg, first, up.bytes.len(), true)
+        .await
+        .unwrap();
+    assert_eq!(again, whole, "{}", b.kind);
+    assert_eq!(
+        b.read_bytes("object_store"),
+        from_store,
+        "{}: a re-read is served by the cache",
+        b.kind
+    );
     cold.close().await;
     ahead.close().await;
 }

@@ -95,6 +95,9 @@ fn append(
     let info = log
         .append(records, &headers, leader_epoch, broker.now_ms())
         .map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;
+    if config.remote_storage() {
+        broker.note_unuploaded(records.len() as u64);
+    }
     broker
         .metrics
         .kafka
