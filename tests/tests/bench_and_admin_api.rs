@@ -100,3 +100,42 @@ fn bench_round_trip_and_partitions_api_through_the_object_store() {
         "the replay read from the object store ({before} -> {after})"
     );
 }
+
+/// Record bytes fetches were served from `source`, per strata_tier_read_bytes_total.
+fn read_bytes(s: &Strata, source: &str) -> f64 {
+    s.metric(&format!("strata_tier_read_bytes_total{{source=\"{source}\"}}"))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn recent_appends_are_served_from_memory_unless_the_tail_cache_is_off() {
+    let args = [
+        "--messages",
+        "3000",
+        "--size",
+        "300",
+        "--partitions",
+        "2",
+        "--topic-config",
+        "segment.bytes=100000",
+    ];
+    let on = Strata::start();
+    let out = bench(&on, &args);
+    assert!(out.contains("consume: 3000 msgs"), "{out}");
+    assert!(
+        read_bytes(&on, "memory") >= 900_000.0,
+        "{} bytes from memory",
+        read_bytes(&on, "memory")
+    );
+    assert_eq!(read_bytes(&on, "local"), 0.0, "no segment file was read");
+    assert!(on.metric("strata_log_tail_cache_bytes").unwrap_or(0.0) > 0.0);
+
+    let off = Strata::with(Options {
+        env: vec![("STRATA_WAL_CACHE_BYTES".into(), "0".into())],
+        ..Options::default()
+    });
+    let out = bench(&off, &args);
+    assert!(out.contains("consume: 3000 msgs"), "{out}");
+    assert_eq!(read_bytes(&off, "memory"), 0.0);
+    assert!(read_bytes(&off, "local") >= 900_000.0);
+}

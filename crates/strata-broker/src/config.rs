@@ -233,6 +233,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Local bytes not yet in the object store above which produce requests are delayed, then refused with a retriable error.",
     ),
     def(
+        "strata.wal.cache-bytes",
+        ConfigType::Long,
+        "134217728",
+        Check::AtLeast(0),
+        "Memory for the newest appends of all partitions, from which consumers at the tail are served without reading segment files (0: none). Read at start-up.",
+    ),
+    def(
         "strata.tier.upload-concurrency",
         ConfigType::Int,
         "4",
@@ -554,6 +561,10 @@ impl BrokerConfig {
 
     pub fn max_unuploaded_bytes(&self) -> u64 {
         self.number("strata.wal.max-unuploaded-bytes").max(1) as u64
+    }
+
+    pub fn wal_cache_bytes(&self) -> u64 {
+        self.number("strata.wal.cache-bytes").max(0) as u64
     }
 
     pub fn upload_concurrency(&self) -> usize {

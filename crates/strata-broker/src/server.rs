@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use strata_log::LogManager;
+use strata_log::{LogManager, TailCache};
 use strata_meta::{Command, CommandResult, MetaNode};
 use strata_telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -199,9 +199,11 @@ impl RunningBroker {
         let now = opts.clock.now_ms();
         let log_dir = opts.log_dir.clone();
         let metrics = opts.metrics.log.clone();
-        let logs = tokio::task::spawn_blocking(move || LogManager::open(log_dir, metrics, now))
-            .await
-            .map_err(|e| StartError::Listener(std::io::Error::other(e)))??;
+        let tail = TailCache::new(opts.config.wal_cache_bytes());
+        let logs =
+            tokio::task::spawn_blocking(move || LogManager::open(log_dir, metrics, tail, now))
+                .await
+                .map_err(|e| StartError::Listener(std::io::Error::other(e)))??;
         let endpoint = opts.advertised.unwrap_or_else(|| Endpoint {
             host: if kafka_addr.ip().is_unspecified() {
                 host_name()

@@ -3,8 +3,9 @@
 //! This crate owns everything between "a validated batch" and "bytes on disk": segment
 //! files and their sparse offset and time indexes, offset assignment, group-committed
 //! `fdatasync`, crash recovery (a torn or corrupt tail is found by CRC and cut off),
-//! segment rolling by size and age, and deletion of whole old segments when the log start
-//! offset moves. It also keeps each partition's idempotent-producer state (epochs and the
+//! segment rolling by size and age, deletion of whole old segments when the log start
+//! offset moves, and the in-memory tail of each partition's newest appends (one
+//! broker-wide budget) from which readers at the end of the log are served. It also keeps each partition's idempotent-producer state (epochs and the
 //! last five batches' sequences per producer id), rejects out-of-order or fenced batches
 //! and answers retries with the original offsets; that state is snapshotted beside each
 //! sealed segment and rebuilt from the log at start-up. The on-disk format is documented
@@ -21,6 +22,7 @@ mod manager;
 mod partition;
 mod producers;
 mod segment;
+mod tail;
 
 pub use error::{LogError, Result};
 pub use index::SegmentIndex;
@@ -30,6 +32,7 @@ pub use partition::{
     plan_retention,
 };
 pub use producers::{ProducerError, ProducerInfo};
+pub use tail::TailCache;
 
 #[cfg(test)]
 mod producer_tests;

@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::error::{LogError, Result};
 use crate::index::write_atomically;
 use crate::partition::{LogConfig, Partition, sync_dir};
+use crate::tail::TailCache;
 
 /// Identifies a partition on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,11 +35,18 @@ pub struct LogManager {
     root: PathBuf,
     partitions: RwLock<HashMap<PartitionKey, Arc<Partition>>>,
     metrics: LogMetrics,
+    tail: TailCache,
 }
 
 impl LogManager {
-    /// Opens every partition found under `root`, recovering each one.
-    pub fn open(root: impl Into<PathBuf>, metrics: LogMetrics, now_ms: i64) -> Result<Self> {
+    /// Opens every partition found under `root`, recovering each one. Their newest
+    /// appends share the in-memory budget `tail`.
+    pub fn open(
+        root: impl Into<PathBuf>,
+        metrics: LogMetrics,
+        tail: TailCache,
+        now_ms: i64,
+    ) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|e| LogError::io("create", &root, e))?;
         let mut partitions = HashMap::new();
@@ -62,6 +70,7 @@ impl LogManager {
                     partition,
                     LogConfig::default(),
                     metrics.clone(),
+                    tail.clone(),
                     now_ms,
                 )?;
                 partitions.insert(
@@ -78,6 +87,7 @@ impl LogManager {
             root,
             partitions: RwLock::new(partitions),
             metrics,
+            tail,
         })
     }
 
@@ -119,6 +129,7 @@ impl LogManager {
             key.partition,
             config,
             self.metrics.clone(),
+            self.tail.clone(),
             now_ms,
         )?);
         sync_dir(&topic_dir)?;

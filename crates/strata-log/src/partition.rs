@@ -30,6 +30,7 @@ use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
 use crate::producers::{Checked, ProducerInfo, ProducerState};
 use crate::segment::{self, Segment};
+use crate::tail::{Tail, TailCache};
 
 /// Per-partition settings that shape the files (the topic's `segment.*` configs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,6 +85,8 @@ pub struct AppendInfo {
 pub struct ReadResult {
     pub records: Bytes,
     pub offsets: Offsets,
+    /// Served from the in-memory tail, without reading a segment file.
+    pub from_memory: bool,
 }
 
 /// A sealed local segment, as the uploader sees it.
@@ -177,6 +180,8 @@ struct Inner {
     /// Set after an fsync failure: the page cache may have dropped data, so the log takes
     /// no more writes until a restart recovers it from disk.
     failed: Option<String>,
+    /// The newest appends, in memory.
+    tail: Tail,
 }
 
 impl Inner {
@@ -263,6 +268,7 @@ impl Partition {
         partition: i32,
         config: LogConfig,
         metrics: LogMetrics,
+        tail: TailCache,
         now_ms: i64,
     ) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io("create", &dir, e))?;
@@ -353,6 +359,7 @@ impl Partition {
             producers,
             remote_end: log_start,
             failed: None,
+            tail: Tail::new(tail),
         };
         // Everything that survived recovery is on disk: it is all durable.
         if let Some(active) = inner.active() {
@@ -420,6 +427,9 @@ impl Partition {
         self.gauges.end_offset.set(o.log_end);
         self.gauges.start_offset.set(o.log_start);
         self.gauges.size_bytes.set(inner.size_bytes() as i64);
+        self.metrics
+            .tail_cache_bytes
+            .set(inner.tail.budget().used() as i64);
     }
 
     /// Removes this partition's metric series (the partition is being deleted).
@@ -526,6 +536,9 @@ impl Partition {
             next = placed.next_offset();
         }
         inner.producers.apply(producer_update);
+        inner
+            .tail
+            .push(base_offset, last_offset + 1, Bytes::from(data));
         let info = AppendInfo {
             base_offset,
             last_offset,
@@ -652,12 +665,24 @@ impl Partition {
                 return Ok(ReadResult {
                     records: Bytes::new(),
                     offsets,
+                    from_memory: true,
                 });
             }
             if offset < offsets.local_start {
                 return Err(LogError::NotLocal {
                     offset,
                     local_start: offsets.local_start,
+                });
+            }
+            if let Some(records) =
+                inner
+                    .tail
+                    .read(offset, offsets.high_watermark, max_bytes, min_one)
+            {
+                return Ok(ReadResult {
+                    records,
+                    offsets,
+                    from_memory: true,
                 });
             }
             let first = inner
@@ -696,7 +721,18 @@ impl Partition {
         Ok(ReadResult {
             records: out.freeze(),
             offsets,
+            from_memory: false,
         })
+    }
+
+    /// Whether [`Partition::read`] at `offset` would be answered from memory right now
+    /// (no file I/O, so no need for a blocking thread).
+    pub fn reads_from_memory(&self, offset: i64) -> bool {
+        let inner = self.inner.lock();
+        let o = inner.offsets();
+        offset >= o.local_start
+            && offset <= o.high_watermark
+            && (offset == o.high_watermark || inner.tail.covers(offset))
     }
 
     /// The first record at or after `timestamp` (its offset and timestamp), or `None` if

@@ -8,7 +8,9 @@ use strata_protocol::batch::test_util::simple_batch;
 use strata_protocol::batch::{self, HeaderIter};
 
 use crate::tests::{metrics, open, small, sync};
-use crate::{AppendInfo, LogConfig, LogError, Partition, ProducerError, ProducerInfo, Result};
+use crate::{
+    AppendInfo, LogConfig, LogError, Partition, ProducerError, ProducerInfo, Result, TailCache,
+};
 
 /// A batch of `n` records from producer `pid` (epoch `epoch`) starting at sequence `seq`,
 /// with record timestamps from `ts`.
@@ -63,7 +65,16 @@ fn producer_error(info: Result<AppendInfo>) -> ProducerError {
 }
 
 fn open_at(dir: &Path, config: LogConfig, now: i64) -> Partition {
-    Partition::open(dir.to_path_buf(), "t".into(), 0, config, metrics(), now).unwrap()
+    Partition::open(
+        dir.to_path_buf(),
+        "t".into(),
+        0,
+        config,
+        metrics(),
+        TailCache::new(0),
+        now,
+    )
+    .unwrap()
 }
 
 #[tokio::test]

@@ -7,14 +7,19 @@ use strata_protocol::batch::test_util::simple_batch;
 use strata_protocol::batch::{self, HeaderIter};
 use strata_telemetry::Metrics;
 
-use crate::{LogConfig, LogError, LogManager, Partition, PartitionKey};
+use crate::{LogConfig, LogError, LogManager, Partition, PartitionKey, TailCache};
 
 pub(crate) fn metrics() -> strata_telemetry::LogMetrics {
     Metrics::new().unwrap().log
 }
 
+/// A partition without an in-memory tail: every read goes to the segment files.
 pub(crate) fn open(dir: &Path, config: LogConfig) -> Partition {
-    Partition::open(dir.to_path_buf(), "t".into(), 0, config, metrics(), 0).unwrap()
+    open_with_tail(dir, config, TailCache::new(0))
+}
+
+fn open_with_tail(dir: &Path, config: LogConfig, tail: TailCache) -> Partition {
+    Partition::open(dir.to_path_buf(), "t".into(), 0, config, metrics(), tail, 0).unwrap()
 }
 
 pub(crate) fn small(segment_bytes: u64) -> LogConfig {
@@ -347,14 +352,14 @@ async fn manager_creates_reopens_and_deletes_partitions() {
         partition: 3,
     };
     {
-        let m = LogManager::open(dir.path(), metrics(), 0).unwrap();
+        let m = LogManager::open(dir.path(), metrics(), TailCache::new(1 << 20), 0).unwrap();
         let p = m
             .get_or_create(key, "orders", LogConfig::default(), 0)
             .unwrap();
         append(&p, 2, 0, 0);
         sync(&p).await;
     }
-    let m = LogManager::open(dir.path(), metrics(), 0).unwrap();
+    let m = LogManager::open(dir.path(), metrics(), TailCache::new(1 << 20), 0).unwrap();
     let p = m.get(key).unwrap();
     assert_eq!(p.topic(), "orders");
     assert_eq!(p.offsets().log_end, 2);
@@ -365,4 +370,120 @@ async fn manager_creates_reopens_and_deletes_partitions() {
     m.remove_topic(topic_id).unwrap();
     assert!(m.get(key).is_none());
     assert!(!dir.path().join(topic_id.to_string()).exists());
+}
+
+/// Every read a fetch can make, on a partition served from memory and on one that reads
+/// its files, gives the same bytes.
+fn assert_reads_agree(mem: &Partition, disk: &Partition, budgets: &[usize]) {
+    let o = disk.offsets();
+    assert_eq!(mem.offsets().high_watermark, o.high_watermark);
+    for offset in o.local_start..=o.high_watermark {
+        for &max in budgets {
+            for min_one in [true, false] {
+                let want = disk.read(offset, max, min_one).unwrap();
+                let got = mem.read(offset, max, min_one).unwrap();
+                assert_eq!(
+                    got.records, want.records,
+                    "offset {offset}, max_bytes {max}, min_one {min_one}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_tail_in_memory_reads_exactly_like_the_files() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = small(1024);
+    let mem = open_with_tail(d1.path(), config.clone(), TailCache::new(1 << 20));
+    let disk = open(d2.path(), config);
+    let mut sizes = Vec::new();
+    for i in 0..40 {
+        let n = 1 + (i * 7) % 11;
+        for p in [&mem, &disk] {
+            append(p, n, i as i64, 0);
+        }
+        sizes.push(simple_batch(n, 0).len());
+    }
+    let one = sizes[0];
+    let budgets = [0, 1, one - 1, one, one + 1, 3 * one, 4096, 1 << 20];
+    // The active segment is not synced yet: memory hides it just as the files do.
+    let o = mem.offsets();
+    assert!(o.high_watermark < o.log_end, "{o:?}");
+    assert!(
+        !mem.reads_from_memory(o.log_end),
+        "above the high watermark"
+    );
+    assert_reads_agree(&mem, &disk, &budgets);
+    sync(&mem).await;
+    sync(&disk).await;
+    assert!(disk.segments().len() > 3, "the run spans several segments");
+    assert_reads_agree(&mem, &disk, &budgets);
+    assert!(mem.reads_from_memory(0));
+    assert!(mem.reads_from_memory(mem.offsets().high_watermark));
+    assert!(mem.read(5, 1 << 20, true).unwrap().from_memory);
+    assert!(!disk.read(5, 1 << 20, true).unwrap().from_memory);
+
+    // A partly synced tail: memory serves only what is durable.
+    for p in [&mem, &disk] {
+        append(p, 3, 99, 0);
+    }
+    assert_reads_agree(&mem, &disk, &budgets);
+}
+
+#[tokio::test]
+async fn the_tail_budget_is_shared_and_evicts_the_oldest() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let batch_len = simple_batch(4, 0).len();
+    let budget = TailCache::new(10 * batch_len as u64);
+    let a = open_with_tail(dirs[0].path(), small(1 << 20), budget.clone());
+    let b = open_with_tail(dirs[1].path(), small(1 << 20), budget.clone());
+    let disk = open(dirs[2].path(), small(1 << 20));
+    for i in 0..8 {
+        append(&a, 4, i, 0);
+        append(&disk, 4, i, 0);
+    }
+    for i in 0..8 {
+        append(&b, 4, i, 0);
+    }
+    for p in [&a, &b, &disk] {
+        sync(p).await;
+    }
+    assert_eq!(budget.used(), 10 * batch_len as u64);
+    // b's appends pushed past the budget and evicted b's own oldest batches; a kept its.
+    assert!(a.reads_from_memory(0));
+    assert!(!b.reads_from_memory(0));
+    assert!(b.reads_from_memory(4 * 6));
+    let old = b.read(0, 1 << 20, true).unwrap();
+    assert!(!old.from_memory, "evicted offsets are read from the files");
+    assert_eq!(batches(&old.records).len(), 8);
+    assert_reads_agree(&a, &disk, &[1, 1 << 20]);
+    // A deleted partition gives its share back.
+    drop(a);
+    assert_eq!(budget.used(), 2 * batch_len as u64);
+}
+
+#[tokio::test]
+async fn a_log_restarted_at_a_new_offset_drops_its_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let budget = TailCache::new(1 << 20);
+    let p = open_with_tail(dir.path(), small(1 << 20), budget.clone());
+    for i in 0..5 {
+        append(&p, 2, i, 0);
+    }
+    sync(&p).await;
+    assert!(p.reads_from_memory(0));
+    p.advance_log_start(100, 0).unwrap();
+    append(&p, 2, 0, 0);
+    sync(&p).await;
+    assert!(p.reads_from_memory(100));
+    assert!(!p.reads_from_memory(0));
+    let got = p.read(100, 1 << 20, true).unwrap();
+    assert!(got.from_memory);
+    assert_eq!(batches(&got.records), vec![(100, 2)]);
+    assert_eq!(
+        budget.used(),
+        simple_batch(2, 0).len() as u64,
+        "only the batch after the restart is held"
+    );
 }

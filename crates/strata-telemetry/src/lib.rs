@@ -70,6 +70,7 @@ pub struct LogMetrics {
     pub segments_deleted_total: IntCounter,
     pub recovery_truncated_bytes_total: IntCounter,
     pub io_errors_total: IntCounterVec,
+    pub tail_cache_bytes: IntGauge,
 }
 
 /// Consumer group coordinator metrics.
@@ -272,6 +273,10 @@ impl Metrics {
                 "strata_log_io_errors_total",
                 "Disk errors in the partition log, by operation",
                 &[REASON],
+            )?,
+            tail_cache_bytes: r.gauge(
+                "strata_log_tail_cache_bytes",
+                "Newest appends of all partitions held in memory (strata.wal.cache-bytes)",
             )?,
         };
         let group = GroupMetrics {

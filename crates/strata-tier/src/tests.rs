@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use strata_log::{LogConfig, LogManager, PartitionKey, SealedSegment};
+use strata_log::{LogConfig, LogManager, PartitionKey, SealedSegment, TailCache};
 use strata_protocol::batch::test_util::{TestRecord, build_batch};
 use strata_protocol::batch::{BatchHeader, HeaderIter, validate_all};
 use strata_telemetry::Metrics;
@@ -1093,7 +1093,8 @@ fn ts_of(offset: i64) -> i64 {
 
 async fn upload_segment(b: &Backend) -> Uploaded {
     let metrics = Metrics::new().unwrap();
-    let logs = LogManager::open(b.scratch("log"), metrics.log.clone(), 0).unwrap();
+    let logs =
+        LogManager::open(b.scratch("log"), metrics.log.clone(), TailCache::new(0), 0).unwrap();
     let key = PartitionKey {
         topic_id: Uuid::new_v4(),
         partition: 3,

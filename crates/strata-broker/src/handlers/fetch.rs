@@ -159,11 +159,16 @@ async fn read_remote_all(
                 Found::Data(strata_log::ReadResult {
                     records: Bytes::new(),
                     offsets,
+                    from_memory: false,
                 })
             }
             Ok(records) => {
                 *total += records.len();
-                Found::Data(strata_log::ReadResult { records, offsets })
+                Found::Data(strata_log::ReadResult {
+                    records,
+                    offsets,
+                    from_memory: false,
+                })
             }
             Err(code) => Found::Error(code),
         };
@@ -201,8 +206,12 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16
         // Subscribe before reading so that an append between the read and the wait
         // still wakes us.
         let mut watchers: Vec<_> = readable.iter().map(|r| r.log.subscribe()).collect();
-        let work = readable.clone();
-        let (mut found, mut total) =
+        // Consumers at the tail are answered from memory on this thread; anything that
+        // may read a segment file goes to a blocking thread.
+        let (mut found, mut total) = if readable.iter().all(|r| r.log.reads_from_memory(r.offset)) {
+            read_all(&readable, max_bytes)
+        } else {
+            let work = readable.clone();
             match tokio::task::spawn_blocking(move || read_all(&work, max_bytes)).await {
                 Ok(x) => x,
                 Err(_) => (
@@ -212,13 +221,22 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16
                         .collect(),
                     0,
                 ),
-            };
-        broker
-            .metrics
-            .tier
-            .read_bytes_total
+            }
+        };
+        let in_memory: usize = found
+            .iter()
+            .map(|f| match f {
+                Found::Data(r) if r.from_memory => r.records.len(),
+                _ => 0,
+            })
+            .sum();
+        let read_bytes = &broker.metrics.tier.read_bytes_total;
+        read_bytes
+            .with_label_values(&["memory"])
+            .inc_by(in_memory as u64);
+        read_bytes
             .with_label_values(&["local"])
-            .inc_by(total as u64);
+            .inc_by((total - in_memory) as u64);
         if found.iter().any(|f| matches!(f, Found::Remote(_))) {
             read_remote_all(broker, &readable, &mut found, &mut total, max_bytes).await;
         }
