@@ -103,8 +103,10 @@ fn bench_round_trip_and_partitions_api_through_the_object_store() {
 
 /// Record bytes fetches were served from `source`, per strata_tier_read_bytes_total.
 fn read_bytes(s: &Strata, source: &str) -> f64 {
-    s.metric(&format!("strata_tier_read_bytes_total{{source=\"{source}\"}}"))
-        .unwrap_or(0.0)
+    s.metric(&format!(
+        "strata_tier_read_bytes_total{{source=\"{source}\"}}"
+    ))
+    .unwrap_or(0.0)
 }
 
 #[test]

@@ -270,7 +270,7 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
     def(
         "strata.tier.cache.block-bytes",
         ConfigType::Int,
-        "1048576",
+        "4194304",
         Check::AtLeast(4096),
         "Size of one cached block, and of one ranged GET.",
     ),

@@ -3,7 +3,7 @@
 //! single-flight fetch), so many consumer groups replaying the same range cost one GET per
 //! block; a reader moving forward has the next blocks fetched ahead of it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,15 +36,16 @@ pub struct BlockCache {
     store: Store,
     block: u64,
     readahead: u64,
-    /// Blocks fetched ahead of a reader and not read yet: the first read of one counts
-    /// as coming from the object store (the GET was made for it), later ones as cache.
-    ahead: Arc<Mutex<HashSet<String>>>,
+    /// Blocks fetched from the store whose bytes have not all been served yet, with
+    /// how many are left: served bytes count as `object_store` while a block has fresh
+    /// bytes left (its GET was made for them), as `cache` after that.
+    fresh: Arc<Mutex<HashMap<String, u64>>>,
     metrics: TierMetrics,
 }
 
-/// Most read-ahead blocks remembered as not read yet (blocks evicted unread would
-/// otherwise accumulate); past it the set starts over and a few reads count as cache.
-const MAX_AHEAD: usize = 16_384;
+/// Most blocks remembered as not fully served (blocks evicted unread would otherwise
+/// accumulate); past it the map starts over and a few reads count as cache.
+const MAX_FRESH: usize = 16_384;
 
 fn block_key(key: &str, index: u64) -> String {
     format!("{key}#{index}")
@@ -89,7 +90,7 @@ impl BlockCache {
             store,
             block: cfg.block_bytes.max(4096),
             readahead: cfg.readahead_blocks,
-            ahead: Arc::default(),
+            fresh: Arc::default(),
             metrics,
         })
     }
@@ -99,91 +100,60 @@ impl BlockCache {
     }
 
     /// One block of object `key` (of `size` bytes), from the cache or one ranged GET. A
-    /// reader's request (`reader`) is counted as a cache hit or miss and learns whether
-    /// the block came from the store for it (fetched now, or ahead of it and not read
-    /// before); read-ahead (`!reader`) remembers the blocks it fetched.
-    async fn block(&self, key: &str, size: u64, index: u64, reader: bool) -> Result<(Bytes, bool)> {
+    /// reader's request (`reader`) is counted as a cache hit or miss; read-ahead is not.
+    async fn block(&self, key: &str, size: u64, index: u64, reader: bool) -> Result<Bytes> {
         let range = index * self.block..((index + 1) * self.block).min(size);
         let store = self.store.clone();
         let object = key.to_string();
         let fetched = Arc::new(AtomicBool::new(false));
         let flag = fetched.clone();
+        let fresh = self.fresh.clone();
         let name = block_key(key, index);
-        // Marked before the GET, so a reader waiting on the same fetch finds the mark.
-        let ahead = (!reader).then(|| (self.ahead.clone(), name.clone()));
+        let entry_name = name.clone();
         let entry = self
             .cache
             .get_or_fetch(&name, move || async move {
                 flag.store(true, Ordering::Relaxed);
-                if let Some((set, name)) = &ahead {
-                    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
-                    if set.len() >= MAX_AHEAD {
-                        set.clear();
-                    }
-                    set.insert(name.clone());
+                let data = store.get_range(&object, range).await?;
+                let mut fresh = fresh.lock().unwrap_or_else(|e| e.into_inner());
+                if fresh.len() >= MAX_FRESH {
+                    fresh.clear();
                 }
-                store.get_range(&object, range).await
+                fresh.insert(entry_name, data.len() as u64);
+                Ok::<_, TierError>(data)
             })
-            .await;
-        let missed = fetched.load(Ordering::Relaxed);
-        let from_store = {
-            let mut set = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
-            if entry.is_err() || reader {
-                // A read (or a failed fetch) consumes the mark.
-                set.remove(&name) || missed
-            } else {
-                missed
-            }
-        };
-        let entry = entry.map_err(|e| TierError::Cache(format!("{key} block {index}: {e}")))?;
+            .await
+            .map_err(|e| TierError::Cache(format!("{key} block {index}: {e}")))?;
         if reader {
+            let missed = fetched.load(Ordering::Relaxed);
             self.metrics
                 .cache_requests_total
                 .with_label_values(&[if missed { "miss" } else { "hit" }])
                 .inc();
         }
-        Ok((entry.value().clone(), from_store))
+        Ok(entry.value().clone())
     }
 
     /// Bytes `range` of object `key` (which has `size` bytes), and the next blocks
     /// fetched in the background. Counts nothing in `strata_tier_read_bytes_total`: the
     /// caller knows which bytes it serves (see [`BlockCache::count_served`]).
     pub async fn read(&self, key: &str, size: u64, range: Range<u64>) -> Result<Bytes> {
-        Ok(self.read_blocks(key, size, range).await?.0)
-    }
-
-    /// Like [`BlockCache::read`], also returning the blocks that came from the store for
-    /// this call (fetched by it or ahead of it; the others were read before).
-    pub(crate) async fn read_blocks(
-        &self,
-        key: &str,
-        size: u64,
-        range: Range<u64>,
-    ) -> Result<(Bytes, Vec<u64>)> {
         let end = range.end.min(size);
         if range.start >= end {
-            return Ok((Bytes::new(), Vec::new()));
+            return Ok(Bytes::new());
         }
         let first = range.start / self.block;
         let last = (end - 1) / self.block;
         let blocks = try_join_all((first..=last).map(|i| self.block(key, size, i, true))).await?;
         self.read_ahead(key, size, last);
-        let fetched: Vec<u64> = (first..=last)
-            .zip(&blocks)
-            .filter(|(_, (_, missed))| *missed)
-            .map(|(i, _)| i)
-            .collect();
-        if let [(only, _)] = blocks.as_slice() {
+        if let [only] = blocks.as_slice() {
             // Within one block: a view of it, no copy.
             let at = first * self.block;
             let to = ((end - at) as usize).min(only.len());
-            return Ok((
-                only.slice(((range.start - at) as usize).min(to)..to),
-                fetched,
-            ));
+            return Ok(only.slice(((range.start - at) as usize).min(to)..to));
         }
         let mut out = BytesMut::with_capacity((end - range.start) as usize);
-        for (n, (b, _)) in blocks.iter().enumerate() {
+        for (n, b) in blocks.iter().enumerate() {
             let at = (first + n as u64) * self.block;
             let from = range.start.saturating_sub(at) as usize;
             let to = ((end - at) as usize).min(b.len());
@@ -191,25 +161,34 @@ impl BlockCache {
                 out.extend_from_slice(&b[from..to]);
             }
         }
-        Ok((out.freeze(), fetched))
+        Ok(out.freeze())
     }
 
-    /// Counts bytes `range` of an object as served to a fetch in
-    /// `strata_tier_read_bytes_total`: those in blocks `fetched` (from the store for this
-    /// read) under `object_store`, the rest under `cache`.
-    pub(crate) fn count_served(&self, range: Range<u64>, fetched: &[u64]) {
+    /// Counts bytes `range` of object `key` as served to a fetch in
+    /// `strata_tier_read_bytes_total`: under `object_store` as far as their blocks have
+    /// bytes fetched from the store and not served before, the rest under `cache`.
+    pub(crate) fn count_served(&self, key: &str, range: Range<u64>) {
         let (mut from_store, mut from_cache) = (0u64, 0u64);
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
         let mut at = range.start;
         while at < range.end {
             let index = at / self.block;
             let to = ((index + 1) * self.block).min(range.end);
-            if fetched.contains(&index) {
-                from_store += to - at;
-            } else {
-                from_cache += to - at;
+            let name = block_key(key, index);
+            let take = fresh.get(&name).map_or(0, |&left| left.min(to - at));
+            if take > 0 {
+                match fresh.get_mut(&name) {
+                    Some(left) if *left > take => *left -= take,
+                    _ => {
+                        fresh.remove(&name);
+                    }
+                }
             }
+            from_store += take;
+            from_cache += to - at - take;
             at = to;
         }
+        drop(fresh);
         let bytes = &self.metrics.read_bytes_total;
         bytes
             .with_label_values(&["object_store"])
@@ -265,11 +244,11 @@ impl BlockCache {
     /// never read again).
     pub fn forget(&self, key: &str, size: u64) {
         self.cache.remove(&format!("{key}#all"));
-        let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+        let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..size.div_ceil(self.block) {
             let name = block_key(key, i);
             self.cache.remove(&name);
-            ahead.remove(&name);
+            fresh.remove(&name);
         }
     }
 

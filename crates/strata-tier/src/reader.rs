@@ -56,17 +56,14 @@ impl BlockCache {
             let rel = (offset - seg.base_offset).min(i64::from(u32::MAX)) as u32;
             u64::from(self.index(seg).await?.position_for(rel))
         };
-        // Blocks this call fetched from the store, for strata_tier_read_bytes_total.
-        let mut fetched = Vec::new();
         // Skip batches that end before `offset`, reading headers from cached blocks.
         loop {
             if pos + HEADER_LEN as u64 > seg.size {
                 return Ok(Bytes::new());
             }
-            let (head, f) = self
-                .read_blocks(&seg.key, seg.size, pos..pos + HEADER_LEN as u64)
+            let head = self
+                .read(&seg.key, seg.size, pos..pos + HEADER_LEN as u64)
                 .await?;
-            fetched.extend(f);
             let h =
                 BatchHeader::parse(&head).map_err(|e| Self::corrupt(seg, pos, e.to_string()))?;
             if h.last_offset() >= offset {
@@ -78,15 +75,14 @@ impl BlockCache {
                 if want < h.total_len() as u64 {
                     return Ok(Bytes::new());
                 }
-                let (data, f) = self
-                    .read_blocks(&seg.key, seg.size, pos..(pos + want).min(seg.size))
+                let data = self
+                    .read(&seg.key, seg.size, pos..(pos + want).min(seg.size))
                     .await?;
-                fetched.extend(f);
                 let mut it = HeaderIter::new(&data);
                 for _ in it.by_ref() {}
-                let served = it.position() as u64;
-                self.count_served(pos..pos + served, &fetched);
-                return Ok(data.slice(..it.position()));
+                let served = it.position();
+                self.count_served(&seg.key, pos..pos + served as u64);
+                return Ok(data.slice(..served));
             }
             pos += h.total_len() as u64;
         }

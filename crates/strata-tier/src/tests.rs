@@ -1288,6 +1288,39 @@ async fn read_batches_counts_the_bytes_it_serves(b: Backend) {
         b.read_bytes("object_store") - from_store,
         b.read_bytes("cache") - from_cache
     );
+    assert_eq!(
+        b.read_bytes("cache"),
+        from_cache,
+        "{}: nothing of a first read comes from the cache",
+        b.kind
+    );
+    // Two fetches splitting a block between them: the second one's bytes of that block
+    // were fetched from the store for it too, not served before.
+    let split = b.cache(BLOCK, 0).await;
+    let (from_store, from_cache) = (b.read_bytes("object_store"), b.read_bytes("cache"));
+    let half = split
+        .read_batches(seg, first, up.bytes.len() / 2, true)
+        .await
+        .unwrap();
+    let next = up.batches[HeaderIter::new(&half).count()].1.base_offset;
+    let rest = split
+        .read_batches(seg, next, up.bytes.len(), true)
+        .await
+        .unwrap();
+    assert_eq!(half.len() + rest.len(), up.bytes.len(), "{}", b.kind);
+    assert_ne!(
+        half.len() as u64 % BLOCK,
+        0,
+        "the split falls inside a block"
+    );
+    assert_eq!(
+        b.read_bytes("object_store") - from_store,
+        up.bytes.len() as u64,
+        "{}",
+        b.kind
+    );
+    assert_eq!(b.read_bytes("cache"), from_cache, "{}", b.kind);
+    split.close().await;
     // A fetch of one small batch through a cold cache that reads 4 blocks ahead: what
     // was served is that batch, whatever was fetched ahead of the reader.
     let ahead = b.cache(BLOCK, 4).await;

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Replay throughput side by side, in one run on this machine: a consumer reading a topic
+# from offset 0 (1) off the broker's local disk, (2) from a real S3 server (a throw-away
+# Ceph radosgw from scripts/rgw.sh) with the block cache cold, and (3) again, from the
+# cache. Uses the release build and `strata bench`; prints bench's lines and the ratios.
+#
+#   scripts/bench-replay.sh [MESSAGES] [SIZE]      defaults: 1000000 messages of 1024 B
+#
+# Environment: BENCH_PARTITIONS (4), BENCH_SEGMENT_BYTES (16 MiB). Needs the test
+# dependencies (scripts/install-test-deps.sh: radosgw, the Python venv with boto3).
+# Not part of the test suite: it measures, it asserts nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MESSAGES="${1:-1000000}"
+SIZE="${2:-1024}"
+PARTITIONS="${BENCH_PARTITIONS:-4}"
+SEGMENT_BYTES="${BENCH_SEGMENT_BYTES:-16777216}"
+TOPIC=replay
+BIN=target/release/strata
+PY=.venv/bin/python
+
+work="$(mktemp -d /tmp/strata-bench-replay.XXXXXX)"
+broker=""
+cleanup() {
+  if [ -n "$broker" ]; then
+    kill -TERM "$broker" 2>/dev/null || true
+    wait "$broker" 2>/dev/null || true
+  fi
+  scripts/rgw.sh stop "$work/rgw" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+say() { printf '\n== %s\n' "$*"; }
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+say "building the release binary"
+CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo build --release --bin strata
+
+say "starting radosgw"
+# Room for every object, plus headroom for the OSD's own use.
+RGW_MEMSTORE_BYTES=$((MESSAGES * (SIZE + 64) * 3 / 2 + (512 << 20))) \
+  scripts/rgw.sh start "$work/rgw" >"$work/rgw.env"
+set -a
+# shellcheck disable=SC1091
+. "$work/rgw.env"
+set +a
+"$PY" - <<EOF
+import boto3
+boto3.client("s3", endpoint_url="$RGW_ENDPOINT", region_name="$AWS_REGION").create_bucket(Bucket="bench")
+EOF
+
+kafka_port="$(free_port)"
+http_port="$(free_port)"
+start_broker() {
+  env "$@" "$BIN" serve --data-dir "$work/data" \
+    --kafka-listen "127.0.0.1:$kafka_port" --http-listen "127.0.0.1:$http_port" \
+    --object-store s3://bench/strata --s3-endpoint "$RGW_ENDPOINT" \
+    --s3-allow-http --s3-path-style >>"$work/strata.log" 2>&1 &
+  broker=$!
+  for _ in $(seq 1 300); do
+    curl -fs "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$broker" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -n 30 "$work/strata.log" >&2
+  echo "the broker did not become ready" >&2
+  exit 1
+}
+stop_broker() {
+  kill -TERM "$broker"
+  wait "$broker" || true
+  broker=""
+}
+bench() { "$BIN" bench --bootstrap "127.0.0.1:$kafka_port" --topic "$TOPIC" "$@"; }
+# Polls the admin API until the Python expression over `ps` (the topic's partitions) holds.
+wait_partitions() {
+  local what="$1" cond="$2"
+  for _ in $(seq 1 600); do
+    if curl -fs "http://127.0.0.1:$http_port/api/v1/partitions" |
+      "$PY" -c "import json,sys; ps=[p for p in json.load(sys.stdin) if p['topic']=='$TOPIC']; sys.exit(0 if ps and ($cond) else 1)"; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "timed out waiting for $what" >&2
+  exit 1
+}
+consume_mbps() { sed -n 's/^consume: .*: \([0-9.]*\) MB\/s.*/\1/p'; }
+
+start_broker
+say "producing $MESSAGES messages of $SIZE B to $PARTITIONS partitions"
+bench --messages "$MESSAGES" --size "$SIZE" --partitions "$PARTITIONS" \
+  --topic-config "segment.bytes=$SEGMENT_BYTES" --produce-only
+
+say "waiting for the uploads (so that they do not compete with the replay)"
+# Only the active segments (one per partition) left to upload.
+for _ in $(seq 1 1200); do
+  pending="$(curl -fs "http://127.0.0.1:$http_port/metrics" | sed -n 's/^strata_unuploaded_segments \([0-9]*\).*/\1/p')"
+  [ "${pending:-0}" -le "$PARTITIONS" ] && [ "${pending:-0}" -gt 0 ] && break
+  sleep 0.5
+done
+
+say "replay 1: from local disk (segments in the page cache, the newest in the tail cache)"
+local_line="$(bench --consume-only | tee /dev/stderr | grep '^consume:')"
+
+say "waiting until every sealed segment is uploaded and deleted locally"
+stop_broker
+start_broker STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0 STRATA_KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS=500
+# Local copies go only once uploaded: at most the active segment stays.
+wait_partitions "uploads and local deletion" "all(p['local_size_bytes'] <= $SEGMENT_BYTES + (1 << 20) for p in ps)"
+stop_broker
+rm -rf "$work/data/cache"
+sync
+echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+start_broker STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0
+
+say "replay 2: from the object store, block cache cold"
+cold_line="$(bench --consume-only | tee /dev/stderr | grep '^consume:')"
+
+say "replay 3: from the block cache"
+cache_line="$(bench --consume-only | tee /dev/stderr | grep '^consume:')"
+
+local_mbps="$(consume_mbps <<<"$local_line")"
+cold_mbps="$(consume_mbps <<<"$cold_line")"
+cache_mbps="$(consume_mbps <<<"$cache_line")"
+say "summary ($MESSAGES x $SIZE B, $PARTITIONS partitions, segment.bytes $SEGMENT_BYTES)"
+"$PY" - <<EOF
+local, cold, cache = $local_mbps, $cold_mbps, $cache_mbps
+print(f"local disk        {local:8.1f} MB/s")
+print(f"object store cold {cold:8.1f} MB/s   {cold / local:.2f} x local")
+print(f"block cache       {cache:8.1f} MB/s   {cache / local:.2f} x local")
+EOF
