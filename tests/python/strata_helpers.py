@@ -1,4 +1,5 @@
-"""Shared helpers for the Strata end-to-end client tests (test data, polling, metrics)."""
+"""Shared helpers for the Strata end-to-end client tests (test data, polling, metrics,
+confluent-kafka readers)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 HOUR_MS = 3600 * 1000
 
@@ -137,3 +140,53 @@ def partition_dirs(data_dir: Path, topic: str, partition: int) -> list[Path]:
         if d.is_dir():
             found.append(d)
     return found
+
+
+def assign_consumer(broker, **extra) -> Consumer:
+    """A confluent-kafka consumer for assign() reads: no commits, end-of-partition
+    reported, and no offset reset (a position out of range is an error). `extra`
+    overrides any of it."""
+    conf = {
+        # librdkafka wants a group id; it is never used for a group (no subscribe()).
+        "group.id": unique("unused"),
+        "bootstrap.servers": broker.bootstrap,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "error",
+        # end-of-partition is only reported when a fetch comes back empty: keep that short
+        "fetch.wait.max.ms": 100,
+    }
+    conf.update(extra)
+    return Consumer(conf)
+
+
+def consume_all(
+    broker, topic: str, expected: dict[int, int], timeout: float = 60, start=OFFSET_BEGINNING, **extra
+) -> dict[int, list]:
+    """Reads every partition in `expected` from `start` until it has seen end-of-partition
+    at (at least) the expected offset. Returns the messages read per partition."""
+    c = assign_consumer(broker, **extra)
+    try:
+        c.assign([TopicPartition(topic, p, start) for p in expected])
+        got: dict[int, list] = {p: [] for p in expected}
+        done: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while done != set(expected):
+            assert time.monotonic() < deadline, (
+                f"timed out reading {topic}: have "
+                f"{ {p: len(v) for p, v in got.items()} }, want {expected}"
+            )
+            for m in c.consume(num_messages=1000, timeout=0.5):
+                err = m.error()
+                if err is None:
+                    got[m.partition()].append(m)
+                    done.discard(m.partition())
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    if m.offset() >= expected[m.partition()]:
+                        done.add(m.partition())
+                else:
+                    raise AssertionError(f"consumer error on {topic}: {err}")
+        return got
+    finally:
+        c.close()

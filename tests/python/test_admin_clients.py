@@ -45,7 +45,7 @@ from kafka.admin import ConfigResourceType as KConfigResourceType
 from kafka.admin import OffsetSpec as KOffsetSpec
 from kafka.structs import OffsetAndMetadata
 
-from strata_helpers import HOUR_MS, now_ms, partition_dirs, unique, wait_until
+from strata_helpers import HOUR_MS, assign_consumer, now_ms, partition_dirs, unique, wait_until
 
 # confluent-kafka's alter_configs (AlterConfigs, replace semantics) is deprecated in favour
 # of incremental_alter_configs, but it is the API under test here
@@ -135,24 +135,10 @@ def ck_produce(broker, topic: str, items: list[tuple[int, bytes, int | None]], *
     return out
 
 
-def ck_consumer(broker, **extra) -> Consumer:
-    conf = {
-        "group.id": unique("unused"),
-        "bootstrap.servers": broker.bootstrap,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",
-        "fetch.wait.max.ms": 100,
-    }
-    conf.update(extra)
-    return Consumer(conf)
-
-
 def ck_read(broker, topic: str, partition: int, start: int, end: int, timeout: float = 30) -> list:
     """Messages of one partition from `start` (an offset or OFFSET_BEGINNING) until
     end-of-partition at `end`."""
-    c = ck_consumer(broker)
+    c = assign_consumer(broker)
     try:
         c.assign([TopicPartition(topic, partition, start)])
         got = []
@@ -172,7 +158,7 @@ def ck_read(broker, topic: str, partition: int, start: int, end: int, timeout: f
 
 
 def ck_watermarks(broker, topic: str, partition: int) -> tuple[int, int]:
-    c = ck_consumer(broker)
+    c = assign_consumer(broker)
     try:
         return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
     finally:
@@ -716,7 +702,7 @@ def test_delete_records_confluent(broker):
     assert ck_watermarks(broker, topic, 0) == (20, 50)
 
     # fetching below the start is out of range
-    c = ck_consumer(broker)
+    c = assign_consumer(broker)
     try:
         c.assign([TopicPartition(topic, 0, 10)])
         err = None
@@ -883,7 +869,7 @@ def test_groups_confluent(broker_factory):
     off = ck_admin(broker).list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group].result(timeout=30)
     assert off.topic_partitions == [], off.topic_partitions
     # a new consumer of the deleted group starts from auto.offset.reset, not the old commit
-    c = ck_consumer(broker, **{"group.id": group, "auto.offset.reset": "earliest"})
+    c = assign_consumer(broker, **{"group.id": group, "auto.offset.reset": "earliest"})
     try:
         committed = c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
         assert [tp.offset for tp in committed] == [-1001, -1001], committed

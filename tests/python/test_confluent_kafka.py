@@ -15,7 +15,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
     TIMESTAMP_CREATE_TIME,
-    Consumer,
     KafkaError,
     KafkaException,
     Producer,
@@ -33,7 +32,9 @@ from confluent_kafka.admin import (
 from strata_helpers import (
     HOUR_MS,
     Msg,
+    assign_consumer,
     by_partition,
+    consume_all,
     first_offset_at_or_after,
     make_messages,
     metric_values,
@@ -58,22 +59,6 @@ def producer(broker, **extra) -> Producer:
     }
     conf.update(extra)
     return Producer(conf)
-
-
-def consumer(broker, **extra) -> Consumer:
-    conf = {
-        # librdkafka wants a group id; it is never used for a group (no subscribe()).
-        "group.id": unique("unused"),
-        "bootstrap.servers": broker.bootstrap,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",
-        # end-of-partition is only reported when a fetch comes back empty: keep that short
-        "fetch.wait.max.ms": 100,
-    }
-    conf.update(extra)
-    return Consumer(conf)
 
 
 def create_topic(broker, name: str, partitions: int, config: dict | None = None) -> None:
@@ -133,37 +118,6 @@ def produce_all(
     return offsets
 
 
-def consume_all(
-    broker, topic: str, expected: dict[int, int], timeout: float = 60, start=OFFSET_BEGINNING, **extra
-) -> dict[int, list]:
-    """Reads every partition in `expected` from `start` until it has seen end-of-partition
-    at (at least) the expected offset. Returns the messages read per partition."""
-    c = consumer(broker, **extra)
-    try:
-        c.assign([TopicPartition(topic, p, start) for p in expected])
-        got: dict[int, list] = {p: [] for p in expected}
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while done != set(expected):
-            assert time.monotonic() < deadline, (
-                f"timed out reading {topic}: have "
-                f"{ {p: len(v) for p, v in got.items()} }, want {expected}"
-            )
-            for m in c.consume(num_messages=1000, timeout=0.5):
-                err = m.error()
-                if err is None:
-                    got[m.partition()].append(m)
-                    done.discard(m.partition())
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    if m.offset() >= expected[m.partition()]:
-                        done.add(m.partition())
-                else:
-                    raise AssertionError(f"consumer error on {topic}: {err}")
-        return got
-    finally:
-        c.close()
-
-
 def assert_same(topic: str, p: int, want: list[Msg], got: list, first_offset: int = 0) -> None:
     assert len(got) == len(want), (
         f"{topic}[{p}]: {len(got)} messages read, {len(want)} produced "
@@ -181,7 +135,7 @@ def assert_same(topic: str, p: int, want: list[Msg], got: list, first_offset: in
 
 
 def watermarks(broker, topic: str, partitions: int) -> list[tuple[int, int]]:
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         return [
             c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
@@ -212,7 +166,7 @@ def test_create_topic_with_partitions_in_metadata(broker):
         assert p.error is None, (p.id, p.error)
         assert p.leader == 0 and p.replicas == [0] and p.isrs == [0], (p.id, p.leader, p.replicas, p.isrs)
     # the producer and consumer see it the same way
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         assert sorted(c.list_topics(topic, timeout=10).topics[topic].partitions) == [0, 1, 2, 3, 4]
     finally:
@@ -260,7 +214,7 @@ def test_list_offsets_watermarks_and_times(broker):
     for t in [base + 6 * 100, base + 8 * 100, base + 13 * 100, base + 26 * 100]:
         targets.append((2, t))
 
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         for p, t in targets:
             expected = first_offset_at_or_after(want[p], t)
@@ -625,7 +579,7 @@ def test_retention_ms_deletes_old_messages(broker_factory):
     for p in (0, 1):
         assert_same(topic, p, [fresh[p]], got[p], first_offset=50)
     # time lookups only see what is left: the old timestamps now map to the fresh message
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         res = c.offsets_for_times([TopicPartition(topic, p, old[0].timestamp) for p in (0, 1)], timeout=10)
         assert [r.offset for r in res] == [50, 50], res
@@ -675,7 +629,7 @@ def test_compressed_batches_roundtrip(broker, codec):
     for p in range(2):
         assert_same(topic, p, want[p], got[p])
     # offsets by time work inside compressed batches too
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         for i in (0, 1, 137, len(want[0]) - 1):
             res = c.offsets_for_times([TopicPartition(topic, 0, want[0][i].timestamp)], timeout=10)
@@ -707,7 +661,7 @@ def test_message_larger_than_topic_max_is_refused(broker):
 def test_consumer_metadata_does_not_auto_create(broker):
     """Metadata v4+ carries allow_auto_topic_creation; librdkafka's consumer sends false."""
     topic = unique("ghost")
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         md = c.list_topics(topic, timeout=10)
         assert md.topics[topic].error is not None
@@ -728,7 +682,7 @@ def test_consumer_waiting_at_the_end_gets_new_messages_quickly(broker):
     p = producer(broker, acks="1", **{"linger.ms": 0})
     p.produce(topic, b"first", partition=0)
     assert p.flush(10) == 0
-    c = consumer(broker, **{"fetch.wait.max.ms": 10000})
+    c = assign_consumer(broker, **{"fetch.wait.max.ms": 10000})
     try:
         c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         got = []
@@ -793,7 +747,7 @@ def check_random_access(broker, topic: str, want: list[Msg], rng) -> None:
     for start in sorted({0, n - 1, *(rng.randrange(n) for _ in range(3))}):
         got = consume_all(broker, topic, {0: n}, start=start)
         assert_same(topic, 0, want[start:], got[0], first_offset=start)
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         for _ in range(40):
             t = rng.randrange(want[0].timestamp - 10, want[-1].timestamp + 10)
@@ -838,7 +792,7 @@ def test_fetch_outside_the_log_is_out_of_range(broker):
     topic = unique("range")
     create_topic(broker, topic, 1)
     produce_all(broker, topic, [Msg(0, b"k", b"v%d" % i, [], now_ms()) for i in range(5)], "all")
-    c = consumer(broker)  # auto.offset.reset=error
+    c = assign_consumer(broker)  # auto.offset.reset=error
     try:
         c.assign([TopicPartition(topic, 0, 9)])
         deadline = time.monotonic() + 15
@@ -863,7 +817,7 @@ def test_sigterm_with_busy_clients_exits_promptly(broker):
     or hang on producers that keep sending."""
     topic = unique("busy")
     create_topic(broker, topic, 2)
-    c = consumer(broker, **{"fetch.wait.max.ms": 10000})
+    c = assign_consumer(broker, **{"fetch.wait.max.ms": 10000})
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])
     p = producer(broker, acks="all")
     stop = threading.Event()

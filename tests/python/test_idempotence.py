@@ -15,13 +15,13 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 import kafka.errors as KpErrors
 from kafka import TopicPartition as KpTopicPartition
 from kafka.admin import KafkaAdminClient
 
-from strata_helpers import now_ms, partition_dirs, unique, wait_until
+from strata_helpers import consume_all, now_ms, partition_dirs, unique, wait_until
 
 # Kafka error codes
 NONE = 0
@@ -245,42 +245,6 @@ def create_topic(broker, name: str, partitions: int, config: dict | None = None)
     futures[name].result(timeout=30)
 
 
-def consume_partitions(broker, topic: str, expected: dict[int, int], timeout: float = 90) -> dict[int, list]:
-    """Reads each partition from the beginning until end-of-partition at (at least) the
-    expected end offset, then for a little longer to see anything beyond it."""
-    c = Consumer({
-        "group.id": unique("unused"),
-        "bootstrap.servers": broker.bootstrap,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",
-        "fetch.wait.max.ms": 100,
-    })
-    try:
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in expected])
-        got: dict[int, list] = {p: [] for p in expected}
-        done: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while done != set(expected):
-            assert time.monotonic() < deadline, (
-                f"timed out reading {topic}: have { {p: len(v) for p, v in got.items()} }, want {expected}"
-            )
-            for m in c.consume(num_messages=2000, timeout=0.5):
-                err = m.error()
-                if err is None:
-                    got[m.partition()].append(m)
-                    done.discard(m.partition())
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    if m.offset() >= expected[m.partition()]:
-                        done.add(m.partition())
-                else:
-                    raise AssertionError(f"consumer error on {topic}: {err}")
-        return got
-    finally:
-        c.close()
-
-
 def kp_admin(broker) -> KafkaAdminClient:
     return KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=30000)
 
@@ -406,7 +370,7 @@ def produce_through_outages(broker, outage, count: int = 30000, partitions: int 
         )
 
     expected = {part: len(range(part, count, partitions)) for part in range(partitions)}
-    got = consume_partitions(broker, topic, expected)
+    got = consume_all(broker, topic, expected, timeout=90)
     for part in range(partitions):
         want = list(range(part, count, partitions))
         keys = [int(m.key()) for m in got[part]]
@@ -610,7 +574,7 @@ def test_duplicate_gap_and_fenced_epoch_by_hand(broker):
     state = {s.producer_id: s for s in describe_producers(broker, topic, 1)[0]}
     assert (state[pid_a].producer_epoch, state[pid_a].last_sequence) == (1, 4), state
 
-    got = consume_partitions(broker, topic, {0: end})[0]
+    got = consume_all(broker, topic, {0: end}, timeout=90)[0]
     assert [m.value() for m in got] == log, "the partition does not hold each batch exactly once"
     assert [m.offset() for m in got] == list(range(end))
 

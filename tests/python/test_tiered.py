@@ -43,6 +43,7 @@ from confluent_kafka.admin import (
 
 from strata_helpers import (
     HOUR_MS,
+    assign_consumer,
     metric_values,
     now_ms,
     parse_metrics,
@@ -262,20 +263,6 @@ def produce(
     return out
 
 
-def consumer(broker, **extra) -> Consumer:
-    conf = {
-        "group.id": unique("tier"),
-        "bootstrap.servers": broker.bootstrap,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",
-        "fetch.wait.max.ms": 100,
-    }
-    conf.update(extra)
-    return Consumer(conf)
-
-
 def consume_and_compare(
     broker, topic: str, size: int, ends: dict[int, int], starts: dict[int, int] | None = None,
     timeout: float = 180, **extra,
@@ -283,7 +270,7 @@ def consume_and_compare(
     """Reads every partition from `starts` (default 0) to `ends` and compares every record
     (offset, key, value) with what was produced. Returns the record bytes read."""
     starts = starts or {p: 0 for p in ends}
-    c = consumer(broker, **extra)
+    c = assign_consumer(broker, **extra)
     read = 0
     try:
         c.assign([TopicPartition(topic, p, starts[p]) for p in ends])
@@ -366,7 +353,7 @@ def delete_records(broker, topic: str, p: int, before: int) -> int:
 
 
 def watermarks(broker, topic: str, p: int) -> tuple[int, int]:
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         return c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
     finally:
@@ -917,7 +904,7 @@ def test_remote_reads_fail_during_an_outage_then_resume(broker_factory, rgw_stor
     errors_before = fetch_storage_errors(broker)
 
     rgw_store.gw.pause("restart")
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         c.assign([TopicPartition(topic, 0, 0)])
         got = []
@@ -987,7 +974,7 @@ def test_list_offsets_by_timestamp_in_the_object_store(broker_factory, objstore)
     remote = remote_segments(objstore, broker, tid)
 
     def lookup(p: int, t: int) -> int:
-        c = consumer(broker)
+        c = assign_consumer(broker)
         try:
             (r,) = c.offsets_for_times([TopicPartition(topic, p, t)], timeout=10)
             return r.offset
@@ -1046,14 +1033,14 @@ def test_retention_deletes_objects_and_moves_the_log_start(broker_factory, objst
 
     # Below the log start: OFFSET_OUT_OF_RANGE, and a consumer resetting to earliest
     # starts at the new log start, reading from the object store.
-    c = consumer(broker)
+    c = assign_consumer(broker)
     try:
         c.assign([TopicPartition(topic, 0, 5)])
         err = first_error(c)
         assert err.code() == KafkaError._AUTO_OFFSET_RESET and "out of range" in err.str().lower(), err
     finally:
         c.close()
-    c = consumer(broker, **{"auto.offset.reset": "earliest"})
+    c = assign_consumer(broker, **{"auto.offset.reset": "earliest"})
     try:
         c.assign([TopicPartition(topic, 0, 0)])
         deadline = time.monotonic() + 20
@@ -1082,7 +1069,7 @@ def test_retention_deletes_objects_and_moves_the_log_start(broker_factory, objst
         interval=0.5,
     )
     consume_and_compare(broker, topic, 1000, ends, starts={0: cut})
-    c = consumer(broker, **{"auto.offset.reset": "earliest"})
+    c = assign_consumer(broker, **{"auto.offset.reset": "earliest"})
     try:
         c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
         deadline = time.monotonic() + 20
