@@ -563,11 +563,17 @@ impl GroupCoordinator {
             self.add_and_rebalance(g, &req, id, tx, now);
             return Reply::Later(rx);
         }
-        if g.member(&req.member_id).is_none() {
-            return fail(ResponseError::UnknownMemberId);
-        }
+        // As in Kafka: a fenced incarnation of a static member learns that first, so it
+        // stops instead of rejoining under a new member id and fencing the live one.
         if let Err(e) = g.check_instance(&req.member_id, req.instance_id.as_deref()) {
             return fail(e);
+        }
+        let unknown_instance = req
+            .instance_id
+            .as_deref()
+            .is_some_and(|i| !g.static_members.contains_key(i));
+        if unknown_instance || g.member(&req.member_id).is_none() {
+            return fail(ResponseError::UnknownMemberId);
         }
         let state = g.state;
         let is_leader = g.is_leader(&req.member_id);
@@ -715,11 +721,11 @@ impl GroupCoordinator {
         let Some(g) = groups.get_mut(&req.group_id) else {
             return fail(ResponseError::UnknownMemberId);
         };
-        if g.member(&req.member_id).is_none() {
-            return fail(ResponseError::UnknownMemberId);
-        }
         if let Err(e) = g.check_instance(&req.member_id, req.instance_id.as_deref()) {
             return fail(e);
+        }
+        if g.member(&req.member_id).is_none() {
+            return fail(ResponseError::UnknownMemberId);
         }
         if req.generation != g.generation {
             return fail(ResponseError::IllegalGeneration);

@@ -346,6 +346,30 @@ fn static_member_restarting_within_its_session_keeps_its_assignment_without_a_re
         c.validate_commit("g", generation, &first.member_id, Some("instance-1")),
         Err(ResponseError::FencedInstanceId)
     );
+    // Also on JoinGroup and SyncGroup, ahead of UNKNOWN_MEMBER_ID (the old member id is
+    // gone): a zombie told "unknown member" would rejoin and fence the live process.
+    let zombie_join = now(c.join(
+        join(&first.member_id, Some("instance-1"), &[("range", "m1")]),
+        5_004,
+    ));
+    assert_eq!(zombie_join.error, Some(ResponseError::FencedInstanceId));
+    let zombie_sync = now(c.sync(
+        SyncRequest {
+            instance_id: Some("instance-1".into()),
+            ..sync(&first.member_id, generation, vec![])
+        },
+        5_005,
+    ));
+    assert_eq!(zombie_sync.error, Some(ResponseError::FencedInstanceId));
+    // An instance id the group has never seen, with a member id: unknown member.
+    let stranger = now(c.join(join(&b, Some("instance-9"), &[("range", "m2")]), 5_006));
+    assert_eq!(stranger.error, Some(ResponseError::UnknownMemberId));
+    assert_eq!(
+        c.take_events().rebalances,
+        0,
+        "fenced and unknown members change nothing"
+    );
+    assert_eq!(c.heartbeat("g", generation, &b, None, 5_007), None);
 }
 
 #[test]
