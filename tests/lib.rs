@@ -44,6 +44,7 @@ pub struct Strata {
     pub data_dir: PathBuf,
     log: PathBuf,
     env: Vec<(String, String)>,
+    settings_in_env: bool,
     _tmp: tempfile::TempDir,
 }
 
@@ -54,6 +55,9 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Extra environment, e.g. `STRATA_KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS`.
     pub env: Vec<(String, String)>,
+    /// Run plain `strata`, with the data directory and listeners given as `STRATA_*`
+    /// variables instead of `strata serve` flags.
+    pub settings_in_env: bool,
 }
 
 fn parse_addr(line: &str) -> Option<SocketAddr> {
@@ -78,6 +82,7 @@ impl Strata {
             data_dir,
             log,
             env: opts.env,
+            settings_in_env: opts.settings_in_env,
             _tmp: tmp,
         };
         s.spawn(0);
@@ -87,14 +92,32 @@ impl Strata {
     /// Starts the process, on `kafka_port` (0: any free port), and waits until it serves.
     fn spawn(&mut self, kafka_port: u16) {
         let mut cmd = Command::new(strata_bin());
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--kafka-listen")
-            .arg(format!("127.0.0.1:{kafka_port}"))
-            .arg("--http-listen")
-            .arg("127.0.0.1:0")
-            .env("RUST_LOG", "info")
+        // The broker refuses unknown STRATA_* variables (STRATA_BIN among them): it sees
+        // only the ones this test gives it.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("STRATA_") {
+                cmd.env_remove(k);
+            }
+        }
+        let settings = [
+            ("data-dir", self.data_dir.display().to_string()),
+            ("kafka-listen", format!("127.0.0.1:{kafka_port}")),
+            ("http-listen", "127.0.0.1:0".to_string()),
+        ];
+        if self.settings_in_env {
+            for (flag, value) in settings {
+                cmd.env(
+                    format!("STRATA_{}", flag.to_uppercase().replace('-', "_")),
+                    value,
+                );
+            }
+        } else {
+            cmd.arg("serve");
+            for (flag, value) in settings {
+                cmd.arg(format!("--{flag}")).arg(value);
+            }
+        }
+        cmd.env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

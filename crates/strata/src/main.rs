@@ -18,10 +18,13 @@ static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 /// Strata: a Kafka-compatible broker with tiered storage.
 #[derive(Debug, Parser)]
-#[command(name = "strata", version)]
+#[command(name = "strata", version, args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// With no command, `strata` serves: its flags and `STRATA_*` variables apply too.
+    #[command(flatten)]
+    serve: config::Overrides,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
     let overrides = match cli.command {
         Some(Command::Serve(o)) => o,
         Some(Command::Bench(args)) => return bench_main(args),
-        None => config::Overrides::default(),
+        None => cli.serve,
     };
     let cfg = match config::ServeConfig::resolve(&overrides, std::env::vars()) {
         Ok(c) => c,
