@@ -121,3 +121,73 @@ fn full_disk_is_a_produce_error_not_a_crash() {
     );
     s.kill();
 }
+
+/// Writes `path` until the file system has no byte left.
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    for chunk in [64 << 10, 1] {
+        let buf = vec![7u8; chunk];
+        while f.write_all(&buf).is_ok() {}
+    }
+}
+
+/// A full disk when a segment rolls (its index files cannot be written) fails those
+/// produce requests only: once space is back, the roll completes and the log goes on.
+#[test]
+fn full_disk_during_a_segment_roll_is_retried_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = Tmpfs::mount(&dir.path().join("disk"), "4m");
+    let mut s = Strata::with(Options {
+        data_dir: Some(mnt.0.join("data")),
+        ..Options::default()
+    });
+    let mut c = RawClient::connect(s.kafka);
+    // Every batch rolls the segment before it; a local-only log (no copies uploaded to
+    // the object store directory on the same disk).
+    let configs = [
+        ("segment.bytes", "65536"),
+        ("remote.storage.enable", "false"),
+    ];
+    assert_eq!(c.create_topic("full", 1, 1, &configs), 0);
+    let value = vec![b'v'; 40 * 1024];
+    let batch = build_batch(&[TestRecord {
+        key: Some(b"k"),
+        value: Some(&value),
+        timestamp: now_ms(),
+    }]);
+    let mut acked = Vec::new();
+    for _ in 0..3 {
+        let (code, offset) = c.produce("full", 0, batch.clone());
+        assert_eq!(code, 0);
+        acked.push(offset);
+    }
+
+    let filler = mnt.0.join("filler");
+    fill_up(&filler);
+    assert_eq!(
+        c.produce("full", 0, batch.clone()).0,
+        ResponseError::KafkaStorageError.code(),
+        "the roll cannot write its index files"
+    );
+    assert!(s.is_running(), "{}", s.log_tail());
+
+    std::fs::remove_file(&filler).unwrap();
+    for _ in 0..3 {
+        let (code, offset) = c.produce("full", 0, batch.clone());
+        assert_eq!(
+            code,
+            0,
+            "the partition is back once there is space:\n{}",
+            s.log_tail()
+        );
+        assert_eq!(offset, acked.last().unwrap() + 1);
+        acked.push(offset);
+    }
+    assert_eq!(read_all(&mut c), acked);
+    assert!(s.stop().success());
+    s.restart();
+    let mut c = RawClient::connect(s.kafka);
+    assert_eq!(read_all(&mut c), acked, "and it all survives a restart");
+    s.kill();
+}

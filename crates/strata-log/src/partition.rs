@@ -583,8 +583,18 @@ impl Partition {
             ..
         } = &mut *inner;
         if let Some(active) = segments.values_mut().next_back() {
-            if let Err(e) = active.seal(producers) {
+            // A failed fsync leaves the page cache in an unknown state: the log goes
+            // offline. Failing to write the seal files (a full disk) is retried by the
+            // next roll; the segment stays active meanwhile.
+            if let Err(e) = active.sync() {
                 self.fail(inner, &e);
+                return Err(e);
+            }
+            if let Err(e) = active.write_seal_files(producers) {
+                self.metrics
+                    .io_errors_total
+                    .with_label_values(&["write"])
+                    .inc();
                 return Err(e);
             }
             let (base, size) = (active.base_offset, active.size);

@@ -266,13 +266,19 @@ impl Segment {
         Ok(())
     }
 
-    /// Seals the segment: its data is fsynced, both indexes are written beside it, and so
-    /// is `producers` (the partition's producer state, which must be as of this segment's
-    /// end) as `<base>.producers`, so that start-up need not re-read this segment for it.
-    pub(crate) fn seal(&mut self, producers: &ProducerState) -> Result<()> {
+    /// Fsyncs the segment's data (the first half of sealing it).
+    pub(crate) fn sync(&self) -> Result<()> {
         self.file
             .sync_data()
-            .map_err(|e| LogError::io("fsync", &self.path, e))?;
+            .map_err(|e| LogError::io("fsync", &self.path, e))
+    }
+
+    /// Finishes sealing a [synced](Segment::sync) segment: both indexes are written
+    /// beside it, and so is `producers` (the partition's producer state, which must be as
+    /// of this segment's end) as `<base>.producers`, so that start-up need not re-read
+    /// this segment for it. Safe to call again after a failure (a full disk): each file
+    /// is replaced atomically.
+    pub(crate) fn write_seal_files(&mut self, producers: &ProducerState) -> Result<()> {
         if self.size > 0 {
             let last_rel = self.offsets.last().map_or(0, |(rel, _)| rel).max(
                 (self.next_offset - 1 - self.base_offset).clamp(0, i64::from(u32::MAX)) as u32,
