@@ -47,8 +47,11 @@ pub struct BlockCache {
 /// accumulate); past it the map starts over and a few reads count as cache.
 const MAX_FRESH: usize = 16_384;
 
-fn block_key(key: &str, index: u64) -> String {
-    format!("{key}#{index}")
+/// The cache key of block `index` of object `key`, `block` bytes long. The block size is
+/// part of it because the disk tier outlives the process: after a restart with another
+/// `strata.tier.cache.block-bytes`, blocks cached at the old size must not be found.
+fn block_key(key: &str, block: u64, index: u64) -> String {
+    format!("{key}#{block}#{index}")
 }
 
 impl BlockCache {
@@ -108,7 +111,7 @@ impl BlockCache {
         let fetched = Arc::new(AtomicBool::new(false));
         let flag = fetched.clone();
         let fresh = self.fresh.clone();
-        let name = block_key(key, index);
+        let name = block_key(key, self.block, index);
         let entry_name = name.clone();
         let entry = self
             .cache
@@ -174,7 +177,7 @@ impl BlockCache {
         while at < range.end {
             let index = at / self.block;
             let to = ((index + 1) * self.block).min(range.end);
-            let name = block_key(key, index);
+            let name = block_key(key, self.block, index);
             let take = fresh.get(&name).map_or(0, |&left| left.min(to - at));
             if take > 0 {
                 match fresh.get_mut(&name) {
@@ -246,7 +249,7 @@ impl BlockCache {
         self.cache.remove(&format!("{key}#all"));
         let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..size.div_ceil(self.block) {
-            let name = block_key(key, i);
+            let name = block_key(key, self.block, i);
             self.cache.remove(&name);
             fresh.remove(&name);
         }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
-    WriteMultipart,
 };
 use strata_telemetry::TierMetrics;
 use tracing::{debug, info, warn};
@@ -54,14 +54,15 @@ pub struct Store {
     metrics: TierMetrics,
 }
 
-/// Static credentials of `AWS_PROFILE` from the shared credentials file, for when no
-/// keys are in the environment (object_store reads only environment variables and web
-/// identity). SSO and assume-role profiles are not supported.
+/// Static credentials of `AWS_PROFILE` (else the `default` profile) from the shared
+/// credentials file, for when no keys are in the environment (object_store reads only
+/// environment variables, web identity and instance metadata), in the AWS SDKs' order.
+/// SSO, assume-role and `credential_process` profiles are not supported.
 fn profile_credentials() -> Option<(String, String, Option<String>)> {
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
         return None;
     }
-    let profile = std::env::var("AWS_PROFILE").ok()?;
+    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
     let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))?;
@@ -87,6 +88,18 @@ fn profile_credentials() -> Option<(String, String, Option<String>)> {
         }
     }
     Some((key?, secret?, token))
+}
+
+/// The endpoint of virtual-hosted-style requests to `bucket`: object_store expects the
+/// bucket in the host (`http://bucket.minio:9000`), so a custom endpoint given without
+/// it gets it, and the bucket is not lost from every request.
+fn bucket_endpoint(endpoint: &str, bucket: &str) -> String {
+    match endpoint.split_once("://") {
+        Some((scheme, rest)) if !rest.starts_with(&format!("{bucket}.")) => {
+            format!("{scheme}://{bucket}.{rest}")
+        }
+        _ => endpoint.to_string(),
+    }
 }
 
 fn bad_url(url: &str, reason: impl Into<String>) -> TierError {
@@ -156,7 +169,11 @@ impl Store {
                     .with_allow_http(cfg.s3_allow_http),
             );
         if let Some(endpoint) = &cfg.s3_endpoint {
-            b = b.with_endpoint(endpoint);
+            b = b.with_endpoint(if cfg.s3_path_style {
+                endpoint.clone()
+            } else {
+                bucket_endpoint(endpoint, bucket)
+            });
         }
         if let Some((key, secret, token)) = profile_credentials() {
             b = b.with_access_key_id(key).with_secret_access_key(secret);
@@ -260,45 +277,43 @@ impl Store {
             return self.put(key, data).await;
         }
         let path = self.path(key);
-        let upload = self
+        let mut upload = self
             .instrumented("put_multipart", key, self.inner.put_multipart(&path))
             .await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
-        let mut at = 0u64;
-        while at < size {
-            let len = (size - at).min(part_size as u64) as usize;
-            let sent = async {
+        let mut in_flight = FuturesUnordered::new();
+        let sent = async {
+            let mut at = 0u64;
+            while at < size {
+                let len = (size - at).min(part_size as u64) as usize;
                 let chunk = read(at, len).await?;
-                self.instrumented(
-                    "upload_part",
-                    key,
-                    writer.wait_for_capacity(concurrency.max(1)),
-                )
-                .await?;
-                writer.put(chunk);
-                Ok::<(), TierError>(())
-            }
-            .await;
-            if let Err(e) = sent {
-                // Parts of an unfinished upload are invisible to listings (and so to the
-                // garbage collector) but still stored: abort it.
-                if let Err(abort) = writer.abort().await {
-                    warn!(key, error = %abort, "could not abort a failed multipart upload");
+                let part = upload.put_part(PutPayload::from(chunk));
+                in_flight.push(self.instrumented("upload_part", key, part));
+                at += len as u64;
+                while in_flight.len() >= concurrency.max(1) {
+                    in_flight.next().await.transpose()?;
                 }
-                return Err(e);
             }
-            at += len as u64;
+            while in_flight.next().await.transpose()?.is_some() {}
+            self.instrumented("complete_multipart", key, upload.complete())
+                .await
+                .map(|_| ())
         }
-        // `finish` aborts the upload itself when completing fails.
-        self.instrumented("complete_multipart", key, writer.finish())
-            .await
-            .map(|_| ())
+        .await;
+        if sent.is_err() {
+            // Parts of an unfinished upload are invisible to listings (and so to the
+            // garbage collector) but still stored: abort it.
+            drop(in_flight);
+            if let Err(abort) = upload.abort().await {
+                warn!(key, error = %abort, "could not abort a failed multipart upload");
+            }
+        }
+        sent
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path(key);
-        let result = self.instrumented("get", key, self.inner.get(&path)).await?;
-        self.instrumented("get", key, result.bytes()).await
+        let whole = async { self.inner.get(&path).await?.bytes().await };
+        self.instrumented("get", key, whole).await
     }
 
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
@@ -394,4 +409,25 @@ fn diagnose(e: &TierError) -> String {
     };
     debug!(error = %all, "object store check failed");
     format!("{text} ({hint})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_endpoint;
+
+    #[test]
+    fn virtual_hosted_endpoints_name_the_bucket_in_the_host() {
+        assert_eq!(
+            bucket_endpoint("http://minio:9000", "logs"),
+            "http://logs.minio:9000"
+        );
+        assert_eq!(
+            bucket_endpoint("https://logs.s3.example.com", "logs"),
+            "https://logs.s3.example.com"
+        );
+        assert_eq!(
+            bucket_endpoint("https://s3.eu-west-1.amazonaws.com/", "b"),
+            "https://b.s3.eu-west-1.amazonaws.com/"
+        );
+    }
 }
