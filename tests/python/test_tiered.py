@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -72,14 +73,23 @@ class LocalObjects:
 
     def keys(self, broker) -> dict[str, int]:
         root = self.root(broker)
-        if not root.exists():
-            return {}
-        return {
-            str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()
-        }
+        out = {}
+        for p in root.rglob("*"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue  # deleted by the broker while we list
+            if stat.S_ISREG(st.st_mode):
+                out[str(p.relative_to(root))] = st.st_size
+        return out
 
     def get(self, broker, key: str) -> bytes:
         return (self.root(broker) / key).read_bytes()
+
+    def put(self, broker, key: str, data: bytes) -> None:
+        path = self.root(broker) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
     def cleanup(self) -> None:
         pass
@@ -125,6 +135,9 @@ class RgwObjects:
 
     def get(self, broker, key: str) -> bytes:
         return self.s3.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+
+    def put(self, broker, key: str, data: bytes) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
     def cleanup(self) -> None:
         if self.gw.paused:
@@ -370,33 +383,66 @@ def topic_id(broker, topic: str) -> str:
     return dirs[0].parent.name
 
 
-def remote_segments(store, broker, tid: str, strict: bool = False) -> dict[int, list[int]]:
+def listed_segments(store, broker, tid: str) -> dict[int, list[int]]:
     """Per partition, the base offsets of the topic's segments that are in the store with
-    both objects (.seg and .idx). `strict`: no object may be alone (a moment of an
-    upload or deletion in progress is not expected)."""
-    keys = store.keys(broker)
-    segs: dict[int, list[int]] = {}
-    seen: dict[tuple[int, int, str], set[str]] = {}
-    for k in keys:
+    both objects (.seg and .idx), as listed with the store's own API (whether or not the
+    manifest names them)."""
+    seen: dict[tuple[int, int, str, str], set[str]] = {}
+    for k in store.keys(broker):
         if not k.startswith(tid + "/"):
             continue
         _, part, name = k.split("/")
         stem, ext = name.rsplit(".", 1)
-        base, epoch = stem.split("-")
-        seen.setdefault((int(part), int(base), epoch), set()).add(ext)
-    for (p, base, _), exts in sorted(seen.items()):
-        if strict:
-            assert exts == {"seg", "idx"}, f"{tid}/{p} base {base}: objects {exts}"
+        base, epoch, upload = stem.split("-")
+        seen.setdefault((int(part), int(base), epoch, upload), set()).add(ext)
+    segs: dict[int, list[int]] = {}
+    for (p, base, _, _), exts in sorted(seen.items()):
         if exts == {"seg", "idx"}:
             segs.setdefault(p, []).append(base)
     return segs
 
 
-def segment_key(store, broker, tid: str, p: int, base: int) -> str:
-    found = [
-        k for k in store.keys(broker)
-        if k.startswith(f"{tid}/{p}/{base:020d}-") and k.endswith(".seg")
-    ]
+def manifest(broker, tid: str) -> dict[int, list[dict]]:
+    """Per partition, the topic's manifest (its committed remote segments, oldest first)
+    from the admin API."""
+    status, body = broker.http_get("/api/v1/partitions")
+    assert status == 200, body
+    out = {}
+    for p in json.loads(body):
+        if p["topic_id"] == tid:
+            status, entries = broker.http_get(
+                f"/api/v1/partitions/{p['topic']}/{p['partition']}/remote-segments")
+            assert status == 200, entries
+            out[p["partition"]] = json.loads(entries)
+    return out
+
+
+def remote_segments(store, broker, tid: str, strict: bool = False) -> dict[int, list[int]]:
+    """Per partition, the base offsets of the topic's segments in the manifest, each
+    checked to be in the store (both objects, listed with the store's API). `strict`:
+    the store holds no other objects of the topic either (none left behind by a failed
+    upload attempt, none not yet deleted)."""
+    # The manifest first: an entry is committed only after its objects are written, so
+    # a listing made after it holds every object it names.
+    entries_of = manifest(broker, tid)
+    keys = set(store.keys(broker))
+    segs: dict[int, list[int]] = {}
+    named = set()
+    for p, entries in entries_of.items():
+        for e in entries:
+            for k in (e["key"], e["index_key"]):
+                assert k in keys, f"{tid}/{p}: the manifest names {k}, which is not in the store"
+                named.add(k)
+            if e["base_offset"] >= 0:
+                segs.setdefault(p, []).append(e["base_offset"])
+    if strict:
+        others = sorted(k for k in keys if k.startswith(tid + "/") and k not in named)
+        assert not others, f"{tid}: objects no manifest entry names: {others}"
+    return segs
+
+
+def segment_key(broker, tid: str, p: int, base: int) -> str:
+    found = [e["key"] for e in manifest(broker, tid).get(p, []) if e["base_offset"] == base]
     assert len(found) == 1, (tid, p, base, found)
     return found[0]
 
@@ -443,12 +489,12 @@ def wait_uploaded_to(broker, topic: str, ends: dict[int, int], timeout: float = 
 def assert_remote_equals_local(store, broker, topic: str, partitions: int) -> int:
     """Every sealed local segment is in the store with the same bytes. Returns how many."""
     tid = topic_id(broker, topic)
-    remote_segments(store, broker, tid, strict=True)
+    remote_segments(store, broker, tid)
     n = 0
     for p in range(partitions):
         (d,) = partition_dirs(broker.data_dir, topic, p)
         for base, size in sealed_local(broker, topic, p):
-            remote = store.get(broker, segment_key(store, broker, tid, p, base))
+            remote = store.get(broker, segment_key(broker, tid, p, base))
             local = (d / f"{base:020d}.log").read_bytes()
             assert remote == local, f"{topic}[{p}] segment {base}: remote {len(remote)} bytes != local {len(local)}"
             n += 1
@@ -623,6 +669,7 @@ def test_large_segments_are_uploaded_in_parts(broker_factory, objstore):
     assert metric(broker, "strata_objstore_requests_total", op="complete_multipart", outcome="ok") == len(big)
     assert metric(broker, "strata_objstore_requests_total", op="upload_part", outcome="error") == 0
     assert assert_remote_equals_local(objstore, broker, topic, 1) == len(sizes) == len(remote[0])
+    remote_segments(objstore, broker, topic_id(broker, topic), strict=True)
     # Read back from the store: drop the local copies first.
     set_topic_config(broker, topic, "local.retention.bytes", "0")
     wait_until(lambda: local_segments(broker, topic, 0)[0][0] == produced.ends[0], 30,
@@ -1022,7 +1069,7 @@ def test_retention_deletes_objects_and_moves_the_log_start(broker_factory, objst
                f"the log start offset to move to {keep_from}", interval=0.5)
     gone = [b for b in remote if b < keep_from]
     wait_until(
-        lambda: remote_segments(objstore, broker, tid)[0] == [b for b in remote if b >= keep_from],
+        lambda: listed_segments(objstore, broker, tid)[0] == [b for b in remote if b >= keep_from],
         30,
         f"the objects of segments {gone} to be deleted",
         interval=0.5,
@@ -1063,7 +1110,7 @@ def test_retention_deletes_objects_and_moves_the_log_start(broker_factory, objst
     assert delete_records(broker, topic, 0, cut) == cut
     assert watermarks(broker, topic, 0) == (cut, ends[0])
     wait_until(
-        lambda: remote_segments(objstore, broker, tid)[0] == [b for b in remote if b >= left[2]],
+        lambda: listed_segments(objstore, broker, tid)[0] == [b for b in remote if b >= left[2]],
         30,
         "the objects below the new start to be deleted",
         interval=0.5,
@@ -1115,6 +1162,46 @@ def test_deleting_a_topic_deletes_its_objects(broker_factory, objstore):
     assert topic_id(broker, topic) != tid
     # Topic deletion is one of the ways remote segments are deleted (docs/metrics.md).
     assert metric(broker, "strata_tier_remote_segments_deleted_total") - deleted_before == n_segments
+
+
+def test_garbage_collector_deletes_only_old_unnamed_objects(broker_factory, objstore):
+    """Objects no manifest names (an upload that crashed before its commit, a topic that
+    is gone) are deleted once older than the grace period; named objects and objects
+    outside Strata's key layout are left alone."""
+    grace_s = 4
+    broker = broker_factory(env={
+        **objstore.env(),
+        "STRATA_TIER_GC_INTERVAL_MS": "1000",
+        "STRATA_TIER_GC_GRACE_MS": str(grace_s * 1000),
+    })
+    topic = unique("gc")
+    create_topic(broker, topic, 1, {"segment.bytes": str(64 * 1024)})
+    produced = produce(broker, topic, 1, 300, 1000)
+    wait_all_uploaded(objstore, broker, topic, 1)
+    tid = topic_id(broker, topic)
+    orphans = [
+        f"{tid}/0/{10**9:020d}-0-{'ab' * 8}.seg",
+        f"{tid}/0/{10**9:020d}-0-{'ab' * 8}.idx",
+        f"{uuid.uuid4()}/0/{0:020d}-0-{'cd' * 8}.seg",
+    ]
+    foreign = "notes/not-strata.txt"
+    named = set(objstore.keys(broker))
+    before = metric(broker, "strata_tier_gc_deleted_objects_total")
+    written = time.monotonic()
+    for k in [*orphans, foreign]:
+        objstore.put(broker, k, b"left behind")
+    wait_until(
+        lambda: not set(orphans) & set(objstore.keys(broker)),
+        60,
+        "the orphaned objects to be garbage-collected",
+        interval=0.5,
+    )
+    assert time.monotonic() - written >= grace_s, "deleted within the grace period"
+    keys = set(objstore.keys(broker))
+    assert foreign in keys, "an object outside the key layout was deleted"
+    assert named <= keys, f"named objects were deleted: {sorted(named - keys)}"
+    assert metric(broker, "strata_tier_gc_deleted_objects_total") - before == len(orphans)
+    consume_and_compare(broker, topic, 1000, produced.ends)
 
 
 # -- start-up checks ------------------------------------------------------------------------

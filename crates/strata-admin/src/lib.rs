@@ -1,14 +1,15 @@
 //! The broker's HTTP side: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
 //!
 //! This crate owns the HTTP routes (`/api/v1/partitions` lists every partition's local
-//! and remote log bounds) and their status codes. It reads broker state only
+//! and remote log bounds, `/api/v1/partitions/{topic}/{partition}/remote-segments` one
+//! partition's manifest) and their status codes. It reads broker state only
 //! through the [`AdminState`] trait, so it depends on no other Strata crate, and the
 //! broker never depends on HTTP.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -23,6 +24,9 @@ pub trait AdminState: Send + Sync + 'static {
     fn metrics_text(&self) -> String;
     /// Every partition this broker holds, with its local and remote log bounds.
     fn partitions(&self) -> serde_json::Value;
+    /// The manifest of one partition (its segments in the object store, oldest first),
+    /// or `None` if this broker has no such partition.
+    fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value>;
 }
 
 type Shared = Arc<dyn AdminState>;
@@ -55,6 +59,20 @@ async fn partitions(State(state): State<Shared>) -> impl IntoResponse {
     axum::Json(state.partitions())
 }
 
+async fn remote_segments(
+    State(state): State<Shared>,
+    Path((topic, partition)): Path<(String, i32)>,
+) -> impl IntoResponse {
+    match state.remote_segments(&topic, partition) {
+        Some(v) => axum::Json(v).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no partition {partition} of topic {topic:?} on this broker\n"),
+        )
+            .into_response(),
+    }
+}
+
 /// The routes, for serving or for tests.
 pub fn router(state: Shared) -> Router {
     Router::new()
@@ -62,6 +80,10 @@ pub fn router(state: Shared) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/partitions", get(partitions))
+        .route(
+            "/api/v1/partitions/{topic}/{partition}/remote-segments",
+            get(remote_segments),
+        )
         .with_state(state)
 }
 
@@ -99,6 +121,9 @@ mod tests {
         fn partitions(&self) -> serde_json::Value {
             serde_json::json!([{"topic": "t", "partition": 0}])
         }
+        fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value> {
+            (topic == "t" && partition == 0).then(|| serde_json::json!([{"base_offset": 0}]))
+        }
     }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -131,6 +156,23 @@ mod tests {
         assert!(
             api.contains("application/json") && api.contains(r#"[{"partition":0,"topic":"t"}]"#),
             "{api}"
+        );
+        let manifest = get(addr, "/api/v1/partitions/t/0/remote-segments").await;
+        assert!(manifest.contains(r#"[{"base_offset":0}]"#), "{manifest}");
+        for missing in [
+            "/api/v1/partitions/t/1/remote-segments",
+            "/api/v1/partitions/u/0/remote-segments",
+        ] {
+            let r = get(addr, missing).await;
+            assert!(
+                r.starts_with("HTTP/1.0 404") && r.contains("no partition"),
+                "{r}"
+            );
+        }
+        assert!(
+            get(addr, "/api/v1/partitions/t/x/remote-segments")
+                .await
+                .starts_with("HTTP/1.0 400")
         );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.0 404"));
         stop.cancel();

@@ -214,9 +214,9 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
     def(
         "log.local.retention.ms",
         ConfigType::Long,
-        "-2",
+        "3600000",
         Check::AtLeast(-2),
-        "Default local.retention.ms.",
+        "Default local.retention.ms (Kafka's default is -2; Strata keeps one hour of uploaded data on local disk, the object store holds the rest).",
     ),
     def(
         "log.local.retention.bytes",
@@ -252,6 +252,20 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "8388608",
         Check::AtLeast(5242880),
         "Segments larger than this are uploaded in parts of this size, several in flight.",
+    ),
+    def(
+        "strata.tier.gc-interval-ms",
+        ConfigType::Long,
+        "600000",
+        Check::AtLeast(1000),
+        "How often the object store is listed for objects no manifest names (orphans of crashed or failed uploads, of deleted topics). Read at start-up.",
+    ),
+    def(
+        "strata.tier.gc-grace-ms",
+        ConfigType::Long,
+        "900000",
+        Check::AtLeast(1000),
+        "Age an unnamed object must reach before the garbage collector deletes it; must exceed the longest upload. Read at start-up.",
     ),
     def(
         "strata.tier.cache.memory-bytes",
@@ -386,7 +400,7 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, Option<&str>)] = &[
         def(
             "local.retention.ms",
             ConfigType::Long,
-            "-2",
+            "3600000",
             Check::AtLeast(-2),
             "How long uploaded segments stay on local disk too; -2 follows retention.ms, -1 keeps them.",
         ),
@@ -573,6 +587,14 @@ impl BrokerConfig {
 
     pub fn multipart_part_bytes(&self) -> usize {
         self.number("strata.tier.multipart-part-bytes") as usize
+    }
+
+    pub fn gc_interval_ms(&self) -> u64 {
+        self.number("strata.tier.gc-interval-ms") as u64
+    }
+
+    pub fn gc_grace_ms(&self) -> i64 {
+        self.number("strata.tier.gc-grace-ms")
     }
 
     pub fn cache_memory_bytes(&self) -> usize {

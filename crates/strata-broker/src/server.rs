@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use strata_log::{LogManager, TailCache};
-use strata_meta::{Command, CommandResult, MetaNode};
+use strata_meta::{Command, CommandResult, MetaNode, RemoteSegmentMeta};
 use strata_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -126,6 +126,15 @@ impl BrokerView {
             .collect();
         out.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         out
+    }
+
+    /// A partition's manifest: its segments in the object store, oldest first.
+    pub fn remote_segments(&self, topic: &str, partition: i32) -> Option<Vec<RemoteSegmentMeta>> {
+        let topic = self.0.topic(topic)?;
+        let pm = usize::try_from(partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))?;
+        Some(pm.remote_segments.clone())
     }
 }
 

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use strata_log::{Partition, PartitionKey, SealedSegment, SegmentInfo, plan_retention};
 use strata_meta::{Command, CommandResult, PartitionMeta, RemoteSegmentMeta, TopicMeta};
 use strata_protocol::batch::HeaderIter;
+use strata_tier::layout::{Kind, ObjectName};
 use strata_tier::{BlockCache, RemoteSegment, Store, TierError, layout};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -28,10 +29,6 @@ use crate::broker::Broker;
 
 /// How often the uploader looks for sealed segments.
 const UPLOAD_TICK: Duration = Duration::from_secs(1);
-/// How long objects no manifest names are left alone (an upload may be committing).
-const GC_GRACE_MS: i64 = 15 * 60 * 1000;
-/// How often orphaned objects are looked for.
-const GC_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// Longest wait between failed upload attempts of a partition.
 const MAX_BACKOFF_MS: i64 = 30_000;
 
@@ -372,25 +369,37 @@ impl Broker {
     ) -> Result<(), String> {
         let _slot = self.tier.slots.acquire().await.map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let seg_key = layout::segment_key(key.topic_id, key.partition, seg.base_offset, epoch);
-        let idx_key = layout::index_key(key.topic_id, key.partition, seg.base_offset, epoch);
-        self.tier
-            .store
-            .put_file(
-                &seg_key,
-                seg.file.clone(),
-                &seg.path,
-                seg.size,
-                self.tier.part_bytes,
-                4,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        self.tier
-            .store
-            .put(&idx_key, Bytes::from(seg.index.to_bytes()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let name = ObjectName::new_upload(key.topic_id, key.partition, seg.base_offset, epoch);
+        let seg_key = name.key();
+        let idx_key = name.with_kind(Kind::Index).key();
+        let store = &self.tier.store;
+        let written = async {
+            store
+                .put_file(
+                    &seg_key,
+                    seg.file.clone(),
+                    &seg.path,
+                    seg.size,
+                    self.tier.part_bytes,
+                    4,
+                )
+                .await?;
+            store.put(&idx_key, Bytes::from(seg.index.to_bytes())).await
+        }
+        .await;
+        // The keys are this attempt's own: objects of a failed attempt are deleted (if the
+        // store lets us; otherwise the garbage collector will), a retry writes new ones.
+        let discard = || async {
+            for k in [&seg_key, &idx_key] {
+                if let Err(e) = store.delete(k).await {
+                    debug!(key = %k, error = %e, "could not delete the objects of a failed upload");
+                }
+            }
+        };
+        if let Err(e) = written {
+            discard().await;
+            return Err(e.to_string());
+        }
         let entry = RemoteSegmentMeta {
             base_offset: seg.base_offset,
             next_offset: seg.next_offset,
@@ -398,7 +407,7 @@ impl Broker {
             size: seg.size,
             leader_epoch: epoch,
             key: seg_key.clone(),
-            index_key: idx_key,
+            index_key: idx_key.clone(),
         };
         let cmd = Command::AddRemoteSegment {
             topic_id: key.topic_id,
@@ -406,8 +415,21 @@ impl Broker {
             segment: entry,
         };
         match self.meta.write(cmd).await {
-            Ok(CommandResult::Ok) => {}
-            Ok(other) => return Err(format!("manifest refused the segment: {other:?}")),
+            Ok(CommandResult::Ok) => {
+                let named = self
+                    .partition_meta(key.topic_id, key.partition)
+                    .is_some_and(|pm| pm.remote_segments.iter().any(|r| r.key == seg_key));
+                if !named {
+                    // An earlier attempt, whose commit looked failed, covers this segment.
+                    discard().await;
+                }
+            }
+            Ok(other) => {
+                discard().await;
+                return Err(format!("manifest refused the segment: {other:?}"));
+            }
+            // The entry may or may not have been committed: its objects stay, and the
+            // garbage collector deletes them if no manifest names them.
             Err(e) => return Err(format!("committing the manifest entry: {e}")),
         }
         log.set_remote_end(seg.next_offset);
@@ -484,9 +506,7 @@ impl Broker {
                 for o in &objects {
                     match self.tier.store.delete(&o.key).await {
                         Ok(()) => {
-                            if layout::parse(&o.key)
-                                .is_some_and(|p| p.kind == layout::Kind::Segment)
-                            {
+                            if ObjectName::parse(&o.key).is_some_and(|p| p.kind == Kind::Segment) {
                                 self.metrics.tier.remote_segments_deleted_total.inc();
                             }
                         }
@@ -522,13 +542,17 @@ impl Broker {
         });
         let mut deleted = 0;
         for o in self.tier.store.list("").await? {
-            let Some(parsed) = layout::parse(&o.key) else {
+            let Some(parsed) = ObjectName::parse(&o.key) else {
                 continue;
             };
             let orphan = !known_topics.contains(&parsed.topic_id) || !referenced.contains(&o.key);
-            if orphan && now - o.last_modified_ms > GC_GRACE_MS {
-                self.tier.store.delete(&o.key).await?;
-                deleted += 1;
+            if orphan && now - o.last_modified_ms > self.config.gc_grace_ms() {
+                match self.tier.store.delete(&o.key).await {
+                    Ok(()) => deleted += 1,
+                    Err(e) => {
+                        warn!(key = %o.key, error = %e, "could not delete an orphaned object; the next pass will retry")
+                    }
+                }
             }
         }
         if deleted > 0 {
@@ -542,7 +566,7 @@ impl Broker {
     }
 
     pub(crate) async fn run_gc(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(GC_INTERVAL);
+        let mut tick = tokio::time::interval(Duration::from_millis(self.config.gc_interval_ms()));
         loop {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,

@@ -219,6 +219,9 @@ pub enum CommandResult {
     ProducerIds { first: i64 },
     /// The manifest entries [`Command::RemoveRemoteSegments`] removed.
     RemoteSegmentsRemoved(Vec<RemoteSegmentMeta>),
+    /// [`Command::AddRemoteSegment`] was refused: the segment was uploaded under an
+    /// older leader epoch than the partition's (a deposed leader's upload).
+    StaleLeaderEpoch { current: i32 },
 }
 
 impl ClusterState {
@@ -391,6 +394,9 @@ impl ClusterState {
                 segment,
             } => match self.partition_mut(topic_id, partition) {
                 Err(e) => e,
+                Ok(p) if segment.leader_epoch < p.leader_epoch => CommandResult::StaleLeaderEpoch {
+                    current: p.leader_epoch,
+                },
                 Ok(p) => {
                     let end = p.remote_segments.last().map_or(i64::MIN, |s| s.next_offset);
                     if segment.next_offset > end {
@@ -619,5 +625,50 @@ mod tests {
             CommandResult::ProducerIds { first: 1000 }
         );
         assert_eq!(s.next_producer_id, 1010);
+    }
+
+    #[test]
+    fn the_manifest_grows_in_order_and_refuses_deposed_leaders() {
+        let mut s = ClusterState::default();
+        let id = Uuid::from_u128(9);
+        s.apply(Command::CreateTopic {
+            name: "t".into(),
+            id,
+            partitions: vec![PartitionMeta {
+                leader_epoch: 3,
+                ..partition()
+            }],
+            configs: BTreeMap::new(),
+        });
+        let seg = |base: i64, next: i64, epoch: i32| Command::AddRemoteSegment {
+            topic_id: id,
+            partition: 0,
+            segment: RemoteSegmentMeta {
+                base_offset: base,
+                next_offset: next,
+                max_timestamp: 0,
+                size: 10,
+                leader_epoch: epoch,
+                key: format!("{base}-{epoch}.seg"),
+                index_key: format!("{base}-{epoch}.idx"),
+            },
+        };
+        assert_eq!(s.apply(seg(0, 10, 3)), CommandResult::Ok);
+        assert_eq!(s.apply(seg(10, 20, 4)), CommandResult::Ok);
+        // A retried commit of a segment already there changes nothing.
+        assert_eq!(s.apply(seg(10, 20, 4)), CommandResult::Ok);
+        assert_eq!(
+            s.apply(seg(20, 30, 2)),
+            CommandResult::StaleLeaderEpoch { current: 3 }
+        );
+        let manifest: Vec<(i64, String)> = s.topics["t"].partitions[0]
+            .remote_segments
+            .iter()
+            .map(|r| (r.base_offset, r.key.clone()))
+            .collect();
+        assert_eq!(
+            manifest,
+            vec![(0, "0-3.seg".to_string()), (10, "10-4.seg".to_string())]
+        );
     }
 }

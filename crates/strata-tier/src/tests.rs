@@ -321,9 +321,15 @@ impl Backend {
     }
 
     async fn cache(&self, block_bytes: u64, readahead_blocks: u64) -> BlockCache {
+        let dir = self.scratch(&format!("cache-{}", Uuid::new_v4()));
+        self.cache_at(dir, block_bytes, readahead_blocks).await
+    }
+
+    /// A cache whose disk tier is in `dir` (which a later cache may open again).
+    async fn cache_at(&self, dir: PathBuf, block_bytes: u64, readahead_blocks: u64) -> BlockCache {
         BlockCache::open(
             CacheConfig {
-                dir: self.scratch(&format!("cache-{}", Uuid::new_v4())),
+                dir,
                 memory_bytes: 64 << 20,
                 disk_bytes: 64 << 20,
                 block_bytes,
@@ -450,6 +456,7 @@ on_both_backends!(
     cache_concurrent_readers_share_one_get,
     cache_reads_ahead,
     cache_forget_and_errors,
+    cache_reopened_with_another_block_size_reads_right,
     read_batches_of_uploaded_segment,
     read_batches_counts_the_bytes_it_serves,
     offset_for_timestamp_in_uploaded_segment,
@@ -502,8 +509,16 @@ async fn put_get_and_ranges(b: Backend) {
     s.put("obj/empty", Bytes::new()).await.unwrap();
     assert!(s.get("obj/empty").await.unwrap().is_empty(), "{}", b.kind);
     s.put("obj/a", Bytes::from_static(b"second")).await.unwrap();
+    let gets = b.requests("get", "ok");
     assert_eq!(&s.get("obj/a").await.unwrap()[..], b"second", "{}", b.kind);
-    let deep = "0b5c8f5e-8d33-4f44-9c1b-7d5c2a3b4c5d/12/00000000000000001234-7.seg";
+    assert_eq!(
+        b.requests("get", "ok") - gets,
+        1,
+        "{}: one GET, counted once",
+        b.kind
+    );
+    let deep =
+        "0b5c8f5e-8d33-4f44-9c1b-7d5c2a3b4c5d/12/00000000000000001234-7-00000000000000ab.seg";
     s.put(deep, Bytes::from_static(b"deep")).await.unwrap();
     assert_eq!(&s.get(deep).await.unwrap()[..], b"deep", "{}", b.kind);
     assert!(
@@ -694,6 +709,12 @@ async fn put_file_multipart(b: Backend) {
         b.requests("complete_multipart", "ok"),
         1,
         "{}: completed once",
+        b.kind
+    );
+    assert_eq!(
+        b.requests("upload_part", "ok"),
+        4,
+        "{}: one request per part",
         b.kind
     );
     assert_eq!(b.requests("put", "ok"), puts, "{}: no plain PUT", b.kind);
@@ -1132,8 +1153,9 @@ async fn upload_segment(b: &Backend) -> Uploaded {
     // The second segment: its base offset is not 0.
     let s = &sealed[1];
     assert!(s.base_offset > 0);
-    let seg_key = layout::segment_key(key.topic_id, key.partition, s.base_offset, 4);
-    let idx_key = layout::index_key(key.topic_id, key.partition, s.base_offset, 4);
+    let name = layout::ObjectName::new_upload(key.topic_id, key.partition, s.base_offset, 4);
+    let seg_key = name.key();
+    let idx_key = name.with_kind(layout::Kind::Index).key();
     b.store
         .put_file(&seg_key, s.file.clone(), &s.path, s.size, PART, 4)
         .await
@@ -1416,6 +1438,39 @@ async fn offset_for_timestamp_in_uploaded_segment(b: Backend) {
         "{}: first record at or after {}",
         b.kind,
         mid.0
+    );
+    cache.close().await;
+}
+
+/// The disk tier outlives the process; a restart with another block size must not read
+/// blocks cached at the old size as if they were of the new one.
+async fn cache_reopened_with_another_block_size_reads_right(b: Backend) {
+    let dir = b.scratch("cache-reopened");
+    let size = 16 * BLOCK + 77;
+    let data = pattern(size as usize, 9);
+    b.store
+        .put("c/obj", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let cache = b.cache_at(dir.clone(), 4 * BLOCK, 0).await;
+    assert_eq!(cache.read("c/obj", size, 0..size).await.unwrap(), data);
+    cache.close().await;
+    drop(cache);
+    let gets = b.requests("get_range", "ok");
+    let cache = b.cache_at(dir, BLOCK, 0).await;
+    for r in [0..size, BLOCK + 5..3 * BLOCK, size - 3..size] {
+        let got = cache.read("c/obj", size, r.clone()).await.unwrap();
+        assert!(
+            got[..] == data[r.start as usize..r.end as usize],
+            "{}: read {r:?} after reopening at another block size",
+            b.kind
+        );
+    }
+    assert_eq!(
+        b.requests("get_range", "ok") - gets,
+        17,
+        "{}: every block fetched again at the new size",
+        b.kind
     );
     cache.close().await;
 }

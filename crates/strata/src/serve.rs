@@ -1,6 +1,6 @@
 //! `strata serve`: one broker with its embedded metadata node.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,15 +17,19 @@ use crate::config::ServeConfig;
 /// How long in-flight requests get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
+/// The admin API's view of the broker, which it serves from before the broker has
+/// started (log recovery can take a while; liveness probes must be answered meanwhile).
 struct Admin {
-    health: Health,
-    view: BrokerView,
+    broker: OnceLock<(Health, BrokerView)>,
     metrics: Metrics,
 }
 
 impl AdminState for Admin {
     fn readiness(&self) -> Result<(), String> {
-        self.health.readiness()
+        match self.broker.get() {
+            Some((health, _)) => health.readiness(),
+            None => Err("starting: opening metadata and recovering partition logs".into()),
+        }
     }
 
     fn metrics_text(&self) -> String {
@@ -33,7 +37,17 @@ impl AdminState for Admin {
     }
 
     fn partitions(&self) -> serde_json::Value {
-        serde_json::to_value(self.view.partitions()).unwrap_or(serde_json::Value::Null)
+        let partitions = self
+            .broker
+            .get()
+            .map(|(_, v)| v.partitions())
+            .unwrap_or_default();
+        serde_json::to_value(partitions).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value> {
+        let (_, view) = self.broker.get()?;
+        serde_json::to_value(view.remote_segments(topic, partition)?).ok()
     }
 }
 
@@ -58,6 +72,18 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", cfg.http_listen))?;
+    let http_addr = http.local_addr()?;
+    let stop_http = CancellationToken::new();
+    let admin_state = Arc::new(Admin {
+        broker: OnceLock::new(),
+        metrics: metrics.clone(),
+    });
+    let admin = tokio::spawn(strata_admin::serve(
+        http,
+        admin_state.clone(),
+        stop_http.clone(),
+    ));
+    info!(addr = %http_addr, "http listener ready");
     let meta = MetaNode::open(MetaConfig::new(
         cfg.node_id as u64,
         cfg.data_dir.join("meta"),
@@ -80,18 +106,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     )
     .await
     .context("starting the broker")?;
-    let http_addr = http.local_addr()?;
-    let stop_http = CancellationToken::new();
-    let admin = tokio::spawn(strata_admin::serve(
-        http,
-        Arc::new(Admin {
-            health: broker.health(),
-            view: broker.view(),
-            metrics,
-        }),
-        stop_http.clone(),
-    ));
-    info!(addr = %http_addr, "http listener ready");
+    let _ = admin_state.broker.set((broker.health(), broker.view()));
 
     let signal = termination().await?;
     info!(signal, "received termination signal");
