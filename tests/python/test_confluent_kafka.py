@@ -1,7 +1,9 @@
 """End-to-end tests of Strata with confluent-kafka (librdkafka).
 
-Consumers use assign() with explicit offsets and never commit: Strata has no consumer
-groups yet. Producers are explicitly non-idempotent (no InitProducerId yet).
+The single-broker basics: topics, produce and fetch, offsets, retention, restarts and
+bad input. Consumers here use assign() with explicit offsets and never commit, and
+producers are non-idempotent, so each test sees only what it is about; consumer groups
+are in test_groups_confluent.py, idempotence in test_idempotence.py.
 """
 
 from __future__ import annotations

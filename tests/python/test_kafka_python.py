@@ -1,8 +1,9 @@
 """End-to-end tests of Strata with kafka-python (pure-Python client).
 
-kafka-python 3.x enables idempotence by default (KIP-679), which needs InitProducerId:
-every producer here sets enable_idempotence=False. Consumers use assign() without a
-group (group_id=None) and never commit.
+kafka-python 3.x enables idempotence by default (KIP-679); producers here set
+enable_idempotence=False so each test sees only what it is about (idempotence is in
+test_idempotence.py). Consumers use assign() without a group (group_id=None) and never
+commit; groups are in test_groups_kafka_python.py.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ mod errors;
 mod groups;
 pub(crate) mod handlers;
 mod server;
+#[cfg(test)]
+mod tests;
 mod tiering;
 
 pub use broker::Endpoint;

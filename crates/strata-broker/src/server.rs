@@ -57,7 +57,7 @@ pub enum StartError {
 
 /// A running broker.
 pub struct RunningBroker {
-    broker: Arc<Broker>,
+    pub(crate) broker: Arc<Broker>,
     health: Health,
     kafka_addr: SocketAddr,
     connections: TaskTracker,

@@ -103,7 +103,18 @@ async fn append_assigns_offsets_and_read_returns_whole_batches() {
 #[tokio::test]
 async fn concurrent_waiters_share_syncs() {
     let dir = tempfile::tempdir().unwrap();
-    let p = std::sync::Arc::new(open(dir.path(), LogConfig::default()));
+    let m = metrics();
+    let p = Partition::open(
+        dir.path().to_path_buf(),
+        "t".into(),
+        0,
+        LogConfig::default(),
+        m.clone(),
+        TailCache::new(0),
+        0,
+    )
+    .unwrap();
+    let p = std::sync::Arc::new(p);
     let mut tasks = Vec::new();
     for i in 0..50 {
         let p = p.clone();
@@ -120,6 +131,27 @@ async fn concurrent_waiters_share_syncs() {
     assert_eq!(
         batches(&p.read(0, 1 << 20, true).unwrap().records).len(),
         50
+    );
+    let syncs = m.syncs_total.get();
+    assert!(syncs <= 50, "{syncs} syncs for 50 waiters");
+
+    // Group commit: 50 requests appended while no sync ran are all answered by one.
+    let offsets: Vec<i64> = (0..50).map(|i| append(&p, 1, i, 0) + 1).collect();
+    let waiters: Vec<_> = offsets
+        .into_iter()
+        .map(|end| {
+            let p = p.clone();
+            tokio::spawn(async move { p.wait_durable(end).await.unwrap() })
+        })
+        .collect();
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(p.offsets().high_watermark, 100);
+    assert_eq!(
+        m.syncs_total.get() - syncs,
+        1,
+        "one fdatasync for all of them"
     );
 }
 

@@ -5,4 +5,4 @@ pub(crate) mod coordinator;
 pub(crate) mod offsets;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -17,6 +17,14 @@ fn coordinator(initial_delay_ms: i32) -> GroupCoordinator {
     })
 }
 
+/// A JoinGroup of `member` ("" for a new one) to `group`, protocol "range".
+pub(crate) fn join_request(group: &str, member: &str) -> JoinRequest {
+    JoinRequest {
+        group_id: group.into(),
+        ..join(member, None, &[("range", "m")])
+    }
+}
+
 fn join(member: &str, instance: Option<&str>, protocols: &[(&str, &str)]) -> JoinRequest {
     JoinRequest {
         group_id: "g".into(),
