@@ -453,10 +453,22 @@ impl RawClient {
 
     /// Produce v9 with acks=all of `records` to one partition; returns (error code, base offset).
     pub fn produce(&mut self, topic: &str, partition: i32, records: Vec<u8>) -> (i16, i64) {
+        self.produce_with(topic, partition, records, -1, 10_000)
+    }
+
+    /// Produce v9 with `acks` (1 or -1) and `timeout_ms`; returns (error code, base offset).
+    pub fn produce_with(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        records: Vec<u8>,
+        acks: i16,
+        timeout_ms: i32,
+    ) -> (i16, i64) {
         use messages::produce_request::{PartitionProduceData, TopicProduceData};
         let req = messages::ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(10_000)
+            .with_acks(acks)
+            .with_timeout_ms(timeout_ms)
             .with_topic_data(vec![
                 TopicProduceData::default()
                     .with_name(topic_name(topic))

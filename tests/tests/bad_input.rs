@@ -260,3 +260,22 @@ fn fetch_max_bytes_caps_what_a_client_may_ask_for() {
     assert_eq!(records.len() % batch.len(), 0, "whole batches only");
     assert_eq!(records.len() / batch.len(), 2048 / batch.len());
 }
+
+/// timeout_ms bounds only the wait of acks=all; acks=1 is answered once the write is done
+/// (as Kafka does), so a client sending timeout_ms=0 does not get REQUEST_TIMED_OUT for
+/// data that was written, and retry it into a duplicate.
+#[test]
+fn acks_1_ignores_the_produce_timeout() {
+    let s = Strata::start();
+    let mut c = RawClient::connect(s.kafka);
+    assert_eq!(c.create_topic("quick", 1, 1, &[]), 0);
+    let batch = simple_batch(3, now_ms());
+    for expected in [0, 3, 6] {
+        assert_eq!(
+            c.produce_with("quick", 0, batch.clone(), 1, 0),
+            (0, expected)
+        );
+    }
+    let records = c.fetch("quick", 0, 0, 1 << 20).records.unwrap();
+    assert_eq!(records.len(), 3 * batch.len(), "each batch written once");
+}

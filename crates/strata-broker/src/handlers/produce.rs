@@ -214,10 +214,19 @@ pub(super) async fn handle(
             None => Ok(None),
         };
     }
-    let deadline =
-        tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.max(0) as u64);
+    // timeout_ms bounds the wait for acks=all only, as in Kafka; acks=1 is answered once
+    // the leader's write is done, which for Strata includes its fsync.
+    let deadline = (acks == -1)
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.max(0) as u64));
     let mut confirmed = vec![false; slots.len()];
-    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, durable.join_next()).await {
+    loop {
+        let joined = match deadline {
+            Some(d) => tokio::time::timeout_at(d, durable.join_next())
+                .await
+                .unwrap_or(None),
+            None => durable.join_next().await,
+        };
+        let Some(joined) = joined else { break };
         match joined {
             Ok((k, Ok(()))) => confirmed[k] = true,
             Ok((k, Err(e))) => {
