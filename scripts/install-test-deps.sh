@@ -15,6 +15,9 @@ command -v curl >/dev/null || need_apt+=(curl) # scripts/rgw.sh waits for radosg
 command -v radosgw >/dev/null || need_apt+=(radosgw)
 command -v ceph-mon >/dev/null || need_apt+=(ceph-mon)
 command -v ceph-osd >/dev/null || need_apt+=(ceph-osd)
+# A Debian python3 without its venv module (python3-venv) cannot make the virtualenv.
+command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null ||
+  need_apt+=(python3 python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
