@@ -370,6 +370,16 @@ fn check(resp: &ResponseKind, api: ApiKey, version: i16) {
         ResponseKind::Heartbeat(r) => {
             assert_eq!(r.error_code, ResponseError::UnknownMemberId.code(), "{ctx}")
         }
+        // An unknown group: v3+ answers per member (the request itself is fine), as Kafka.
+        ResponseKind::LeaveGroup(r) if version >= 3 => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert_eq!(r.members.len(), 1, "{ctx}");
+            assert_eq!(
+                r.members[0].error_code,
+                ResponseError::UnknownMemberId.code(),
+                "{ctx}"
+            );
+        }
         ResponseKind::LeaveGroup(r) => {
             assert_eq!(r.error_code, ResponseError::UnknownMemberId.code(), "{ctx}")
         }

@@ -717,6 +717,9 @@ impl GroupCoordinator {
 
     pub(crate) fn sync(&self, req: SyncRequest, now: i64) -> Reply<SyncResponse> {
         let fail = |e: ResponseError| Reply::Now(SyncResponse::error(e));
+        if req.group_id.is_empty() {
+            return fail(ResponseError::InvalidGroupId);
+        }
         let mut groups = self.groups.lock();
         let Some(g) = groups.get_mut(&req.group_id) else {
             return fail(ResponseError::UnknownMemberId);
@@ -788,6 +791,9 @@ impl GroupCoordinator {
         instance_id: Option<&str>,
         now: i64,
     ) -> Option<ResponseError> {
+        if group_id.is_empty() {
+            return Some(ResponseError::InvalidGroupId);
+        }
         let mut groups = self.groups.lock();
         let Some(g) = groups.get_mut(group_id) else {
             return Some(ResponseError::UnknownMemberId);
@@ -819,9 +825,13 @@ impl GroupCoordinator {
         members: &[(String, Option<String>)],
         now: i64,
     ) -> Result<Vec<Option<ResponseError>>, ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
         let mut groups = self.groups.lock();
         let Some(g) = groups.get_mut(group_id) else {
-            return Err(ResponseError::UnknownMemberId);
+            // As Kafka: no error for the request, each member is unknown.
+            return Ok(vec![Some(ResponseError::UnknownMemberId); members.len()]);
         };
         let mut results = Vec::with_capacity(members.len());
         let mut left = Vec::new();
@@ -942,6 +952,9 @@ impl GroupCoordinator {
         member_id: &str,
         instance_id: Option<&str>,
     ) -> Result<(), ResponseError> {
+        if group_id.is_empty() {
+            return Err(ResponseError::InvalidGroupId);
+        }
         let groups = self.groups.lock();
         let Some(g) = groups.get(group_id) else {
             // No members: only a commit outside group management (generation -1) is valid.
@@ -970,15 +983,16 @@ impl GroupCoordinator {
     pub(crate) fn describe(&self, group_id: &str) -> Option<GroupDescription> {
         let groups = self.groups.lock();
         let g = groups.get(group_id)?;
-        let protocol = g.protocol_name.clone().unwrap_or_default();
+        // As Kafka: only a Stable group shows its protocol and each member's metadata and
+        // assignment; during a rebalance they are empty.
+        let stable = g.state == GroupState::Stable;
+        let protocol = match &g.protocol_name {
+            Some(p) if stable => p.clone(),
+            _ => String::new(),
+        };
         Some(GroupDescription {
             state: g.state,
             protocol_type: g.protocol_type.clone().unwrap_or_default(),
-            protocol_name: if g.state == GroupState::Stable {
-                protocol.clone()
-            } else {
-                String::new()
-            },
             members: g
                 .members
                 .iter()
@@ -987,14 +1001,19 @@ impl GroupCoordinator {
                     instance_id: m.instance_id.clone(),
                     client_id: m.client_id.clone(),
                     client_host: m.client_host.clone(),
-                    metadata: m.metadata_for(&protocol),
-                    assignment: if g.state == GroupState::Stable {
+                    metadata: if stable {
+                        m.metadata_for(&protocol)
+                    } else {
+                        Bytes::new()
+                    },
+                    assignment: if stable {
                         m.assignment.clone()
                     } else {
                         Bytes::new()
                     },
                 })
                 .collect(),
+            protocol_name: protocol,
         })
     }
 

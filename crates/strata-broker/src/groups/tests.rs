@@ -279,9 +279,61 @@ fn leave_group_triggers_a_rebalance_and_an_empty_group_stays_empty() {
     let d = c.describe("g").unwrap();
     assert_eq!(d.state, GroupState::Empty);
     assert!(!c.is_active("g"));
+    // An unknown group: each member is unknown, the request itself is fine (Kafka).
     assert_eq!(
-        c.leave("nope", &[(a, None)], 1),
-        Err(ResponseError::UnknownMemberId)
+        c.leave("nope", &[(a.clone(), None), ("b".into(), None)], 1),
+        Ok(vec![Some(ResponseError::UnknownMemberId); 2])
+    );
+    assert_eq!(
+        c.leave("", &[(a, None)], 1),
+        Err(ResponseError::InvalidGroupId)
+    );
+}
+
+#[test]
+fn an_empty_group_id_is_invalid() {
+    let c = coordinator(0);
+    assert_eq!(
+        now(c.join(join_request("", ""), 0)).error,
+        Some(ResponseError::InvalidGroupId)
+    );
+    let mut s = sync("m", 1, vec![]);
+    s.group_id = String::new();
+    assert_eq!(now(c.sync(s, 0)).error, Some(ResponseError::InvalidGroupId));
+    assert_eq!(
+        c.heartbeat("", 1, "m", None, 0),
+        Some(ResponseError::InvalidGroupId)
+    );
+    assert_eq!(
+        c.validate_commit("", -1, "", None),
+        Err(ResponseError::InvalidGroupId)
+    );
+}
+
+#[test]
+fn a_rebalancing_group_is_described_without_protocol_or_member_metadata() {
+    let c = coordinator(0);
+    let (a, mut ja) = new_member(&c, 0, &[("range", "meta-a")]);
+    let generation = done(&mut ja).generation;
+    now_or_later_sync(&c, &a, generation);
+    let d = c.describe("g").unwrap();
+    assert_eq!(
+        (d.state, d.protocol_name.as_str()),
+        (GroupState::Stable, "range")
+    );
+    assert_eq!(d.members[0].metadata, Bytes::from("meta-a"));
+    // A second member joins: the group rebalances.
+    let (_b, _jb) = new_member(&c, 10, &[("range", "meta-b")]);
+    let d = c.describe("g").unwrap();
+    assert_eq!(d.state, GroupState::PreparingRebalance);
+    assert_eq!(d.protocol_type, "consumer");
+    assert_eq!(d.protocol_name, "");
+    assert!(
+        d.members
+            .iter()
+            .all(|m| m.metadata.is_empty() && m.assignment.is_empty()),
+        "{:?}",
+        d.members
     );
 }
 
