@@ -3,10 +3,11 @@
 // tests/python/group_member.py: one JSON object per line on stdout (`ev` names the
 // event), commands on stdin.
 //
-// Events: started, assigned {parts, owned, protocol} (KafkaJS rebalances eagerly: each
-// GROUP_JOIN carries the whole new assignment), consumed {recs: [[partition, offset,
-// value]]}, committed {offsets: {partition: next offset}}, commit_error {offsets, error},
-// error {error}, nocommit, closed.
+// Events: started, assigned {parts, owned, protocol, assigner, leader, leader_id,
+// member_id} (KafkaJS rebalances eagerly: each GROUP_JOIN carries the whole new
+// assignment), consumed {recs: [[partition, offset, value]]}, committed {offsets:
+// {partition: next offset}}, commit_error {offsets, error}, error {error}, nocommit,
+// closed.
 // Commands: `nocommit` (stop committing), `close` (disconnect: leaves the group; exit 0).
 //
 // Offsets are committed (commitOffsets, synchronously awaited) at the end of every
@@ -57,6 +58,7 @@ async function main() {
       protocol: 'EAGER',
       assigner: e.payload.groupProtocol,
       leader: e.payload.isLeader,
+      leader_id: e.payload.leaderId,
       member_id: e.payload.memberId,
     })
   })

@@ -1,6 +1,7 @@
 """Idempotent producers end to end: librdkafka producing through broker restarts and
-kill -9, hand-built idempotent batches over a raw socket (duplicates, sequence gaps,
-fenced epochs, before and after restarts), and DescribeProducers.
+kill -9, kafka-python producing through a restart, hand-built idempotent batches over a
+raw socket (duplicates, sequence gaps, fenced epochs, before and after restarts), and
+DescribeProducers.
 
 The raw Kafka frames (InitProducerId v1, Produce v8, ListOffsets v4: all non-flexible
 versions) and the v2 record batches, CRC-32C included, are written by hand below, so
@@ -18,6 +19,7 @@ import pytest
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 import kafka.errors as KpErrors
+from kafka import KafkaProducer
 from kafka import TopicPartition as KpTopicPartition
 from kafka.admin import KafkaAdminClient
 
@@ -357,6 +359,15 @@ def produce_through_outages(broker, outage, count: int = 30000, partitions: int 
         f"the producer never noticed the outages: {client_errors}"
     )
 
+    check_each_message_once_in_order(broker, topic, count, partitions, delivered)
+
+
+def check_each_message_once_in_order(broker, topic: str, count: int, partitions: int,
+                                     delivered: dict[int, tuple[int, int]]) -> None:
+    """Messages 0..count-1 (key i, value v-%08d, message i to partition i % partitions)
+    were acknowledged as `delivered` (i -> (partition, offset)): the acknowledged offsets
+    are the messages' positions, and each partition holds every message exactly once, in
+    order, and nothing else; and the broker never refused a batch."""
     # Delivery reports carry the offsets the messages really have: 0, 1, 2, ... in the
     # order the messages went to the partition.
     for part in range(partitions):
@@ -394,7 +405,7 @@ def produce_through_outages(broker, outage, count: int = 30000, partitions: int 
     for part in range(partitions):
         assert log_end(broker, topic, part) == expected[part]
     # The broker never had to refuse a batch (a sequence or epoch error would mean it lost
-    # track of the producer; librdkafka might then have recovered by itself).
+    # track of the producer; the client might then have recovered by itself).
     rejected = [line for line in broker.log_text().splitlines() if "produce rejected" in line]
     assert not rejected, f"the broker refused batches: {rejected[:5]}"
 
@@ -415,6 +426,136 @@ def test_idempotent_producer_through_kill_9(broker):
         broker.restart()
 
     produce_through_outages(broker, outage)
+
+
+def test_kafka_python_idempotent_producer_through_graceful_restart(broker):
+    """kafka-python's idempotent producer (enable_idempotence=True, acks='all':
+    InitProducerId, then Produce batches carrying its producer id, epoch and per-partition
+    sequences) sends numbered messages to 3 partitions: a first part, then the rest at a
+    steady rate while the broker is stopped (SIGTERM) and restarted, so that messages wait
+    in the producer across the restart (and batches in flight when the connection drops
+    are sent again, with the same sequences). Every message is acknowledged once, with the
+    offset it really has, and is in the log exactly once, in order; DescribeProducers shows
+    the producer on every partition, before and after the restart, with the same id and
+    epoch (kafka-python bumps the epoch or gets a new id when the broker answers a
+    sequence or epoch error) and the sequence of the last message it sent there."""
+    topic = unique("kp-idem")
+    partitions = 3
+    first, count = 1500, 12000
+    create_topic(broker, topic, partitions)
+    lock = threading.Lock()
+    delivered: dict[int, tuple[int, int]] = {}  # i -> (partition, offset)
+    duplicate_reports: list[int] = []
+    failures: list = []
+    sent_at: list[float] = []  # when send() returned, for message i
+
+    p = KafkaProducer(
+        bootstrap_servers=broker.bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        request_timeout_ms=10000,
+        delivery_timeout_ms=120000,
+        retry_backoff_ms=50,
+        reconnect_backoff_ms=50,
+        reconnect_backoff_max_ms=500,
+    )
+
+    def ok(i, md):
+        with lock:
+            if i in delivered:
+                duplicate_reports.append(i)
+            else:
+                delivered[i] = (md.partition, md.offset)
+
+    def failed(i, exc):
+        with lock:
+            failures.append((i, repr(exc)))
+
+    def send(i):
+        f = p.send(topic, key=b"%d" % i, value=b"v-%08d" % i, partition=i % partitions)
+        f.add_callback(ok, i)
+        f.add_errback(failed, i)
+        sent_at.append(time.monotonic())
+
+    def seen_producers(n: int, when: str) -> int:
+        """DescribeProducers after messages 0..n-1: one producer, epoch 0, each
+        partition's last sequence that of its last message. Returns the producer id."""
+        state = describe_producers(broker, topic, partitions)
+        assert set(state) == set(range(partitions)), f"{when}: {state}"
+        ids = {s.producer_id for part in state for s in state[part]}
+        assert len(ids) == 1, f"{when}: one producer id expected on every partition: {state}"
+        for part in range(partitions):
+            (s,) = state[part]
+            sent = len(range(part, n, partitions))
+            assert (s.producer_epoch, s.last_sequence) == (0, sent - 1), (
+                f"{when}, partition {part}: {s}, {sent} messages sent"
+            )
+        (pid,) = ids
+        assert pid >= 0
+        return pid
+
+    try:
+        for i in range(first):
+            send(i)
+        p.flush(timeout=30)
+        with lock:
+            assert not failures, f"delivery failures: {failures[:5]}"
+            assert len(delivered) == first, f"{len(delivered)} of {first} acknowledged"
+        pid = seen_producers(first, "before the restart")
+
+        stop = threading.Event()
+        rate = 2000.0  # messages per second: the rest takes ~5 s, across the restart
+
+        send_errors: list = []
+
+        def run():
+            start = time.monotonic()
+            i = first
+            while i < count and not stop.is_set():
+                if i - first > (time.monotonic() - start) * rate:
+                    time.sleep(0.002)
+                    continue
+                try:
+                    send(i)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    send_errors.append((i, repr(e)))
+                    return
+                i += 1
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        try:
+            wait_until(lambda: len(delivered) >= first + 2000, 60, "acknowledgements before the restart")
+            down = time.monotonic()
+            broker.stop()  # SIGTERM, exit code 0 checked
+            time.sleep(0.5)  # the producer sees the broker gone, its requests fail
+            broker.restart()
+            up = time.monotonic()
+            assert len(sent_at) < count, "the producer finished before the restart: make it slower"
+            with lock:
+                before = len(delivered)
+            wait_until(lambda: len(delivered) > before + 1000, 60, "deliveries to resume after the restart")
+            t.join(120)
+            assert not t.is_alive(), "the producer thread did not finish"
+            assert not send_errors, f"send() raised: {send_errors}"
+        finally:
+            stop.set()
+            t.join(10)
+        p.flush(timeout=120)
+    finally:
+        p.close(timeout=10)
+    # messages were sent while the broker was down: they waited (or were retried) for it
+    while_down = sum(1 for ts in sent_at if down <= ts <= up)
+    assert while_down > 0, "no message was sent while the broker was down"
+    assert not failures, f"{len(failures)} delivery failures, e.g. {failures[:5]}"
+    assert not duplicate_reports, f"messages reported twice: {duplicate_reports[:10]}"
+    assert sorted(delivered) == list(range(count)), (
+        f"{count - len(delivered)} messages never acknowledged"
+    )
+    check_each_message_once_in_order(broker, topic, count, partitions, delivered)
+    after = seen_producers(count, "after the restart")
+    assert after == pid, f"producer id {pid} before the restart, {after} after"
 
 
 # -- raw idempotent batches --------------------------------------------------------------
