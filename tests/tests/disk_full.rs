@@ -54,31 +54,58 @@ fn read_all(c: &mut RawClient) -> Vec<i64> {
     }
 }
 
-#[test]
-fn full_disk_is_a_produce_error_not_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = Tmpfs::mount(&dir.path().join("disk"), "4m");
-    let mut s = Strata::with(Options {
-        data_dir: Some(mnt.0.join("data")),
-        ..Options::default()
-    });
-    let mut c = RawClient::connect(s.kafka);
-    assert_eq!(c.create_topic("full", 1, 1, &[]), 0);
+/// A broker whose data directory is on a 4 MiB tmpfs (fields drop in order: the broker
+/// stops before the file system is unmounted).
+struct SmallDisk {
+    s: Strata,
+    c: RawClient,
+    mnt: Tmpfs,
+    _dir: tempfile::TempDir,
+}
 
-    // Leave well under a megabyte free.
-    let filler = mnt.0.join("filler");
-    std::fs::write(&filler, vec![7u8; 3 << 20]).unwrap();
+impl SmallDisk {
+    /// Starts the broker and creates topic "full" with `configs`.
+    fn start(configs: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = Tmpfs::mount(&dir.path().join("disk"), "4m");
+        let s = Strata::with(Options {
+            data_dir: Some(mnt.0.join("data")),
+            ..Options::default()
+        });
+        let mut c = RawClient::connect(s.kafka);
+        assert_eq!(c.create_topic("full", 1, 1, configs), 0);
+        Self {
+            s,
+            c,
+            mnt,
+            _dir: dir,
+        }
+    }
+}
 
-    let value = vec![b'v'; 100 * 1024];
-    let batch = build_batch(&[TestRecord {
+/// A batch of one record with a `kib` KiB value.
+fn batch_of(kib: usize) -> Vec<u8> {
+    let value = vec![b'v'; kib * 1024];
+    build_batch(&[TestRecord {
         key: Some(b"k"),
         value: Some(&value),
         timestamp: now_ms(),
-    }]);
+    }])
+}
+
+#[test]
+fn full_disk_is_a_produce_error_not_a_crash() {
+    let mut d = SmallDisk::start(&[]);
+
+    // Leave well under a megabyte free.
+    let filler = d.mnt.0.join("filler");
+    std::fs::write(&filler, vec![7u8; 3 << 20]).unwrap();
+
+    let batch = batch_of(100);
     let mut acked = Vec::new();
     let mut refused = None;
     for _ in 0..40 {
-        match c.produce("full", 0, batch.clone()) {
+        match d.c.produce("full", 0, batch.clone()) {
             (0, offset) => acked.push(offset),
             (code, _) => {
                 refused = Some(code);
@@ -93,33 +120,33 @@ fn full_disk_is_a_produce_error_not_a_crash() {
     );
     assert!(!acked.is_empty());
     assert!(
-        s.is_running(),
+        d.s.is_running(),
         "a full disk must not crash the broker:\n{}",
-        s.log_tail()
+        d.s.log_tail()
     );
-    assert_serving(s.kafka);
+    assert_serving(d.s.kafka);
     // The same connection still works, and exactly the acknowledged batches are there.
-    assert_eq!(read_all(&mut c), acked);
+    assert_eq!(read_all(&mut d.c), acked);
     assert!(
-        s.log().contains("No space left on device"),
+        d.s.log().contains("No space left on device"),
         "the failure is logged"
     );
 
     // Space comes back: produce continues right after the last acknowledged batch.
     std::fs::remove_file(&filler).unwrap();
-    let (code, offset) = c.produce("full", 0, batch);
+    let (code, offset) = d.c.produce("full", 0, batch);
     assert_eq!(code, 0);
     assert_eq!(offset, acked.last().unwrap() + 1);
     acked.push(offset);
-    assert!(s.stop().success());
-    s.restart();
-    let mut c = RawClient::connect(s.kafka);
+    assert!(d.s.stop().success());
+    d.s.restart();
+    d.c = RawClient::connect(d.s.kafka);
     assert_eq!(
-        read_all(&mut c),
+        read_all(&mut d.c),
         acked,
         "everything acknowledged survives a restart"
     );
-    s.kill();
+    d.s.kill();
 }
 
 /// Writes `path` until the file system has no byte left.
@@ -136,58 +163,45 @@ fn fill_up(path: &Path) {
 /// produce requests only: once space is back, the roll completes and the log goes on.
 #[test]
 fn full_disk_during_a_segment_roll_is_retried_not_fatal() {
-    let dir = tempfile::tempdir().unwrap();
-    let mnt = Tmpfs::mount(&dir.path().join("disk"), "4m");
-    let mut s = Strata::with(Options {
-        data_dir: Some(mnt.0.join("data")),
-        ..Options::default()
-    });
-    let mut c = RawClient::connect(s.kafka);
     // Every batch rolls the segment before it; a local-only log (no copies uploaded to
     // the object store directory on the same disk).
-    let configs = [
+    let mut d = SmallDisk::start(&[
         ("segment.bytes", "65536"),
         ("remote.storage.enable", "false"),
-    ];
-    assert_eq!(c.create_topic("full", 1, 1, &configs), 0);
-    let value = vec![b'v'; 40 * 1024];
-    let batch = build_batch(&[TestRecord {
-        key: Some(b"k"),
-        value: Some(&value),
-        timestamp: now_ms(),
-    }]);
+    ]);
+    let batch = batch_of(40);
     let mut acked = Vec::new();
     for _ in 0..3 {
-        let (code, offset) = c.produce("full", 0, batch.clone());
+        let (code, offset) = d.c.produce("full", 0, batch.clone());
         assert_eq!(code, 0);
         acked.push(offset);
     }
 
-    let filler = mnt.0.join("filler");
+    let filler = d.mnt.0.join("filler");
     fill_up(&filler);
     assert_eq!(
-        c.produce("full", 0, batch.clone()).0,
+        d.c.produce("full", 0, batch.clone()).0,
         ResponseError::KafkaStorageError.code(),
         "the roll cannot write its index files"
     );
-    assert!(s.is_running(), "{}", s.log_tail());
+    assert!(d.s.is_running(), "{}", d.s.log_tail());
 
     std::fs::remove_file(&filler).unwrap();
     for _ in 0..3 {
-        let (code, offset) = c.produce("full", 0, batch.clone());
+        let (code, offset) = d.c.produce("full", 0, batch.clone());
         assert_eq!(
             code,
             0,
             "the partition is back once there is space:\n{}",
-            s.log_tail()
+            d.s.log_tail()
         );
         assert_eq!(offset, acked.last().unwrap() + 1);
         acked.push(offset);
     }
-    assert_eq!(read_all(&mut c), acked);
-    assert!(s.stop().success());
-    s.restart();
-    let mut c = RawClient::connect(s.kafka);
-    assert_eq!(read_all(&mut c), acked, "and it all survives a restart");
-    s.kill();
+    assert_eq!(read_all(&mut d.c), acked);
+    assert!(d.s.stop().success());
+    d.s.restart();
+    d.c = RawClient::connect(d.s.kafka);
+    assert_eq!(read_all(&mut d.c), acked, "and it all survives a restart");
+    d.s.kill();
 }
