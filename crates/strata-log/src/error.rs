@@ -12,11 +12,11 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    #[error("offset {offset} is outside the log's range [{log_start}, {high_watermark}]")]
+    #[error("offset {offset} is outside the log's range [{log_start}, {log_end}]")]
     OffsetOutOfRange {
         offset: i64,
         log_start: i64,
-        high_watermark: i64,
+        log_end: i64,
     },
     #[error(
         "offset {offset} is no longer on local disk (local data starts at {local_start}): read it from the object store"

@@ -664,14 +664,16 @@ impl Partition {
         let (plan, offsets) = {
             let inner = self.inner.lock();
             let offsets = inner.offsets();
-            if offset < offsets.log_start || offset > offsets.high_watermark {
+            if offset < offsets.log_start || offset > offsets.log_end {
                 return Err(LogError::OffsetOutOfRange {
                     offset,
                     log_start: offsets.log_start,
-                    high_watermark: offsets.high_watermark,
+                    log_end: offsets.log_end,
                 });
             }
-            if offset == offsets.high_watermark {
+            // At or past the high watermark (up to the log end, as in Kafka): nothing to
+            // read yet.
+            if offset >= offsets.high_watermark {
                 return Ok(ReadResult {
                     records: Bytes::new(),
                     offsets,
@@ -832,8 +834,8 @@ impl Partition {
             .filter(|&t| t > inner.local_start())
     }
 
-    /// Sealed segments whose data is not in the object store yet, oldest first.
-    pub fn upload_candidates(&self) -> Vec<SealedSegment> {
+    /// The oldest `limit` sealed segments whose data is not in the object store yet.
+    pub fn upload_candidates(&self, limit: usize) -> Vec<SealedSegment> {
         let inner = self.inner.lock();
         let active = inner.active().map(|a| a.base_offset);
         inner
@@ -842,6 +844,7 @@ impl Partition {
             .filter(|s| {
                 Some(s.base_offset) != active && s.size > 0 && s.next_offset > inner.remote_end
             })
+            .take(limit)
             .map(|s| SealedSegment {
                 base_offset: s.base_offset,
                 next_offset: s.next_offset,

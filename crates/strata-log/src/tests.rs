@@ -57,9 +57,11 @@ async fn append_assigns_offsets_and_read_returns_whole_batches() {
     assert_eq!(append(&p, 2, 200, 0), 3);
     assert_eq!(append(&p, 5, 300, 0), 5);
 
-    // Not yet synced: invisible to readers.
+    // Not yet synced: invisible to readers, but offsets up to the log end are valid.
     assert_eq!(p.offsets().high_watermark, 0);
-    assert!(p.read(0, 1 << 20, true).unwrap().records.is_empty());
+    for offset in [0, 4, 10] {
+        assert!(p.read(offset, 1 << 20, true).unwrap().records.is_empty());
+    }
 
     sync(&p).await;
     let o = p.offsets();
@@ -88,7 +90,8 @@ async fn append_assigns_offsets_and_read_returns_whole_batches() {
     );
     // Without min_one, a budget smaller than the first batch returns nothing.
     assert!(p.read(0, 1, false).unwrap().records.is_empty());
-    // At the high watermark: empty. Past it or before the start: out of range.
+    // At the high watermark (here also the log end): empty. Past the log end or before
+    // the start: out of range.
     assert!(p.read(10, 1 << 20, true).unwrap().records.is_empty());
     assert!(matches!(
         p.read(11, 100, true),
@@ -221,7 +224,7 @@ async fn rolls_by_size_and_age_and_reads_across_segments() {
     assert!(p.roll_active(2100, true).unwrap());
     assert_eq!(p.segments().len(), 7);
     assert_eq!(
-        p.upload_candidates().len(),
+        p.upload_candidates(usize::MAX).len(),
         6,
         "every segment but the active one is sealed"
     );
