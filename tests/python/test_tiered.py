@@ -859,6 +859,13 @@ def test_produce_refused_at_the_unuploaded_cap(broker_factory, rgw_store):
     assert metric(broker, "strata_tier_produce_throttled_total") >= 1
     assert metric(broker, "strata_unuploaded_bytes") >= cap
     assert watermarks(broker, topic, 0) == (0, len(accepted)), "refused records were written"
+    # A local-only topic adds nothing to the backlog: its producers are not held back.
+    local_only = unique("cap-local")
+    create_topic(broker, local_only, 1, {"remote.storage.enable": "false"})
+    throttled = metric(broker, "strata_tier_produce_throttled_total")
+    produce(broker, local_only, 1, 20, size, retries=0, **{"request.timeout.ms": 4000})
+    assert watermarks(broker, local_only, 0) == (0, 20)
+    assert metric(broker, "strata_tier_produce_throttled_total") == throttled
 
     # A producer that retries (as librdkafka does for this error) gets in after the outage.
     retrying = producer(broker, **{"linger.ms": 0, "message.timeout.ms": 120000})

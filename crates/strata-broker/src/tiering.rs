@@ -91,33 +91,52 @@ fn jitter(ms: i64) -> i64 {
 }
 
 impl Broker {
-    fn partition_meta(&self, topic_id: Uuid, partition: i32) -> Option<PartitionMeta> {
+    /// Runs `f` on a partition's metadata, without copying it (a manifest may be long).
+    fn with_partition_meta<R>(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        f: impl FnOnce(&PartitionMeta) -> R,
+    ) -> Option<R> {
         self.meta.read(|s| {
-            s.topic_by_id(topic_id).and_then(|t| {
-                usize::try_from(partition)
-                    .ok()
-                    .and_then(|i| t.partitions.get(i))
-                    .cloned()
-            })
+            s.topic_by_id(topic_id)
+                .and_then(|t| {
+                    usize::try_from(partition)
+                        .ok()
+                        .and_then(|i| t.partitions.get(i))
+                })
+                .map(f)
         })
     }
 
-    /// The remote segments from the one holding `offset` on (across a gap, from the next
-    /// one with data after it).
-    fn remote_segments_from(
+    /// The remote segments a read of `max_bytes` from `offset` covers: the one holding
+    /// `offset` (across a gap, the next one with data after it), then whole segments
+    /// while they fit the budget; and the segment after those, to fetch ahead.
+    fn plan_remote_read(
         &self,
         topic_id: Uuid,
         partition: i32,
         offset: i64,
-    ) -> Vec<RemoteSegment> {
-        let Some(pm) = self.partition_meta(topic_id, partition) else {
-            return Vec::new();
-        };
-        let segs = &pm.remote_segments;
-        segs[segs.partition_point(|s| s.next_offset <= offset)..]
-            .iter()
-            .map(to_remote)
-            .collect()
+        max_bytes: usize,
+    ) -> (Vec<RemoteSegment>, Option<RemoteSegment>) {
+        self.with_partition_meta(topic_id, partition, |pm| {
+            let segs = &pm.remote_segments;
+            let mut rest = segs[segs.partition_point(|s| s.next_offset <= offset)..].iter();
+            let Some(first) = rest.next() else {
+                return (Vec::new(), None);
+            };
+            let mut room = max_bytes.saturating_sub(first.size as usize);
+            let mut planned = vec![to_remote(first)];
+            for seg in rest {
+                if seg.size as usize > room {
+                    return (planned, Some(to_remote(seg)));
+                }
+                room -= seg.size as usize;
+                planned.push(to_remote(seg));
+            }
+            (planned, None)
+        })
+        .unwrap_or_default()
     }
 
     /// Whole batches from the object store starting with the one that holds `offset`, up
@@ -132,30 +151,24 @@ impl Broker {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<Bytes, ResponseError> {
-        let segs = self.remote_segments_from(topic_id, partition, offset);
-        let Some(first) = segs.first() else {
+        let (planned, after) = self.plan_remote_read(topic_id, partition, offset, max_bytes);
+        if planned.is_empty() {
             return Err(ResponseError::OffsetOutOfRange);
-        };
-        // The first segment from `offset`, then whole segments while they fit the budget.
-        let mut planned = vec![(first, offset)];
-        let mut room = max_bytes.saturating_sub(first.size as usize);
-        for seg in &segs[1..] {
-            if seg.size as usize > room {
-                break;
-            }
-            room -= seg.size as usize;
-            planned.push((seg, seg.base_offset));
         }
-        if let Some(after) = segs.get(planned.len()) {
+        if let Some(after) = after {
             self.tier
                 .cache
                 .prefetch(&after.key, after.size, &after.index_key);
         }
-        let reads = planned.iter().enumerate().map(|(i, (seg, from))| {
-            let budget = if i == 0 { max_bytes } else { seg.size as usize };
+        let reads = planned.iter().enumerate().map(|(i, seg)| {
+            let (from, budget) = if i == 0 {
+                (offset, max_bytes)
+            } else {
+                (seg.base_offset, seg.size as usize)
+            };
             self.tier
                 .cache
-                .read_batches(seg, *from, budget, min_one && i == 0)
+                .read_batches(seg, from, budget, min_one && i == 0)
         });
         let results = futures::future::join_all(reads).await;
         // Keep whole pieces in order within the budget; stop at the first failure or gap.
@@ -179,7 +192,7 @@ impl Broker {
             len += data.len();
             let ended = HeaderIter::new(&data).last().map(|(_, h)| h.next_offset());
             pieces.push(data);
-            if ended.is_none_or(|end| end < planned[i].0.next_offset) {
+            if ended.is_none_or(|end| end < planned[i].next_offset) {
                 // This segment was not read to its end: the next one must not follow it.
                 break;
             }
@@ -207,18 +220,26 @@ impl Broker {
         log_start: i64,
         local_start: i64,
     ) -> Result<Option<(i64, i64)>, ResponseError> {
-        let Some(pm) = self.partition_meta(topic_id, partition) else {
-            return Ok(None);
-        };
-        for s in pm
-            .remote_segments
-            .iter()
-            .filter(|s| s.base_offset < local_start && s.next_offset > log_start)
-        {
+        // A segment whose newest record is older than `timestamp` cannot hold the answer:
+        // its index is not even read (a long manifest would cost a GET per segment).
+        let candidates = self
+            .with_partition_meta(topic_id, partition, |pm| {
+                pm.remote_segments
+                    .iter()
+                    .filter(|s| {
+                        s.base_offset < local_start
+                            && s.next_offset > log_start
+                            && s.max_timestamp >= timestamp
+                    })
+                    .map(to_remote)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for s in &candidates {
             match self
                 .tier
                 .cache
-                .offset_for_timestamp(&to_remote(s), timestamp, log_start)
+                .offset_for_timestamp(s, timestamp, log_start)
                 .await
             {
                 Ok(Some(found)) => return Ok(Some(found)),
@@ -234,16 +255,15 @@ impl Broker {
 
     /// The largest timestamp among the remote-only segments (below `local_start`), or -1.
     pub(crate) fn remote_max_timestamp(&self, key: PartitionKey, local_start: i64) -> i64 {
-        self.partition_meta(key.topic_id, key.partition)
-            .map(|pm| {
-                pm.remote_segments
-                    .iter()
-                    .filter(|s| s.base_offset < local_start)
-                    .map(|s| s.max_timestamp)
-                    .max()
-                    .unwrap_or(-1)
-            })
-            .unwrap_or(-1)
+        self.with_partition_meta(key.topic_id, key.partition, |pm| {
+            pm.remote_segments
+                .iter()
+                .filter(|s| s.base_offset < local_start)
+                .map(|s| s.max_timestamp)
+                .max()
+        })
+        .flatten()
+        .unwrap_or(-1)
     }
 
     /// Uploads sealed segments until shutdown, one per partition at a time and at most
@@ -272,7 +292,7 @@ impl Broker {
                 if !self.topic_config(&topic).remote_storage() {
                     continue;
                 }
-                let force = over_cap && log.upload_candidates().is_empty();
+                let force = over_cap && log.upload_candidates(1).is_empty();
                 if let Err(e) = log.roll_active(now, force) {
                     warn!(topic = %topic.name, partition = key.partition, error = %e, "could not roll the active segment");
                 }
@@ -315,7 +335,7 @@ impl Broker {
             if state.in_flight || state.next_attempt_ms > now {
                 return;
             }
-            let Some(seg) = log.upload_candidates().into_iter().next() else {
+            let Some(seg) = log.upload_candidates(1).pop() else {
                 return;
             };
             state.in_flight = true;
@@ -417,8 +437,10 @@ impl Broker {
         match self.meta.write(cmd).await {
             Ok(CommandResult::Ok) => {
                 let named = self
-                    .partition_meta(key.topic_id, key.partition)
-                    .is_some_and(|pm| pm.remote_segments.iter().any(|r| r.key == seg_key));
+                    .with_partition_meta(key.topic_id, key.partition, |pm| {
+                        pm.remote_segments.iter().any(|r| r.key == seg_key)
+                    })
+                    .unwrap_or(false);
                 if !named {
                     // An earlier attempt, whose commit looked failed, covers this segment.
                     discard().await;
@@ -453,18 +475,19 @@ impl Broker {
         retention_bytes: i64,
     ) -> Option<i64> {
         let o = log.offsets();
-        let pm = self.partition_meta(key.topic_id, key.partition)?;
-        let mut segs: Vec<SegmentInfo> = pm
-            .remote_segments
-            .iter()
-            .filter(|s| s.next_offset <= o.local_start && s.next_offset > o.log_start)
-            .map(|s| SegmentInfo {
-                base_offset: s.base_offset,
-                next_offset: s.next_offset,
-                size: s.size,
-                max_timestamp: s.max_timestamp,
-            })
-            .collect();
+        let mut segs: Vec<SegmentInfo> =
+            self.with_partition_meta(key.topic_id, key.partition, |pm| {
+                pm.remote_segments
+                    .iter()
+                    .filter(|s| s.next_offset <= o.local_start && s.next_offset > o.log_start)
+                    .map(|s| SegmentInfo {
+                        base_offset: s.base_offset,
+                        next_offset: s.next_offset,
+                        size: s.size,
+                        max_timestamp: s.max_timestamp,
+                    })
+                    .collect()
+            })?;
         segs.extend(log.segments());
         plan_retention(&segs, now, retention_ms, retention_bytes, o.high_watermark)
             .filter(|&t| t > o.log_start)

@@ -1147,7 +1147,7 @@ async fn upload_segment(b: &Backend) -> Uploaded {
         let headers = validate_all(&batch).unwrap();
         let info = log.append(&batch, &headers, 0, 0).unwrap();
         log.wait_durable(info.last_offset + 1).await.unwrap();
-        sealed = log.upload_candidates();
+        sealed = log.upload_candidates(usize::MAX);
         i += 1;
     }
     // The second segment: its base offset is not 0.

@@ -124,9 +124,19 @@ pub(super) async fn handle(
     version: i16,
 ) -> Result<Option<ProduceResponse>, String> {
     let acks = req.acks;
-    // Too much data waiting for the object store: hold the request, then refuse it.
+    // Too much data waiting for the object store: hold the request, then refuse it
+    // (only requests that write to a tiered topic: the others do not add to the backlog).
+    let tiered = req.topic_data.iter().any(|t| {
+        broker
+            .topic(&t.name)
+            .is_some_and(|tm| broker.topic_config(&tm).remote_storage())
+    });
     let wait = Duration::from_millis((req.timeout_ms.max(0) as u64 / 2).min(10_000));
-    if let Err(reason) = broker.admit_produce(wait).await {
+    let admitted = match tiered {
+        true => broker.admit_produce(wait).await,
+        false => Ok(()),
+    };
+    if let Err(reason) = admitted {
         warn!(reason = %reason, "produce refused: local tail full");
         if acks == 0 {
             return Err(reason);
