@@ -2,7 +2,9 @@
 # Replay throughput side by side, in one run on this machine: a consumer reading a topic
 # from offset 0 (1) off the broker's local disk, (2) from a real S3 server (a throw-away
 # Ceph radosgw from scripts/rgw.sh) with the block cache cold, and (3) again, from the
-# cache. Uses the release build and `strata bench`; prints bench's lines and the ratios.
+# cache. Uses the release build and `strata bench`; prints bench's lines, the ratios,
+# and the CPU time the broker and radosgw spent on each replay (on a small machine the
+# S3 server competes with the broker and the consumer for the same cores).
 #
 #   scripts/bench-replay.sh [MESSAGES] [SIZE]      defaults: 1000000 messages of 1024 B
 #
@@ -88,6 +90,18 @@ wait_partitions() {
   exit 1
 }
 consume_mbps() { sed -n 's/^consume: .*: \([0-9.]*\) MB\/s.*/\1/p'; }
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+# Runs a replay; prints bench's consume line, then the CPU seconds the broker and
+# radosgw spent on it.
+replay() {
+  local rgw b0 r0 line
+  rgw="$(cat "$work/rgw/run/radosgw.pid")"
+  b0="$(cpu_s "$broker")" r0="$(cpu_s "$rgw")"
+  line="$(bench --consume-only | tee /dev/stderr | grep '^consume:')"
+  echo "$line"
+  echo "$(cpu_s "$broker") $b0 $(cpu_s "$rgw") $r0" | awk '{ printf "%.2f %.2f\n", $1 - $2, $3 - $4 }'
+}
 
 start_broker
 say "producing $MESSAGES messages of $SIZE B to $PARTITIONS partitions"
@@ -103,7 +117,7 @@ for _ in $(seq 1 1200); do
 done
 
 say "replay 1: from local disk (segments in the page cache, the newest in the tail cache)"
-local_line="$(bench --consume-only | tee /dev/stderr | grep '^consume:')"
+local_out="$(replay)"
 
 say "waiting until every sealed segment is uploaded and deleted locally"
 stop_broker
@@ -114,21 +128,33 @@ stop_broker
 rm -rf "$work/data/cache"
 sync
 echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-start_broker STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0
+# The cache's disk tier holds the whole topic, so that replay 3 measures the cache
+# rather than a cache too small for a sequential replay (which evicts everything first).
+cache_bytes=$((MESSAGES * (SIZE + 64) * 5 / 4 + (256 << 20)))
+[ "$cache_bytes" -gt 2147483648 ] || cache_bytes=2147483648
+start_broker STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0 STRATA_TIER_CACHE_DISK_BYTES="$cache_bytes"
 
 say "replay 2: from the object store, block cache cold"
-cold_line="$(bench --consume-only | tee /dev/stderr | grep '^consume:')"
+cold_out="$(replay)"
 
 say "replay 3: from the block cache"
-cache_line="$(bench --consume-only | tee /dev/stderr | grep '^consume:')"
+cache_out="$(replay)"
 
-local_mbps="$(consume_mbps <<<"$local_line")"
-cold_mbps="$(consume_mbps <<<"$cold_line")"
-cache_mbps="$(consume_mbps <<<"$cache_line")"
+local_mbps="$(consume_mbps <<<"$local_out")"
+cold_mbps="$(consume_mbps <<<"$cold_out")"
+cache_mbps="$(consume_mbps <<<"$cache_out")"
+local_cpu="$(tail -n 1 <<<"$local_out")"
+cold_cpu="$(tail -n 1 <<<"$cold_out")"
+cache_cpu="$(tail -n 1 <<<"$cache_out")"
 say "summary ($MESSAGES x $SIZE B, $PARTITIONS partitions, segment.bytes $SEGMENT_BYTES)"
 "$PY" - <<EOF
 local, cold, cache = $local_mbps, $cold_mbps, $cache_mbps
-print(f"local disk        {local:8.1f} MB/s")
-print(f"object store cold {cold:8.1f} MB/s   {cold / local:.2f} x local")
-print(f"block cache       {cache:8.1f} MB/s   {cache / local:.2f} x local")
+cpu = {"local": "$local_cpu".split(), "cold": "$cold_cpu".split(), "cache": "$cache_cpu".split()}
+def line(name, label, mbps):
+    broker, rgw = (float(x) for x in cpu[name])
+    ratio = "" if name == "local" else f"{mbps / local:.2f} x local"
+    print(f"{label:<18}{mbps:8.1f} MB/s   {ratio:<13} CPU s: broker {broker:6.2f}, radosgw {rgw:6.2f}")
+line("local", "local disk", local)
+line("cold", "object store cold", cold)
+line("cache", "block cache", cache)
 EOF
