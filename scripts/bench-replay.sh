@@ -8,7 +8,9 @@
 #
 #   scripts/bench-replay.sh [MESSAGES] [SIZE]      defaults: 1000000 messages of 1024 B
 #
-# Environment: BENCH_PARTITIONS (4), BENCH_SEGMENT_BYTES (16 MiB). Needs the test
+# Environment: BENCH_PARTITIONS (4), BENCH_SEGMENT_BYTES (16 MiB), BENCH_PIN (unset; 1:
+# radosgw and its Ceph daemons run on the last CPU, the broker and the consumer on the
+# others, for every replay alike, as if the S3 server were another machine). Needs the test
 # dependencies (scripts/install-test-deps.sh: radosgw, the Python venv with boto3).
 # Not part of the test suite: it measures, it asserts nothing.
 set -euo pipefail
@@ -18,6 +20,12 @@ MESSAGES="${1:-1000000}"
 SIZE="${2:-1024}"
 PARTITIONS="${BENCH_PARTITIONS:-4}"
 SEGMENT_BYTES="${BENCH_SEGMENT_BYTES:-16777216}"
+rgw_cpus="" strata_cpus=""
+if [ -n "${BENCH_PIN:-}" ]; then
+  last=$(($(nproc) - 1))
+  [ "$last" -ge 1 ] || { echo "BENCH_PIN needs at least 2 CPUs" >&2; exit 2; }
+  rgw_cpus="taskset -c $last" strata_cpus="taskset -c 0-$((last - 1))"
+fi
 TOPIC=replay
 BIN=target/release/strata
 PY=.venv/bin/python
@@ -43,7 +51,7 @@ CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo build --release --bin strata
 say "starting radosgw"
 # Room for every object, plus headroom for the OSD's own use.
 RGW_MEMSTORE_BYTES=$((MESSAGES * (SIZE + 64) * 3 / 2 + (512 << 20))) \
-  scripts/rgw.sh start "$work/rgw" >"$work/rgw.env"
+  $rgw_cpus scripts/rgw.sh start "$work/rgw" >"$work/rgw.env"
 set -a
 # shellcheck disable=SC1091
 . "$work/rgw.env"
@@ -56,7 +64,7 @@ EOF
 kafka_port="$(free_port)"
 http_port="$(free_port)"
 start_broker() {
-  env "$@" "$BIN" serve --data-dir "$work/data" \
+  $strata_cpus env "$@" "$BIN" serve --data-dir "$work/data" \
     --kafka-listen "127.0.0.1:$kafka_port" --http-listen "127.0.0.1:$http_port" \
     --object-store s3://bench/strata --s3-endpoint "$RGW_ENDPOINT" \
     --s3-allow-http --s3-path-style >>"$work/strata.log" 2>&1 &
@@ -75,7 +83,7 @@ stop_broker() {
   wait "$broker" || true
   broker=""
 }
-bench() { "$BIN" bench --bootstrap "127.0.0.1:$kafka_port" --topic "$TOPIC" "$@"; }
+bench() { $strata_cpus "$BIN" bench --bootstrap "127.0.0.1:$kafka_port" --topic "$TOPIC" "$@"; }
 # Polls the admin API until the Python expression over `ps` (the topic's partitions) holds.
 wait_partitions() {
   local what="$1" cond="$2"
