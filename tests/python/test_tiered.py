@@ -940,33 +940,49 @@ def fetch_storage_errors(broker) -> float:
     )
 
 
-def test_remote_reads_fail_during_an_outage_then_resume(broker_factory, rgw_store):
-    """Offsets only in the object store cannot be read while it is down: those fetches
-    get KAFKA_STORAGE_ERROR (the consumer keeps its position, nothing is skipped), and
-    the same consumer reads everything once the store is back (failures are not cached)."""
+@pytest.mark.parametrize("mode", ["restart", "stop"])
+def test_remote_reads_fail_during_an_outage_then_resume(broker_factory, rgw_store, mode):
+    """Offsets only in the object store cannot be read while it is down (refusing
+    connections, or hung: "stop"): those partitions get KAFKA_STORAGE_ERROR (the consumer
+    keeps its position, nothing is skipped) while a local partition in the same fetches
+    is served throughout, and the same consumer reads everything once the store is back
+    (failures are not cached)."""
     size = 1000
-    broker = broker_factory(env={**rgw_store.env(), **FAST_RETENTION})
+    broker = broker_factory(env={
+        **rgw_store.env(),
+        **FAST_RETENTION,
+        "STRATA_TIER_REMOTE_FETCH_TIMEOUT_MS": "1500",
+    })
     topic = unique("remote-outage")
     create_topic(broker, topic, 1, {
         "segment.bytes": str(64 * 1024),
         "local.retention.bytes": str(128 * 1024),
     })
+    local_topic = unique("local-during-outage")
+    create_topic(broker, local_topic, 1, {"remote.storage.enable": "false"})
     produced = produce(broker, topic, 1, 1000, size)
     wait_all_uploaded(rgw_store, broker, topic, 1)
     wait_until(lambda: local_segments(broker, topic, 0)[0][0] > 500, 30,
                "old segments to be deleted locally", interval=0.5)
     errors_before = fetch_storage_errors(broker)
 
-    rgw_store.gw.pause("restart")
+    rgw_store.gw.pause(mode)
     c = assign_consumer(broker)
     try:
-        c.assign([TopicPartition(topic, 0, 0)])
-        got = []
-        deadline = time.monotonic() + 6
+        c.assign([TopicPartition(topic, 0, 0), TopicPartition(local_topic, 0, 0)])
+        local = produce(broker, local_topic, 1, 200, size)
+        got, got_local = [], []
+        deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
-            got += [m for m in c.consume(100, timeout=0.5) if m.error() is None]
+            for m in c.consume(100, timeout=0.5):
+                if m.error() is None:
+                    (got_local if m.topic() == local_topic else got).append(m)
         assert got == [], f"read {len(got)} records from offset {got[0].offset()} with the store down"
         assert fetch_storage_errors(broker) > errors_before, "no fetch failed with KAFKA_STORAGE_ERROR"
+        assert [m.offset() for m in got_local] == list(range(local.ends[0])), (
+            f"the local partition was not served while the store was {mode}: "
+            f"{len(got_local)} of {local.ends[0]} records"
+        )
         rgw_store.gw.resume()
         nxt = 0
         deadline = time.monotonic() + 60

@@ -268,6 +268,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Age an unnamed object must reach before the garbage collector deletes it; must exceed the longest upload. Read at start-up.",
     ),
     def(
+        "strata.tier.remote-fetch-timeout-ms",
+        ConfigType::Long,
+        "5000",
+        Check::AtLeast(1),
+        "Longest a fetch waits for the object store; a partition whose remote read takes longer is answered with the retriable KAFKA_STORAGE_ERROR (the read goes on and fills the cache), so a hung store does not hold up the fetch's other partitions.",
+    ),
+    def(
         "strata.tier.cache.memory-bytes",
         ConfigType::Long,
         "268435456",
@@ -595,6 +602,10 @@ impl BrokerConfig {
 
     pub fn gc_grace_ms(&self) -> i64 {
         self.number("strata.tier.gc-grace-ms")
+    }
+
+    pub fn remote_fetch_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("strata.tier.remote-fetch-timeout-ms") as u64)
     }
 
     pub fn cache_memory_bytes(&self) -> usize {

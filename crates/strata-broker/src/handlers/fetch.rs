@@ -11,6 +11,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
 use strata_log::{LogError, Partition, PartitionKey};
 use tokio::time::Instant;
+use tracing::warn;
 use uuid::Uuid;
 
 use crate::broker::Broker;
@@ -127,6 +128,7 @@ async fn read_remote_all(
 ) {
     let first_empty = *total == 0;
     let remaining = max_bytes.saturating_sub(*total).max(1);
+    let timeout = broker.config.remote_fetch_timeout();
     let reads = found
         .iter()
         .zip(targets)
@@ -134,18 +136,28 @@ async fn read_remote_all(
         .filter_map(|(i, (f, t))| match f {
             Found::Remote(_) => Some(async move {
                 let budget = t.max_bytes.min(remaining);
-                (
-                    i,
-                    broker
-                        .read_remote(
-                            t.key.topic_id,
-                            t.key.partition,
-                            t.offset,
-                            budget,
-                            first_empty,
-                        )
-                        .await,
-                )
+                let read = broker.read_remote(
+                    t.key.topic_id,
+                    t.key.partition,
+                    t.offset,
+                    budget,
+                    first_empty,
+                );
+                // The cache's GETs run as tasks of their own: on a timeout they go on, and
+                // the client's retry finds their blocks.
+                let result = tokio::time::timeout(timeout, read)
+                    .await
+                    .unwrap_or_else(|_| {
+                        warn!(
+                            topic_id = %t.key.topic_id,
+                            partition = t.key.partition,
+                            offset = t.offset,
+                            timeout_ms = timeout.as_millis() as u64,
+                            "remote read timed out"
+                        );
+                        Err(ResponseError::KafkaStorageError)
+                    });
+                (i, result)
             }),
             _ => None,
         });
