@@ -903,6 +903,11 @@ def test_groups_kafka_python(broker_factory):
             # committed offsets while the member is there
             offs = a.list_group_offsets(group)[group]
             assert {tp.partition: o.offset for tp, o in offs.items()} == {0: 20, 1: 20}
+            # OffsetDelete: not for a topic a member is subscribed to
+            res = a.delete_group_offsets(group, [KTP(topic, 0)])
+            assert res == {KTP(topic, 0): KpErrors.GroupSubscribedToTopicError}, res
+            with pytest.raises(KpErrors.GroupIdNotFoundError):
+                a.delete_group_offsets(unique("g-none"), [KTP(topic, 0)])
     finally:
         c.close()
 
@@ -920,6 +925,14 @@ def test_groups_kafka_python(broker_factory):
         assert res == {KTP(topic, 0): KpErrors.NoError}, res
         offs = a.list_group_offsets(group)[group]
         assert {tp.partition: o.offset for tp, o in offs.items()} == {0: 5, 1: 20}
+        # with no member subscribed, OffsetDelete removes just the partitions it names
+        res = a.delete_group_offsets(group, [KTP(topic, 0), KTP("no-such-topic", 0)])
+        assert res == {
+            KTP(topic, 0): KpErrors.NoError,
+            KTP("no-such-topic", 0): KpErrors.UnknownTopicOrPartitionError,
+        }, res
+        offs = a.list_group_offsets(group)[group]
+        assert {tp.partition: o.offset for tp, o in offs.items()} == {1: 20}
 
         assert a.delete_groups([group]) == {group: "OK"}
         assert a.delete_groups([group]) == {group: "GroupIdNotFoundError"}
