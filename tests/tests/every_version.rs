@@ -545,3 +545,107 @@ fn every_advertised_version_answers() {
         "every advertised API has a place in the order"
     );
 }
+
+fn commit_offsets(c: &mut RawClient, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    use offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
+    let req = OffsetCommitRequest::default()
+        .with_group_id(GroupId(s(group)))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(name(topic))
+                .with_partitions(
+                    offsets
+                        .iter()
+                        .map(|&(p, o)| {
+                            OffsetCommitRequestPartition::default()
+                                .with_partition_index(p)
+                                .with_committed_offset(o)
+                        })
+                        .collect(),
+                ),
+        ]);
+    match c.request(ApiKey::OffsetCommit, 8, &req) {
+        ResponseKind::OffsetCommit(r) => {
+            for p in &r.topics[0].partitions {
+                assert_eq!(p.error_code, 0, "{group}: {p:?}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The batched forms (FindCoordinator v4, OffsetFetch v8+) answer every entry of the
+/// request, each on its own.
+#[test]
+fn batched_group_requests_answer_each_entry() {
+    let broker = Strata::start();
+    let mut c = RawClient::connect(broker.kafka);
+    assert_eq!(c.create_topic("bt", 2, 1, &[]), 0);
+    commit_offsets(&mut c, "g1", "bt", &[(0, 11), (1, 12)]);
+    commit_offsets(&mut c, "g2", "bt", &[(0, 21)]);
+
+    use offset_fetch_request::{OffsetFetchRequestGroup, OffsetFetchRequestTopics};
+    let req = OffsetFetchRequest::default().with_groups(vec![
+        OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(s("g1")))
+            .with_topics(None),
+        OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(s("g2")))
+            .with_topics(Some(vec![
+                OffsetFetchRequestTopics::default()
+                    .with_name(name("bt"))
+                    .with_partition_indexes(vec![0, 1]),
+            ])),
+        OffsetFetchRequestGroup::default()
+            .with_group_id(GroupId(s("g3")))
+            .with_topics(None),
+    ]);
+    let ResponseKind::OffsetFetch(r) = c.request(ApiKey::OffsetFetch, 8, &req) else {
+        panic!("not an OffsetFetch response")
+    };
+    // (group, error, [(partition, committed offset)])
+    type Fetched = Vec<(String, i16, Vec<(i32, i64)>)>;
+    let got: Fetched = r
+        .groups
+        .iter()
+        .map(|g| {
+            let mut parts: Vec<(i32, i64)> = g
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter())
+                .map(|p| (p.partition_index, p.committed_offset))
+                .collect();
+            parts.sort();
+            (g.group_id.to_string(), g.error_code, parts)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("g1".to_string(), 0, vec![(0, 11), (1, 12)]),
+            ("g2".to_string(), 0, vec![(0, 21), (1, -1)]),
+            ("g3".to_string(), 0, vec![]),
+        ]
+    );
+
+    let req = FindCoordinatorRequest::default()
+        .with_key_type(0)
+        .with_coordinator_keys(vec![s("g1"), s("g2")]);
+    let ResponseKind::FindCoordinator(r) = c.request(ApiKey::FindCoordinator, 4, &req) else {
+        panic!("not a FindCoordinator response")
+    };
+    let got: Vec<(String, i32, i32, i16)> = r
+        .coordinators
+        .iter()
+        .map(|k| (k.key.to_string(), k.node_id.0, k.port, k.error_code))
+        .collect();
+    let port = i32::from(broker.kafka.port());
+    assert_eq!(
+        got,
+        vec![
+            ("g1".to_string(), 0, port, 0),
+            ("g2".to_string(), 0, port, 0)
+        ]
+    );
+}
