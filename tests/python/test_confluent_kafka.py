@@ -593,6 +593,7 @@ def test_metrics_after_traffic(broker):
     topic = unique("metrics")
     create_topic(broker, topic, 2)
     msgs = make_messages(200, 2, base_ts=now_ms(), seed=3)
+    before = broker.metrics()
     produce_all(broker, topic, msgs, "1")
     want = by_partition(msgs, 2)
     consume_all(broker, topic, {p: len(want[p]) for p in range(2)})
@@ -602,6 +603,20 @@ def test_metrics_after_traffic(broker):
     assert produce and produce[0] > 0, "no Produce requests counted"
     fetch = metric_values(text, "strata_kafka_requests_total", api="Fetch")
     assert fetch and fetch[0] > 0, "no Fetch requests counted"
+    # every request lands in its API's latency histogram
+    for api, n in (("Produce", produce[0]), ("Fetch", fetch[0])):
+        assert metric_values(text, "strata_kafka_request_duration_seconds_count", api=api) == [n], api
+        assert metric_values(text, "strata_kafka_request_duration_seconds_bucket", api=api, le="+Inf") == [n]
+    # bytes in and out grew by at least the record bytes that went each way
+    payload_bytes = sum(len(m.value or b"") + len(m.key or b"") for m in msgs)
+
+    def grew(name: str) -> float:
+        return sum(metric_values(text, name)) - sum(metric_values(before, name))
+
+    assert grew("strata_kafka_network_in_bytes_total") >= payload_bytes
+    assert grew("strata_kafka_network_out_bytes_total") >= payload_bytes
+    assert grew("strata_kafka_produce_bytes_total") >= payload_bytes
+    assert grew("strata_kafka_fetch_bytes_total") >= payload_bytes
     for p in range(2):
         assert metric_values(text, "strata_log_end_offset", topic=topic, partition=str(p)) == [
             len(want[p])
