@@ -279,3 +279,22 @@ fn acks_1_ignores_the_produce_timeout() {
     let records = c.fetch("quick", 0, 0, 1 << 20).records.unwrap();
     assert_eq!(records.len(), 3 * batch.len(), "each batch written once");
 }
+
+/// SIGTERM does not wait for a client that stopped halfway through a request (the
+/// broker would otherwise hold on until its 25 s grace period for in-flight requests).
+#[test]
+fn a_client_stalled_mid_request_does_not_hold_up_shutdown() {
+    let mut s = Strata::start();
+    let mut stalled = RawClient::connect(s.kafka);
+    stalled.send_raw(&200i32.to_be_bytes()).unwrap();
+    stalled.send_raw(&[0, 3, 0, 12]).unwrap();
+    assert_serving(s.kafka);
+    let started = std::time::Instant::now();
+    assert!(s.stop().success(), "SIGTERM exits 0:\n{}", s.log_tail());
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "shutdown waited {took:?} for the stalled request:\n{}",
+        s.log_tail()
+    );
+}

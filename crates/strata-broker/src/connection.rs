@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -21,6 +21,31 @@ impl Drop for Active {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// Reads the `size` bytes of a request body; on failure, the reason (a metric label)
+/// and what happened.
+async fn read_body<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    size: usize,
+) -> Result<BytesMut, (&'static str, String)> {
+    // Capacity only: memory is touched as bytes arrive, not up front. `take` stops the
+    // read at this frame's end, leaving the next request's bytes buffered.
+    let mut frame = BytesMut::with_capacity(size);
+    let mut body = rd.take(size as u64);
+    while frame.len() < size {
+        match body.read_buf(&mut frame).await {
+            Ok(0) => {
+                return Err((
+                    "disconnect_mid_request",
+                    format!("{} of {size} bytes received", frame.len()),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(("read_error", e.to_string())),
+        }
+    }
+    Ok(frame)
 }
 
 pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
@@ -64,26 +89,19 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             );
             break;
         }
-        // Capacity only: memory is touched as bytes arrive, not up front. `take` stops
-        // the read at this frame's end, leaving the next request's bytes buffered.
-        let mut frame = BytesMut::with_capacity(size);
-        let mut body = (&mut rd).take(size as u64);
-        while frame.len() < size {
-            match body.read_buf(&mut frame).await {
-                Ok(0) => {
-                    closing(
-                        "disconnect_mid_request",
-                        &format!("{} of {size} bytes received", frame.len()),
-                    );
+        // A request still arriving at shutdown is dropped (a client that stalls halfway
+        // must not hold the broker until the grace period ends); it was never answered,
+        // so the client retries it elsewhere.
+        let frame = tokio::select! {
+            () = broker.shutdown.cancelled() => break,
+            r = read_body(&mut rd, size) => match r {
+                Ok(frame) => frame,
+                Err((reason, detail)) => {
+                    closing(reason, &detail);
                     return;
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    closing("read_error", &e.to_string());
-                    return;
-                }
-            }
-        }
+            },
+        };
         m.bytes_in_total.inc_by(4 + size as u64);
         match handlers::handle(&broker, frame.freeze(), peer).await {
             Outcome::Respond(resp) => {
