@@ -177,7 +177,7 @@ impl Broker {
                 replicas: vec![self.node_id],
                 isr: vec![self.node_id],
                 log_start_offset: 0,
-                remote_segments: Vec::new(),
+                remote_segments: Default::default(),
             })
             .collect();
         let id = Uuid::new_v4();

@@ -134,7 +134,7 @@ impl BrokerView {
         let pm = usize::try_from(partition)
             .ok()
             .and_then(|i| topic.partitions.get(i))?;
-        Some(pm.remote_segments.clone())
+        Some(pm.remote_segments.to_vec())
     }
 }
 

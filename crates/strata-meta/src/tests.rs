@@ -24,7 +24,7 @@ fn partitions(n: usize) -> Vec<PartitionMeta> {
             replicas: vec![1],
             isr: vec![1],
             log_start_offset: i as i64,
-            remote_segments: Vec::new(),
+            remote_segments: Default::default(),
         })
         .collect()
 }

@@ -12,6 +12,7 @@
 //! ones.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde::Serialize;
@@ -95,9 +96,11 @@ pub struct PartitionMeta {
     pub isr: Vec<i32>,
     /// The earliest offset still readable; only ever moves forward.
     pub log_start_offset: i64,
-    /// Segments in the object store, oldest first, contiguous in offsets.
+    /// Segments in the object store, oldest first. Shared (copied on write), so that
+    /// copying a topic's metadata on a request path does not copy manifests that grow
+    /// with retention; serialized as a plain list.
     #[serde(default)]
-    pub remote_segments: Vec<RemoteSegmentMeta>,
+    pub remote_segments: Arc<Vec<RemoteSegmentMeta>>,
 }
 
 /// A segment uploaded to the object store: the manifest entry that makes it exist.
@@ -400,7 +403,7 @@ impl ClusterState {
                 Ok(p) => {
                     let end = p.remote_segments.last().map_or(i64::MIN, |s| s.next_offset);
                     if segment.next_offset > end {
-                        p.remote_segments.push(segment);
+                        Arc::make_mut(&mut p.remote_segments).push(segment);
                     }
                     CommandResult::Ok
                 }
@@ -412,10 +415,10 @@ impl ClusterState {
             } => match self.partition_mut(topic_id, partition) {
                 Err(e) => e,
                 Ok(p) => {
-                    let (gone, kept) = std::mem::take(&mut p.remote_segments)
+                    let (gone, kept) = std::mem::take(Arc::make_mut(&mut p.remote_segments))
                         .into_iter()
                         .partition(|s| s.next_offset <= below);
-                    p.remote_segments = kept;
+                    p.remote_segments = Arc::new(kept);
                     CommandResult::RemoteSegmentsRemoved(gone)
                 }
             },
@@ -435,7 +438,7 @@ mod tests {
             replicas: vec![1],
             isr: vec![1],
             log_start_offset: 0,
-            remote_segments: Vec::new(),
+            remote_segments: Arc::default(),
         }
     }
 

@@ -146,7 +146,7 @@ async fn add_partitions(
             isr: r.clone(),
             replicas: r,
             log_start_offset: 0,
-            remote_segments: Vec::new(),
+            remote_segments: Default::default(),
         })
         .collect();
     match broker
