@@ -124,13 +124,23 @@ pub(super) async fn handle(
     version: i16,
 ) -> Result<Option<ProduceResponse>, String> {
     let acks = req.acks;
+    let topics: Vec<Option<TopicMeta>> = req
+        .topic_data
+        .iter()
+        .map(|t| {
+            if version >= 13 {
+                broker.topic_by_id(t.topic_id)
+            } else {
+                broker.topic(&t.name)
+            }
+        })
+        .collect();
     // Too much data waiting for the object store: hold the request, then refuse it
     // (only requests that write to a tiered topic: the others do not add to the backlog).
-    let tiered = req.topic_data.iter().any(|t| {
-        broker
-            .topic(&t.name)
-            .is_some_and(|tm| broker.topic_config(&tm).remote_storage())
-    });
+    let tiered = topics
+        .iter()
+        .flatten()
+        .any(|tm| broker.topic_config(tm).remote_storage());
     let wait = Duration::from_millis((req.timeout_ms.max(0) as u64 / 2).min(10_000));
     let admitted = match tiered {
         true => broker.admit_produce(wait).await,
@@ -166,12 +176,7 @@ pub(super) async fn handle(
     let mut responses = Vec::with_capacity(req.topic_data.len());
     let mut pending = Vec::new();
     let mut first_error = None;
-    for (ti, t) in req.topic_data.into_iter().enumerate() {
-        let topic = if version >= 13 {
-            broker.topic_by_id(t.topic_id)
-        } else {
-            broker.topic(&t.name)
-        };
+    for (ti, (t, topic)) in req.topic_data.into_iter().zip(topics).enumerate() {
         let mut parts = Vec::with_capacity(t.partition_data.len());
         for (pi, data) in t.partition_data.iter().enumerate() {
             match append(broker, topic.as_ref(), data, acks) {
