@@ -36,6 +36,59 @@ pub fn strata_bin() -> PathBuf {
     p
 }
 
+/// How a `strata` command that was expected to stop by itself ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// The exit code (`None` if a signal ended it).
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+/// Runs `strata ARGS` with only the `STRATA_*` and `AWS_*` variables in `env` (the test
+/// process's own are removed), `HOME` set to an empty directory, and waits up to 60 s
+/// for it to exit by itself.
+pub fn run_strata(args: &[&str], env: &[(&str, &str)]) -> Finished {
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(strata_bin());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().to_string();
+        if k.starts_with("STRATA_") || k.starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let stderr_path = home.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut child = cmd
+        .args(args)
+        .env("HOME", home.path())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn strata");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "strata {args:?} did not exit within 60 s:\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Finished {
+        code: status.code(),
+        stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+    }
+}
+
 /// A running `strata serve` process. Killed when dropped.
 pub struct Strata {
     child: Option<Child>,

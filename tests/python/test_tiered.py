@@ -768,6 +768,51 @@ def test_outage_producing_continues_and_uploads_resume(broker_factory, rgw_store
     consume_and_compare(broker, topic, size, second.ends)
 
 
+def object_store_health(broker) -> dict:
+    code, body = broker.http_get("/api/v1/health")
+    assert code == 200, body
+    return json.loads(body)["object_store"]
+
+
+def test_an_outage_shows_within_seconds(broker_factory, rgw_store):
+    """A hung store (radosgw paused) shows within 10 s: in the metrics (every failed
+    attempt counted), in one log line, and on /api/v1/health; its end shows the same way.
+    (Before, retries inside the S3 client hid the first failure for minutes.)"""
+    broker = broker_factory(env={**rgw_store.env(), **FAST_RETENTION})
+    topic = unique("visible")
+    create_topic(broker, topic, 1, {"segment.bytes": str(64 * 1024), "segment.ms": "1000"})
+    first = produce(broker, topic, 1, 300, 1000)
+    wait_all_uploaded(rgw_store, broker, topic, 1)
+    assert object_store_health(broker)["available"] is True
+    assert metric(broker, "strata_objstore_up") == 1
+    failed_before = metric(broker, "strata_objstore_requests_total", outcome="timeout") + metric(
+        broker, "strata_objstore_requests_total", outcome="error")
+
+    with rgw_store.gw.outage("stop"):
+        t0 = time.monotonic()
+        # Keep the uploader busy, as a broker under load would be.
+        produce(broker, topic, 1, 200, 1000, start=first.ends)
+        wait_until(lambda: metric(broker, "strata_objstore_up") == 0, 10 - (time.monotonic() - t0),
+                   "strata_objstore_up to drop to 0 within 10 s of the pause")
+        took = time.monotonic() - t0
+        assert took < 10, took
+        failed = metric(broker, "strata_objstore_requests_total", outcome="timeout") + metric(
+            broker, "strata_objstore_requests_total", outcome="error")
+        assert failed > failed_before, (failed, failed_before)
+        health = object_store_health(broker)
+        assert health["available"] is False and health["last_error"], health
+        assert broker.log_text().count("object store request failed") == 1, broker.log_tail()
+        # More failures are counted, not logged.
+        wait_until(lambda: object_store_health(broker)["failed_requests"] >= 2, 15,
+                   "a second failed request to be counted")
+        assert broker.log_text().count("object store request failed") == 1, broker.log_tail()
+    t1 = time.monotonic()
+    wait_until(lambda: metric(broker, "strata_objstore_up") == 1, 15, "the store to count as back")
+    assert time.monotonic() - t1 < 15
+    assert "object store is answering again" in broker.log_text(), broker.log_tail()
+    assert object_store_health(broker)["available"] is True
+
+
 def test_restart_with_unuploaded_segments_uploads_them(broker_factory, rgw_store):
     """Sealed segments pile up while the store is down; the broker is stopped, the store
     comes back, and the restarted broker uploads them."""

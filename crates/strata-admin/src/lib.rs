@@ -1,6 +1,7 @@
 //! The broker's HTTP side: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
 //!
-//! This crate owns the HTTP routes (`/api/v1/partitions` lists every partition's local
+//! This crate owns the HTTP routes (`/api/v1/health` spells out readiness and the object
+//! store's state, `/api/v1/partitions` lists every partition's local
 //! and remote log bounds, `/api/v1/partitions/{topic}/{partition}/remote-segments` one
 //! partition's manifest) and their status codes. It reads broker state only
 //! through the [`AdminState`] trait, so it depends on no other Strata crate, and the
@@ -24,6 +25,9 @@ pub trait AdminState: Send + Sync + 'static {
     fn metrics_text(&self) -> String;
     /// Every partition this broker holds, with its local and remote log bounds.
     fn partitions(&self) -> serde_json::Value;
+    /// Readiness with its parts spelled out (the object store's state among them), as
+    /// JSON.
+    fn health(&self) -> serde_json::Value;
     /// The manifest of one partition (its segments in the object store, oldest first),
     /// or `None` if this broker has no such partition.
     fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value>;
@@ -55,6 +59,10 @@ async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
     )
 }
 
+async fn health(State(state): State<Shared>) -> impl IntoResponse {
+    axum::Json(state.health())
+}
+
 async fn partitions(State(state): State<Shared>) -> impl IntoResponse {
     axum::Json(state.partitions())
 }
@@ -79,6 +87,7 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/health", get(health))
         .route("/api/v1/partitions", get(partitions))
         .route(
             "/api/v1/partitions/{topic}/{partition}/remote-segments",
@@ -121,6 +130,9 @@ mod tests {
         fn partitions(&self) -> serde_json::Value {
             serde_json::json!([{"topic": "t", "partition": 0}])
         }
+        fn health(&self) -> serde_json::Value {
+            serde_json::json!({"object_store": {"available": false}})
+        }
         fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value> {
             (topic == "t" && partition == 0).then(|| serde_json::json!([{"base_offset": 0}]))
         }
@@ -156,6 +168,11 @@ mod tests {
         assert!(
             api.contains("application/json") && api.contains(r#"[{"partition":0,"topic":"t"}]"#),
             "{api}"
+        );
+        let health = get(addr, "/api/v1/health").await;
+        assert!(
+            health.contains(r#"{"object_store":{"available":false}}"#),
+            "{health}"
         );
         let manifest = get(addr, "/api/v1/partitions/t/0/remote-segments").await;
         assert!(manifest.contains(r#"[{"base_offset":0}]"#), "{manifest}");

@@ -43,7 +43,7 @@ pub struct ConfigDef {
 /// A value that does not fit its setting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("unknown config {0:?}")]
+    #[error("unknown config {0:?}{hint}", hint = did_you_mean(.0))]
     Unknown(String),
     #[error("invalid value {value:?} for config {name:?}: {reason}")]
     Invalid {
@@ -51,6 +51,15 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+}
+
+/// ", did you mean X?" for a name close to a known broker or topic setting.
+fn did_you_mean(name: &str) -> String {
+    let known = BROKER_CONFIGS
+        .iter()
+        .chain(TOPIC_CONFIGS.iter().map(|(d, _)| d))
+        .map(|d| d.name);
+    closest(name, known).map_or_else(String::new, |c| format!(" (did you mean {c:?}?)"))
 }
 
 const fn def(
@@ -275,6 +284,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Longest a fetch waits for the object store; a partition whose remote read takes longer is answered with the retriable KAFKA_STORAGE_ERROR (the read goes on and fills the cache), so a hung store does not hold up the fetch's other partitions.",
     ),
     def(
+        "strata.tier.request-timeout-ms",
+        ConfigType::Long,
+        "5000",
+        Check::AtLeast(100),
+        "Longest one object-store request may take, plus one second per MiB it carries, before it counts as failed (and is tried again if it can be): a hung store shows in the metrics and the log within seconds.",
+    ),
+    def(
         "strata.tier.cache.memory-bytes",
         ConfigType::Long,
         "268435456",
@@ -424,6 +440,35 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, Option<&str>)] = &[
         Some("log.local.retention.bytes"),
     ),
 ];
+
+/// Edit distance (insertions, deletions, substitutions) between two names.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// The candidate closest to `name`, if it is close enough to be a likely typo (at most
+/// a third of the name's length in edits).
+pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (distance(name, c), c))
+        .filter(|(d, _)| *d <= (name.chars().count() / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
 
 fn find_broker(name: &str) -> Option<&'static ConfigDef> {
     BROKER_CONFIGS.iter().find(|d| d.name == name)
@@ -606,6 +651,10 @@ impl BrokerConfig {
 
     pub fn remote_fetch_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.number("strata.tier.remote-fetch-timeout-ms") as u64)
+    }
+
+    pub fn tier_request_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("strata.tier.request-timeout-ms") as u64)
     }
 
     pub fn cache_memory_bytes(&self) -> usize {

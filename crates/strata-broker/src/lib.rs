@@ -22,5 +22,5 @@ mod tiering;
 
 pub use broker::Endpoint;
 pub use clock::{Clock, SystemClock};
-pub use config::{BROKER_CONFIGS, BrokerConfig, ConfigDef, ConfigError, TOPIC_CONFIGS};
+pub use config::{BROKER_CONFIGS, BrokerConfig, ConfigDef, ConfigError, TOPIC_CONFIGS, closest};
 pub use server::{BrokerOptions, BrokerView, Health, PartitionStatus, RunningBroker, StartError};

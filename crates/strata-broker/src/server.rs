@@ -128,6 +128,11 @@ impl BrokerView {
         out
     }
 
+    /// The object store's state as the broker's requests found it.
+    pub fn object_store(&self) -> strata_tier::StoreStatus {
+        self.0.tier.store.status()
+    }
+
     /// A partition's manifest: its segments in the object store, oldest first.
     pub fn remote_segments(&self, topic: &str, partition: i32) -> Option<Vec<RemoteSegmentMeta>> {
         let topic = self.0.topic(topic)?;
@@ -196,6 +201,10 @@ impl RunningBroker {
         listener: TcpListener,
     ) -> Result<Self, StartError> {
         let kafka_addr = listener.local_addr().map_err(StartError::Listener)?;
+        // The object store first: a store that cannot be used fails the start at once,
+        // before a possibly long log recovery.
+        let store = Store::open(&opts.object_store, opts.metrics.tier.clone())?;
+        store.check().await?;
         let cluster_id = match meta
             .write(Command::InitCluster {
                 cluster_id: new_cluster_id(),
@@ -228,8 +237,6 @@ impl RunningBroker {
             initial_rebalance_delay_ms: opts.config.group_initial_rebalance_delay_ms(),
         });
         let offsets = OffsetWriter::start(meta.clone(), opts.metrics.group.clone());
-        let store = Store::open(&opts.object_store, opts.metrics.tier.clone())?;
-        store.check().await?;
         let cache = BlockCache::open(
             CacheConfig {
                 dir: opts.cache_dir.clone(),
@@ -274,6 +281,7 @@ impl RunningBroker {
         let background = tokio::spawn(broker.clone().run_background());
         let uploads = tokio::spawn(broker.clone().run_uploads());
         let gc = tokio::spawn(broker.clone().run_gc());
+        let probe = tokio::spawn(broker.tier.store.clone().run_probe(broker.shutdown.clone()));
         let connections = TaskTracker::new();
         let health = Health {
             shutdown: broker.shutdown.clone(),
@@ -299,7 +307,7 @@ impl RunningBroker {
             kafka_addr,
             connections,
             accept,
-            background: vec![background, uploads, gc],
+            background: vec![background, uploads, gc, probe],
         })
     }
 

@@ -89,6 +89,7 @@ pub struct GroupMetrics {
 pub struct TierMetrics {
     pub objstore_requests_total: IntCounterVec,
     pub objstore_request_duration_seconds: HistogramVec,
+    pub objstore_up: IntGauge,
     pub unuploaded_bytes: IntGauge,
     pub unuploaded_segments: IntGauge,
     pub uploads_total: IntCounter,
@@ -305,7 +306,7 @@ impl Metrics {
         let tier = TierMetrics {
             objstore_requests_total: r.counter_vec(
                 "strata_objstore_requests_total",
-                "Object store requests, by operation and outcome (ok, not_found, error)",
+                "Object store requests, every attempt counted, by operation and outcome (ok, not_found, error, timeout)",
                 &[OP, OUTCOME],
             )?,
             objstore_request_duration_seconds: r.histogram_vec(
@@ -313,6 +314,10 @@ impl Metrics {
                 "Object store request latency, by operation",
                 LATENCY_BUCKETS,
                 &[OP],
+            )?,
+            objstore_up: r.gauge(
+                "strata_objstore_up",
+                "1 while the object store answers requests, 0 from a failed request (an error or a timeout) until one succeeds",
             )?,
             unuploaded_bytes: r.gauge(
                 "strata_unuploaded_bytes",

@@ -12,6 +12,14 @@ pub enum TierError {
         #[source]
         source: object_store::Error,
     },
+    #[error("{0}")]
+    BadSetting(String),
+    #[error("object store {op} {key}: no answer within {after:?}")]
+    Timeout {
+        op: &'static str,
+        key: String,
+        after: std::time::Duration,
+    },
     #[error("object store {store} is not usable: {reason}")]
     Check { store: String, reason: String },
     #[error("{op} {path}: {source}")]
@@ -41,6 +49,34 @@ impl TierError {
                 ..
             }
         )
+    }
+}
+
+impl TierError {
+    /// Whether the store failed to answer properly (as opposed to answering "no such
+    /// object" or "already exists", or a local error): what an outage looks like.
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            Self::Timeout { .. } => true,
+            Self::Store { source, .. } => !matches!(
+                source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::NotModified { .. }
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether trying the same request again may succeed: a timeout, or a failure that
+    /// is not a definite answer (connection errors, 5xx; not 403 or 404).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Timeout { .. } => true,
+            Self::Store { source, .. } => matches!(source, object_store::Error::Generic { .. }),
+            _ => false,
+        }
     }
 }
 

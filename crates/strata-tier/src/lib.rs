@@ -20,7 +20,10 @@ mod store;
 pub use cache::{BlockCache, CacheConfig};
 pub use error::TierError;
 pub use reader::RemoteSegment;
-pub use store::{ObjectInfo, Store, StoreConfig};
+pub use store::{
+    DEFAULT_REQUEST_TIMEOUT, Env, ObjectInfo, PROBE_IDLE, Store, StoreConfig, StoreStatus,
+    process_env,
+};
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
 //! The object store seam: a client built from Strata's settings, every call instrumented.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -20,9 +21,10 @@ use strata_telemetry::TierMetrics;
 use tracing::{debug, info, warn};
 
 use crate::error::{Result, TierError};
+use parking_lot::Mutex;
 
 /// Where objects live, as the operator configured it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// `file:///absolute/dir` or `s3://bucket/optional/prefix`.
     pub url: String,
@@ -34,6 +36,36 @@ pub struct StoreConfig {
     pub s3_allow_http: bool,
     /// Path-style addressing (`endpoint/bucket/key`), as most S3-compatible stores want.
     pub s3_path_style: bool,
+    /// Longest one request may take before it counts as failed (plus a second for each
+    /// MiB it carries), so a hung store shows within seconds.
+    pub request_timeout: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
+            s3_path_style: false,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// Default of [`StoreConfig::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The environment variables the S3 client reads (`AWS_*`, and `HOME` for the shared
+/// credentials file): the process's own, or a map a test makes.
+pub type Env = BTreeMap<String, String>;
+
+/// The `AWS_*` and `HOME` variables of this process.
+pub fn process_env() -> Env {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_") || k == "HOME")
+        .collect()
 }
 
 /// One listed object.
@@ -51,22 +83,57 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     prefix: Option<Path>,
     description: String,
+    /// Where the S3 client gets its credentials, for explaining a refusal.
+    credentials: Credentials,
+    request_timeout: Duration,
+    health: Arc<Health>,
     metrics: TierMetrics,
 }
+
+/// Where the S3 client's credentials come from, in the order the AWS SDKs look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credentials {
+    /// A local directory needs none.
+    None,
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    Environment,
+    /// Static keys of a profile in the shared credentials file.
+    Profile { profile: String, file: PathBuf },
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN` (IRSA on EKS).
+    WebIdentity,
+    /// The ECS/EKS container credentials endpoint.
+    Container,
+    /// Nothing configured: the instance metadata service is the last resort.
+    InstanceMetadata { endpoint: String },
+    /// `AWS_SKIP_SIGNATURE`: anonymous requests.
+    Anonymous,
+}
+
+/// A profile's key id, secret key and session token.
+type ProfileKeys = (String, String, Option<String>);
 
 /// Static credentials of `AWS_PROFILE` (else the `default` profile) from the shared
 /// credentials file, for when no keys are in the environment (object_store reads only
 /// environment variables, web identity and instance metadata), in the AWS SDKs' order.
 /// SSO, assume-role and `credential_process` profiles are not supported.
-fn profile_credentials() -> Option<(String, String, Option<String>)> {
-    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
-        return None;
-    }
-    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".to_string());
-    let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
+/// Returns the profile, the file and the keys found (`None` if the file or the keys are
+/// missing).
+fn profile_credentials(env: &Env) -> (String, PathBuf, Option<ProfileKeys>) {
+    let profile = env
+        .get("AWS_PROFILE")
+        .cloned()
+        .unwrap_or_else(|| "default".to_string());
+    let file = env
+        .get("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")))?;
-    let text = std::fs::read_to_string(file).ok()?;
+        .or_else(|| {
+            env.get("HOME")
+                .map(|h| PathBuf::from(h).join(".aws/credentials"))
+        })
+        .unwrap_or_else(|| PathBuf::from("~/.aws/credentials"));
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return (profile, file, None);
+    };
     let mut in_section = false;
     let (mut key, mut secret, mut token) = (None, None, None);
     for line in text.lines().map(str::trim) {
@@ -87,7 +154,8 @@ fn profile_credentials() -> Option<(String, String, Option<String>)> {
             }
         }
     }
-    Some((key?, secret?, token))
+    let found = key.zip(secret).map(|(k, s)| (k, s, token));
+    (profile, file, found)
 }
 
 /// The endpoint of virtual-hosted-style requests to `bucket`: object_store expects the
@@ -109,18 +177,272 @@ fn bad_url(url: &str, reason: impl Into<String>) -> TierError {
     }
 }
 
-impl Store {
-    /// Builds the client for `cfg`. A `file://` directory is created if missing.
-    pub fn open(cfg: &StoreConfig, metrics: TierMetrics) -> Result<Self> {
-        let url = cfg.url.as_str();
-        if let Some(dir) = url.strip_prefix("file://") {
-            let dir = PathBuf::from(dir);
-            if !dir.is_absolute() {
-                return Err(bad_url(
-                    url,
-                    "a file:// URL needs an absolute path, as in file:///var/lib/strata/objects",
+fn bad_setting(reason: impl Into<String>) -> TierError {
+    TierError::BadSetting(reason.into())
+}
+
+/// Whether `value` can go into an HTTP header as it is (visible ASCII and spaces), as
+/// the S3 client puts keys, tokens and the region into signed headers.
+fn header_safe(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+}
+
+/// An S3 region name: letters, digits and '-' (`us-east-1`, `eu-central-2`; MinIO and
+/// Ceph accept any such name).
+fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A bucket name that can go into a URL path, and into a host name when `in_host`.
+fn check_bucket(url: &str, bucket: &str, in_host: bool) -> Result<()> {
+    if bucket.is_empty() {
+        return Err(bad_url(url, "no bucket name"));
+    }
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    {
+        return Err(bad_url(
+            url,
+            format!("bucket name {bucket:?} may contain only letters, digits, '.', '-' and '_'"),
+        ));
+    }
+    if in_host
+        && (bucket.bytes().any(|b| b.is_ascii_uppercase() || b == b'_')
+            || bucket.starts_with(['.', '-'])
+            || bucket.ends_with(['.', '-']))
+    {
+        return Err(bad_url(
+            url,
+            format!(
+                "bucket name {bucket:?} cannot be part of a host name (virtual-hosted \
+                 requests put it there): use --s3-path-style, or a lower-case bucket name"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An S3 client's settings, checked: everything the client would otherwise reject with
+/// an unhelpful message, or panic on, is refused here with one that names the flag.
+struct S3Settings {
+    builder: AmazonS3Builder,
+    prefix: String,
+    description: String,
+    credentials: Credentials,
+}
+
+impl StoreConfig {
+    /// Checks the settings without touching the disk or the network.
+    pub fn validate(&self) -> Result<()> {
+        if self.url.starts_with("file://") {
+            return self.local_dir().map(|_| ());
+        }
+        self.s3_settings(&process_env())?
+            .builder
+            .build()
+            .map(|_| ())
+            .map_err(|e| bad_url(&self.url, e.to_string()))
+    }
+
+    fn local_dir(&self) -> Result<PathBuf> {
+        let url = self.url.as_str();
+        let dir = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+        if !dir.is_absolute() {
+            return Err(bad_url(
+                url,
+                "a file:// URL needs an absolute path, as in file:///var/lib/strata/objects",
+            ));
+        }
+        Ok(dir)
+    }
+
+    fn s3_settings(&self, env: &Env) -> Result<S3Settings> {
+        let url = self.url.as_str();
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(bad_url(url, "expected file:///path or s3://bucket/prefix"));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let region = self
+            .s3_region
+            .clone()
+            .or_else(|| env.get("AWS_REGION").cloned())
+            .or_else(|| env.get("AWS_DEFAULT_REGION").cloned())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        if !valid_region(&region) {
+            return Err(bad_setting(format!(
+                "S3 region {region:?} is not a region name (letters, digits and '-', as in \
+                 us-east-1); set --s3-region"
+            )));
+        }
+        let mut builder = AmazonS3Builder::new();
+        for (k, v) in env {
+            if k.starts_with("AWS_")
+                && let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+            {
+                builder = builder.with_config(key, v);
+            }
+        }
+        // The endpoint in force: ours, else AWS_ENDPOINT(_URL) from the environment.
+        let endpoint = match &self.s3_endpoint {
+            Some(e) => Some(e.clone()),
+            None => builder
+                .get_config_value(&AmazonS3ConfigKey::S3Endpoint)
+                .or_else(|| builder.get_config_value(&AmazonS3ConfigKey::Endpoint)),
+        };
+        let mut path_style = self.s3_path_style;
+        let mut notes = Vec::new();
+        if let Some(endpoint) = &endpoint {
+            let parsed = url::Url::parse(endpoint).map_err(|e| {
+                bad_setting(format!(
+                    "S3 endpoint {endpoint:?} is not a URL ({e}); write it as \
+                     http://HOST:PORT or https://HOST"
+                ))
+            })?;
+            let host = match parsed.host() {
+                Some(h) if matches!(parsed.scheme(), "http" | "https") => h,
+                _ => {
+                    return Err(bad_setting(format!(
+                        "S3 endpoint {endpoint:?} needs http:// or https:// and a host, \
+                         as in http://minio:9000"
+                    )));
+                }
+            };
+            if parsed.scheme() == "http" && !self.s3_allow_http {
+                return Err(bad_setting(format!(
+                    "S3 endpoint {endpoint:?} is plain HTTP, which is refused unless you \
+                     allow it: add --s3-allow-http (STRATA_S3_ALLOW_HTTP=true, or \
+                     s3_allow_http = true in the config file), or use an https:// endpoint"
+                )));
+            }
+            if !path_style && matches!(host, url::Host::Ipv4(_) | url::Host::Ipv6(_)) {
+                // The bucket cannot go into an IP address: only path style can work.
+                path_style = true;
+                notes.push(format!(
+                    "endpoint {endpoint} is an IP address, so requests use path-style \
+                     addressing (endpoint/bucket/key) as if --s3-path-style were given"
                 ));
             }
+        }
+        check_bucket(url, bucket, !path_style)?;
+        for var in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+        ] {
+            if env.get(var).is_some_and(|v| !header_safe(v)) {
+                return Err(bad_setting(format!(
+                    "{var} contains characters that cannot be sent in an HTTP header \
+                     (a line break, or non-ASCII text): check how it was set"
+                )));
+            }
+        }
+        builder = builder
+            .with_bucket_name(bucket)
+            .with_region(&region)
+            .with_allow_http(self.s3_allow_http)
+            .with_virtual_hosted_style_request(!path_style)
+            // Strata retries requests itself (see `Store::call`), so that every failed
+            // attempt is counted and an outage shows at once instead of after retries.
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: 0,
+                retry_timeout: Duration::from_secs(1),
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(self.request_timeout)
+                    // A backstop only: each attempt has its own, shorter, deadline.
+                    .with_timeout(Duration::from_secs(600))
+                    .with_allow_http(self.s3_allow_http),
+            );
+        if let Some(endpoint) = &endpoint {
+            builder = builder.with_endpoint(if path_style {
+                endpoint.clone()
+            } else {
+                bucket_endpoint(endpoint, bucket)
+            });
+        }
+        let var = |k: &str| env.get(k).filter(|v| !v.is_empty());
+        let credentials = if var("AWS_SKIP_SIGNATURE").is_some_and(|v| v == "true") {
+            Credentials::Anonymous
+        } else if var("AWS_ACCESS_KEY_ID").is_some() {
+            Credentials::Environment
+        } else {
+            match profile_credentials(env) {
+                (profile, file, Some((key, secret, token))) => {
+                    for (what, v) in [("key id", &key), ("secret key", &secret)] {
+                        if !header_safe(v) {
+                            return Err(bad_setting(format!(
+                                "the {what} of profile {profile:?} in {} contains characters \
+                                 that cannot be sent in an HTTP header",
+                                file.display()
+                            )));
+                        }
+                    }
+                    builder = builder
+                        .with_access_key_id(key)
+                        .with_secret_access_key(secret);
+                    if let Some(t) = token {
+                        builder = builder.with_token(t);
+                    }
+                    Credentials::Profile { profile, file }
+                }
+                _ if var("AWS_WEB_IDENTITY_TOKEN_FILE").is_some()
+                    && var("AWS_ROLE_ARN").is_some() =>
+                {
+                    Credentials::WebIdentity
+                }
+                _ if var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+                    || var("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some() =>
+                {
+                    Credentials::Container
+                }
+                _ => Credentials::InstanceMetadata {
+                    endpoint: var("AWS_METADATA_ENDPOINT")
+                        .cloned()
+                        .unwrap_or_else(|| "http://169.254.169.254".to_string()),
+                },
+            }
+        };
+        for note in notes {
+            info!(store = url, "{note}");
+        }
+        Ok(S3Settings {
+            builder,
+            prefix: prefix.trim_matches('/').to_string(),
+            description: match &endpoint {
+                Some(e) => format!("{url} at {e}"),
+                None => url.to_string(),
+            },
+            credentials,
+        })
+    }
+}
+
+impl Store {
+    /// Builds the client for `cfg`, with credentials from this process's environment. A
+    /// `file://` directory is created if missing.
+    pub fn open(cfg: &StoreConfig, metrics: TierMetrics) -> Result<Self> {
+        Self::open_with_env(cfg, &process_env(), metrics)
+    }
+
+    /// [`Store::open`] with the `AWS_*` variables (and `HOME`) taken from `env`.
+    pub fn open_with_env(cfg: &StoreConfig, env: &Env, metrics: TierMetrics) -> Result<Self> {
+        let url = cfg.url.as_str();
+        let request_timeout = if cfg.request_timeout.is_zero() {
+            DEFAULT_REQUEST_TIMEOUT
+        } else {
+            cfg.request_timeout
+        };
+        let health = Arc::new(Health::new(url, metrics.clone()));
+        if url.starts_with("file://") {
+            let dir = cfg.local_dir()?;
             std::fs::create_dir_all(&dir).map_err(|e| TierError::Io {
                 op: "create",
                 path: dir.clone(),
@@ -132,64 +454,24 @@ impl Store {
                 inner: Arc::new(local),
                 prefix: None,
                 description: url.to_string(),
+                credentials: Credentials::None,
+                request_timeout,
+                health,
                 metrics,
             });
         }
-        let Some(rest) = url.strip_prefix("s3://") else {
-            return Err(bad_url(url, "expected file:///path or s3://bucket/prefix"));
-        };
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(bad_url(url, "no bucket name"));
-        }
-        let region = cfg
-            .s3_region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .unwrap_or_else(|| "us-east-1".to_string());
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_region(&region)
-            .with_allow_http(cfg.s3_allow_http)
-            .with_virtual_hosted_style_request(!cfg.s3_path_style)
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(2),
-                    base: 2.0,
-                },
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(15),
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(Duration::from_secs(60))
-                    .with_allow_http(cfg.s3_allow_http),
-            );
-        if let Some(endpoint) = &cfg.s3_endpoint {
-            b = b.with_endpoint(if cfg.s3_path_style {
-                endpoint.clone()
-            } else {
-                bucket_endpoint(endpoint, bucket)
-            });
-        }
-        if let Some((key, secret, token)) = profile_credentials() {
-            b = b.with_access_key_id(key).with_secret_access_key(secret);
-            if let Some(t) = token {
-                b = b.with_token(t);
-            }
-        }
-        let s3 = b.build().map_err(|e| bad_url(url, e.to_string()))?;
-        let prefix = prefix.trim_matches('/');
+        let settings = cfg.s3_settings(env)?;
+        let s3 = settings
+            .builder
+            .build()
+            .map_err(|e| bad_url(url, e.to_string()))?;
         Ok(Self {
             inner: Arc::new(s3),
-            prefix: (!prefix.is_empty()).then(|| Path::from(prefix)),
-            description: match &cfg.s3_endpoint {
-                Some(e) => format!("{url} at {e}"),
-                None => url.to_string(),
-            },
+            prefix: (!settings.prefix.is_empty()).then(|| Path::from(settings.prefix.as_str())),
+            description: settings.description,
+            credentials: settings.credentials,
+            request_timeout,
+            health,
             metrics,
         })
     }
@@ -207,18 +489,39 @@ impl Store {
         }
     }
 
-    /// Runs `call` as operation `op` on `key`, counting it by outcome and timing it.
-    async fn instrumented<T>(
+    /// The deadline of one attempt that carries `bytes`: the request timeout plus a
+    /// second per MiB (a store slower than 1 MiB/s counts as failing).
+    fn deadline(&self, bytes: u64) -> Duration {
+        self.request_timeout + Duration::from_secs(bytes >> 20)
+    }
+
+    /// One attempt of operation `op` on `key`, carrying `bytes`, under its deadline:
+    /// counted by outcome, timed, and reported to the store's health.
+    async fn attempt<T>(
         &self,
         op: &'static str,
         key: &str,
+        bytes: u64,
         call: impl Future<Output = object_store::Result<T>>,
     ) -> Result<T> {
         let started = Instant::now();
-        let result = call.await;
+        let deadline = self.deadline(bytes);
+        let result = match tokio::time::timeout(deadline, call).await {
+            Ok(r) => r.map_err(|source| TierError::Store {
+                op,
+                key: key.to_string(),
+                source,
+            }),
+            Err(_) => Err(TierError::Timeout {
+                op,
+                key: key.to_string(),
+                after: deadline,
+            }),
+        };
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(object_store::Error::NotFound { .. }) => "not_found",
+            Err(e) if e.is_not_found() => "not_found",
+            Err(TierError::Timeout { .. }) => "timeout",
             Err(_) => "error",
         };
         self.metrics
@@ -229,22 +532,49 @@ impl Store {
             .objstore_request_duration_seconds
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
-        result.map_err(|source| TierError::Store {
-            op,
-            key: key.to_string(),
-            source,
-        })
+        match &result {
+            Err(e) if e.is_store_failure() => self.health.failed(op, key, e),
+            _ => self.health.answered(),
+        }
+        result
+    }
+
+    /// An idempotent request, tried up to [`ATTEMPTS`] times while it fails in a way
+    /// that may pass (a timeout, a connection error, a 5xx), with backoff in between.
+    /// Every attempt is counted (see [`Store::attempt`]).
+    async fn call<T, F, Fut>(&self, op: &'static str, key: &str, bytes: u64, mut f: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = object_store::Result<T>>,
+    {
+        let mut backoff = RETRY_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            match self.attempt(op, key, bytes, f()).await {
+                Err(e) if attempt < ATTEMPTS && e.is_transient() => {
+                    debug!(op, key, attempt, error = %e, "object store request failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
     }
 
     pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
         let path = self.path(key);
-        self.instrumented("put", key, self.inner.put(&path, PutPayload::from(data)))
-            .await
-            .map(|_| ())
+        let bytes = data.len() as u64;
+        self.call("put", key, bytes, || {
+            self.inner.put(&path, PutPayload::from(data.clone()))
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Uploads `size` bytes of `file`: one PUT up to `part_size`, otherwise a multipart
-    /// upload with up to `concurrency` parts in flight.
+    /// upload with up to `concurrency` parts in flight. A failed part fails the upload
+    /// (a part cannot be sent again under the same number); the caller tries again.
     pub async fn put_file(
         &self,
         key: &str,
@@ -278,7 +608,7 @@ impl Store {
         }
         let path = self.path(key);
         let mut upload = self
-            .instrumented("put_multipart", key, self.inner.put_multipart(&path))
+            .attempt("put_multipart", key, 0, self.inner.put_multipart(&path))
             .await?;
         let mut in_flight = FuturesUnordered::new();
         let sent = async {
@@ -287,14 +617,14 @@ impl Store {
                 let len = (size - at).min(part_size as u64) as usize;
                 let chunk = read(at, len).await?;
                 let part = upload.put_part(PutPayload::from(chunk));
-                in_flight.push(self.instrumented("upload_part", key, part));
+                in_flight.push(self.attempt("upload_part", key, len as u64, part));
                 at += len as u64;
                 while in_flight.len() >= concurrency.max(1) {
                     in_flight.next().await.transpose()?;
                 }
             }
             while in_flight.next().await.transpose()?.is_some() {}
-            self.instrumented("complete_multipart", key, upload.complete())
+            self.attempt("complete_multipart", key, 0, upload.complete())
                 .await
                 .map(|_| ())
         }
@@ -310,23 +640,29 @@ impl Store {
         sent
     }
 
+    /// A whole (small) object: an index file, a probe.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path(key);
-        let whole = async { self.inner.get(&path).await?.bytes().await };
-        self.instrumented("get", key, whole).await
+        self.call("get", key, WHOLE_GET_BYTES, || async {
+            self.inner.get(&path).await?.bytes().await
+        })
+        .await
     }
 
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let path = self.path(key);
-        self.instrumented("get_range", key, self.inner.get_range(&path, range))
-            .await
+        let bytes = range.end.saturating_sub(range.start);
+        self.call("get_range", key, bytes, || {
+            self.inner.get_range(&path, range.clone())
+        })
+        .await
     }
 
     /// Deletes an object; a missing one is not an error.
     pub async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
         match self
-            .instrumented("delete", key, self.inner.delete(&path))
+            .call("delete", key, 0, || self.inner.delete(&path))
             .await
         {
             Err(e) if e.is_not_found() => Ok(()),
@@ -343,7 +679,9 @@ impl Store {
             .map(|p| format!("{p}/"))
             .unwrap_or_default();
         let listed: Vec<object_store::ObjectMeta> = self
-            .instrumented("list", under, self.inner.list(Some(&path)).try_collect())
+            .call("list", under, WHOLE_GET_BYTES, || {
+                self.inner.list(Some(&path)).try_collect()
+            })
             .await?;
         Ok(listed
             .into_iter()
@@ -359,14 +697,19 @@ impl Store {
             .collect())
     }
 
+    /// The key as a user sees it in the bucket: with the store's prefix.
+    pub fn full_key(&self, key: &str) -> String {
+        self.path(key).to_string()
+    }
+
     /// Writes, reads back and deletes a probe object, and explains what is wrong if any
-    /// step fails (bucket missing, credentials refused, endpoint unreachable).
+    /// step fails (bucket missing, credentials missing or refused, endpoint unreachable).
     pub async fn check(&self) -> Result<()> {
         let key = format!("_strata/probe-{}", uuid::Uuid::new_v4());
         let payload = Bytes::from_static(b"strata start-up check");
         let explain = |e: TierError| TierError::Check {
             store: self.description.clone(),
-            reason: diagnose(&e),
+            reason: diagnose(&e, &self.credentials),
         };
         self.put(&key, payload.clone()).await.map_err(explain)?;
         let back = self.get(&key).await.map_err(explain)?;
@@ -380,10 +723,136 @@ impl Store {
         info!(store = %self.description, "object store is reachable and writable");
         Ok(())
     }
+
+    /// The store's state as requests found it.
+    pub fn status(&self) -> StoreStatus {
+        self.health.status()
+    }
+
+    /// Until `stop`, asks the store a cheap question (a HEAD of a key that need not
+    /// exist) whenever it has answered nothing for [`PROBE_IDLE`], so an outage shows
+    /// (and its end is noticed) even while no upload or remote read is running.
+    pub async fn run_probe(self, stop: tokio_util::sync::CancellationToken) {
+        let key = "_strata/health";
+        let path = self.path(key);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(PROBE_TICK) => {}
+            }
+            if self.health.idle_for() >= PROBE_IDLE {
+                let _ = self.attempt("head", key, 0, self.inner.head(&path)).await;
+            }
+        }
+    }
+}
+
+/// Attempts of an idempotent request before its error is returned.
+const ATTEMPTS: u32 = 3;
+/// Wait before the second attempt; doubled before each next one.
+const RETRY_BACKOFF: Duration = Duration::from_millis(200);
+/// Bytes a whole-object GET or a listing is given time for (its size is not known).
+const WHOLE_GET_BYTES: u64 = 16 << 20;
+/// How long the store may go without answering a request before the probe asks it.
+pub const PROBE_IDLE: Duration = Duration::from_secs(2);
+/// How often the probe looks.
+const PROBE_TICK: Duration = Duration::from_secs(1);
+
+/// The object store's state as requests found it, for health endpoints.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StoreStatus {
+    pub store: String,
+    /// False from a failed request until one succeeds.
+    pub available: bool,
+    /// How long requests have been failing.
+    pub unavailable_for_ms: Option<u64>,
+    /// Failed requests since it became unavailable.
+    pub failed_requests: u64,
+    pub last_error: Option<String>,
+}
+
+/// Tracks outages: the first failed request of an outage and the first success after it
+/// are logged (the requests in between only counted), and `strata_objstore_up` says
+/// which state the store is in.
+struct Health {
+    store: String,
+    state: Mutex<HealthState>,
+    metrics: TierMetrics,
+}
+
+struct HealthState {
+    failing_since: Option<Instant>,
+    failures: u64,
+    last_error: Option<String>,
+    last_answer: Instant,
+}
+
+impl Health {
+    fn new(store: &str, metrics: TierMetrics) -> Self {
+        metrics.objstore_up.set(1);
+        Self {
+            store: store.to_string(),
+            state: Mutex::new(HealthState {
+                failing_since: None,
+                failures: 0,
+                last_error: None,
+                last_answer: Instant::now(),
+            }),
+            metrics,
+        }
+    }
+
+    fn answered(&self) {
+        let mut s = self.state.lock();
+        s.last_answer = Instant::now();
+        if let Some(since) = s.failing_since.take() {
+            info!(
+                store = %self.store,
+                after_ms = since.elapsed().as_millis() as u64,
+                failed_requests = s.failures,
+                "object store is answering again"
+            );
+            s.failures = 0;
+            s.last_error = None;
+            self.metrics.objstore_up.set(1);
+        }
+    }
+
+    fn failed(&self, op: &str, key: &str, e: &TierError) {
+        let mut s = self.state.lock();
+        s.failures += 1;
+        s.last_error = Some(e.to_string());
+        if s.failing_since.is_none() {
+            s.failing_since = Some(Instant::now());
+            self.metrics.objstore_up.set(0);
+            warn!(
+                store = %self.store, op, key, error = %e,
+                "object store request failed; until it answers again further failures are \
+                 only counted (strata_objstore_requests_total)"
+            );
+        } else {
+            debug!(store = %self.store, op, key, error = %e, "object store request failed");
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.state.lock().last_answer.elapsed()
+    }
+
+    fn status(&self) -> StoreStatus {
+        let s = self.state.lock();
+        StoreStatus {
+            store: self.store.clone(),
+            available: s.failing_since.is_none(),
+            unavailable_for_ms: s.failing_since.map(|t| t.elapsed().as_millis() as u64),
+            failed_requests: s.failures,
+            last_error: s.last_error.clone(),
+        }
+    }
 }
 
 /// Turns an object-store failure into the operator's next step.
-fn diagnose(e: &TierError) -> String {
+fn diagnose(e: &TierError, credentials: &Credentials) -> String {
     let text = format!("{e}");
     let chain = match e {
         TierError::Store { source, .. } => format!("{source:?}"),
@@ -391,21 +860,50 @@ fn diagnose(e: &TierError) -> String {
     };
     let all = format!("{text} {chain}");
     let hint = if all.contains("NoSuchBucket") || all.contains("bucket does not exist") {
-        "the bucket does not exist: create it, or fix the bucket name in --object-store"
+        "the bucket does not exist: create it (aws s3 mb s3://BUCKET, or mc mb for MinIO; \
+         add --endpoint-url for an S3-compatible store), or fix the bucket name in \
+         --object-store"
+            .to_string()
+    } else if let Credentials::InstanceMetadata { endpoint } = credentials
+        && all.contains(endpoint.as_str())
+    {
+        format!(
+            "no credentials were found. Strata looked in the environment \
+             (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: not set), the shared credentials \
+             file (AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE, ~/.aws/credentials: no keys), \
+             web identity (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN: not set), container \
+             credentials (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI: not set) and last the \
+             instance metadata service at {endpoint}, which gave none"
+        )
     } else if all.contains("InvalidAccessKeyId")
         || all.contains("SignatureDoesNotMatch")
         || all.contains("403")
         || all.contains("AccessDenied")
     {
-        "the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, web identity) and the bucket policy"
+        let from = match credentials {
+            Credentials::Environment => {
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the environment".to_string()
+            }
+            Credentials::Profile { profile, file } => {
+                format!("the keys of profile {profile:?} in {}", file.display())
+            }
+            Credentials::WebIdentity => "the web identity role (AWS_ROLE_ARN)".to_string(),
+            Credentials::Container => "the container credentials".to_string(),
+            Credentials::InstanceMetadata { .. } => "the instance profile's role".to_string(),
+            Credentials::Anonymous => "anonymous access (AWS_SKIP_SIGNATURE)".to_string(),
+            Credentials::None => "no credentials".to_string(),
+        };
+        format!("the credentials were refused: check {from} and the bucket policy")
     } else if all.contains("Connection refused")
         || all.contains("dns error")
         || all.contains("error sending request")
         || all.contains("timed out")
+        || matches!(e, TierError::Timeout { .. })
     {
         "the endpoint cannot be reached: check --s3-endpoint, --s3-allow-http and the network"
+            .to_string()
     } else {
-        "see the error above"
+        "the store's answer is quoted above".to_string()
     };
     debug!(error = %all, "object store check failed");
     format!("{text} ({hint})")

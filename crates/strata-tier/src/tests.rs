@@ -19,7 +19,7 @@ use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -166,6 +166,7 @@ impl Rgw {
             s3_region: Some(self.region.clone()),
             s3_allow_http: true,
             s3_path_style: true,
+            ..StoreConfig::default()
         }
     }
 
@@ -190,52 +191,19 @@ impl Drop for Rgw {
     }
 }
 
-/// Serialises changes of the process environment (see `open_s3`).
-static ENV_LOCK: Mutex<()> = Mutex::new(());
-
-/// Opens an S3 store with these credentials. `Store::open` takes credentials only from
-/// the standard AWS sources (the environment, as the broker does), so they are put in the
-/// process environment for the duration of the call, under a lock, and the previous values
-/// restored. The builder copies them at `open`, so nothing reads them later. (nextest runs
-/// each test in its own process; under `cargo test` all environment changes of this module
-/// go through the lock.)
-#[allow(unsafe_code)]
+/// Opens an S3 store with these credentials (as `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` in the environment it is given, nothing else).
 fn open_s3(
     cfg: &StoreConfig,
     access_key: &str,
     secret_key: &str,
     metrics: &Metrics,
 ) -> Result<Store, TierError> {
-    let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let wanted: [(&str, Option<&str>); 5] = [
-        ("AWS_ACCESS_KEY_ID", Some(access_key)),
-        ("AWS_SECRET_ACCESS_KEY", Some(secret_key)),
-        ("AWS_SESSION_TOKEN", None),
-        ("AWS_PROFILE", None),
-        ("AWS_ENDPOINT", None),
-    ];
-    let saved: Vec<_> = wanted
-        .iter()
-        .map(|(k, _)| (*k, std::env::var_os(k)))
-        .collect();
-    let set = |k: &str, v: Option<&std::ffi::OsStr>| {
-        // SAFETY: environment changes happen only under ENV_LOCK, in tests, while no
-        // other code of this test reads the environment.
-        unsafe {
-            match v {
-                Some(v) => std::env::set_var(k, v),
-                None => std::env::remove_var(k),
-            }
-        }
-    };
-    for (k, v) in &wanted {
-        set(k, v.map(std::ffi::OsStr::new));
-    }
-    let store = Store::open(cfg, metrics.tier.clone());
-    for (k, v) in &saved {
-        set(k, v.as_deref());
-    }
-    store
+    let env = BTreeMap::from([
+        ("AWS_ACCESS_KEY_ID".to_string(), access_key.to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), secret_key.to_string()),
+    ]);
+    Store::open_with_env(cfg, &env, metrics.tier.clone())
 }
 
 /// One store under test, with its own metrics registry.
@@ -851,6 +819,7 @@ async fn check_fails_for_unreachable_endpoint() {
         s3_region: Some("us-east-1".into()),
         s3_allow_http: true,
         s3_path_style: true,
+        ..StoreConfig::default()
     };
     let store = open_s3(&cfg, "key", "secret", &m).unwrap();
     let text = check_fails(&store, "cannot be reached", Duration::from_secs(30)).await;

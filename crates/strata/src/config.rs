@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use strata_broker::{BROKER_CONFIGS, BrokerConfig, Endpoint};
+use strata_broker::{BROKER_CONFIGS, BrokerConfig, ConfigError, Endpoint, closest};
 use strata_tier::StoreConfig;
 
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
@@ -178,15 +178,51 @@ fn parse_endpoint(s: &str) -> anyhow::Result<Endpoint> {
     })
 }
 
+/// The keys of the config file's top level (besides the `[kafka]` and `[strata]` tables).
+const FILE_KEYS: &[&str] = &[
+    "node_id",
+    "data_dir",
+    "kafka_listen",
+    "advertised_listener",
+    "http_listen",
+    "log_level",
+    "object_store",
+    "s3_endpoint",
+    "s3_region",
+    "s3_allow_http",
+    "s3_path_style",
+    "kafka",
+    "strata",
+];
+
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))?;
+    for key in table.keys() {
+        if !FILE_KEYS.contains(&key.as_str()) {
+            let hint = closest(key, FILE_KEYS.iter().copied())
+                .map_or_else(String::new, |c| format!(" (did you mean {c:?}?)"));
+            bail!(
+                "config file {}: unknown key {key:?}{hint}; broker settings go in the \
+                 [kafka] table by their Kafka names, Strata's own in [strata]",
+                path.display()
+            );
+        }
+    }
     toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// Where a broker setting was given, for errors that name it.
+fn file_origin(path: &Path, table: &str) -> String {
+    format!("config file {} ([{table}])", path.display())
 }
 
 impl ServeConfig {
     /// Resolves the settings from `overrides` (flags and the variables clap read), the
-    /// config file they name, and the other `STRATA_*` variables in `env`.
+    /// config file they name, and the other `STRATA_*` variables in `env`, and checks
+    /// them all: nothing here touches the disk (but for reading the file) or the network.
     pub fn resolve(
         overrides: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
@@ -195,12 +231,19 @@ impl ServeConfig {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let mut kafka = BTreeMap::new();
-        if let Some(t) = &file.kafka {
-            flatten("", t, &mut kafka)?;
-        }
-        if let Some(t) = &file.strata {
-            flatten("strata", t, &mut kafka)?;
+        // Broker settings by name: (value, where it was given).
+        let mut kafka: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let path = overrides.config.as_deref().unwrap_or(Path::new(""));
+        for (table, prefix, t) in [
+            ("kafka", "", &file.kafka),
+            ("strata", "strata", &file.strata),
+        ] {
+            if let Some(t) = t {
+                let mut flat = BTreeMap::new();
+                flatten(prefix, t, &mut flat).with_context(|| file_origin(path, table))?;
+                let origin = file_origin(path, table);
+                kafka.extend(flat.into_iter().map(|(k, v)| (k, (v, origin.clone()))));
+            }
         }
         for (name, value) in env {
             if !name.starts_with("STRATA_") || FLAG_VARS.contains(&name.as_str()) {
@@ -208,7 +251,10 @@ impl ServeConfig {
             }
             match BROKER_CONFIGS.iter().find(|d| env_name(d.name) == name) {
                 Some(d) => {
-                    kafka.insert(d.name.to_string(), value);
+                    kafka.insert(
+                        d.name.to_string(),
+                        (value, format!("environment variable {name}")),
+                    );
                 }
                 None => {
                     let hint = if name.ends_with("_SERVICE_HOST")
@@ -216,16 +262,29 @@ impl ServeConfig {
                         || name.contains("_PORT_")
                         || name.ends_with("_SERVICE_PORT")
                     {
-                        " (it looks like a Kubernetes service link: set enableServiceLinks: false on the pod)"
+                        " (it looks like a Kubernetes service link: set enableServiceLinks: false on the pod)".to_string()
                     } else {
-                        ""
+                        let known: Vec<String> = BROKER_CONFIGS
+                            .iter()
+                            .map(|d| env_name(d.name))
+                            .chain(FLAG_VARS.iter().map(|v| v.to_string()))
+                            .collect();
+                        closest(&name, known.iter().map(String::as_str))
+                            .map_or_else(String::new, |c| format!(" (did you mean {c}?)"))
                     };
                     bail!("unknown environment variable {name}: not a Strata setting{hint}");
                 }
             }
         }
-        let kafka = BrokerConfig::from_pairs(kafka.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .context("[kafka] and [strata] settings")?;
+        let kafka =
+            BrokerConfig::from_pairs(kafka.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())))
+                .map_err(|e| {
+                    let name = match &e {
+                        ConfigError::Unknown(n) | ConfigError::Invalid { name: n, .. } => n,
+                    };
+                    let origin = kafka.get(name).map_or("settings", |(_, o)| o.as_str());
+                    anyhow::anyhow!("{origin}: {e}")
+                })?;
         let node_id = overrides.node_id.or(file.node_id).unwrap_or(0);
         if node_id < 0 {
             bail!("node id must be 0 or more, not {node_id}");
@@ -259,26 +318,47 @@ impl ServeConfig {
                 .s3_path_style
                 .or(file.s3_path_style)
                 .unwrap_or(false),
+            request_timeout: kafka.tier_request_timeout(),
         };
+        object_store.validate()?;
+        let kafka_listen = overrides
+            .kafka_listen
+            .clone()
+            .or(file.kafka_listen)
+            .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.into());
+        let http_listen = overrides
+            .http_listen
+            .clone()
+            .or(file.http_listen)
+            .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into());
+        for (what, addr) in [
+            ("--kafka-listen", &kafka_listen),
+            ("--http-listen", &http_listen),
+        ] {
+            check_listen(what, addr)?;
+        }
         Ok(Self {
             node_id,
             data_dir,
-            kafka_listen: overrides
-                .kafka_listen
-                .clone()
-                .or(file.kafka_listen)
-                .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.into()),
+            kafka_listen,
             advertised,
-            http_listen: overrides
-                .http_listen
-                .clone()
-                .or(file.http_listen)
-                .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into()),
+            http_listen,
             log_level: overrides.log_level.clone().or(file.log_level),
             object_store,
             kafka,
         })
     }
+}
+
+/// A listener address must be HOST:PORT (a host name is resolved when binding).
+fn check_listen(what: &str, addr: &str) -> anyhow::Result<()> {
+    let ok = addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !ok {
+        bail!("{what} {addr:?} is not HOST:PORT (as in 127.0.0.1:9092 or 0.0.0.0:9092)");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -325,7 +405,7 @@ mod tests {
         .unwrap();
         let flags = Overrides {
             config: Some(path),
-            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_endpoint: Some("https://127.0.0.1:9000".into()),
             ..Overrides::default()
         };
         let c =
@@ -335,7 +415,7 @@ mod tests {
         assert!(!c.object_store.s3_allow_http);
         assert_eq!(
             c.object_store.s3_endpoint.as_deref(),
-            Some("http://127.0.0.1:9000")
+            Some("https://127.0.0.1:9000")
         );
         assert_eq!(c.kafka.max_unuploaded_bytes(), 1000);
         assert_eq!(c.kafka.upload_concurrency(), 9);

@@ -13,6 +13,26 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::report;
+    use anyhow::Context;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let inner = std::io::Error::other("disk on fire");
+        let e = Err::<(), _>(inner)
+            .context("opening the log: disk on fire")
+            .context("starting the broker")
+            .unwrap_err();
+        assert_eq!(
+            report(&e),
+            "strata: starting the broker\n  caused by: opening the log: disk on fire"
+        );
+    }
+}
+
 #[global_allocator]
 static GLOBAL: alloc::Allocator = alloc::Allocator;
 
@@ -35,6 +55,21 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// An error and its causes, one per line, each said once: a cause whose text its
+/// parent's message already contains is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = format!("strata: {e}");
+    let mut last = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !last.contains(&text) {
+            out.push_str(&format!("\n  caused by: {text}"));
+        }
+        last = text;
+    }
+    out
+}
+
 fn bench_main(args: bench::BenchArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -49,7 +84,7 @@ fn bench_main(args: bench::BenchArgs) -> ExitCode {
     match runtime.block_on(bench::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("strata bench: {e:#}");
+            eprintln!("{}", report(&e).replacen("strata:", "strata bench:", 1));
             ExitCode::FAILURE
         }
     }
@@ -66,7 +101,7 @@ fn main() -> ExitCode {
     let cfg = match config::ServeConfig::resolve(&overrides, std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("strata: {e:#}");
+            eprintln!("{}", report(&e));
             return ExitCode::from(2);
         }
     };
@@ -87,7 +122,7 @@ fn main() -> ExitCode {
     match runtime.block_on(serve::run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "strata failed");
+            eprintln!("{}", report(&e));
             ExitCode::FAILURE
         }
     }

@@ -45,6 +45,15 @@ impl AdminState for Admin {
         serde_json::to_value(partitions).unwrap_or(serde_json::Value::Null)
     }
 
+    fn health(&self) -> serde_json::Value {
+        let readiness = self.readiness();
+        serde_json::json!({
+            "ready": readiness.is_ok(),
+            "reason": readiness.err(),
+            "object_store": self.broker.get().map(|(_, v)| v.object_store()),
+        })
+    }
+
     fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value> {
         let (_, view) = self.broker.get()?;
         serde_json::to_value(view.remote_segments(topic, partition)?).ok()
@@ -101,11 +110,18 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             object_store: cfg.object_store.clone(),
             cache_dir: cfg.data_dir.join("cache"),
         },
-        meta,
+        meta.clone(),
         kafka,
     )
-    .await
-    .context("starting the broker")?;
+    .await;
+    let broker = match broker {
+        Ok(b) => b,
+        Err(e) => {
+            // Stop the Raft task before the runtime goes, so it exits without complaint.
+            let _ = meta.shutdown().await;
+            return Err(e).context("starting the broker");
+        }
+    };
     let _ = admin_state.broker.set((broker.health(), broker.view()));
 
     let signal = termination().await?;
