@@ -8,6 +8,7 @@
 #                                 AWS_SECRET_ACCESS_KEY=strata-secret
 #                                 AWS_REGION=us-east-1
 #                               All other output goes to stderr.
+#   scripts/rgw.sh bucket DIR NAME   create bucket NAME (idempotent; a signed PUT with curl).
 #   scripts/rgw.sh stop   DIR   stop the daemons (TERM, KILL after a grace period); idempotent.
 #   scripts/rgw.sh pause  DIR   make the S3 endpoint unavailable (see "pause" below).
 #   scripts/rgw.sh resume DIR   make it available again.
@@ -37,12 +38,17 @@ die() {
   exit 1
 }
 usage() {
-  echo "usage: $0 {start|stop|pause|resume|status} DIR" >&2
+  echo "usage: $0 {start|stop|pause|resume|status} DIR | $0 bucket DIR NAME" >&2
   exit 2
 }
 
-[ $# -eq 2 ] || usage
-cmd="$1"
+cmd="${1:-}"
+if [ "$cmd" = bucket ]; then
+  [ $# -eq 3 ] || usage
+  BUCKET="$3"
+else
+  [ $# -eq 2 ] || usage
+fi
 [ -n "$2" ] || usage
 if [ ! -d "$2" ]; then
   case "$cmd" in
@@ -381,6 +387,22 @@ do_resume() {
   log "resumed radosgw"
 }
 
+# A bucket, created the way any S3 client would: PUT /NAME, signed with SigV4.
+do_bucket() {
+  [ -f "$DIR/env" ] || die "no cluster started in $DIR"
+  local endpoint code
+  endpoint="$(sed -n 's/^RGW_ENDPOINT=//p' "$DIR/env")"
+  # radosgw wants the payload hash header, which curl does not add by itself.
+  code="$(curl -s -o "$DIR/log/bucket.out" -w '%{http_code}' -X PUT \
+    -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
+    --aws-sigv4 "aws:amz:$REGION:s3" --user "$ACCESS_KEY:$SECRET_KEY" "$endpoint/$BUCKET")" ||
+    die "could not reach radosgw at $endpoint"
+  case "$code" in
+  200 | 409) log "bucket $BUCKET ready" ;;
+  *) die "creating bucket $BUCKET: HTTP $code: $(cat "$DIR/log/bucket.out")" ;;
+  esac
+}
+
 do_status() {
   local n rc=0
   for n in "${DAEMONS[@]}"; do
@@ -401,5 +423,6 @@ stop)
 pause) do_pause ;;
 resume) do_resume ;;
 status) do_status ;;
+bucket) do_bucket ;;
 *) usage ;;
 esac

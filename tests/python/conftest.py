@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import time
 import urllib.request
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+# Before anything imports confluent_kafka's client classes (see client_tracking).
+from client_tracking import release_clients  # isort: skip
 from strata_helpers import partition_dirs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,7 +273,16 @@ class StrataBroker:
             f"no directory for {topic}-{partition} under {self.data_dir}: "
             f"{sorted(str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob('*'))[:50]}"
         )
-        return sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
+        total = 0
+        for d in dirs:
+            for f in d.rglob("*"):
+                try:
+                    st = f.stat()
+                except FileNotFoundError:
+                    continue  # deleted by retention between the listing and the stat
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+        return total
 
 
 @pytest.fixture
@@ -289,6 +301,7 @@ def broker_factory(strata_binary, tmp_path, request):
         return b
 
     yield make
+    release_clients()
     for b in brokers:
         b.cleanup()
 

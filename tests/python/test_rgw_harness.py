@@ -133,3 +133,32 @@ def test_shared_rgw_fixture_and_aws_cli(rgw):
     with rgw.outage():
         _fails_fast(rgw.s3_client(**SHORT), bucket, "k")
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"v"
+
+
+def test_rgw_sh_bucket_creates_a_bucket_a_broker_can_use(rgw, strata_binary, tmp_path):
+    """`scripts/rgw.sh bucket DIR NAME` (what the README shows) makes a bucket that S3
+    clients and a broker see; running it again is fine."""
+    name = f"made-{uuid.uuid4().hex[:8]}"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "rgw.sh"
+    for _ in range(2):
+        r = subprocess.run(["bash", str(script), "bucket", str(rgw.root), name],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert f"bucket {name} ready" in r.stderr
+    rgw.s3_client().head_bucket(Bucket=name)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("STRATA_", "AWS_"))}
+    env = {**base, **rgw.env(), "STRATA_S3_ENDPOINT": rgw.endpoint, "STRATA_S3_ALLOW_HTTP": "true",
+           "STRATA_OBJECT_STORE": f"s3://{name}/p"}
+    proc = subprocess.Popen(
+        [str(strata_binary), "serve", "--data-dir", str(tmp_path / "d"), "--kafka-listen",
+         "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        seen = ""
+        while "kafka listener ready" not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, seen[-3000:]
+            seen += proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=40)

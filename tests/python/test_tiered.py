@@ -64,6 +64,7 @@ class LocalObjects:
     """The default store: a directory under the broker's data directory."""
 
     kind = "file"
+    prefix = ""
 
     def env(self) -> dict[str, str]:
         return {}
@@ -402,9 +403,10 @@ def listed_segments(store, broker, tid: str) -> dict[int, list[int]]:
     return segs
 
 
-def manifest(broker, tid: str) -> dict[int, list[dict]]:
+def manifest(store, broker, tid: str) -> dict[int, list[dict]]:
     """Per partition, the topic's manifest (its committed remote segments, oldest first)
-    from the admin API."""
+    from the admin API, with keys made relative to the store's prefix: the API shows them
+    as they are in the bucket, prefix included."""
     status, body = broker.http_get("/api/v1/partitions")
     assert status == 200, body
     out = {}
@@ -413,7 +415,12 @@ def manifest(broker, tid: str) -> dict[int, list[dict]]:
             status, entries = broker.http_get(
                 f"/api/v1/partitions/{p['topic']}/{p['partition']}/remote-segments")
             assert status == 200, entries
-            out[p["partition"]] = json.loads(entries)
+            entries = json.loads(entries)
+            for e in entries:
+                for field in ("key", "index_key"):
+                    assert e[field].startswith(store.prefix), f"{e[field]} lacks the prefix {store.prefix}"
+                    e[field] = e[field][len(store.prefix):]
+            out[p["partition"]] = entries
     return out
 
 
@@ -424,7 +431,7 @@ def remote_segments(store, broker, tid: str, strict: bool = False) -> dict[int, 
     upload attempt, none not yet deleted)."""
     # The manifest first: an entry is committed only after its objects are written, so
     # a listing made after it holds every object it names.
-    entries_of = manifest(broker, tid)
+    entries_of = manifest(store, broker, tid)
     keys = set(store.keys(broker))
     segs: dict[int, list[int]] = {}
     named = set()
@@ -441,8 +448,8 @@ def remote_segments(store, broker, tid: str, strict: bool = False) -> dict[int, 
     return segs
 
 
-def segment_key(broker, tid: str, p: int, base: int) -> str:
-    found = [e["key"] for e in manifest(broker, tid).get(p, []) if e["base_offset"] == base]
+def segment_key(store, broker, tid: str, p: int, base: int) -> str:
+    found = [e["key"] for e in manifest(store, broker, tid).get(p, []) if e["base_offset"] == base]
     assert len(found) == 1, (tid, p, base, found)
     return found[0]
 
@@ -494,7 +501,7 @@ def assert_remote_equals_local(store, broker, topic: str, partitions: int) -> in
     for p in range(partitions):
         (d,) = partition_dirs(broker.data_dir, topic, p)
         for base, size in sealed_local(broker, topic, p):
-            remote = store.get(broker, segment_key(broker, tid, p, base))
+            remote = store.get(broker, segment_key(store, broker, tid, p, base))
             local = (d / f"{base:020d}.log").read_bytes()
             assert remote == local, f"{topic}[{p}] segment {base}: remote {len(remote)} bytes != local {len(local)}"
             n += 1

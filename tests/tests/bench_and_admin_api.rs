@@ -141,3 +141,77 @@ fn recent_appends_are_served_from_memory_unless_the_tail_cache_is_off() {
     assert_eq!(read_bytes(&off, "memory"), 0.0);
     assert!(read_bytes(&off, "local") >= 900_000.0);
 }
+
+/// `strata bench` with its own arguments only (no `--topic b`): (success, stdout, stderr).
+fn bench_raw(s: &Strata, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(strata_bin())
+        .args(["bench", "--bootstrap", &s.bootstrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The value of `label: <value>` on a line of `text`.
+fn field<'a>(text: &'a str, label: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .map(str::trim)
+}
+
+#[test]
+fn bench_runs_twice_in_a_row_each_on_its_own_data() {
+    let s = Strata::start();
+    let small = ["--messages", "2000", "--size", "100", "--partitions", "2"];
+    // No topic named: each run makes a fresh one and reads back exactly its messages.
+    let mut topics = Vec::new();
+    for _ in 0..2 {
+        let (ok, out, err) = bench_raw(&s, &small);
+        assert!(ok, "{out}{err}");
+        assert!(out.contains("consume: 2000 msgs"), "{out}");
+        topics.push(field(&err, "topic:").unwrap().to_string());
+    }
+    assert_ne!(topics[0], topics[1], "each run uses a new topic");
+    // A named topic is reused, and a second run still reads back only its own messages.
+    for _ in 0..2 {
+        let (ok, out, err) = bench_raw(&s, &[&small[..], &["--topic", "named"]].concat());
+        assert!(ok, "{out}{err}");
+        assert!(out.contains("consume: 2000 msgs"), "{out}");
+    }
+    // --consume-only replays the whole named topic: both runs.
+    let (ok, out, err) = bench_raw(&s, &["--topic", "named", "--consume-only"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("consume: 4000 msgs"), "{out}");
+    // The progress line's final time is the result line's.
+    let bar = err.rsplit('\r').next().unwrap_or("");
+    let secs = |s: &str| -> String {
+        s.split_whitespace()
+            .find_map(|w| w.strip_suffix('s').filter(|n| n.parse::<f64>().is_ok()))
+            .unwrap_or("")
+            .to_string()
+    };
+    let result = out.lines().find(|l| l.starts_with("consume:")).unwrap();
+    let in_secs = result
+        .split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap();
+    assert_eq!(
+        secs(bar),
+        format!("{:.1}", in_secs.parse::<f64>().unwrap()),
+        "{bar} vs {result}"
+    );
+
+    // Consuming a topic that does not exist is an error, and does not create it.
+    let (ok, out, err) = bench_raw(&s, &["--topic", "nope", "--consume-only"]);
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("topic nope does not exist"), "{err}");
+    let (_, body) = s.http_get("/api/v1/partitions");
+    assert!(!body.contains("\"nope\""), "{body}");
+    let (ok, _, err) = bench_raw(&s, &["--consume-only"]);
+    assert!(!ok && err.contains("--topic"), "{err}");
+}

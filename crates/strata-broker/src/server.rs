@@ -133,13 +133,24 @@ impl BrokerView {
         self.0.tier.store.status()
     }
 
-    /// A partition's manifest: its segments in the object store, oldest first.
+    /// A partition's manifest: its segments in the object store, oldest first, with
+    /// keys as they are in the bucket (the store's prefix included).
     pub fn remote_segments(&self, topic: &str, partition: i32) -> Option<Vec<RemoteSegmentMeta>> {
         let topic = self.0.topic(topic)?;
         let pm = usize::try_from(partition)
             .ok()
             .and_then(|i| topic.partitions.get(i))?;
-        Some(pm.remote_segments.to_vec())
+        let store = &self.0.tier.store;
+        Some(
+            pm.remote_segments
+                .iter()
+                .map(|seg| RemoteSegmentMeta {
+                    key: store.full_key(&seg.key),
+                    index_key: store.full_key(&seg.index_key),
+                    ..seg.clone()
+                })
+                .collect(),
+        )
     }
 }
 

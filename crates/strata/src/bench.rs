@@ -25,9 +25,9 @@ pub struct BenchArgs {
     /// Broker to connect to.
     #[arg(long, default_value = "127.0.0.1:9092", value_name = "HOST:PORT")]
     pub bootstrap: String,
-    /// Topic to use (created if missing).
-    #[arg(long, default_value = "strata-bench")]
-    pub topic: String,
+    /// Topic to use, created if missing [default: a new topic, strata-bench-<time>]
+    #[arg(long)]
+    pub topic: Option<String>,
     /// Messages to produce.
     #[arg(long, default_value_t = 1_000_000)]
     pub messages: u64,
@@ -49,7 +49,7 @@ pub struct BenchArgs {
     /// Topic config for a newly created topic, as name=value (repeatable).
     #[arg(long = "topic-config", value_name = "NAME=VALUE")]
     pub topic_configs: Vec<String>,
-    /// Only read the topic back (for a second, cached replay).
+    /// Only read the topic back, from its start (a second, cached replay); needs --topic.
     #[arg(long)]
     pub consume_only: bool,
     /// Only produce.
@@ -131,35 +131,82 @@ fn percentiles(mut samples: Vec<Duration>) -> String {
     )
 }
 
-/// Prints a progress bar on stderr until `done` reaches `total` or the task is aborted.
-fn progress(label: &'static str, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let started = Instant::now();
-        loop {
-            let n = done.load(Ordering::Relaxed).min(total);
-            let frac = if total == 0 {
-                1.0
-            } else {
-                n as f64 / total as f64
-            };
-            let filled = (frac * 40.0) as usize;
-            eprint!(
-                "\r{label:8} [{}{}] {:5.1}% {n}/{total} msgs, {:.1}s",
-                "#".repeat(filled),
-                "-".repeat(40 - filled),
-                frac * 100.0,
-                started.elapsed().as_secs_f64()
-            );
-            if n >= total {
-                eprintln!();
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })
+/// A progress bar on stderr, redrawn every 250 ms until [`Progress::finish`] draws it
+/// a last time with the phase's own elapsed time (the one its result line reports).
+struct Progress {
+    label: &'static str,
+    done: Arc<AtomicU64>,
+    total: u64,
+    ticker: tokio::task::JoinHandle<()>,
 }
 
-async fn ensure_topic(args: &BenchArgs) -> anyhow::Result<()> {
+fn draw(label: &str, n: u64, total: u64, elapsed: Duration) {
+    let n = n.min(total);
+    let frac = if total == 0 {
+        1.0
+    } else {
+        n as f64 / total as f64
+    };
+    let filled = (frac * 40.0) as usize;
+    eprint!(
+        "\r{label:8} [{}{}] {:5.1}% {n}/{total} msgs, {:.1}s",
+        "#".repeat(filled),
+        "-".repeat(40 - filled),
+        frac * 100.0,
+        elapsed.as_secs_f64()
+    );
+}
+
+impl Progress {
+    fn start(label: &'static str, total: u64) -> Self {
+        let done = Arc::new(AtomicU64::new(0));
+        let counter = done.clone();
+        let started = Instant::now();
+        let ticker = tokio::spawn(async move {
+            loop {
+                draw(
+                    label,
+                    counter.load(Ordering::Relaxed),
+                    total,
+                    started.elapsed(),
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        Self {
+            label,
+            done,
+            total,
+            ticker,
+        }
+    }
+
+    fn finish(self, elapsed: Duration) {
+        self.ticker.abort();
+        draw(
+            self.label,
+            self.done.load(Ordering::Relaxed),
+            self.total,
+            elapsed,
+        );
+        eprintln!();
+    }
+}
+
+/// The topic of this run: the one named, or a new one.
+fn topic_of(args: &BenchArgs) -> String {
+    match &args.topic {
+        Some(t) => t.clone(),
+        None => {
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            format!("strata-bench-{ms}")
+        }
+    }
+}
+
+async fn ensure_topic(args: &BenchArgs, topic: &str) -> anyhow::Result<()> {
     let mut c = Conn::open(&args.bootstrap).await?;
     let configs = args
         .topic_configs
@@ -177,7 +224,7 @@ async fn ensure_topic(args: &BenchArgs) -> anyhow::Result<()> {
         .with_timeout_ms(30_000)
         .with_topics(vec![
             CreatableTopic::default()
-                .with_name(topic_name(&args.topic))
+                .with_name(topic_name(topic))
                 .with_num_partitions(args.partitions)
                 .with_replication_factor(-1)
                 .with_configs(configs),
@@ -187,30 +234,39 @@ async fn ensure_topic(args: &BenchArgs) -> anyhow::Result<()> {
     };
     match r.topics.first().map(|t| t.error_code) {
         Some(0) | Some(36) => Ok(()),
-        Some(code) => bail!("creating topic {}: error code {code}", args.topic),
+        Some(code) => bail!("creating topic {topic}: error code {code}"),
         None => bail!("empty CreateTopics response"),
     }
 }
 
-/// The topic's partition count and each partition's (earliest, latest) offsets.
-async fn offsets(args: &BenchArgs) -> anyhow::Result<Vec<(i64, i64)>> {
+/// The topic's partition count and each partition's (earliest, latest) offsets. A
+/// topic that does not exist is an error (it is not created).
+async fn offsets(args: &BenchArgs, topic: &str) -> anyhow::Result<Vec<(i64, i64)>> {
     let mut c = Conn::open(&args.bootstrap).await?;
     let ResponseKind::Metadata(m) = c
         .call(
             ApiKey::Metadata,
             12,
-            &MetadataRequest::default().with_topics(Some(vec![
-                metadata_request::MetadataRequestTopic::default()
-                    .with_name(Some(topic_name(&args.topic))),
-            ])),
+            &MetadataRequest::default()
+                .with_allow_auto_topic_creation(false)
+                .with_topics(Some(vec![
+                    metadata_request::MetadataRequestTopic::default()
+                        .with_name(Some(topic_name(topic))),
+                ])),
         )
         .await?
     else {
         bail!("unexpected response to Metadata");
     };
+    match m.topics.first().map(|t| t.error_code) {
+        Some(0) => {}
+        Some(3) => bail!("topic {topic} does not exist"),
+        Some(code) => bail!("metadata of topic {topic}: error code {code}"),
+        None => bail!("empty Metadata response"),
+    }
     let n = m.topics.first().map_or(0, |t| t.partitions.len()) as i32;
     if n == 0 {
-        bail!("topic {} has no partitions", args.topic);
+        bail!("topic {topic} has no partitions");
     }
     let mut out = Vec::new();
     for p in 0..n {
@@ -220,7 +276,7 @@ async fn offsets(args: &BenchArgs) -> anyhow::Result<Vec<(i64, i64)>> {
                 .with_replica_id(BrokerId(-1))
                 .with_topics(vec![
                     ListOffsetsTopic::default()
-                        .with_name(topic_name(&args.topic))
+                        .with_name(topic_name(topic))
                         .with_partitions(vec![
                             ListOffsetsPartition::default()
                                 .with_partition_index(p)
@@ -237,11 +293,11 @@ async fn offsets(args: &BenchArgs) -> anyhow::Result<Vec<(i64, i64)>> {
     Ok(out)
 }
 
-async fn produce(args: &BenchArgs, partitions: i32) -> anyhow::Result<()> {
+async fn produce(args: &BenchArgs, topic: &str, partitions: i32) -> anyhow::Result<()> {
     let per_batch = (args.batch_bytes / args.size.max(1)).max(1);
     let value: Vec<u8> = (0..args.size).map(|i| (i % 251) as u8).collect();
-    let done = Arc::new(AtomicU64::new(0));
-    let bar = progress("produce", done.clone(), args.messages);
+    let bar = Progress::start("produce", args.messages);
+    let done = bar.done.clone();
     let started = Instant::now();
     let conns = args.connections.max(1);
     let mut tasks = Vec::new();
@@ -249,6 +305,7 @@ async fn produce(args: &BenchArgs, partitions: i32) -> anyhow::Result<()> {
         let share =
             args.messages / conns as u64 + u64::from((c as u64) < args.messages % conns as u64);
         let (args, value, done) = (args.clone(), value.clone(), done.clone());
+        let topic = topic.to_string();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&args.bootstrap).await?;
             let mut latencies = Vec::new();
@@ -281,7 +338,7 @@ async fn produce(args: &BenchArgs, partitions: i32) -> anyhow::Result<()> {
                     .with_timeout_ms(30_000)
                     .with_topic_data(vec![
                         TopicProduceData::default()
-                            .with_name(topic_name(&args.topic))
+                            .with_name(topic_name(&topic))
                             .with_partition_data(vec![
                                 PartitionProduceData::default()
                                     .with_index(p)
@@ -323,8 +380,9 @@ async fn produce(args: &BenchArgs, partitions: i32) -> anyhow::Result<()> {
     for t in tasks {
         latencies.extend(t.await??);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let _ = bar.await;
+    let took = started.elapsed();
+    bar.finish(took);
+    let elapsed = took.as_secs_f64();
     let bytes = args.messages as f64 * args.size as f64;
     println!(
         "produce: {} msgs of {} B, acks={}, in {:.2} s: {:.1} MB/s, {:.0} msgs/s; request latency {}",
@@ -339,10 +397,10 @@ async fn produce(args: &BenchArgs, partitions: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn consume(args: &BenchArgs, ranges: Vec<(i64, i64)>) -> anyhow::Result<()> {
+async fn consume(args: &BenchArgs, topic: &str, ranges: Vec<(i64, i64)>) -> anyhow::Result<()> {
     let total: i64 = ranges.iter().map(|(s, e)| e - s).sum();
-    let done = Arc::new(AtomicU64::new(0));
-    let bar = progress("consume", done.clone(), total.max(0) as u64);
+    let bar = Progress::start("consume", total.max(0) as u64);
+    let done = bar.done.clone();
     let started = Instant::now();
     let conns = args.connections.max(1);
     let mut tasks = Vec::new();
@@ -354,6 +412,7 @@ async fn consume(args: &BenchArgs, ranges: Vec<(i64, i64)>) -> anyhow::Result<()
             .map(|(p, (s, e))| (p as i32, *s, *e))
             .collect();
         let (args, done) = (args.clone(), done.clone());
+        let topic = topic.to_string();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&args.bootstrap).await?;
             let (mut latencies, mut bytes) = (Vec::new(), 0u64);
@@ -368,7 +427,7 @@ async fn consume(args: &BenchArgs, ranges: Vec<(i64, i64)>) -> anyhow::Result<()
                         .with_session_epoch(-1)
                         .with_topics(vec![
                             FetchTopic::default()
-                                .with_topic(topic_name(&args.topic))
+                                .with_topic(topic_name(&topic))
                                 .with_partitions(vec![
                                     FetchPartition::default()
                                         .with_partition(p)
@@ -417,8 +476,9 @@ async fn consume(args: &BenchArgs, ranges: Vec<(i64, i64)>) -> anyhow::Result<()
         latencies.extend(l);
         bytes += b;
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let _ = bar.await;
+    let took = started.elapsed();
+    bar.finish(took);
+    let elapsed = took.as_secs_f64();
     println!(
         "consume: {total} msgs ({:.1} MB of batches) in {:.2} s: {:.1} MB/s, {:.0} msgs/s; fetch latency {}",
         bytes as f64 / 1e6,
@@ -431,14 +491,30 @@ async fn consume(args: &BenchArgs, ranges: Vec<(i64, i64)>) -> anyhow::Result<()
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    if !args.consume_only {
-        ensure_topic(&args).await?;
-        let partitions = offsets(&args).await?.len() as i32;
-        produce(&args, partitions).await?;
+    if args.consume_only && args.produce_only {
+        bail!("--consume-only and --produce-only exclude each other");
     }
+    if args.consume_only {
+        let Some(topic) = &args.topic else {
+            bail!("--consume-only reads an existing topic: name it with --topic");
+        };
+        let ranges = offsets(&args, topic).await?;
+        return consume(&args, topic, ranges).await;
+    }
+    let topic = topic_of(&args);
+    eprintln!("topic: {topic}");
+    ensure_topic(&args, &topic).await?;
+    // A named topic may hold earlier runs' messages: this run reads back its own.
+    let before = offsets(&args, &topic).await?;
+    produce(&args, &topic, before.len() as i32).await?;
     if !args.produce_only {
-        let ranges = offsets(&args).await?;
-        consume(&args, ranges).await?;
+        let after = offsets(&args, &topic).await?;
+        let ranges = before
+            .iter()
+            .zip(&after)
+            .map(|((_, from), (_, to))| (*from, *to))
+            .collect();
+        consume(&args, &topic, ranges).await?;
     }
     Ok(())
 }
