@@ -1,10 +1,10 @@
 """Lets fixtures free the confluent-kafka clients of a test before stopping the brokers
 they talk to. A client that outlives its broker keeps reconnecting and prints
 librdkafka's "Connect ... failed: Connection refused" until the interpreter exits: noise
-after the test summary, and a sign of a test that did not clean up. Clients kept alive
-only by reference cycles are freed by a collection; consumers still referenced are
-closed, which is why they are tracked. Imported by conftest.py before any test module,
-so `from confluent_kafka import Consumer` in a test gets the tracked class."""
+after the test summary, and a sign of a test that did not clean up. Producers and
+consumers are tracked so that those still alive can be closed. Imported by conftest.py
+before any test module, so `from confluent_kafka import Producer` in a test gets the
+tracked class."""
 
 from __future__ import annotations
 
@@ -28,17 +28,22 @@ def _tracked(cls):
     return Tracked
 
 
-# confluent_kafka.Consumer is a C type: a subclass can be weakly referenced.
+# confluent_kafka's Producer and Consumer are C types: subclasses can be weakly
+# referenced. (Reference cycles through their callbacks are invisible to the collector,
+# so such clients live until closed.)
+confluent_kafka.Producer = _tracked(confluent_kafka.Producer)
 confluent_kafka.Consumer = _tracked(confluent_kafka.Consumer)
 
 
 def release_clients() -> None:
-    """Frees the clients nothing refers to any more (reference cycles included) and
-    closes consumers that are still referenced, while their brokers still run."""
+    """Frees the clients nothing refers to any more and closes the producers and
+    consumers that are still alive, while their brokers still run."""
     gc.collect()
     for client in list(_live):
-        if isinstance(client, confluent_kafka.Consumer):
-            try:
+        try:
+            if isinstance(client, confluent_kafka.Producer):
+                client.close(0)
+            else:
                 client.close()
-            except RuntimeError:
-                pass  # already closed
+        except (RuntimeError, TypeError):
+            pass  # already closed

@@ -76,6 +76,15 @@ impl From<ConfigError> for TopicError {
     }
 }
 
+/// Logs each of a topic's settings that Kafka has but that mean nothing here.
+pub(crate) fn warn_ignored(topic: &str, configs: &BTreeMap<String, String>) {
+    for (name, value) in configs {
+        if let Some(k) = crate::config::ignored_topic_config(name) {
+            warn!(topic, config = %name, value = %value, why = k.why, "topic setting accepted but has no effect");
+        }
+    }
+}
+
 /// Kafka's rule for topic names.
 pub(crate) fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     let bad = |why: &str| {
@@ -160,6 +169,7 @@ impl Broker {
             ));
         }
         let configs = validate_topic_configs(configs)?;
+        warn_ignored(name, &configs);
         Ok(NewTopic {
             name: name.to_string(),
             partitions,

@@ -27,6 +27,7 @@ pub enum ConfigType {
 pub enum Check {
     Any,
     AtLeast(i64),
+    Range(i64, i64),
     OneOf(&'static [&'static str]),
 }
 
@@ -45,6 +46,8 @@ pub struct ConfigDef {
 pub enum ConfigError {
     #[error("unknown config {0:?}{hint}", hint = did_you_mean(.0))]
     Unknown(String),
+    #[error("config {name:?} is not supported: {reason}")]
+    Refused { name: String, reason: &'static str },
     #[error("invalid value {value:?} for config {name:?}: {reason}")]
     Invalid {
         name: String,
@@ -77,6 +80,9 @@ const fn def(
         doc,
     }
 }
+
+/// Kafka's `compression.type` values.
+const COMPRESSION_TYPES: &[&str] = &["producer", "uncompressed", "gzip", "snappy", "lz4", "zstd"];
 
 /// Broker-level Kafka settings Strata honours.
 pub static BROKER_CONFIGS: &[ConfigDef] = &[
@@ -137,11 +143,32 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Age at which a segment is rolled (default for segment.ms).",
     ),
     def(
+        "log.roll.hours",
+        ConfigType::Int,
+        "168",
+        Check::AtLeast(1),
+        "log.roll.ms in hours, used when log.roll.ms is not set.",
+    ),
+    def(
         "log.retention.ms",
         ConfigType::Long,
         "604800000",
         Check::AtLeast(-1),
         "How long to keep a segment after its newest record (default for retention.ms; -1 keeps forever).",
+    ),
+    def(
+        "log.retention.minutes",
+        ConfigType::Int,
+        "10080",
+        Check::AtLeast(-1),
+        "log.retention.ms in minutes, used when log.retention.ms is not set.",
+    ),
+    def(
+        "log.retention.hours",
+        ConfigType::Int,
+        "168",
+        Check::AtLeast(-1),
+        "log.retention.ms in hours, used when neither log.retention.ms nor log.retention.minutes is set.",
     ),
     def(
         "log.retention.bytes",
@@ -177,6 +204,83 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "1",
         Check::AtLeast(1),
         "Default min.insync.replicas.",
+    ),
+    def(
+        "unclean.leader.election.enable",
+        ConfigType::Boolean,
+        "false",
+        Check::Any,
+        "Default unclean.leader.election.enable.",
+    ),
+    def(
+        "compression.type",
+        ConfigType::String,
+        "producer",
+        Check::OneOf(COMPRESSION_TYPES),
+        "Default compression.type.",
+    ),
+    def(
+        "compression.gzip.level",
+        ConfigType::Int,
+        "-1",
+        Check::Range(-1, 9),
+        "Default compression.gzip.level.",
+    ),
+    def(
+        "compression.lz4.level",
+        ConfigType::Int,
+        "9",
+        Check::Range(1, 17),
+        "Default compression.lz4.level.",
+    ),
+    def(
+        "compression.zstd.level",
+        ConfigType::Int,
+        "3",
+        Check::Range(-131072, 22),
+        "Default compression.zstd.level.",
+    ),
+    def(
+        "log.message.timestamp.type",
+        ConfigType::String,
+        "CreateTime",
+        Check::OneOf(&["CreateTime", "LogAppendTime"]),
+        "Default message.timestamp.type.",
+    ),
+    def(
+        "log.message.timestamp.before.max.ms",
+        ConfigType::Long,
+        "9223372036854775807",
+        Check::AtLeast(0),
+        "Default message.timestamp.before.max.ms.",
+    ),
+    def(
+        "log.message.timestamp.after.max.ms",
+        ConfigType::Long,
+        "3600000",
+        Check::AtLeast(0),
+        "Default message.timestamp.after.max.ms.",
+    ),
+    def(
+        "log.message.timestamp.difference.max.ms",
+        ConfigType::Long,
+        "9223372036854775807",
+        Check::AtLeast(0),
+        "Default message.timestamp.difference.max.ms (deprecated by Kafka 3.6, removed in 4.0).",
+    ),
+    def(
+        "delete.topic.enable",
+        ConfigType::Boolean,
+        "true",
+        Check::Any,
+        "Whether DeleteTopics may delete topics; false answers TOPIC_DELETION_DISABLED.",
+    ),
+    def(
+        "group.max.size",
+        ConfigType::Int,
+        "2147483647",
+        Check::AtLeast(1),
+        "Most members one consumer group may have; a member joining a full group gets GROUP_MAX_SIZE_REACHED.",
     ),
     def(
         "group.min.session.timeout.ms",
@@ -411,6 +515,106 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, Option<&str>)] = &[
     ),
     (
         def(
+            "unclean.leader.election.enable",
+            ConfigType::Boolean,
+            "false",
+            Check::Any,
+            "Whether a replica outside the ISR may become leader (losing acknowledged records).",
+        ),
+        Some("unclean.leader.election.enable"),
+    ),
+    (
+        def(
+            "compression.type",
+            ConfigType::String,
+            "producer",
+            Check::OneOf(COMPRESSION_TYPES),
+            "Codec of stored batches: producer keeps what the producer sent; any other value recompresses batches that arrive in another codec.",
+        ),
+        Some("compression.type"),
+    ),
+    (
+        def(
+            "compression.gzip.level",
+            ConfigType::Int,
+            "-1",
+            Check::Range(-1, 9),
+            "gzip level when batches are recompressed to gzip (-1: the codec's default).",
+        ),
+        Some("compression.gzip.level"),
+    ),
+    (
+        def(
+            "compression.lz4.level",
+            ConfigType::Int,
+            "9",
+            Check::Range(1, 17),
+            "lz4 level when batches are recompressed to lz4.",
+        ),
+        Some("compression.lz4.level"),
+    ),
+    (
+        def(
+            "compression.zstd.level",
+            ConfigType::Int,
+            "3",
+            Check::Range(-131072, 22),
+            "zstd level when batches are recompressed to zstd.",
+        ),
+        Some("compression.zstd.level"),
+    ),
+    (
+        def(
+            "message.timestamp.type",
+            ConfigType::String,
+            "CreateTime",
+            Check::OneOf(&["CreateTime", "LogAppendTime"]),
+            "CreateTime keeps the producer's timestamps; LogAppendTime stamps each batch with the broker's time.",
+        ),
+        Some("log.message.timestamp.type"),
+    ),
+    (
+        def(
+            "message.timestamp.before.max.ms",
+            ConfigType::Long,
+            "9223372036854775807",
+            Check::AtLeast(0),
+            "With CreateTime, a batch with a record older than this (by the broker's clock) is refused with INVALID_TIMESTAMP.",
+        ),
+        Some("log.message.timestamp.before.max.ms"),
+    ),
+    (
+        def(
+            "message.timestamp.after.max.ms",
+            ConfigType::Long,
+            "3600000",
+            Check::AtLeast(0),
+            "With CreateTime, a batch with a record further than this in the future is refused with INVALID_TIMESTAMP.",
+        ),
+        Some("log.message.timestamp.after.max.ms"),
+    ),
+    (
+        def(
+            "message.timestamp.difference.max.ms",
+            ConfigType::Long,
+            "9223372036854775807",
+            Check::AtLeast(0),
+            "Deprecated (Kafka 3.6): a bound in both directions, applied with the two above.",
+        ),
+        Some("log.message.timestamp.difference.max.ms"),
+    ),
+    (
+        def(
+            "remote.log.copy.disable",
+            ConfigType::Boolean,
+            "false",
+            Check::Any,
+            "Stop uploading new segments of a tiered topic; what is in the object store stays readable.",
+        ),
+        None,
+    ),
+    (
+        def(
             "remote.storage.enable",
             ConfigType::Boolean,
             "true",
@@ -440,6 +644,100 @@ pub static TOPIC_CONFIGS: &[(ConfigDef, Option<&str>)] = &[
         Some("log.local.retention.bytes"),
     ),
 ];
+
+/// Which table of Kafka's a setting belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Broker,
+    Topic,
+}
+
+/// What Strata does with a setting Kafka accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// Implemented: in [`BROKER_CONFIGS`] or [`TOPIC_CONFIGS`].
+    Honoured,
+    /// Accepted with a logged warning: it has no meaning in Strata (`why` says why).
+    Ignored,
+    /// Refused with `why`: accepting it would quietly drop something it asks for.
+    Refused,
+}
+
+/// One of Kafka's documented settings (Kafka 3.x and 4.x), and what Strata does with it.
+#[derive(Debug)]
+pub struct KafkaName {
+    pub scope: Scope,
+    pub name: &'static str,
+    /// Kafka's type name (`long`, `list`, ...).
+    pub kafka_type: &'static str,
+    pub support: Support,
+    pub why: &'static str,
+}
+
+/// Every broker and topic setting Kafka 3.x and 4.x document, with Strata's answer to
+/// each: one row per name, columns scope, name, Kafka's type, default and versions,
+/// then `honoured`/`ignored`/`refused` and why.
+const KAFKA_CONFIGS_TSV: &str = include_str!("../kafka-configs.tsv");
+
+fn parse_kafka_names(text: &'static str) -> Vec<KafkaName> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&'static str> = line.split('\t').collect();
+            let [scope, name, kafka_type, _default, _versions, support, why] = f[..] else {
+                return None;
+            };
+            Some(KafkaName {
+                scope: match scope {
+                    "broker" => Scope::Broker,
+                    "topic" => Scope::Topic,
+                    _ => return None,
+                },
+                name,
+                kafka_type,
+                support: match support {
+                    "honoured" => Support::Honoured,
+                    "ignored" => Support::Ignored,
+                    "refused" => Support::Refused,
+                    _ => return None,
+                },
+                why,
+            })
+        })
+        .collect()
+}
+
+/// Kafka's settings, from [`KAFKA_CONFIGS_TSV`].
+pub fn kafka_names() -> &'static [KafkaName] {
+    static NAMES: std::sync::LazyLock<Vec<KafkaName>> =
+        std::sync::LazyLock::new(|| parse_kafka_names(KAFKA_CONFIGS_TSV));
+    &NAMES
+}
+
+/// The Kafka setting `name` of `scope`, if Kafka has one.
+pub fn kafka_name(scope: Scope, name: &str) -> Option<&'static KafkaName> {
+    kafka_names()
+        .iter()
+        .find(|k| k.scope == scope && k.name == name)
+}
+
+/// Checks a setting Strata does not implement against Kafka's names: `Ok(why)` if Kafka
+/// has it and it means nothing here (accept it, warn with `why`), else the error.
+fn unimplemented(scope: Scope, name: &str) -> Result<&'static str, ConfigError> {
+    match kafka_name(scope, name) {
+        Some(k) if k.support == Support::Ignored => Ok(k.why),
+        Some(k) if k.support == Support::Refused => Err(ConfigError::Refused {
+            name: name.to_string(),
+            reason: k.why,
+        }),
+        _ => Err(ConfigError::Unknown(name.to_string())),
+    }
+}
+
+/// The topic setting `name` if Strata accepts it but it does nothing here.
+pub fn ignored_topic_config(name: &str) -> Option<&'static KafkaName> {
+    kafka_name(Scope::Topic, name).filter(|k| k.support == Support::Ignored)
+}
 
 /// Edit distance (insertions, deletions, substitutions) between two names.
 fn distance(a: &str, b: &str) -> usize {
@@ -478,6 +776,20 @@ pub fn find_topic(name: &str) -> Option<&'static (ConfigDef, Option<&'static str
     TOPIC_CONFIGS.iter().find(|(d, _)| d.name == name)
 }
 
+impl KafkaName {
+    /// Kafka's type as DescribeConfigs codes it.
+    pub fn config_type(&self) -> ConfigType {
+        match self.kafka_type {
+            "boolean" => ConfigType::Boolean,
+            "int" => ConfigType::Int,
+            "short" => ConfigType::Short,
+            "long" => ConfigType::Long,
+            "list" => ConfigType::List,
+            _ => ConfigType::String,
+        }
+    }
+}
+
 impl ConfigDef {
     /// Checks `value` against the type and constraint; returns it normalised.
     pub fn validate(&self, value: &str) -> Result<String, ConfigError> {
@@ -511,6 +823,9 @@ impl ConfigDef {
             (Check::AtLeast(min), Some(n)) if n < min => {
                 Err(invalid(format!("must be at least {min}")))
             }
+            (Check::Range(min, max), Some(n)) if n < min || n > max => {
+                Err(invalid(format!("must be between {min} and {max}")))
+            }
             (Check::OneOf(allowed), _) => {
                 let items: Vec<&str> = v.split(',').map(str::trim).collect();
                 match items.iter().find(|i| !allowed.contains(i)) {
@@ -538,6 +853,8 @@ pub enum ConfigSource {
 #[derive(Debug, Clone, Default)]
 pub struct BrokerConfig {
     explicit: BTreeMap<&'static str, String>,
+    /// Kafka settings given that mean nothing here: (name, value, why).
+    ignored: Vec<(String, String, &'static str)>,
 }
 
 impl BrokerConfig {
@@ -546,11 +863,48 @@ impl BrokerConfig {
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, ConfigError> {
         let mut explicit = BTreeMap::new();
+        let mut ignored = Vec::new();
         for (name, value) in pairs {
-            let d = find_broker(name).ok_or_else(|| ConfigError::Unknown(name.to_string()))?;
-            explicit.insert(d.name, d.validate(value)?);
+            match find_broker(name) {
+                Some(d) => {
+                    explicit.insert(d.name, d.validate(value)?);
+                }
+                None => {
+                    let why = unimplemented(Scope::Broker, name)?;
+                    ignored.push((name.to_string(), value.to_string(), why));
+                }
+            }
         }
-        Ok(Self { explicit })
+        // Kafka's coarser synonyms apply when the finer setting is not given.
+        let synonyms: [(&str, &[(&str, i64)]); 2] = [
+            (
+                "log.retention.ms",
+                &[
+                    ("log.retention.minutes", 60_000),
+                    ("log.retention.hours", 3_600_000),
+                ],
+            ),
+            ("log.roll.ms", &[("log.roll.hours", 3_600_000)]),
+        ];
+        for (ms, coarser) in synonyms {
+            if explicit.contains_key(ms) {
+                continue;
+            }
+            let derived = coarser.iter().find_map(|(name, unit)| {
+                let v: i64 = explicit.get(name)?.parse().ok()?;
+                Some(if v < 0 { v } else { v.saturating_mul(*unit) })
+            });
+            if let (Some(v), Some(d)) = (derived, find_broker(ms)) {
+                explicit.insert(d.name, d.validate(&v.to_string())?);
+            }
+        }
+        Ok(Self { explicit, ignored })
+    }
+
+    /// Kafka settings that were given but mean nothing here: (name, value, why), to be
+    /// logged when the broker starts.
+    pub fn ignored(&self) -> &[(String, String, &'static str)] {
+        &self.ignored
     }
 
     /// Every declared broker setting: (definition, value, source).
@@ -673,6 +1027,14 @@ impl BrokerConfig {
         self.number("strata.tier.cache.readahead-blocks") as u64
     }
 
+    pub fn delete_topic_enable(&self) -> bool {
+        self.flag("delete.topic.enable")
+    }
+
+    pub fn group_max_size(&self) -> usize {
+        self.number("group.max.size").max(1) as usize
+    }
+
     pub fn producer_id_expiration_ms(&self) -> i64 {
         self.number("producer.id.expiration.ms")
     }
@@ -688,9 +1050,9 @@ pub fn validate_topic_configs(
 ) -> Result<BTreeMap<String, String>, ConfigError> {
     configs
         .iter()
-        .map(|(name, value)| {
-            let (d, _) = find_topic(name).ok_or_else(|| ConfigError::Unknown(name.clone()))?;
-            Ok((name.clone(), d.validate(value)?))
+        .map(|(name, value)| match find_topic(name) {
+            Some((d, _)) => Ok((name.clone(), d.validate(value)?)),
+            None => unimplemented(Scope::Topic, name).map(|_| (name.clone(), value.clone())),
         })
         .collect()
 }
@@ -771,6 +1133,46 @@ impl TopicConfig {
             -2 => self.retention_bytes(),
             v => v,
         }
+    }
+
+    fn text(&self, name: &str) -> &str {
+        self.values.get(name).map_or("", |(v, _)| v.as_str())
+    }
+
+    /// The codec batches are stored in: `None` keeps what the producer sent, else the
+    /// codec and its level (`None`: the codec's default).
+    pub fn compression(&self) -> Option<(strata_protocol::Compression, Option<i32>)> {
+        use strata_protocol::Compression;
+        let codec = Compression::from_name(self.text("compression.type"))?;
+        let level = match codec {
+            Compression::Gzip => Some(self.number("compression.gzip.level")).filter(|l| *l > 0),
+            Compression::Lz4 => Some(self.number("compression.lz4.level")),
+            Compression::Zstd => Some(self.number("compression.zstd.level")),
+            Compression::None | Compression::Snappy => None,
+        };
+        Some((codec, level.map(|l| l as i32)))
+    }
+
+    /// Whether batches are stamped with the broker's time (`LogAppendTime`).
+    pub fn log_append_time(&self) -> bool {
+        self.text("message.timestamp.type") == "LogAppendTime"
+    }
+
+    /// How far (ms) a record's timestamp may lie before and after the broker's clock.
+    pub fn timestamp_bounds(&self) -> (i64, i64) {
+        let difference = self.number("message.timestamp.difference.max.ms");
+        (
+            self.number("message.timestamp.before.max.ms")
+                .min(difference),
+            self.number("message.timestamp.after.max.ms")
+                .min(difference),
+        )
+    }
+
+    /// Whether new segments are uploaded (a tiered topic with remote.log.copy.disable
+    /// off).
+    pub fn uploads(&self) -> bool {
+        self.remote_storage() && self.text("remote.log.copy.disable") != "true"
     }
 
     pub fn min_insync_replicas(&self) -> usize {
@@ -866,6 +1268,129 @@ mod tests {
     }
 
     #[test]
+    fn every_kafka_setting_has_an_answer() {
+        let names = kafka_names();
+        let rows = KAFKA_CONFIGS_TSV.lines().skip(1).count();
+        assert_eq!(names.len(), rows, "every row of kafka-configs.tsv parses");
+        assert!(
+            rows > 350,
+            "Kafka 3.x and 4.x document more than 350 settings"
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for k in names {
+            assert!(seen.insert((k.scope as u8, k.name)), "{} twice", k.name);
+            let implemented = match k.scope {
+                Scope::Broker => find_broker(k.name).is_some(),
+                Scope::Topic => find_topic(k.name).is_some(),
+            };
+            assert_eq!(
+                implemented,
+                k.support == Support::Honoured,
+                "{}: honoured in kafka-configs.tsv exactly when implemented",
+                k.name
+            );
+            if k.support != Support::Honoured {
+                assert!(k.why.len() > 20, "{} says why", k.name);
+            }
+        }
+        // Every Kafka name Strata implements is in the table, so the table is complete
+        // where it matters; Strata's own settings start with "strata.".
+        for d in BROKER_CONFIGS
+            .iter()
+            .filter(|d| !d.name.starts_with("strata."))
+        {
+            assert!(
+                kafka_name(Scope::Broker, d.name).is_some(),
+                "{} is Kafka's",
+                d.name
+            );
+        }
+        for (d, _) in TOPIC_CONFIGS {
+            assert!(
+                kafka_name(Scope::Topic, d.name).is_some(),
+                "{} is Kafka's",
+                d.name
+            );
+        }
+    }
+
+    #[test]
+    fn kafka_settings_without_meaning_are_accepted_and_the_rest_refused_with_a_reason() {
+        let c = BrokerConfig::from_pairs([
+            ("num.network.threads", "3"),
+            ("transaction.state.log.replication.factor", "1"),
+            ("log.retention.hours", "2"),
+        ])
+        .unwrap();
+        let ignored: Vec<&str> = c.ignored().iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            ignored,
+            [
+                "num.network.threads",
+                "transaction.state.log.replication.factor"
+            ]
+        );
+        assert_eq!(c.get("log.retention.ms").unwrap().0, "7200000");
+        let e = BrokerConfig::from_pairs([("zookeeper.connect", "zk:2181")]).unwrap_err();
+        assert!(
+            e.to_string().contains("ZooKeeper") && e.to_string().contains("zookeeper.connect"),
+            "{e}"
+        );
+        // The finer setting wins over its coarser synonyms, as in Kafka.
+        let c = BrokerConfig::from_pairs([
+            ("log.retention.hours", "2"),
+            ("log.retention.minutes", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.get("log.retention.ms").unwrap().0, "180000");
+        let c = BrokerConfig::from_pairs([("log.retention.hours", "-1"), ("log.roll.hours", "1")])
+            .unwrap();
+        assert_eq!(c.get("log.retention.ms").unwrap().0, "-1");
+        assert_eq!(c.get("log.roll.ms").unwrap().0, "3600000");
+        // Topic settings: message.format.version is accepted (and stored), flush.ms too.
+        let mut o = BTreeMap::new();
+        o.insert("message.format.version".to_string(), "2.8".to_string());
+        o.insert("flush.ms".to_string(), "1000".to_string());
+        o.insert("compression.type".to_string(), "zstd".to_string());
+        assert_eq!(validate_topic_configs(&o).unwrap(), o);
+        assert!(ignored_topic_config("message.format.version").is_some());
+        assert!(ignored_topic_config("compression.type").is_none());
+    }
+
+    #[test]
+    fn topic_codec_timestamps_and_uploads_resolve_from_broker_defaults() {
+        let broker = BrokerConfig::from_pairs([
+            ("compression.type", "lz4"),
+            ("compression.lz4.level", "4"),
+            ("log.message.timestamp.type", "LogAppendTime"),
+        ])
+        .unwrap();
+        let t = TopicConfig::resolve(&BTreeMap::new(), &broker);
+        assert_eq!(
+            t.compression(),
+            Some((strata_protocol::Compression::Lz4, Some(4)))
+        );
+        assert!(t.log_append_time());
+        let mut o = BTreeMap::new();
+        o.insert("compression.type".to_string(), "producer".to_string());
+        o.insert(
+            "message.timestamp.difference.max.ms".to_string(),
+            "5000".to_string(),
+        );
+        o.insert("remote.log.copy.disable".to_string(), "true".to_string());
+        let t = TopicConfig::resolve(&o, &BrokerConfig::default());
+        assert_eq!(t.compression(), None);
+        assert_eq!(t.timestamp_bounds(), (5000, 5000));
+        assert!(t.remote_storage() && !t.uploads());
+        let t = TopicConfig::resolve(&BTreeMap::new(), &BrokerConfig::default());
+        assert_eq!(
+            t.timestamp_bounds(),
+            (i64::MAX, 3_600_000),
+            "Kafka 4's defaults"
+        );
+    }
+
+    #[test]
     fn topic_config_validation_names_the_problem() {
         let mut o = BTreeMap::new();
         o.insert("cleanup.policy".to_string(), "compact".to_string());
@@ -876,10 +1401,10 @@ mod tests {
         o.insert("retention.ms".to_string(), "-2".to_string());
         assert!(validate_topic_configs(&o).is_err());
         let mut o = BTreeMap::new();
-        o.insert("flush.ms".to_string(), "1".to_string());
+        o.insert("flush.msx".to_string(), "1".to_string());
         assert_eq!(
             validate_topic_configs(&o),
-            Err(ConfigError::Unknown("flush.ms".into()))
+            Err(ConfigError::Unknown("flush.msx".into()))
         );
     }
 }

@@ -246,6 +246,7 @@ impl RunningBroker {
             min_session_timeout_ms: opts.config.group_min_session_timeout_ms(),
             max_session_timeout_ms: opts.config.group_max_session_timeout_ms(),
             initial_rebalance_delay_ms: opts.config.group_initial_rebalance_delay_ms(),
+            max_size: opts.config.group_max_size(),
         });
         let offsets = OffsetWriter::start(meta.clone(), opts.metrics.group.clone());
         let cache = BlockCache::open(

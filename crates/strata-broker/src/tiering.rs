@@ -289,7 +289,7 @@ impl Broker {
                 let Some(topic) = self.topic_by_id(key.topic_id) else {
                     continue;
                 };
-                if !self.topic_config(&topic).remote_storage() {
+                if !self.topic_config(&topic).uploads() {
                     continue;
                 }
                 let force = over_cap && log.upload_candidates(1).is_empty();

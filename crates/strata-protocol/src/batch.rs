@@ -61,6 +61,29 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// The codec by Kafka's `compression.type` name (`uncompressed` for none).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "uncompressed" | "none" => Self::None,
+            "gzip" => Self::Gzip,
+            "snappy" => Self::Snappy,
+            "lz4" => Self::Lz4,
+            "zstd" => Self::Zstd,
+            _ => return None,
+        })
+    }
+
+    /// The codec's value in the low three bits of the batch attributes.
+    pub fn attribute_bits(self) -> i16 {
+        match self {
+            Self::None => 0,
+            Self::Gzip => 1,
+            Self::Snappy => 2,
+            Self::Lz4 => 3,
+            Self::Zstd => 4,
+        }
+    }
+
     fn from_attributes(attributes: i16) -> Result<Self, BatchError> {
         match attributes & 0x07 {
             0 => Ok(Self::None),
@@ -222,6 +245,22 @@ pub fn validate_all(buf: &[u8]) -> Result<Vec<BatchHeader>, BatchError> {
         out.push(header);
     }
     Ok(out)
+}
+
+/// Recomputes the CRC-32C of the whole batch in `batch` after a field it covers changed.
+pub fn update_crc(batch: &mut [u8]) {
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[CRC_POS..CRC_START].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Marks the whole batch in `batch` as stamped with the broker's append time `now_ms`
+/// (Kafka's `message.timestamp.type=LogAppendTime`): the timestamp-type attribute is set
+/// and the max timestamp becomes `now_ms`, which consumers then see for every record.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    let attributes = be_i16(batch, 21) | 0x08;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    update_crc(batch);
 }
 
 /// Rewrites the base offset of the batch at the start of `batch` (outside the CRC).

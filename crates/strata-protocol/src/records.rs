@@ -7,7 +7,7 @@
 
 use std::io::Read;
 
-use crate::batch::{BatchError, BatchHeader, Compression, HEADER_LEN};
+use crate::batch::{self, BatchError, BatchHeader, Compression, HEADER_LEN, LOG_OVERHEAD};
 
 /// Upper bound on the decompressed size of one batch's records.
 pub const MAX_DECOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
@@ -169,6 +169,95 @@ fn snappy_block(block: &[u8], out: &mut Vec<u8>, limit: u64) -> Result<(), Snapp
     Ok(())
 }
 
+/// The smallest record timestamp in `batch` (its base timestamp is not always: record
+/// deltas may be negative).
+pub fn min_timestamp(batch: &[u8]) -> Result<i64, RecordsError> {
+    Ok(record_positions(batch)?
+        .iter()
+        .map(|r| r.timestamp)
+        .min()
+        .unwrap_or(i64::MAX))
+}
+
+/// `batch` with its records compressed by `codec` (at `level`, the codec's default if
+/// `None`) instead of the codec it arrived with: Kafka's `compression.type` when a topic
+/// names a codec. Every other field (producer id, epoch, sequence, timestamps, flags) is
+/// kept, and the CRC recomputed. The records are decompressed with the usual bound.
+pub fn recompress(
+    batch: &[u8],
+    codec: Compression,
+    level: Option<i32>,
+) -> Result<Vec<u8>, RecordsError> {
+    let header = BatchHeader::parse(batch)?;
+    let end = header.total_len().min(batch.len());
+    let raw = &batch[HEADER_LEN.min(end)..end];
+    let plain = decompress(header.compression()?, raw, MAX_DECOMPRESSED_BYTES)?;
+    let body = compress(codec, &plain, level)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&batch[..HEADER_LEN]);
+    out.extend_from_slice(&body);
+    let batch_length =
+        i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| RecordsError::TooLarge)?;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let attributes = (header.attributes & !0x07) | codec.attribute_bits();
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch::update_crc(&mut out);
+    Ok(out)
+}
+
+/// Bytes of uncompressed records per block of the xerial snappy framing (as the Java
+/// client's `SnappyOutputStream` writes).
+const XERIAL_BLOCK: usize = 32 * 1024;
+
+fn compress(codec: Compression, data: &[u8], level: Option<i32>) -> Result<Vec<u8>, RecordsError> {
+    use std::io::Write;
+    let fail = |reason: String| RecordsError::Decompress { codec, reason };
+    match codec {
+        Compression::None => Ok(data.to_vec()),
+        Compression::Gzip => {
+            let level = match level {
+                Some(l @ 1..=9) => flate2::Compression::new(l as u32),
+                _ => flate2::Compression::default(),
+            };
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), level);
+            enc.write_all(data).map_err(|e| fail(e.to_string()))?;
+            enc.finish().map_err(|e| fail(e.to_string()))
+        }
+        Compression::Snappy => {
+            // The xerial framing the Java client and broker write: magic, version 1,
+            // compatible version 1, then [u32 length][raw snappy block] per block.
+            let mut out = Vec::with_capacity(XERIAL_HEADER_LEN + data.len() / 2);
+            out.extend_from_slice(XERIAL_MAGIC);
+            out.extend_from_slice(&1u32.to_be_bytes());
+            out.extend_from_slice(&1u32.to_be_bytes());
+            let mut enc = snap::raw::Encoder::new();
+            for chunk in data.chunks(XERIAL_BLOCK) {
+                let block = enc.compress_vec(chunk).map_err(|e| fail(e.to_string()))?;
+                out.extend_from_slice(&(block.len() as u32).to_be_bytes());
+                out.extend_from_slice(&block);
+            }
+            Ok(out)
+        }
+        Compression::Lz4 => {
+            // The LZ4 frame format with 64 KiB independent blocks, as Kafka writes it.
+            let mut enc = lz4::EncoderBuilder::new()
+                .level(level.map_or(9, |l| l.clamp(1, 17) as u32))
+                .block_size(lz4::BlockSize::Max64KB)
+                .block_mode(lz4::BlockMode::Independent)
+                .checksum(lz4::ContentChecksum::NoChecksum)
+                .build(Vec::new())
+                .map_err(|e| fail(e.to_string()))?;
+            enc.write_all(data).map_err(|e| fail(e.to_string()))?;
+            let (out, result) = enc.finish();
+            result.map_err(|e| fail(e.to_string()))?;
+            Ok(out)
+        }
+        Compression::Zstd => {
+            zstd::bulk::compress(data, level.unwrap_or(3)).map_err(|e| fail(e.to_string()))
+        }
+    }
+}
+
 /// Finds the first record in `batch` whose timestamp is at least `target`.
 pub fn first_at_or_after(
     batch: &[u8],
@@ -236,6 +325,112 @@ mod tests {
             snappy(&block, MAX_DECOMPRESSED_BYTES),
             Err(SnappyError::TooLarge)
         ));
+    }
+
+    /// A batch of records with keys, values and varied timestamps, in `codec`, encoded by
+    /// the kafka-protocol crate (an implementation independent of ours).
+    fn foreign_batch(codec: kafka_protocol::records::Compression) -> Vec<u8> {
+        use kafka_protocol::records::{
+            Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+        };
+        let records: Vec<Record> = (0..50)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: 77,
+                producer_epoch: 3,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: 10 + i as i32,
+                timestamp: 1_000 + (i * 7) % 13,
+                key: Some(bytes::Bytes::from(format!("k{i}"))),
+                value: Some(bytes::Bytes::from(vec![b'v'; 100 + i as usize])),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = bytes::BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: codec,
+            },
+        )
+        .unwrap();
+        buf.to_vec()
+    }
+
+    #[test]
+    fn recompressed_batches_keep_every_record_and_field() {
+        use kafka_protocol::records::{Compression as K, RecordBatchDecoder};
+        let codecs = [
+            (K::None, Compression::None),
+            (K::Gzip, Compression::Gzip),
+            (K::Snappy, Compression::Snappy),
+            (K::Lz4, Compression::Lz4),
+            (K::Zstd, Compression::Zstd),
+        ];
+        for (from_k, _) in codecs {
+            let original = foreign_batch(from_k);
+            let want = RecordBatchDecoder::decode(&mut bytes::Bytes::from(original.clone()))
+                .unwrap()
+                .records;
+            let h0 = BatchHeader::parse(&original).unwrap();
+            for (to_k, to) in codecs {
+                for level in [None, Some(1)] {
+                    let out = recompress(&original, to, level).unwrap();
+                    // Valid by our checks (length, CRC, count) and by the other decoder.
+                    let h = batch::validate(&out).unwrap();
+                    assert_eq!(h.compression().unwrap(), to);
+                    assert_eq!(h.total_len(), out.len());
+                    for (a, b) in [
+                        (h.producer_id, h0.producer_id),
+                        (h.base_timestamp, h0.base_timestamp),
+                        (h.max_timestamp, h0.max_timestamp),
+                        (h.base_sequence as i64, h0.base_sequence as i64),
+                        (h.record_count as i64, h0.record_count as i64),
+                        (h.producer_epoch as i64, h0.producer_epoch as i64),
+                    ] {
+                        assert_eq!(a, b, "{from_k:?} -> {to:?}");
+                    }
+                    let got =
+                        RecordBatchDecoder::decode(&mut bytes::Bytes::from(out.clone())).unwrap();
+                    assert_eq!(got.compression, to_k, "{from_k:?} -> {to:?}");
+                    assert_eq!(got.records, want, "{from_k:?} -> {to:?}");
+                    assert_eq!(
+                        record_positions(&out).unwrap(),
+                        record_positions(&original).unwrap()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn log_append_time_stamps_the_batch() {
+        let mut b = foreign_batch(kafka_protocol::records::Compression::Lz4);
+        batch::set_log_append_time(&mut b, 5_000);
+        let h = batch::validate(&b).unwrap();
+        assert!(h.is_log_append_time());
+        assert_eq!(h.max_timestamp, 5_000);
+        assert!(
+            record_positions(&b)
+                .unwrap()
+                .iter()
+                .all(|r| r.timestamp == 5_000)
+        );
+    }
+
+    #[test]
+    fn min_timestamp_sees_negative_deltas() {
+        let b = foreign_batch(kafka_protocol::records::Compression::None);
+        // Timestamps are 1000 + (i*7)%13: the first is 1000, the smallest too; the
+        // largest is 1012.
+        assert_eq!(min_timestamp(&b).unwrap(), 1000);
+        assert_eq!(BatchHeader::parse(&b).unwrap().max_timestamp, 1012);
     }
 
     #[test]

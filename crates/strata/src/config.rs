@@ -280,7 +280,9 @@ impl ServeConfig {
             BrokerConfig::from_pairs(kafka.iter().map(|(k, (v, _))| (k.as_str(), v.as_str())))
                 .map_err(|e| {
                     let name = match &e {
-                        ConfigError::Unknown(n) | ConfigError::Invalid { name: n, .. } => n,
+                        ConfigError::Unknown(n)
+                        | ConfigError::Invalid { name: n, .. }
+                        | ConfigError::Refused { name: n, .. } => n,
                     };
                     let origin = kafka.get(name).map_or("settings", |(_, o)| o.as_str());
                     anyhow::anyhow!("{origin}: {e}")

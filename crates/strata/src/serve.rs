@@ -72,6 +72,9 @@ async fn termination() -> anyhow::Result<&'static str> {
 }
 
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    for (name, value, why) in cfg.kafka.ignored() {
+        tracing::warn!(config = %name, value = %value, why, "Kafka setting accepted but has no effect");
+    }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let metrics = Metrics::new()?;

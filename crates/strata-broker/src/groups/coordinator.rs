@@ -23,6 +23,8 @@ pub(crate) struct GroupConfig {
     pub min_session_timeout_ms: i32,
     pub max_session_timeout_ms: i32,
     pub initial_rebalance_delay_ms: i32,
+    /// `group.max.size`: members a group may have.
+    pub max_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -545,9 +547,15 @@ impl GroupCoordinator {
                 if let Some(old) = g.static_members.get(instance).cloned() {
                     return self.rejoin_static(g, req, old, tx, rx, now);
                 }
+                if g.members.len() + g.pending.len() >= self.config.max_size {
+                    return fail(ResponseError::GroupMaxSizeReached);
+                }
                 let id = new_member_id(instance);
                 self.add_and_rebalance(g, &req, id, tx, now);
                 return Reply::Later(rx);
+            }
+            if g.members.len() + g.pending.len() >= self.config.max_size {
+                return fail(ResponseError::GroupMaxSizeReached);
             }
             let id = new_member_id(&req.client_id);
             if req.require_known_member_id {

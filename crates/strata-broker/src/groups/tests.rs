@@ -10,10 +10,15 @@ const SESSION: i32 = 10_000;
 const REBALANCE: i32 = 30_000;
 
 fn coordinator(initial_delay_ms: i32) -> GroupCoordinator {
+    sized_coordinator(initial_delay_ms, usize::MAX)
+}
+
+fn sized_coordinator(initial_delay_ms: i32, max_size: usize) -> GroupCoordinator {
     GroupCoordinator::new(GroupConfig {
         min_session_timeout_ms: 6_000,
         max_session_timeout_ms: 60_000,
         initial_rebalance_delay_ms: initial_delay_ms,
+        max_size,
     })
 }
 
@@ -288,6 +293,25 @@ fn leave_group_triggers_a_rebalance_and_an_empty_group_stays_empty() {
         c.leave("", &[(a, None)], 1),
         Err(ResponseError::InvalidGroupId)
     );
+}
+
+#[test]
+fn a_full_group_refuses_new_members() {
+    let c = sized_coordinator(0, 2);
+    let (_a, _rx_a) = new_member(&c, 0, &[("range", "m")]);
+    // A member that asked for its id (pending) counts too.
+    let second = now(c.join(join("", None, &[("range", "m")]), 0));
+    assert_eq!(second.error, Some(ResponseError::MemberIdRequired));
+    assert_eq!(
+        now(c.join(join("", None, &[("range", "m")]), 0)).error,
+        Some(ResponseError::GroupMaxSizeReached)
+    );
+    assert_eq!(
+        now(c.join(join("", Some("static-1"), &[("range", "m")]), 0)).error,
+        Some(ResponseError::GroupMaxSizeReached)
+    );
+    // The pending member itself still gets in.
+    let _rx_b = later(c.join(join(&second.member_id, None, &[("range", "m")]), 0));
 }
 
 #[test]

@@ -313,6 +313,7 @@ async fn store_topic_configs(
     {
         Ok(CommandResult::Ok) => {
             info!(topic = %name, configs = ?configs, "topic configs changed");
+            crate::broker::warn_ignored(name, &configs);
             Ok(())
         }
         Ok(_) => Err(topic_error(

@@ -10,7 +10,7 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::broker::Broker;
-use crate::config::{ConfigDef, ConfigSource};
+use crate::config::{ConfigDef, ConfigSource, ignored_topic_config};
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
@@ -73,6 +73,27 @@ pub(super) fn describe(
                             format!("topic {:?} does not exist", r.resource_name.as_str()),
                         );
                     };
+                    // Settings Kafka has and Strata accepts without effect are shown as
+                    // set, so tools that read back what they wrote see no difference.
+                    let ignored: Vec<DescribeConfigsResourceResult> = topic
+                        .configs
+                        .iter()
+                        .filter(|(name, _)| wanted(&r.configuration_keys, name))
+                        .filter_map(|(name, value)| {
+                            let k = ignored_topic_config(name)?;
+                            Some(
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(s(name))
+                                    .with_value(Some(s(value)))
+                                    .with_config_source(ConfigSource::TopicConfig as i8)
+                                    .with_config_type(k.config_type() as i8)
+                                    .with_documentation(
+                                        req.include_documentation
+                                            .then(|| StrBytes::from_static_str(k.why)),
+                                    ),
+                            )
+                        })
+                        .collect();
                     let configs = broker
                         .topic_config(&topic)
                         .entries()
@@ -98,6 +119,7 @@ pub(super) fn describe(
                             }
                             e
                         })
+                        .chain(ignored)
                         .collect();
                     result.with_configs(configs)
                 }

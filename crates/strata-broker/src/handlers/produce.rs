@@ -1,5 +1,6 @@
 //! Produce: validate each partition's batch, append it, and answer once it is durable.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +11,12 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use strata_log::Partition;
 use strata_meta::TopicMeta;
-use strata_protocol::batch;
+use strata_protocol::batch::{self, BatchHeader};
 use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::broker::Broker;
+use crate::config::TopicConfig;
 use crate::errors;
 
 /// A partition-level failure: the code and a message for the client (v8+) and the log.
@@ -33,7 +35,7 @@ fn append(
     topic: Option<&TopicMeta>,
     data: &PartitionProduceData,
     acks: i16,
-) -> Result<(Arc<Partition>, i64, i64, i64), Failure> {
+) -> Result<Appended, Failure> {
     if !matches!(acks, -1..=1) {
         return Err(Failure(
             ResponseError::InvalidRequiredAcks,
@@ -61,23 +63,13 @@ fn append(
             ),
         ));
     };
-    let config = broker.topic_config(topic);
-    let max = config.max_message_bytes();
-    if header.total_len() > max {
-        return Err(Failure(
-            ResponseError::MessageTooLarge,
-            format!(
-                "record batch of {} bytes exceeds max.message.bytes {max}",
-                header.total_len()
-            ),
-        ));
-    }
     if header.is_transactional() {
         return Err(Failure(
             ResponseError::InvalidTxnState,
             "transactions are not supported".into(),
         ));
     }
+    let config = broker.topic_config(topic);
     let placement = usize::try_from(data.index)
         .ok()
         .and_then(|i| topic.partitions.get(i));
@@ -91,11 +83,28 @@ fn append(
             ),
         ));
     }
+    let now = broker.now_ms();
+    let (records, append_time) = prepare(&config, records, header, now)?;
+    let headers = match &records {
+        Cow::Borrowed(_) => headers,
+        Cow::Owned(rewritten) => batch::validate_all(rewritten)
+            .map_err(|e| Failure(ResponseError::CorruptMessage, e.to_string()))?,
+    };
+    let max = config.max_message_bytes();
+    if records.len() > max {
+        return Err(Failure(
+            ResponseError::MessageTooLarge,
+            format!(
+                "record batch of {} bytes exceeds max.message.bytes {max}",
+                records.len()
+            ),
+        ));
+    }
     let leader_epoch = placement.map_or(0, |p| p.leader_epoch);
     let info = log
-        .append(records, &headers, leader_epoch, broker.now_ms())
+        .append(&records, &headers, leader_epoch, now)
         .map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;
-    if config.remote_storage() {
+    if config.uploads() {
         broker.note_unuploaded(records.len() as u64);
     }
     broker
@@ -103,7 +112,73 @@ fn append(
         .kafka
         .produce_records_bytes_total
         .inc_by(records.len() as u64);
-    Ok((log, info.base_offset, info.last_offset, info.log_start))
+    Ok(Appended {
+        log,
+        base_offset: info.base_offset,
+        last_offset: info.last_offset,
+        log_start: info.log_start,
+        append_time,
+    })
+}
+
+/// A batch appended to a partition's log.
+struct Appended {
+    log: Arc<Partition>,
+    base_offset: i64,
+    last_offset: i64,
+    log_start: i64,
+    /// The broker time stamped on the batch (`LogAppendTime` topics).
+    append_time: Option<i64>,
+}
+
+/// The batch as the topic stores it: with `LogAppendTime` stamped with the broker's
+/// time, else its timestamps checked against `message.timestamp.{before,after}.max.ms`;
+/// its records recompressed when the topic's `compression.type` names another codec.
+/// Returns the bytes to append and the append time, if stamped.
+fn prepare<'a>(
+    config: &TopicConfig,
+    records: &'a [u8],
+    header: &BatchHeader,
+    now: i64,
+) -> Result<(Cow<'a, [u8]>, Option<i64>), Failure> {
+    let mut out = Cow::Borrowed(records);
+    if let Some((codec, level)) = config.compression()
+        && header.compression().ok() != Some(codec)
+    {
+        let rewritten = strata_protocol::records::recompress(records, codec, level)
+            .map_err(|e| Failure(ResponseError::CorruptMessage, e.to_string()))?;
+        out = Cow::Owned(rewritten);
+    }
+    if config.log_append_time() {
+        batch::set_log_append_time(out.to_mut(), now);
+        return Ok((out, Some(now)));
+    }
+    let (before, after) = config.timestamp_bounds();
+    if header.max_timestamp > now.saturating_add(after) {
+        return Err(Failure(
+            ResponseError::InvalidTimestamp,
+            format!(
+                "a record's timestamp {} is more than message.timestamp.after.max.ms ({after} ms) ahead of the broker's clock ({now})",
+                header.max_timestamp
+            ),
+        ));
+    }
+    let oldest_allowed = now.saturating_sub(before);
+    // The base timestamp is the smallest unless a record has a negative delta: walk the
+    // records only when the cheap answer is not enough.
+    if header.base_timestamp < oldest_allowed || header.max_timestamp < oldest_allowed {
+        let min = strata_protocol::records::min_timestamp(&out)
+            .map_err(|e| Failure(ResponseError::CorruptMessage, e.to_string()))?;
+        if min < oldest_allowed {
+            return Err(Failure(
+                ResponseError::InvalidTimestamp,
+                format!(
+                    "a record's timestamp {min} is more than message.timestamp.before.max.ms ({before} ms) behind the broker's clock ({now})"
+                ),
+            ));
+        }
+    }
+    Ok((out, None))
 }
 
 fn failed(index: i32, f: Failure) -> PartitionProduceResponse {
@@ -140,7 +215,7 @@ pub(super) async fn handle(
     let tiered = topics
         .iter()
         .flatten()
-        .any(|tm| broker.topic_config(tm).remote_storage());
+        .any(|tm| broker.topic_config(tm).uploads());
     let wait = Duration::from_millis((req.timeout_ms.max(0) as u64 / 2).min(10_000));
     let admitted = match tiered {
         true => broker.admit_produce(wait).await,
@@ -180,19 +255,19 @@ pub(super) async fn handle(
         let mut parts = Vec::with_capacity(t.partition_data.len());
         for (pi, data) in t.partition_data.iter().enumerate() {
             match append(broker, topic.as_ref(), data, acks) {
-                Ok((log, base, last, start)) => {
+                Ok(a) => {
                     pending.push(Pending {
                         topic: ti,
                         partition: pi,
-                        log,
-                        end: last + 1,
+                        log: a.log,
+                        end: a.last_offset + 1,
                     });
                     parts.push(
                         PartitionProduceResponse::default()
                             .with_index(data.index)
-                            .with_base_offset(base)
-                            .with_log_append_time_ms(-1)
-                            .with_log_start_offset(start),
+                            .with_base_offset(a.base_offset)
+                            .with_log_append_time_ms(a.append_time.unwrap_or(-1))
+                            .with_log_start_offset(a.log_start),
                     );
                 }
                 Err(f) => {

@@ -216,6 +216,16 @@ pub(super) async fn delete(
         let result = result
             .with_name(Some(TopicName(str_bytes(&topic.name))))
             .with_topic_id(topic.id);
+        if !broker.config.delete_topic_enable() {
+            responses.push(
+                result
+                    .with_error_code(ResponseError::TopicDeletionDisabled.code())
+                    .with_error_message(Some(str_bytes(
+                        "topic deletion is disabled (delete.topic.enable=false)",
+                    ))),
+            );
+            continue;
+        }
         match broker
             .meta
             .write(Command::DeleteTopic {
