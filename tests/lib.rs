@@ -504,6 +504,30 @@ impl RawClient {
         }
     }
 
+    /// OffsetCommit v2 of one offset outside group management; returns its error code.
+    pub fn commit_offset(&mut self, group: &str, topic: &str, partition: i32, offset: i64) -> i16 {
+        use messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        let req = messages::OffsetCommitRequest::default()
+            .with_group_id(messages::GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_retention_time_ms(-1)
+            .with_topics(vec![
+                OffsetCommitRequestTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_partitions(vec![
+                        OffsetCommitRequestPartition::default()
+                            .with_partition_index(partition)
+                            .with_committed_offset(offset),
+                    ]),
+            ]);
+        match self.request(ApiKey::OffsetCommit, 2, &req) {
+            ResponseKind::OffsetCommit(r) => r.topics[0].partitions[0].error_code,
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Produce v9 with acks=all of `records` to one partition; returns (error code, base offset).
     pub fn produce(&mut self, topic: &str, partition: i32, records: Vec<u8>) -> (i16, i64) {
         self.produce_with(topic, partition, records, -1, 10_000)

@@ -820,6 +820,82 @@ def test_an_outage_shows_within_seconds(broker_factory, rgw_store):
     assert object_store_health(broker)["available"] is True
 
 
+def test_an_outage_on_a_small_disk_throttles_producers_before_the_disk_fills(broker_factory, rgw_store):
+    """The store is down and the data directory is a 64 MiB file system: producers to a
+    tiered topic get the retriable KAFKA_STORAGE_ERROR while there is still room (the
+    unuploaded-bytes cap follows the free space), the disk never fills, and everything
+    acknowledged is there once the store is back."""
+    broker = broker_factory(env={
+        **rgw_store.env(), **FAST_RETENTION,
+        "STRATA_TIER_CACHE_DISK_BYTES": str(16 << 20),
+        "STRATA_WAL_DISK_RESERVE_BYTES": str(4 << 20),
+    }, start=False)
+    broker.data_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(broker.data_dir)], check=True)
+    try:
+        broker.start()
+        topic = unique("smalldisk")
+        create_topic(broker, topic, 1, {"segment.bytes": str(1 << 20), "segment.ms": "2000"})
+        acked: dict[int, bytes] = {}
+        refused: list = []
+        with rgw_store.gw.outage("restart"):
+            prod = producer(broker, **{"acks": "all", "enable.idempotence": False, "retries": 0,
+                                       "request.timeout.ms": 4000, "max.in.flight": 1, "linger.ms": 5})
+
+            def on_delivery(err, m):
+                if err is None:
+                    acked[m.offset()] = m.value()
+                else:
+                    refused.append(err)
+
+            try:
+                for rnd in range(200):  # at most 200 MiB: far more than the disk holds
+                    for i in range(1000):
+                        value = b"%08d-%04d-" % (rnd, i) + b"x" * 1000
+                        while True:
+                            try:
+                                prod.produce(topic, value=value, partition=0, on_delivery=on_delivery)
+                                break
+                            except BufferError:
+                                prod.poll(0.05)
+                    prod.flush(60)
+                    if refused:
+                        break
+            finally:
+                prod.purge()
+                prod.close(0)
+            assert refused, "producing never stopped"
+            assert all(e.code() == KafkaError.KAFKA_STORAGE_ERROR for e in refused), refused[:3]
+            assert len(acked) > 10_000, len(acked)
+            st = os.statvfs(broker.data_dir)
+            assert st.f_bavail * st.f_frsize > 2 << 20, "the disk kept room"
+            log = broker.log_text()
+            assert "No space left on device" not in log, broker.log_tail()
+            assert "limited_by=\"the data directory's free space\"" in log, broker.log_tail()
+        wait_until(lambda: metric(broker, "strata_unuploaded_bytes") == 0, 120,
+                   "the backlog to upload", interval=0.5)
+        c = assign_consumer(broker)
+        try:
+            c.assign([TopicPartition(topic, 0, 0)])
+            got: dict[int, bytes] = {}
+            deadline = time.monotonic() + 120
+            while len(got) < max(acked) + 1 and time.monotonic() < deadline:
+                for m in c.consume(num_messages=5000, timeout=0.5):
+                    if m.error() is None:
+                        got[m.offset()] = m.value()
+        finally:
+            c.close()
+        missing = [o for o, v in acked.items() if got.get(o) != v]
+        assert not missing, f"{len(missing)} acknowledged records lost, first {missing[:5]}"
+        # Uploaded data is a cache on a tight disk: the broker made room for producers.
+        produce(broker, topic, 1, 100, 1000, start={0: max(acked) + 1})
+        assert broker.stop() == 0
+    finally:
+        if broker.running():
+            broker.kill()
+        subprocess.run(["umount", str(broker.data_dir)], check=False)
+
+
 def test_restart_with_unuploaded_segments_uploads_them(broker_factory, rgw_store):
     """Sealed segments pile up while the store is down; the broker is stopped, the store
     comes back, and the restarted broker uploads them."""

@@ -66,10 +66,19 @@ struct SmallDisk {
 impl SmallDisk {
     /// Starts the broker and creates topic "full" with `configs`.
     fn start(configs: &[(&str, &str)]) -> Self {
+        Self::start_with(&[], configs)
+    }
+
+    /// [`SmallDisk::start`] with extra environment for the broker.
+    fn start_with(env: &[(&str, &str)], configs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mnt = Tmpfs::mount(&dir.path().join("disk"), "4m");
         let s = Strata::with(Options {
             data_dir: Some(mnt.0.join("data")),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Options::default()
         });
         let mut c = RawClient::connect(s.kafka);
@@ -93,9 +102,11 @@ fn batch_of(kib: usize) -> Vec<u8> {
     }])
 }
 
+/// (A local-only topic: a tiered one is held back before the disk fills, by the
+/// unuploaded-bytes cap, which follows the free space; see test_tiered.py.)
 #[test]
 fn full_disk_is_a_produce_error_not_a_crash() {
-    let mut d = SmallDisk::start(&[]);
+    let mut d = SmallDisk::start(&[("remote.storage.enable", "false")]);
 
     // Leave well under a megabyte free.
     let filler = d.mnt.0.join("filler");
@@ -204,4 +215,54 @@ fn full_disk_during_a_segment_roll_is_retried_not_fatal() {
     d.c = RawClient::connect(d.s.kafka);
     assert_eq!(read_all(&mut d.c), acked, "and it all survives a restart");
     d.s.kill();
+}
+
+/// The metadata log on a full disk: its writes wait (clients get the retriable
+/// REQUEST_TIMED_OUT, readiness is false) instead of stopping the metadata node for good,
+/// and once space is free they go through, with no restart.
+#[test]
+fn a_full_disk_stalls_metadata_writes_until_space_is_free() {
+    let mut d = SmallDisk::start_with(&[("STRATA_META_WRITE_TIMEOUT_MS", "1500")], &[]);
+    assert_eq!(d.c.commit_offset("g", "full", 0, 1), 0);
+    let filler = d.mnt.0.join("filler");
+    fill_up(&filler);
+    // The raft log's last page may still have room for a record or two.
+    let mut stalled = None;
+    for i in 0..50 {
+        let code = d.c.create_topic(&format!("pad-{i}"), 1, 1, &[]);
+        if code != 0 {
+            stalled = Some((i, code));
+            break;
+        }
+    }
+    let (i, code) = stalled.expect("a metadata write stalls on the full disk");
+    assert_eq!(code, ResponseError::RequestTimedOut.code(), "retriable");
+    let (status, body) = d.s.http_get("/readyz");
+    assert_eq!(status, 503, "not ready while metadata writes fail: {body}");
+    assert!(body.contains("metadata writes have failed"), "{body}");
+    assert_eq!(
+        d.c.commit_offset("g", "full", 0, 2),
+        ResponseError::RequestTimedOut.code()
+    );
+    assert!(d.s.is_running(), "{}", d.s.log_tail());
+    assert!(
+        d.s.log()
+            .contains("metadata write failed for lack of space")
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.s.http_get("/readyz").0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "{}", d.s.log_tail());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(d.c.create_topic("after", 1, 1, &[]), 0);
+    assert_eq!(d.c.commit_offset("g", "full", 0, 3), 0);
+    // The write that timed out went through once there was room: the topic exists.
+    assert_eq!(
+        d.c.create_topic(&format!("pad-{i}"), 1, 1, &[]),
+        ResponseError::TopicAlreadyExists.code()
+    );
+    assert!(d.s.log().contains("metadata writes succeed again"));
+    assert!(d.s.stop().success(), "{}", d.s.log_tail());
 }

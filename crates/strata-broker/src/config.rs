@@ -346,11 +346,25 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Local bytes not yet in the object store above which produce requests are delayed, then refused with a retriable error.",
     ),
     def(
+        "strata.wal.disk-reserve-bytes",
+        ConfigType::Long,
+        "-1",
+        Check::AtLeast(-1),
+        "Room on the data directory's file system kept for the metadata log, indexes and segment rolls: the unuploaded-bytes cap shrinks so that producing to tiered topics stops (with a retriable error) before the disk would fill. -1: a tenth of the file system, at most 1 GiB.",
+    ),
+    def(
         "strata.wal.cache-bytes",
         ConfigType::Long,
         "134217728",
         Check::AtLeast(0),
         "Memory for the newest appends of all partitions, from which consumers at the tail are served without reading segment files (0: none). Read at start-up.",
+    ),
+    def(
+        "strata.meta.write-timeout-ms",
+        ConfigType::Long,
+        "10000",
+        Check::AtLeast(100),
+        "Longest a metadata write (topic changes, offset commits, manifest entries) waits to be committed; then the request gets the retriable REQUEST_TIMED_OUT. Read at start-up.",
     ),
     def(
         "strata.tier.upload-concurrency",
@@ -983,6 +997,14 @@ impl BrokerConfig {
         self.number("strata.wal.max-unuploaded-bytes").max(1) as u64
     }
 
+    /// `strata.wal.disk-reserve-bytes` for a file system of `fs_size` bytes.
+    pub fn disk_reserve_bytes(&self, fs_size: u64) -> u64 {
+        match self.number("strata.wal.disk-reserve-bytes") {
+            -1 => (fs_size / 10).min(1 << 30),
+            n => n.max(0) as u64,
+        }
+    }
+
     pub fn wal_cache_bytes(&self) -> u64 {
         self.number("strata.wal.cache-bytes").max(0) as u64
     }
@@ -1005,6 +1027,10 @@ impl BrokerConfig {
 
     pub fn remote_fetch_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.number("strata.tier.remote-fetch-timeout-ms") as u64)
+    }
+
+    pub fn meta_write_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("strata.meta.write-timeout-ms") as u64)
     }
 
     pub fn tier_request_timeout(&self) -> std::time::Duration {

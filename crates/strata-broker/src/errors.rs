@@ -43,6 +43,8 @@ pub fn meta_error(e: &MetaError) -> ResponseError {
         MetaError::NotLeader { .. } | MetaError::NotReady { .. } => ResponseError::NotController,
         MetaError::ShutDown { .. } => ResponseError::BrokerNotAvailable,
         MetaError::Storage { .. } => ResponseError::KafkaStorageError,
+        // Retriable: the write may go through once a leader is elected or space is free.
+        MetaError::Timeout { .. } => ResponseError::RequestTimedOut,
         // A fatal Raft error or an invalid metadata config is a bug or a broken disk.
         MetaError::Fatal { .. } | MetaError::Config(_) => ResponseError::UnknownServerError,
     }

@@ -11,6 +11,7 @@ use strata_log::{LogManager, TailCache};
 use strata_meta::{Command, CommandResult, MetaNode, RemoteSegmentMeta};
 use strata_telemetry::Metrics;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -154,23 +155,67 @@ impl BrokerView {
     }
 }
 
-/// Answers readiness probes: ready while the listener accepts and no shutdown began.
+/// Answers readiness probes: ready while the listener accepts, the metadata node takes
+/// writes, every background task runs, and no shutdown began.
 #[derive(Clone)]
 pub struct Health {
     shutdown: CancellationToken,
     listening: Arc<AtomicBool>,
+    meta: MetaNode,
+    failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Health {
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(reason) = self.failed.borrow().as_ref() {
+            return Err(reason.clone());
+        }
         if self.shutdown.is_cancelled() {
             return Err("shutting down".into());
         }
         if !self.listening.load(Ordering::SeqCst) {
             return Err("the Kafka listener stopped".into());
         }
+        if let Some(problem) = self.meta.problem() {
+            return Err(problem);
+        }
         Ok(())
     }
+}
+
+/// Runs one of the broker's background tasks. Such a task only ends at shutdown: if it
+/// ends before (it returned, or panicked), that is recorded in `failed`, which makes the
+/// broker unready and the process exit non-zero, instead of the work stopping silently.
+fn supervise(
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+    shutdown: CancellationToken,
+    failed: Arc<watch::Sender<Option<String>>>,
+) -> JoinHandle<()> {
+    use futures::FutureExt;
+    tokio::spawn(async move {
+        let outcome = std::panic::AssertUnwindSafe(task).catch_unwind().await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let reason = match outcome {
+            Ok(()) => format!("the {name} task stopped unexpectedly"),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                format!("the {name} task panicked: {what}")
+            }
+        };
+        tracing::error!(task = name, reason = %reason, "background task died");
+        failed.send_if_modified(|f| {
+            let first = f.is_none();
+            f.get_or_insert(reason);
+            first
+        });
+    })
 }
 
 /// A Kafka cluster id: 16 random bytes in URL-safe base64 without padding, as Kafka
@@ -266,6 +311,8 @@ impl RunningBroker {
             cache,
             opts.config.upload_concurrency(),
             opts.config.multipart_part_bytes(),
+            opts.cache_dir.clone(),
+            opts.config.cache_disk_bytes() as u64,
         );
         let broker = Arc::new(Broker {
             node_id: opts.node_id,
@@ -290,14 +337,45 @@ impl RunningBroker {
                 .await
                 .map_err(|e| StartError::Listener(std::io::Error::other(e)))?;
         }
-        let background = tokio::spawn(broker.clone().run_background());
-        let uploads = tokio::spawn(broker.clone().run_uploads());
-        let gc = tokio::spawn(broker.clone().run_gc());
-        let probe = tokio::spawn(broker.tier.store.clone().run_probe(broker.shutdown.clone()));
+        let failed = Arc::new(watch::Sender::new(None));
+        type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+        let spawn = |name: &'static str, task: Task| {
+            supervise(name, task, broker.shutdown.clone(), failed.clone())
+        };
+        let meta_watch = {
+            let meta = broker.meta.clone();
+            let failed = failed.clone();
+            let stop = broker.shutdown.clone();
+            async move {
+                tokio::select! {
+                    reason = meta.failed() => {
+                        failed.send_if_modified(|f| {
+                            f.get_or_insert(format!("the metadata node stopped: {reason}"));
+                            true
+                        });
+                        // The failure is recorded; this task's end is not a second one.
+                        stop.cancelled().await;
+                    }
+                    () = stop.cancelled() => {}
+                }
+            }
+        };
+        let background = vec![
+            spawn("metadata watch", Box::pin(broker.clone().run_background())),
+            spawn("uploader", Box::pin(broker.clone().run_uploads())),
+            spawn("garbage collector", Box::pin(broker.clone().run_gc())),
+            spawn(
+                "object store probe",
+                Box::pin(broker.tier.store.clone().run_probe(broker.shutdown.clone())),
+            ),
+            spawn("metadata node watch", Box::pin(meta_watch)),
+        ];
         let connections = TaskTracker::new();
         let health = Health {
             shutdown: broker.shutdown.clone(),
             listening: Arc::new(AtomicBool::new(true)),
+            meta: broker.meta.clone(),
+            failed,
         };
         let accept = tokio::spawn(accept_loop(
             broker.clone(),
@@ -319,7 +397,7 @@ impl RunningBroker {
             kafka_addr,
             connections,
             accept,
-            background: vec![background, uploads, gc, probe],
+            background,
         })
     }
 
@@ -330,6 +408,22 @@ impl RunningBroker {
     /// A handle that answers readiness probes for as long as anyone holds it.
     pub fn health(&self) -> Health {
         self.health.clone()
+    }
+
+    /// Resolves, with the reason, when the broker cannot go on: a background task or the
+    /// metadata node stopped. The process should then shut down and exit non-zero.
+    pub fn failed(&self) -> impl Future<Output = String> + use<> {
+        let mut rx = self.health.failed.subscribe();
+        async move {
+            loop {
+                if let Some(reason) = rx.borrow_and_update().clone() {
+                    return reason;
+                }
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
     }
 
     /// A read-only view of the broker's partitions, for the admin API.

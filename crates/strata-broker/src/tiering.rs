@@ -50,6 +50,14 @@ pub(crate) struct Tier {
     /// Bytes not yet uploaded across all partitions: recounted every upload tick and
     /// raised by every append in between, so admission sees a burst at once.
     unuploaded: AtomicU64,
+    /// The unuploaded-bytes cap in force: the configured one, or less when the data
+    /// directory's file system has less room (see [`Broker::disk_cap`]).
+    cap: AtomicU64,
+    /// The cap and its reason as last logged.
+    cap_logged: Mutex<Option<(u64, &'static str)>>,
+    /// The block cache's disk tier: its directory and size.
+    cache_dir: std::path::PathBuf,
+    cache_bytes: u64,
 }
 
 impl Tier {
@@ -58,6 +66,8 @@ impl Tier {
         cache: BlockCache,
         concurrency: usize,
         part_bytes: usize,
+        cache_dir: std::path::PathBuf,
+        cache_bytes: u64,
     ) -> Self {
         Self {
             store,
@@ -66,6 +76,10 @@ impl Tier {
             slots: Semaphore::new(concurrency),
             part_bytes,
             unuploaded: AtomicU64::new(0),
+            cap: AtomicU64::new(u64::MAX),
+            cap_logged: Mutex::new(None),
+            cache_dir,
+            cache_bytes,
         }
     }
 }
@@ -301,6 +315,7 @@ impl Broker {
                 self.maybe_upload(key, &topic, log, now);
             }
             self.tier.unuploaded.store(total.0, Ordering::Relaxed);
+            self.update_cap(total.0);
             self.metrics.tier.unuploaded_bytes.set(total.0 as i64);
             self.metrics.tier.unuploaded_segments.set(total.1 as i64);
         }
@@ -602,21 +617,111 @@ impl Broker {
         }
     }
 
-    /// Holds a produce request back while more than `strata.wal.max-unuploaded-bytes` are
-    /// waiting for the object store, for at most `wait`. `Err` with the reason if the
-    /// backlog did not drain.
+    /// The unuploaded-bytes cap the disk allows now, with `unuploaded` bytes waiting: what
+    /// is waiting plus the room left on the data directory's file system, less the reserve
+    /// (`strata.wal.disk-reserve-bytes`, for the metadata log, indexes and segment rolls)
+    /// and less what the block cache's disk tier may still grow by when it shares that file
+    /// system. `None` if the file system cannot be asked.
+    fn disk_cap(&self, unuploaded: u64) -> Option<u64> {
+        let root = self.logs.root();
+        let fs = rustix::fs::statvfs(root).ok()?;
+        let available = fs.f_bavail.saturating_mul(fs.f_frsize);
+        let size = fs.f_blocks.saturating_mul(fs.f_frsize);
+        let reserve = self.config.disk_reserve_bytes(size);
+        let same_fs = |dir: &std::path::Path| {
+            let dev = |p: &std::path::Path| rustix::fs::stat(p).ok().map(|s| s.st_dev);
+            dev(dir).is_some() && dev(dir) == dev(root)
+        };
+        let cache_growth = if same_fs(&self.tier.cache_dir) {
+            let used: u64 = std::fs::read_dir(&self.tier.cache_dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|e| rustix::fs::stat(e.path()).ok())
+                        .map(|st| (st.st_blocks as u64) * 512)
+                        .sum()
+                })
+                .unwrap_or(0);
+            self.tier.cache_bytes.saturating_sub(used)
+        } else {
+            0
+        };
+        Some(
+            unuploaded.saturating_add(
+                available
+                    .saturating_sub(reserve)
+                    .saturating_sub(cache_growth),
+            ),
+        )
+    }
+
+    /// Recomputes the cap in force and logs it when it or its reason changes noticeably.
+    /// When the disk is what limits it, local copies of uploaded segments are deleted
+    /// ahead of `local.retention.*` (they are in the object store, and reads fall back
+    /// to it): on a tight disk they are a cache, and new data comes first.
+    fn update_cap(&self, unuploaded: u64) {
+        let configured = self.config.max_unuploaded_bytes();
+        let (mut cap, mut why) = match self.disk_cap(unuploaded) {
+            Some(disk) if disk < configured => (disk, "the data directory's free space"),
+            _ => (configured, "strata.wal.max-unuploaded-bytes"),
+        };
+        if cap < configured {
+            let deleted: usize = self
+                .logs
+                .partitions()
+                .into_iter()
+                .map(|(_, log)| log.delete_local_below(log.offsets().remote_end))
+                .sum();
+            if deleted > 0 {
+                info!(
+                    deleted_segments = deleted,
+                    "disk space is short: deleted local copies of uploaded segments early"
+                );
+                (cap, why) = match self.disk_cap(unuploaded) {
+                    Some(disk) if disk < configured => (disk, "the data directory's free space"),
+                    _ => (configured, "strata.wal.max-unuploaded-bytes"),
+                };
+            }
+        }
+        self.tier.cap.store(cap, Ordering::Relaxed);
+        let mut logged = self.tier.cap_logged.lock();
+        let changed = logged
+            .is_none_or(|(before, reason)| reason != why || cap.abs_diff(before) > before / 10);
+        if changed {
+            info!(
+                cap_bytes = cap,
+                configured_bytes = configured,
+                limited_by = why,
+                "unuploaded-bytes cap in force"
+            );
+            *logged = Some((cap, why));
+        }
+    }
+
+    /// Holds a produce request back while more bytes are waiting for the object store than
+    /// the cap in force allows (`strata.wal.max-unuploaded-bytes`, or less when the disk
+    /// has less room), for at most `wait`. `Err` with the reason if the backlog did not
+    /// drain.
     pub(crate) async fn admit_produce(&self, wait: Duration) -> Result<(), String> {
-        let cap = self.config.max_unuploaded_bytes();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let pending = self.tier.unuploaded.load(Ordering::Relaxed);
+            let cap = self
+                .tier
+                .cap
+                .load(Ordering::Relaxed)
+                .min(self.config.max_unuploaded_bytes());
             if pending < cap {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 self.metrics.tier.produce_throttled_total.inc();
+                let why = match self.tier.cap_logged.lock().as_ref() {
+                    Some((_, why)) => *why,
+                    None => "strata.wal.max-unuploaded-bytes",
+                };
                 return Err(format!(
-                    "{pending} bytes on local disk are not in the object store yet (strata.wal.max-unuploaded-bytes is {cap}); retry later"
+                    "{pending} bytes on local disk are not in the object store yet (the cap is {cap}, set by {why}); retry later"
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

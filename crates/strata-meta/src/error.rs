@@ -58,6 +58,25 @@ pub enum MetaError {
     /// The configuration is invalid.
     #[error("invalid metadata config: {0}")]
     Config(String),
+
+    /// A write was not committed within the node's write timeout (no leader, or the disk
+    /// is full). It may still commit later.
+    #[error("metadata write not committed within {after:?}{}", .why.as_deref().map(|w| format!(": {w}")).unwrap_or_default())]
+    Timeout {
+        after: Duration,
+        why: Option<String>,
+    },
+}
+
+impl MetaError {
+    /// Whether this is a write that failed because the disk is full (or over quota).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(
+            self,
+            MetaError::Storage { source, .. }
+                if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
+        )
+    }
 }
 
 /// Wraps an I/O error with the file it concerns and what was being done.

@@ -5,8 +5,12 @@ use std::fs::File;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+use std::time::Instant;
 
 use crate::error::MetaError;
 use crate::error::storage;
@@ -17,6 +21,73 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 /// Marker inside temporary file names; such files are leftovers of interrupted writes and are
 /// removed on open.
 const TMP_MARKER: &str = ".tmp.";
+
+/// Longest wait between two attempts of a write that found the disk full.
+const MAX_SPACE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How the metadata node rides out a full disk: a write that fails for lack of space
+/// (ENOSPC, EDQUOT) is undone and tried again, with backoff, until it succeeds or the node
+/// shuts down. The node's Raft task waits meanwhile (as it would for a slow disk) instead
+/// of failing for good; clients' writes time out with a retriable error; and the node
+/// reports the problem, so readiness turns false until a write succeeds again. Other I/O
+/// errors (and every failed fsync: its data may be gone from the page cache) stay fatal.
+#[derive(Debug, Default)]
+pub(crate) struct DiskSpace {
+    /// Since when writes fail, and the last error.
+    stalled: Mutex<Option<(Instant, String)>>,
+    stop: AtomicBool,
+}
+
+impl DiskSpace {
+    /// Runs `op` until it succeeds or fails other than for lack of space. Blocking.
+    pub(crate) fn retry<T>(
+        &self,
+        mut op: impl FnMut() -> Result<T, MetaError>,
+    ) -> Result<T, MetaError> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match op() {
+                Err(e) if e.is_out_of_space() && !self.stop.load(Ordering::SeqCst) => {
+                    let mut stalled = crate::sync::lock(&self.stalled);
+                    if stalled.is_none() {
+                        tracing::error!(error = %e, "metadata write failed for lack of space; retrying until space is free");
+                    }
+                    let since = stalled.as_ref().map_or_else(Instant::now, |(t, _)| *t);
+                    *stalled = Some((since, e.to_string()));
+                    drop(stalled);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_SPACE_BACKOFF);
+                }
+                other => {
+                    if other.is_ok()
+                        && let Some((since, _)) = crate::sync::lock(&self.stalled).take()
+                    {
+                        tracing::info!(
+                            after_ms = since.elapsed().as_millis() as u64,
+                            "metadata writes succeed again"
+                        );
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    /// Why metadata cannot be written right now, if it cannot.
+    pub(crate) fn problem(&self) -> Option<String> {
+        crate::sync::lock(&self.stalled).as_ref().map(|(since, e)| {
+            format!(
+                "metadata writes have failed for {} s: {e}",
+                since.elapsed().as_secs()
+            )
+        })
+    }
+
+    /// Ends the waiting: writes still out of space fail (for shutdown).
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
 
 /// Makes a rename or create inside `dir` durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), MetaError> {

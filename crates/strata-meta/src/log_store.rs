@@ -58,6 +58,7 @@ use crate::error::MetaError;
 use crate::error::corrupt;
 use crate::error::storage;
 use crate::error::to_storage_error;
+use crate::fsutil::DiskSpace;
 use crate::fsutil::remove_stale_tmp;
 use crate::fsutil::write_atomic;
 use crate::raft::Entry;
@@ -205,16 +206,32 @@ struct LogFile {
     acc: Accounting,
     /// Exclusive lock on the node directory, released when the log is closed.
     _lock: File,
+    space: Arc<DiskSpace>,
 }
 
 impl LogFile {
+    /// Appends `buf`; a full disk is waited out (see [`DiskSpace`]), with anything a
+    /// failed attempt wrote cut off again first, so the file never holds half a record
+    /// followed by a whole one.
     fn write(&mut self, buf: &[u8], sync: bool) -> Result<(), MetaError> {
-        self.file.write_all(buf).map_err(|e| {
-            storage(
-                &self.path,
-                format_args!("append {} bytes at offset {}", buf.len(), self.len),
-                e,
-            )
+        let space = self.space.clone();
+        space.retry(|| {
+            self.file.write_all(buf).map_err(|e| {
+                let failed = storage(
+                    &self.path,
+                    format_args!("append {} bytes at offset {}", buf.len(), self.len),
+                    e,
+                );
+                match self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.seek(SeekFrom::Start(self.len)))
+                {
+                    Ok(_) => failed,
+                    // Cannot undo the partial write: not something to retry.
+                    Err(undo) => storage(&self.path, "cut a failed append", undo),
+                }
+            })
         })?;
         self.len += buf.len() as u64;
         if sync {
@@ -252,7 +269,18 @@ impl LogFile {
                 encode(&LogRecord::Committed(mem.committed), &mut buf).map_err(to_err)?;
         }
         let before = self.len;
-        self.file = write_atomic(&self.dir, LOG_FILE, &buf)?;
+        self.file = match write_atomic(&self.dir, LOG_FILE, &buf) {
+            Ok(f) => f,
+            // Compaction only saves space; without room for the copy, keep the file.
+            Err(e) if e.is_out_of_space() => {
+                tracing::warn!(path = %self.path.display(), error = %e, "not compacting the raft log: no room for the rewritten copy");
+                return self
+                    .file
+                    .sync_data()
+                    .map_err(|e| storage(&self.path, "fsync", e));
+            }
+            Err(e) => return Err(e),
+        };
         self.len = buf.len() as u64;
         self.acc = acc;
         tracing::info!(
@@ -283,7 +311,11 @@ pub(crate) struct LogReader {
 impl LogStore {
     /// Opens or creates `dir/raft.log` and replays it. Blocking. `lock` is the directory lock,
     /// kept for as long as the log is open.
-    pub(crate) fn open(dir: &Path, lock: File) -> Result<LogStore, MetaError> {
+    pub(crate) fn open(
+        dir: &Path,
+        lock: File,
+        space: Arc<DiskSpace>,
+    ) -> Result<LogStore, MetaError> {
         let path = dir.join(LOG_FILE);
         remove_stale_tmp(dir, LOG_FILE)?;
         let bytes = match fs::read(&path) {
@@ -378,6 +410,7 @@ impl LogStore {
             len,
             acc,
             _lock: lock,
+            space,
         };
         if log_file.should_compact() {
             log_file.rewrite(&mem)?;
@@ -618,9 +651,11 @@ mod tests {
         ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<NodeId>>
         {
             let dir = tempfile::tempdir().unwrap();
-            let log = LogStore::open(dir.path(), lock_dir(dir.path()).unwrap()).unwrap();
+            let space = Arc::new(DiskSpace::default());
+            let log =
+                LogStore::open(dir.path(), lock_dir(dir.path()).unwrap(), space.clone()).unwrap();
             let applied = Arc::new(tokio::sync::watch::channel(0).0);
-            let (sm, _state) = StateMachineStore::open(dir.path(), applied).unwrap();
+            let (sm, _state) = StateMachineStore::open(dir.path(), applied, space).unwrap();
             Ok((dir, log, sm))
         }
     }

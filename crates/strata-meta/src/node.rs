@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::error::MetaError;
 use crate::error::storage;
+use crate::fsutil::DiskSpace;
 use crate::fsutil::lock_dir;
 use crate::log_store::LogStore;
 use crate::network::NetworkFactory;
@@ -43,11 +44,15 @@ pub struct MetaConfig {
     pub dir: PathBuf,
     /// Build a snapshot (and purge the log behind it) every this many applied entries.
     pub snapshot_every: u64,
+    /// Longest a write waits to be committed before [`MetaError::Timeout`].
+    pub write_timeout: Duration,
 }
 
 impl MetaConfig {
     /// Default for [`MetaConfig::snapshot_every`].
     pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+    /// Default for [`MetaConfig::write_timeout`].
+    pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// A config with the default snapshot interval.
     pub fn new(node_id: NodeId, dir: impl Into<PathBuf>) -> MetaConfig {
@@ -55,6 +60,7 @@ impl MetaConfig {
             node_id,
             dir: dir.into(),
             snapshot_every: Self::DEFAULT_SNAPSHOT_EVERY,
+            write_timeout: Self::DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -74,6 +80,8 @@ struct Inner {
     raft: Raft,
     state: Arc<RwLock<ClusterState>>,
     applied_tx: Arc<watch::Sender<u64>>,
+    space: Arc<DiskSpace>,
+    write_timeout: Duration,
 }
 
 impl fmt::Debug for MetaNode {
@@ -96,11 +104,13 @@ impl MetaNode {
 
         let dir = cfg.dir.clone();
         let tx = applied_tx.clone();
+        let space = Arc::new(DiskSpace::default());
+        let disk = space.clone();
         let (log_store, state_machine, state) = tokio::task::spawn_blocking(move || {
             fs::create_dir_all(&dir).map_err(|e| storage(&dir, "create directory", e))?;
             let lock = lock_dir(&dir)?;
-            let log_store = LogStore::open(&dir, lock)?;
-            let (state_machine, state) = StateMachineStore::open(&dir, tx)?;
+            let log_store = LogStore::open(&dir, lock, disk.clone())?;
+            let (state_machine, state) = StateMachineStore::open(&dir, tx, disk)?;
             Ok::<_, MetaError>((log_store, state_machine, state))
         })
         .await
@@ -123,6 +133,8 @@ impl MetaNode {
                 raft,
                 state,
                 applied_tx,
+                space,
+                write_timeout: cfg.write_timeout,
             }),
         };
         if let Err(e) = node.start().await {
@@ -243,10 +255,20 @@ impl MetaNode {
         }
     }
 
-    /// Proposes a command through Raft and returns its result once committed and applied.
+    /// Proposes a command through Raft and returns its result once committed and applied,
+    /// or [`MetaError::Timeout`] after the write timeout (the command may still commit
+    /// later: commands are written so that applying one twice is harmless).
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, MetaError> {
         let id = self.inner.node_id;
-        match self.inner.raft.client_write(cmd).await {
+        let after = self.inner.write_timeout;
+        let written = tokio::time::timeout(after, self.inner.raft.client_write(cmd)).await;
+        let Ok(written) = written else {
+            return Err(MetaError::Timeout {
+                after,
+                why: self.problem(),
+            });
+        };
+        match written {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(MetaError::NotLeader {
@@ -277,10 +299,40 @@ impl MetaNode {
         self.inner.applied_tx.subscribe()
     }
 
+    /// Why this node cannot take writes right now (a full disk, a stopped Raft task), if
+    /// it cannot: what readiness reports.
+    pub fn problem(&self) -> Option<String> {
+        if let Err(f) = &self.inner.raft.metrics().borrow().running_state {
+            return Some(format!("the metadata node stopped: {f}"));
+        }
+        self.inner.space.problem()
+    }
+
+    /// Resolves, with the reason, once the Raft task has stopped for any reason but
+    /// [`MetaNode::shutdown`]: the node cannot go on, and the process should exit so
+    /// that it is restarted.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.raft.metrics();
+        loop {
+            match &rx.borrow_and_update().running_state {
+                Err(Fatal::Stopped) => {}
+                Err(f) => return f.to_string(),
+                Ok(()) => {}
+            }
+            if rx.changed().await.is_err() {
+                // The Raft task is gone; a shutdown drops the sender too, so wait forever
+                // in that case (the caller is going away anyway).
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Shuts openraft down cleanly. Later writes fail with [`MetaError::ShutDown`]; reads
     /// keep returning the last applied state.
     pub async fn shutdown(&self) -> Result<(), MetaError> {
         let id = self.inner.node_id;
+        // A write waiting for disk space gives up, so the Raft task can stop.
+        self.inner.space.stop();
         self.inner
             .raft
             .shutdown()

@@ -42,6 +42,7 @@ use crate::error::MetaError;
 use crate::error::corrupt;
 use crate::error::storage;
 use crate::error::to_storage_error;
+use crate::fsutil::DiskSpace;
 use crate::fsutil::remove_stale_tmp;
 use crate::fsutil::write_atomic;
 use crate::raft::Entry;
@@ -120,12 +121,16 @@ struct SnapshotStore {
     dir: PathBuf,
     path: PathBuf,
     current: tokio::sync::Mutex<Option<StoredSnapshot>>,
+    space: Arc<DiskSpace>,
 }
 
 impl SnapshotStore {
     /// Loads `dir/state.snapshot` if present. Blocking. Returns the store and, if a snapshot
     /// was found, its meta and state.
-    fn load(dir: &Path) -> Result<(SnapshotStore, Option<(Meta, ClusterState)>), MetaError> {
+    fn load(
+        dir: &Path,
+        space: Arc<DiskSpace>,
+    ) -> Result<(SnapshotStore, Option<(Meta, ClusterState)>), MetaError> {
         let path = dir.join(SNAPSHOT_FILE);
         remove_stale_tmp(dir, SNAPSHOT_FILE)?;
         let (current, state) = match std::fs::read(&path) {
@@ -142,6 +147,7 @@ impl SnapshotStore {
                 dir: dir.to_path_buf(),
                 path,
                 current: tokio::sync::Mutex::new(current),
+                space,
             },
             state,
         ))
@@ -159,15 +165,20 @@ impl SnapshotStore {
         }
         let bytes = snap.encode(&self.path)?;
         let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&dir, SNAPSHOT_FILE, &bytes).map(drop))
-            .await
-            .map_err(|e| {
-                storage(
-                    &self.path,
-                    "snapshot I/O task",
-                    io::Error::other(e.to_string()),
-                )
-            })??;
+        let space = self.space.clone();
+        // The log is purged behind a snapshot once it is built, so it must be on disk
+        // first: a full disk is waited out.
+        tokio::task::spawn_blocking(move || {
+            space.retry(|| write_atomic(&dir, SNAPSHOT_FILE, &bytes).map(drop))
+        })
+        .await
+        .map_err(|e| {
+            storage(
+                &self.path,
+                "snapshot I/O task",
+                io::Error::other(e.to_string()),
+            )
+        })??;
         *current = Some(snap.clone());
         Ok(snap)
     }
@@ -189,8 +200,9 @@ impl StateMachineStore {
     pub(crate) fn open(
         dir: &Path,
         applied_tx: Arc<watch::Sender<u64>>,
+        space: Arc<DiskSpace>,
     ) -> Result<(StateMachineStore, Arc<RwLock<ClusterState>>), MetaError> {
-        let (snapshots, loaded) = SnapshotStore::load(dir)?;
+        let (snapshots, loaded) = SnapshotStore::load(dir, space)?;
         let found = loaded.is_some();
         let (last_applied, last_membership, state) = match loaded {
             Some((meta, state)) => (meta.last_log_id, meta.last_membership, state),

@@ -40,9 +40,8 @@ fn create(name: &str, id: u128, n: usize) -> Command {
 
 fn config(dir: &Path, snapshot_every: u64) -> MetaConfig {
     MetaConfig {
-        node_id: 1,
-        dir: dir.to_path_buf(),
         snapshot_every,
+        ..MetaConfig::new(1, dir)
     }
 }
 

@@ -96,10 +96,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         stop_http.clone(),
     ));
     info!(addr = %http_addr, "http listener ready");
-    let meta = MetaNode::open(MetaConfig::new(
-        cfg.node_id as u64,
-        cfg.data_dir.join("meta"),
-    ))
+    let meta = MetaNode::open(MetaConfig {
+        write_timeout: cfg.kafka.meta_write_timeout(),
+        ..MetaConfig::new(cfg.node_id as u64, cfg.data_dir.join("meta"))
+    })
     .await
     .context("opening the metadata node")?;
     let broker = RunningBroker::start(
@@ -127,12 +127,23 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let _ = admin_state.broker.set((broker.health(), broker.view()));
 
-    let signal = termination().await?;
-    info!(signal, "received termination signal");
+    let failure = tokio::select! {
+        signal = termination() => {
+            info!(signal = signal?, "received termination signal");
+            None
+        }
+        reason = broker.failed() => Some(reason),
+    };
+    if let Some(reason) = &failure {
+        tracing::error!(reason = %reason, "the broker cannot go on; shutting down so that it is restarted");
+    }
     // Readiness turns false at once, so a load balancer stops routing here while the
     // broker drains; the HTTP side stops last.
     broker.shutdown(SHUTDOWN_GRACE).await;
     stop_http.cancel();
     let _ = admin.await;
-    Ok(())
+    match failure {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
 }
