@@ -346,6 +346,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Local bytes not yet in the object store above which produce requests are delayed, then refused with a retriable error.",
     ),
     def(
+        "strata.log.scrub-bytes-per-second",
+        ConfigType::Long,
+        "33554432",
+        Check::AtLeast(0),
+        "How fast the scrubber reads sealed segments found on disk at start-up to check their batch CRCs (until checked, reads check the batches they serve); 0 turns it off. Read at start-up.",
+    ),
+    def(
         "strata.wal.disk-reserve-bytes",
         ConfigType::Long,
         "-1",
@@ -995,6 +1002,10 @@ impl BrokerConfig {
 
     pub fn max_unuploaded_bytes(&self) -> u64 {
         self.number("strata.wal.max-unuploaded-bytes").max(1) as u64
+    }
+
+    pub fn scrub_bytes_per_second(&self) -> u64 {
+        self.number("strata.log.scrub-bytes-per-second").max(0) as u64
     }
 
     /// `strata.wal.disk-reserve-bytes` for a file system of `fs_size` bytes.

@@ -364,6 +364,7 @@ impl RunningBroker {
             spawn("metadata watch", Box::pin(broker.clone().run_background())),
             spawn("uploader", Box::pin(broker.clone().run_uploads())),
             spawn("garbage collector", Box::pin(broker.clone().run_gc())),
+            spawn("scrubber", Box::pin(broker.clone().run_scrub())),
             spawn(
                 "object store probe",
                 Box::pin(broker.tier.store.clone().run_probe(broker.shutdown.clone())),

@@ -400,9 +400,15 @@ impl Broker {
         key: PartitionKey,
         epoch: i32,
         seg: &SealedSegment,
-        log: &Partition,
+        log: &Arc<Partition>,
     ) -> Result<(), String> {
         let _slot = self.tier.slots.acquire().await.map_err(|e| e.to_string())?;
+        // Never upload a damaged segment: check every batch first (once per segment).
+        let (checker, base) = (log.clone(), seg.base_offset);
+        tokio::task::spawn_blocking(move || checker.verify_segment(base))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the local segment is damaged, so it is not uploaded: {e}"))?;
         let started = Instant::now();
         let name = ObjectName::new_upload(key.topic_id, key.partition, seg.base_offset, epoch);
         let seg_key = name.key();

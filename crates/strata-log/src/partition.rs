@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
 use crate::producers::{Checked, ProducerInfo, ProducerState};
-use crate::segment::{self, Segment};
+use crate::segment::{self, Damage, Segment};
 use crate::tail::{Tail, TailCache};
 
 /// Per-partition settings that shape the files (the topic's `segment.*` configs).
@@ -327,13 +327,19 @@ impl Partition {
                     .recovery_truncated_bytes_total
                     .inc_by(recovered.truncated);
             }
+            if let Some(damage) = &recovered.segment.damage {
+                error!(path = %path.display(), damage = %damage, "sealed segment is damaged: its data will not be served from this file");
+                metrics.damaged_segments_total.inc();
+            }
             segments.insert(base, recovered.segment);
         }
+        let damaged = segments.values().any(|s| s.damage.is_some());
         if let Some((at, end)) = snapshot
-            && segments.get(&at).is_some_and(|s| s.next_offset != end)
+            && (damaged || segments.get(&at).is_some_and(|s| s.next_offset != end))
         {
-            // Recovery cut the snapshot's own segment short (it was damaged), so the
-            // snapshot remembers batches the log no longer has: rebuild from the log.
+            // Recovery cut the snapshot's own segment short, or found a sealed segment
+            // damaged, so the snapshot may remember batches the log cannot serve: rebuild
+            // from what the log really has.
             warn!(
                 path = %segment::file_stem(&dir, at).with_extension("producers").display(),
                 "producer snapshot is ahead of its recovered segment; rebuilding producer state from the log"
@@ -702,10 +708,11 @@ impl Partition {
                 .range(..=offset)
                 .next_back()
                 .map_or(i64::MIN, |(b, _)| *b);
-            let plan: Vec<ReadPlan> = inner
-                .segments
-                .range(first..)
-                .map(|(_, s)| ReadPlan {
+            let mut plan = Vec::new();
+            for s in inner.segments.range(first..).map(|(_, s)| s) {
+                let visible = inner.visible_end(s);
+                plan.push(ReadPlan {
+                    base: s.base_offset,
                     file: s.file.clone(),
                     path: s.path.clone(),
                     start: if s.base_offset <= offset {
@@ -714,9 +721,18 @@ impl Partition {
                     } else {
                         0
                     },
-                    end: inner.visible_end(s),
-                })
-                .collect();
+                    // Nothing at or after a damage is read.
+                    end: s
+                        .damage
+                        .as_ref()
+                        .map_or(visible, |d| visible.min(d.position)),
+                    verify: !s.verified,
+                    damage: s.damage.clone(),
+                });
+                if s.damage.is_some() {
+                    break;
+                }
+            }
             (plan, offsets)
         };
         let mut out = BytesMut::new();
@@ -725,7 +741,14 @@ impl Partition {
             if budget == 0 && !out.is_empty() {
                 break;
             }
-            let filled = read_segment(&seg, offset, budget, min_one && out.is_empty(), &mut out)?;
+            let filled =
+                match read_segment(&seg, offset, budget, min_one && out.is_empty(), &mut out) {
+                    Ok(filled) => filled,
+                    // Damage past data already read: serve that; the next read meets it.
+                    Err(Damaged(_)) if !out.is_empty() => false,
+                    Err(Damaged(damage)) => return Err(self.damaged(seg.base, offset, damage)),
+                    Err(Failed(e)) => return Err(e),
+                };
             if !filled {
                 break;
             }
@@ -735,6 +758,89 @@ impl Partition {
             offsets,
             from_memory: false,
         })
+    }
+
+    /// Records that sealed segment `base` is damaged (once: logged and counted) and says
+    /// what a read at `offset` gets instead of its data: if the object store has the
+    /// segment, the local copies up to and including it are dropped and the read goes
+    /// there (`NotLocal`); otherwise `Corrupt`, which clients see as the retriable
+    /// KAFKA_STORAGE_ERROR, never the damaged bytes.
+    fn damaged(&self, base: i64, offset: i64, damage: Damage) -> LogError {
+        let mut inner = self.inner.lock();
+        let remote_end = inner.remote_end;
+        let active = inner.active().map(|a| a.base_offset);
+        let Some(seg) = inner.segments.get_mut(&base) else {
+            // Removed meanwhile (retention): read again.
+            return LogError::NotLocal {
+                offset,
+                local_start: inner.local_start(),
+            };
+        };
+        if seg.damage.is_none() {
+            error!(topic = %self.topic, partition = self.partition, path = %seg.path.display(), damage = %damage, "sealed segment is damaged: its data will not be served from this file");
+            self.metrics.damaged_segments_total.inc();
+            seg.damage = Some(damage.clone());
+        }
+        let (path, end) = (seg.path.clone(), seg.next_offset);
+        if end <= remote_end && Some(base) != active {
+            let n = self.remove_segments(&mut inner, |s| {
+                s.next_offset <= end && Some(s.base_offset) != active
+            });
+            warn!(topic = %self.topic, partition = self.partition, path = %path.display(), deleted_segments = n, "the object store has the damaged segment: local copies up to it dropped, reads go there");
+            self.publish_metrics(&inner);
+            return LogError::NotLocal {
+                offset,
+                local_start: inner.local_start(),
+            };
+        }
+        LogError::Corrupt {
+            path,
+            position: damage.position,
+            reason: damage.reason,
+        }
+    }
+
+    /// Checks every batch of sealed segment `base` (if not done before): `Ok` if it is
+    /// good (it is then trusted by reads), the damage error otherwise (see
+    /// [`Partition::damaged`]). Blocking file I/O: before an upload, and for the scrubber.
+    pub fn verify_segment(&self, base: i64) -> Result<()> {
+        let (file, path, size) = {
+            let inner = self.inner.lock();
+            let Some(s) = inner.segments.get(&base) else {
+                return Ok(());
+            };
+            if let Some(damage) = s.damage.clone() {
+                drop(inner);
+                return Err(self.damaged(base, base, damage));
+            }
+            if s.verified {
+                return Ok(());
+            }
+            (s.file.clone(), s.path.clone(), s.size)
+        };
+        match segment::check_batches(&file, &path, size)? {
+            None => {
+                self.metrics.verified_bytes_total.inc_by(size);
+                if let Some(s) = self.inner.lock().segments.get_mut(&base) {
+                    s.verified = true;
+                }
+                Ok(())
+            }
+            Some(damage) => Err(self.damaged(base, base, damage)),
+        }
+    }
+
+    /// Base offsets and sizes of sealed segments whose batches are not checked yet
+    /// (found on disk at start-up), oldest first: the scrubber's work list.
+    pub fn unverified_segments(&self) -> Vec<(i64, u64)> {
+        let inner = self.inner.lock();
+        let active = inner.active().map(|a| a.base_offset);
+        inner
+            .segments
+            .values()
+            .filter(|s| !s.verified && s.damage.is_none() && Some(s.base_offset) != active)
+            .map(|s| (s.base_offset, s.size))
+            .collect()
     }
 
     /// Whether [`Partition::read`] at `offset` would be answered from memory right now
@@ -755,15 +861,18 @@ impl Partition {
             let plans: Vec<(ReadPlan, i64)> = inner
                 .segments
                 .values()
-                .filter(|s| s.max_timestamp >= timestamp)
+                .filter(|s| s.max_timestamp >= timestamp && s.damage.is_none())
                 .map(|s| {
                     let rel = s.times.lookup(timestamp);
                     (
                         ReadPlan {
+                            base: s.base_offset,
                             file: s.file.clone(),
                             path: s.path.clone(),
                             start: u64::from(s.offsets.lookup(rel)),
                             end: inner.visible_end(s),
+                            verify: false,
+                            damage: None,
                         },
                         s.base_offset + i64::from(rel),
                     )
@@ -1089,10 +1198,34 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 struct ReadPlan {
+    base: i64,
     file: Arc<File>,
     path: PathBuf,
     start: u64,
     end: u64,
+    /// Check each batch's CRC (the segment is not verified yet).
+    verify: bool,
+    /// The segment's known damage, where `end` stops.
+    damage: Option<Damage>,
+}
+
+/// Why a segment read failed: its data is damaged (where, and what is wrong), or an
+/// error.
+enum ReadFailure {
+    Damaged(Damage),
+    Failed(LogError),
+}
+use ReadFailure::{Damaged, Failed};
+
+impl From<LogError> for ReadFailure {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Corrupt {
+                position, reason, ..
+            } => Damaged(Damage::at(position, reason)),
+            other => Failed(other),
+        }
+    }
 }
 
 /// Appends to `out` the whole batches of one segment from the one holding `offset`, within
@@ -1104,17 +1237,34 @@ fn read_segment(
     budget: usize,
     first: bool,
     out: &mut BytesMut,
-) -> Result<bool> {
+) -> std::result::Result<bool, ReadFailure> {
     let mut pos = seg.start;
     // Skip batches that end before `offset`.
     let header = loop {
         match Segment::header_at(&seg.file, &seg.path, pos, seg.end)? {
-            None => return Ok(true),
+            None if pos < seg.end => {
+                return Err(Damaged(Damage::at(
+                    pos,
+                    "the file ends inside a batch header",
+                )));
+            }
+            // The end of what may be read: the segment's end, or its damage.
+            None => return seg.damage.clone().map_or(Ok(true), |d| Err(Damaged(d))),
             Some(h) if h.last_offset() < offset => pos += h.total_len() as u64,
             Some(h) => break h,
         }
     };
     let available = (seg.end - pos) as usize;
+    if header.total_len() > available {
+        // Visible data ends at batch boundaries: a batch past the end is a cut file.
+        return Err(Damaged(Damage::at(
+            pos,
+            format!(
+                "the file ends inside the batch at offset {}",
+                header.base_offset
+            ),
+        )));
+    }
     let want = if first {
         budget.max(header.total_len())
     } else {
@@ -1131,5 +1281,18 @@ fn read_segment(
         .map_err(|e| LogError::io("read", &seg.path, e))?;
     let whole = segment::whole_batches_len(&out[at..]);
     out.truncate(at + whole);
+    if seg.verify {
+        // Serve only batches whose CRC holds; stop before the first that fails.
+        let mut good = 0usize;
+        while good < whole {
+            match batch::check_crc(&out[at + good..at + whole]) {
+                Ok(h) => good += h.total_len(),
+                Err(e) => {
+                    out.truncate(at + good);
+                    return Err(Damaged(Damage::at(pos + good as u64, e.to_string())));
+                }
+            }
+        }
+    }
     Ok(want == available && whole == available)
 }

@@ -517,8 +517,8 @@ async fn a_snapshot_ahead_of_its_damaged_segment_is_not_trusted() {
         sync(&p).await;
     }
     // The second segment loses its indexes and its last batch (producer 1's seq 6..7) is
-    // damaged, so recovery scans it and cuts that batch off. Its snapshot still
-    // remembers the batch.
+    // damaged, so recovery scans it and finds the damage (offsets 6 and 7 stay taken:
+    // they are not handed out again). Its snapshot still remembers the batch.
     let stem = dir.path().join(format!("{:020}", 4));
     std::fs::remove_file(stem.with_extension("index")).unwrap();
     std::fs::remove_file(stem.with_extension("timeindex")).unwrap();
@@ -527,7 +527,11 @@ async fn a_snapshot_ahead_of_its_damaged_segment_is_not_trusted() {
     std::fs::write(stem.with_extension("log"), data).unwrap();
 
     let p = open(dir.path(), config);
-    assert_eq!(p.segments()[1].next_offset, 6);
+    assert_eq!(p.segments()[1].next_offset, 8);
+    assert!(matches!(
+        p.read(6, 1 << 20, true),
+        Err(crate::LogError::Corrupt { .. })
+    ));
     // The lost batch is not answered as a duplicate at offsets that no longer hold it:
     // the producer's state was rebuilt from what the log really has.
     assert_eq!(written(produce(&p, &idem(1, 0, 6, 2))), (9, 10));

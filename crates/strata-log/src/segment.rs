@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use strata_protocol::batch::{self, BatchHeader, HEADER_LEN, HeaderIter};
 
+use tracing::warn;
+
 use crate::error::{LogError, Result};
 use crate::index::{self, OffsetIndex, TimeIndex};
 use crate::producers::ProducerState;
@@ -36,6 +38,36 @@ pub(crate) struct Segment {
     index_interval: u64,
     /// Wall-clock time the segment was created or recovered, for `segment.ms`.
     pub(crate) created_ms: i64,
+    /// Whether every batch's CRC is known to be good: written by this process, read in
+    /// full by recovery, or checked since. Reads check the batches of unverified segments.
+    pub(crate) verified: bool,
+    /// Where and how the segment is damaged, once found (a batch failing its CRC, or
+    /// data missing before the next segment): nothing from there on is served. Never
+    /// cleared: the segment is replaced by the object store's copy, or removed with the
+    /// log start.
+    pub(crate) damage: Option<Damage>,
+}
+
+/// Damage in a segment file: from byte `position` on, its data cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Damage {
+    pub(crate) position: u64,
+    pub(crate) reason: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at byte {}: {}", self.position, self.reason)
+    }
+}
+
+impl Damage {
+    pub(crate) fn at(position: u64, reason: impl Into<String>) -> Self {
+        Self {
+            position,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// What recovery found in a segment file.
@@ -86,6 +118,8 @@ impl Segment {
             bytes_since_index: 0,
             index_interval,
             created_ms: now_ms,
+            verified: true,
+            damage: None,
         }
     }
 
@@ -120,14 +154,46 @@ impl Segment {
                 seg.max_timestamp = times.max_timestamp().unwrap_or(-1);
                 seg.offsets = offsets;
                 seg.times = times;
-                return Ok(Recovered {
-                    segment: seg,
-                    truncated: 0,
-                    scanned: false,
-                });
+                // Trusted through its indexes, but its CRCs are checked before it is
+                // served or uploaded; its end is checked now, cheaply.
+                seg.verified = false;
+                if seg.tail_is_whole(next_base)? {
+                    return Ok(Recovered {
+                        segment: seg,
+                        truncated: 0,
+                        scanned: false,
+                    });
+                }
+                warn!(path = %seg.path.display(), "sealed segment does not end where its successor begins: reading it in full");
+                seg.size = 0;
+                seg.next_offset = base_offset;
+                seg.max_timestamp = -1;
+                seg.offsets = OffsetIndex::default();
+                seg.times = TimeIndex::default();
+                seg.verified = true;
             }
         }
         seg.scan(len, replay)?;
+        if let Some(next_base) = next_base
+            && seg.next_offset < next_base
+        {
+            // A sealed segment is whole by construction: data missing before its
+            // successor is damage (a truncated file), not a torn tail. Nothing is cut.
+            seg.damage = Some(Damage::at(
+                seg.size,
+                format!(
+                    "offsets {} to {} are missing (the file has {len} bytes)",
+                    seg.next_offset,
+                    next_base - 1,
+                ),
+            ));
+            seg.next_offset = next_base;
+            return Ok(Recovered {
+                segment: seg,
+                truncated: 0,
+                scanned: true,
+            });
+        }
         let truncated = len - seg.size;
         if truncated > 0 {
             seg.file
@@ -142,6 +208,22 @@ impl Segment {
             truncated,
             scanned: true,
         })
+    }
+
+    /// Whether the batches after the last offset index entry chain up to exactly the end
+    /// of the file and to `next_base`: what a truncated (or extended) file fails.
+    fn tail_is_whole(&self, next_base: i64) -> Result<bool> {
+        let len = self.size;
+        let mut pos = self.offsets.last().map_or(0, |(_, p)| u64::from(p));
+        let mut next = None;
+        while pos < len {
+            let Ok(Some(h)) = Self::header_at(&self.file, &self.path, pos, len) else {
+                return Ok(false);
+            };
+            pos += h.total_len() as u64;
+            next = Some(h.next_offset());
+        }
+        Ok(pos == len && next.is_none_or(|n| n == next_base))
     }
 
     fn dir(&self) -> &Path {
@@ -335,4 +417,35 @@ pub(crate) fn whole_batches_len(buf: &[u8]) -> usize {
     let mut it = HeaderIter::new(buf);
     for _ in it.by_ref() {}
     it.position()
+}
+
+/// Reads the first `size` bytes of segment file `file` and checks every batch's CRC, and
+/// that the batches chain up to exactly `size`. Returns the damage (`None`: the segment is
+/// good). Blocking.
+pub(crate) fn check_batches(file: &File, path: &Path, size: u64) -> Result<Option<Damage>> {
+    let mut buf = Vec::new();
+    let mut pos: u64 = 0;
+    while pos < size {
+        let header = match Segment::header_at(file, path, pos, size) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(Some(Damage::at(pos, "the file ends inside a batch header"))),
+            Err(LogError::Corrupt { reason, .. }) => return Ok(Some(Damage::at(pos, reason))),
+            Err(e) => return Err(e),
+        };
+        let total = header.total_len();
+        if pos + total as u64 > size {
+            return Ok(Some(Damage::at(pos, "the file ends inside this batch")));
+        }
+        buf.resize(total, 0);
+        file.read_exact_at(&mut buf, pos)
+            .map_err(|e| LogError::io("read", path, e))?;
+        if let Err(e) = batch::check_crc(&buf) {
+            return Ok(Some(Damage::at(
+                pos,
+                format!("the batch at offset {}: {e}", header.base_offset),
+            )));
+        }
+        pos += total as u64;
+    }
+    Ok(None)
 }

@@ -522,3 +522,116 @@ async fn a_log_restarted_at_a_new_offset_drops_its_tail() {
         "only the batch after the restart is held"
     );
 }
+
+/// Three sealed segments of two batches each (and an active one); returns the segment
+/// files, oldest first.
+async fn sealed_segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let p = open(dir, small(300));
+    for i in 0..8 {
+        append(&p, 3, 100 + i, 0);
+        sync(&p).await;
+    }
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|f| f.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_a_trusted_segment_is_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = sealed_segments(dir.path()).await;
+    assert!(files.len() >= 3, "{files:?}");
+    // The second batch of the second segment.
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    let last = bytes.len() - 10;
+    bytes[last] ^= 1;
+    std::fs::write(&files[1], bytes).unwrap();
+    let m = metrics();
+    let p = Partition::open(
+        dir.path().into(),
+        "t".into(),
+        0,
+        small(300),
+        m.clone(),
+        TailCache::new(0),
+        0,
+    )
+    .unwrap();
+    let second: i64 = files[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The first batch is good and is served; the read stops before the bad one.
+    let r = p.read(second, 1 << 20, true).unwrap();
+    assert_eq!(batches(&r.records).len(), 1);
+    let next = HeaderIter::new(&r.records).last().unwrap().1.next_offset();
+    assert!(matches!(
+        p.read(next, 1 << 20, true),
+        Err(LogError::Corrupt { .. })
+    ));
+    assert_eq!(m.damaged_segments_total.get(), 1);
+    // Once the object store has it, the local copies go and reads are sent there.
+    p.set_remote_end(p.offsets().log_end - 1);
+    assert!(matches!(
+        p.read(next, 1 << 20, true),
+        Err(LogError::NotLocal { .. })
+    ));
+    assert!(p.offsets().local_start > second);
+    assert_eq!(m.damaged_segments_total.get(), 1, "counted once");
+}
+
+#[tokio::test]
+async fn a_truncated_trusted_segment_is_found_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = sealed_segments(dir.path()).await;
+    let len = std::fs::metadata(&files[1]).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files[1])
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let m = metrics();
+    let p = Partition::open(
+        dir.path().into(),
+        "t".into(),
+        0,
+        small(300),
+        m.clone(),
+        TailCache::new(0),
+        0,
+    )
+    .unwrap();
+    assert_eq!(m.damaged_segments_total.get(), 1);
+    let second: i64 = files[1]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = p.read(second, 1 << 20, true).unwrap();
+    let next = HeaderIter::new(&r.records).last().unwrap().1.next_offset();
+    assert!(matches!(
+        p.read(next, 1 << 20, true),
+        Err(LogError::Corrupt { .. })
+    ));
+    let third: i64 = files[2]
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        batches(&p.read(third, 1 << 20, true).unwrap().records)[0].0,
+        third
+    );
+}

@@ -69,6 +69,8 @@ pub struct LogMetrics {
     pub segments_rolled_total: IntCounter,
     pub segments_deleted_total: IntCounter,
     pub recovery_truncated_bytes_total: IntCounter,
+    pub damaged_segments_total: IntCounter,
+    pub verified_bytes_total: IntCounter,
     pub io_errors_total: IntCounterVec,
     pub tail_cache_bytes: IntGauge,
 }
@@ -265,6 +267,14 @@ impl Metrics {
             segments_deleted_total: r.counter(
                 "strata_log_segments_deleted_total",
                 "Segments deleted by retention or log start offset moves",
+            )?,
+            damaged_segments_total: r.counter(
+                "strata_log_damaged_segments_total",
+                "Sealed segments found damaged (a batch failing its CRC, or data missing), by start-up checks, reads, uploads or the scrubber; never served",
+            )?,
+            verified_bytes_total: r.counter(
+                "strata_log_verified_bytes_total",
+                "Bytes of sealed segments whose batch CRCs were checked in full (before upload, or by the scrubber)",
             )?,
             recovery_truncated_bytes_total: r.counter(
                 "strata_log_recovery_truncated_bytes_total",
