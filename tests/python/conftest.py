@@ -324,6 +324,12 @@ def group_members(tmp_path, request):
     members.cleanup()
 
 
+def pytest_sessionfinish(session, exitstatus):
+    # Clients a test kept alive past its brokers (a failing test's frames hold them):
+    # close them now rather than at interpreter exit, after the summary.
+    release_clients()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

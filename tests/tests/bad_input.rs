@@ -298,3 +298,115 @@ fn a_client_stalled_mid_request_does_not_hold_up_shutdown() {
         s.log_tail()
     );
 }
+
+/// The broker's resident memory, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// 64 connections each announcing and sending a 4 MiB frame: the broker holds at most
+/// queued.max.request.bytes of them in memory at once; the others wait unread.
+#[test]
+fn request_memory_across_connections_stays_within_the_budget() {
+    use std::io::Write;
+    let budget = 8 << 20;
+    let s = Strata::with(strata_e2e::Options {
+        env: vec![(
+            "STRATA_KAFKA_QUEUED_MAX_REQUEST_BYTES".into(),
+            budget.to_string(),
+        )],
+        ..strata_e2e::Options::default()
+    });
+    let pid = s.pid();
+    let before = rss_bytes(pid);
+    let frame = 4 << 20;
+    let mut streams = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..64 {
+        let stream = std::net::TcpStream::connect(s.kafka).unwrap();
+        let mut w = stream.try_clone().unwrap();
+        streams.push(stream);
+        writers.push(std::thread::spawn(move || {
+            // Blocks once the socket buffers are full: the broker is not reading.
+            let _ = w.write_all(&(frame as i32).to_be_bytes());
+            let _ = w.write_all(&vec![0u8; frame - 1024]);
+        }));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut peak_gauge = 0.0f64;
+    while std::time::Instant::now() < deadline {
+        peak_gauge = peak_gauge.max(
+            s.metric("strata_kafka_request_bytes_in_memory")
+                .unwrap_or(0.0),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let grown = rss_bytes(pid).saturating_sub(before);
+    assert!(
+        peak_gauge > 0.0 && peak_gauge <= budget as f64,
+        "frames held: {peak_gauge} bytes, budget {budget}"
+    );
+    // Without the budget the 64 frames would take 256 MiB.
+    assert!(grown < 3 * budget as u64, "RSS grew by {grown} bytes");
+    drop(streams);
+    for w in writers {
+        let _ = w.join();
+    }
+    assert_serving(s.kafka);
+}
+
+/// Idle connections are closed after connections.max.idle.ms, and one that stalls in the
+/// middle of a frame after strata.kafka.request-read-timeout-ms; both are counted.
+#[test]
+fn idle_and_stalled_connections_are_closed() {
+    let s = Strata::with(strata_e2e::Options {
+        env: vec![
+            ("STRATA_KAFKA_CONNECTIONS_MAX_IDLE_MS".into(), "1000".into()),
+            ("STRATA_KAFKA_REQUEST_READ_TIMEOUT_MS".into(), "500".into()),
+        ],
+        ..strata_e2e::Options::default()
+    });
+    let mut idle = RawClient::connect(s.kafka);
+    let mut stalled = RawClient::connect(s.kafka);
+    stalled.send_raw(&100i32.to_be_bytes()).unwrap();
+    stalled.send_raw(&[0, 3, 0]).unwrap();
+    let mut busy = RawClient::connect(s.kafka);
+    let started = std::time::Instant::now();
+    // A client that keeps asking stays connected.
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        assert!(matches!(
+            busy.request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default()),
+            kafka_protocol::messages::ResponseKind::ApiVersions(_)
+        ));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(stalled.is_closed());
+    assert!(idle.is_closed());
+    assert_eq!(connection_errors(&s, "request_timeout"), 1.0);
+    assert_eq!(connection_errors(&s, "idle"), 1.0);
+}
+
+/// Thousands of bad frames are all counted, but logged at most once a second.
+#[test]
+fn bad_frames_are_counted_not_each_logged() {
+    let s = Strata::start();
+    for _ in 0..300 {
+        let mut c = RawClient::connect(s.kafka);
+        c.send_raw(&(-1i32).to_be_bytes()).unwrap();
+        assert!(c.is_closed());
+    }
+    assert_eq!(connection_errors(&s, "negative_frame_size"), 300.0);
+    let lines = s
+        .log()
+        .lines()
+        .filter(|l| l.contains("closing client connection"))
+        .count();
+    assert!(lines <= 10, "{lines} log lines for 300 bad frames");
+    assert!(lines >= 1);
+}

@@ -253,3 +253,26 @@ fn the_scrubber_finds_damage_nobody_read() {
         "the good segments were checked"
     );
 }
+
+/// Recovery cuts a damaged tail of the active segment; the offsets it held were
+/// acknowledged, so new records continue after them instead of reusing them.
+#[test]
+fn a_cut_tail_does_not_hand_its_offsets_out_again() {
+    let (mut s, _c) = broker_with(&[("remote.storage.enable", "false")], &[], 3);
+    assert!(s.stop().success());
+    let files = segment_files(&s.data_dir, "t");
+    let active = files.last().unwrap();
+    let mut bytes = std::fs::read(active).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0xff;
+    std::fs::write(active, bytes).unwrap();
+    s.restart();
+    let mut c = RawClient::connect(s.kafka);
+    let batch = build_batch(&[TestRecord {
+        key: Some(b"k"),
+        value: Some(b"after"),
+        timestamp: now_ms(),
+    }]);
+    assert_eq!(c.produce("t", 0, batch), (0, 3), "{}", s.log_tail());
+    assert!(s.log().contains("new records continue after them"));
+}

@@ -54,6 +54,11 @@ pub struct Broker {
     /// When this broker started: the age of an empty group's offsets counts from here at
     /// the latest, since group membership is not kept across restarts.
     pub(crate) started_ms: i64,
+    /// `queued.max.request.bytes` as a semaphore of bytes, with its size; `None` for no
+    /// limit.
+    pub(crate) request_budget: Option<(Arc<tokio::sync::Semaphore>, usize)>,
+    /// Holds back repeated log lines a misbehaving client can cause.
+    pub(crate) log_throttle: strata_telemetry::LogThrottle,
 }
 
 /// Why a topic could not be created.

@@ -122,6 +122,20 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Largest request frame a client may send; larger frames close the connection.",
     ),
     def(
+        "queued.max.request.bytes",
+        ConfigType::Long,
+        "268435456",
+        Check::AtLeast(-1),
+        "Bytes of request frames all connections together may hold in memory; a connection whose next frame does not fit waits (and stops reading its socket) until others are handled. -1: no limit (Kafka's default; Strata's is 256 MiB).",
+    ),
+    def(
+        "connections.max.idle.ms",
+        ConfigType::Long,
+        "600000",
+        Check::AtLeast(-1),
+        "A connection that sends no request for this long is closed (-1: never).",
+    ),
+    def(
         "fetch.max.bytes",
         ConfigType::Int,
         "57671680",
@@ -344,6 +358,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "4294967296",
         Check::AtLeast(1),
         "Local bytes not yet in the object store above which produce requests are delayed, then refused with a retriable error.",
+    ),
+    def(
+        "strata.kafka.request-read-timeout-ms",
+        ConfigType::Long,
+        "30000",
+        Check::AtLeast(1),
+        "Longest a request may take to arrive once its size has: a client that stalls mid-frame is disconnected, and the memory its frame holds freed.",
     ),
     def(
         "strata.log.scrub-bytes-per-second",
@@ -970,6 +991,22 @@ impl BrokerConfig {
 
     pub fn socket_request_max_bytes(&self) -> usize {
         self.number("socket.request.max.bytes") as usize
+    }
+
+    /// `queued.max.request.bytes`, `None` for no limit.
+    pub fn queued_max_request_bytes(&self) -> Option<usize> {
+        usize::try_from(self.number("queued.max.request.bytes")).ok()
+    }
+
+    /// `connections.max.idle.ms`, `None` for never.
+    pub fn connections_max_idle(&self) -> Option<std::time::Duration> {
+        u64::try_from(self.number("connections.max.idle.ms"))
+            .ok()
+            .map(std::time::Duration::from_millis)
+    }
+
+    pub fn request_read_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("strata.kafka.request-read-timeout-ms") as u64)
     }
 
     pub fn fetch_max_bytes(&self) -> usize {

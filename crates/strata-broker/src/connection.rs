@@ -23,6 +23,20 @@ impl Drop for Active {
     }
 }
 
+/// A frame's share of `queued.max.request.bytes`, held from the moment its size is
+/// known until it has been handled.
+struct InMemory {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    bytes: i64,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for InMemory {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes);
+    }
+}
+
 /// Reads the `size` bytes of a request body; on failure, the reason (a metric label)
 /// and what happened.
 async fn read_body<R: AsyncRead + Unpin>(
@@ -57,23 +71,39 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let max = broker.config.socket_request_max_bytes();
+    let idle = broker.config.connections_max_idle();
+    let read_timeout = broker.config.request_read_timeout();
     let closing = |reason: &'static str, detail: &str| {
-        warn!(%peer, reason, detail, "closing client connection");
+        // A misbehaving client can cause thousands of these a second: all are counted,
+        // at most one a second per reason is logged.
+        if let Some(held_back) = broker.log_throttle.allow(reason) {
+            warn!(%peer, reason, detail, held_back, "closing client connection");
+        }
         m.connection_errors_total.with_label_values(&[reason]).inc();
     };
     loop {
+        let next_size = async {
+            match idle {
+                Some(idle) => tokio::time::timeout(idle, rd.read_i32()).await,
+                None => Ok(rd.read_i32().await),
+            }
+        };
         let size = tokio::select! {
             biased;
             () = broker.shutdown.cancelled() => break,
-            r = rd.read_i32() => match r {
-                Ok(n) => n,
+            r = next_size => match r {
+                Ok(Ok(n)) => n,
                 // Between requests, EOF or a reset is just a client going away.
-                Err(e) if matches!(
+                Ok(Err(e)) if matches!(
                     e.kind(),
                     std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
                 ) => break,
-                Err(e) => {
+                Ok(Err(e)) => {
                     closing("read_error", &e.to_string());
+                    break;
+                }
+                Err(_) => {
+                    closing("idle", "no request within connections.max.idle.ms");
                     break;
                 }
             },
@@ -89,15 +119,49 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
             );
             break;
         }
+        // The frame's bytes come out of the broker-wide budget before they are read: a
+        // connection whose frame does not fit waits, and leaves its socket unread.
+        let permit = match &broker.request_budget {
+            None => None,
+            Some((budget, total)) => {
+                if size > *total {
+                    closing(
+                        "frame_over_request_budget",
+                        &format!(
+                            "request of {size} bytes exceeds queued.max.request.bytes {total}"
+                        ),
+                    );
+                    break;
+                }
+                tokio::select! {
+                    () = broker.shutdown.cancelled() => break,
+                    p = budget.clone().acquire_many_owned(size as u32) => p.ok(),
+                }
+            }
+        };
+        m.request_bytes_in_memory.add(size as i64);
+        let _in_memory = InMemory {
+            _permit: permit,
+            bytes: size as i64,
+            gauge: m.request_bytes_in_memory.clone(),
+        };
         // A request still arriving at shutdown is dropped (a client that stalls halfway
         // must not hold the broker until the grace period ends); it was never answered,
-        // so the client retries it elsewhere.
+        // so the client retries it elsewhere. One that takes too long to arrive is
+        // dropped too, with its connection.
         let frame = tokio::select! {
             () = broker.shutdown.cancelled() => break,
-            r = read_body(&mut rd, size) => match r {
-                Ok(frame) => frame,
-                Err((reason, detail)) => {
+            r = tokio::time::timeout(read_timeout, read_body(&mut rd, size)) => match r {
+                Ok(Ok(frame)) => frame,
+                Ok(Err((reason, detail))) => {
                     closing(reason, &detail);
+                    return;
+                }
+                Err(_) => {
+                    closing(
+                        "request_timeout",
+                        &format!("a request of {size} bytes did not arrive within {} ms", read_timeout.as_millis()),
+                    );
                     return;
                 }
             },

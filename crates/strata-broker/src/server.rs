@@ -314,6 +314,11 @@ impl RunningBroker {
             opts.cache_dir.clone(),
             opts.config.cache_disk_bytes() as u64,
         );
+        let request_budget = opts.config.queued_max_request_bytes().map(|bytes| {
+            // The semaphore takes at most u32::MAX permits at once; frames are smaller.
+            let bytes = bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
+            (Arc::new(tokio::sync::Semaphore::new(bytes)), bytes)
+        });
         let broker = Arc::new(Broker {
             node_id: opts.node_id,
             endpoint,
@@ -330,6 +335,8 @@ impl RunningBroker {
             producer_ids: Default::default(),
             tier,
             reconciled_epoch: std::sync::atomic::AtomicU64::new(0),
+            request_budget,
+            log_throttle: strata_telemetry::LogThrottle::new(Duration::from_secs(1)),
         });
         {
             let b = broker.clone();
@@ -490,8 +497,10 @@ async fn accept_loop(
                 connections.spawn(crate::connection::serve(broker.clone(), stream, peer));
             }
             Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                warn!(error = %e, "accept failed");
+                // Typically EMFILE: back off instead of spinning (and log once a second).
+                if let Some(held_back) = broker.log_throttle.allow("accept_error") {
+                    warn!(error = %e, held_back, "accept failed");
+                }
                 broker
                     .metrics
                     .kafka

@@ -16,6 +16,7 @@
 //! decide when a log start offset may move (the broker commits it to metadata first).
 //! Time comes in as arguments, never from the system clock, so tests control it.
 
+mod acked;
 mod error;
 mod index;
 mod manager;

@@ -26,6 +26,7 @@ use strata_telemetry::LogMetrics;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::acked::AckedMark;
 use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
 use crate::producers::{Checked, ProducerInfo, ProducerState};
@@ -246,6 +247,8 @@ pub struct Partition {
     hw_tx: watch::Sender<i64>,
     metrics: LogMetrics,
     gauges: Gauges,
+    /// The highest offset ever made durable, kept beside the segments.
+    acked: Arc<AckedMark>,
 }
 
 /// This partition's series of the per-partition gauges, resolved once.
@@ -367,6 +370,24 @@ impl Partition {
             failed: None,
             tail: Tail::new(tail),
         };
+        // Offsets once made durable are never handed out again, even if recovery cut
+        // them off (a damaged tail): the log goes on after a gap, as Kafka's does after
+        // an unclean recovery.
+        let (acked, mark) = AckedMark::open(&dir)?;
+        if let Some(mark) = mark
+            && let Some(active) = inner.segments.values_mut().next_back()
+            && mark > active.next_offset
+            && active.fits_offset(mark)
+        {
+            error!(
+                topic = %topic,
+                partition,
+                lost_from = active.next_offset,
+                lost_to = mark - 1,
+                "the log ends before offsets it had made durable (a damaged tail was cut): new records continue after them"
+            );
+            active.next_offset = mark;
+        }
         // Everything that survived recovery is on disk: it is all durable.
         if let Some(active) = inner.active() {
             let (base, size, next) = (active.base_offset, active.size, active.next_offset);
@@ -389,6 +410,7 @@ impl Partition {
             hw_tx: watch::Sender::new(hw),
             metrics,
             gauges,
+            acked: Arc::new(acked),
         };
         p.publish_metrics(&p.inner.lock());
         Ok(p)
@@ -605,6 +627,9 @@ impl Partition {
             }
             let (base, size) = (active.base_offset, active.size);
             inner.advance_hw(base, size, next);
+            if let Err(e) = self.acked.set(next).and_then(|()| self.acked.sync()) {
+                warn!(topic = %self.topic, partition = self.partition, error = %e, "could not record the durable offset");
+            }
         }
         let seg = Segment::create(&self.dir, next, inner.config.index_interval_bytes, now_ms)?;
         sync_dir(&self.dir)?;
@@ -640,9 +665,19 @@ impl Partition {
                 )
             };
             let started = Instant::now();
-            let synced = tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let (acked, topic, partition) =
+                (self.acked.clone(), self.topic.clone(), self.partition);
+            let synced = tokio::task::spawn_blocking(move || {
+                file.sync_data()?;
+                // Only the log's sync makes data durable; the mark follows it (see
+                // `acked`), and failing to write it is not the produce's failure.
+                if let Err(e) = acked.set(next) {
+                    warn!(topic = %topic, partition, error = %e, "could not record the durable offset");
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             self.metrics
                 .sync_duration_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -1116,6 +1151,8 @@ impl Partition {
             a.file
                 .sync_data()
                 .map_err(|e| LogError::io("fsync", &a.path, e))?;
+            self.acked.set(a.next_offset)?;
+            self.acked.sync()?;
         }
         Ok(())
     }

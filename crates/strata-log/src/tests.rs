@@ -265,6 +265,9 @@ async fn recovery_keeps_exactly_the_complete_batches_at_every_cut() {
     let original = std::fs::read(&file).unwrap();
     for cut in 0..=original.len() {
         std::fs::write(&file, &original[..cut]).unwrap();
+        // A torn tail is data that was never synced, so the durable-offset mark never
+        // covered it (see the next tests for a cut below the mark).
+        let _ = std::fs::remove_file(dir.path().join("acked"));
         let p = open(dir.path(), small(1 << 30));
         // Complete batches below the cut.
         let mut kept_bytes = 0u64;
@@ -305,11 +308,15 @@ async fn recovery_stops_at_a_corrupt_batch() {
     data[first_len + 40] ^= 0xff; // inside the second batch's CRC-covered bytes
     std::fs::write(&file, &data).unwrap();
     let p = open(dir.path(), small(1 << 30));
-    assert_eq!(p.offsets().log_end, 2);
+    // Only the good prefix is kept, but offsets 2 to 5 were made durable before: they
+    // are not handed out again.
+    let r = p.read(0, 1 << 20, true).unwrap();
+    assert_eq!(batches(&r.records), vec![(0, 2)]);
+    assert_eq!(p.offsets().log_end, 6);
     assert_eq!(
         append(&p, 1, 0, 0),
-        2,
-        "new writes continue after the good prefix"
+        6,
+        "new writes continue after the offsets that were cut"
     );
 }
 
@@ -633,5 +640,37 @@ async fn a_truncated_trusted_segment_is_found_at_start_up() {
     assert_eq!(
         batches(&p.read(third, 1 << 20, true).unwrap().records)[0].0,
         third
+    );
+}
+
+#[tokio::test]
+async fn offsets_made_durable_are_not_reused_after_a_damaged_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let p = open(dir.path(), LogConfig::default());
+        for i in 0..5 {
+            append(&p, 3, 100 + i, 0);
+            sync(&p).await;
+        }
+        assert_eq!(p.offsets().log_end, 15);
+    }
+    // The last (synced, acknowledged) batch of the active segment is damaged.
+    let seg = dir.path().join(format!("{:020}.log", 0));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0xff;
+    std::fs::write(&seg, bytes).unwrap();
+
+    let p = open(dir.path(), LogConfig::default());
+    assert_eq!(p.offsets().log_end, 15, "the cut offsets stay taken");
+    assert_eq!(append(&p, 2, 200, 0), 15, "new records continue after them");
+    sync(&p).await;
+    // A reader at the lost offsets moves on to the next records.
+    let r = p.read(12, 1 << 20, true).unwrap();
+    assert_eq!(batches(&r.records), vec![(15, 2)]);
+    let r = p.read(0, 1 << 20, true).unwrap();
+    assert_eq!(
+        batches(&r.records),
+        vec![(0, 3), (3, 3), (6, 3), (9, 3), (15, 2)]
     );
 }

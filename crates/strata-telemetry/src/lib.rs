@@ -54,6 +54,7 @@ pub struct KafkaMetrics {
     pub connections_active: IntGauge,
     pub connections_total: IntCounter,
     pub connection_errors_total: IntCounterVec,
+    pub request_bytes_in_memory: IntGauge,
     pub produce_records_bytes_total: IntCounter,
     pub fetch_records_bytes_total: IntCounter,
 }
@@ -103,6 +104,45 @@ pub struct TierMetrics {
     pub remote_segments_deleted_total: IntCounter,
     pub gc_deleted_objects_total: IntCounter,
     pub produce_throttled_total: IntCounter,
+}
+
+/// Lets a log line through at most once per `every` for each key, and says how many were
+/// held back in between: for events a misbehaving peer can cause thousands of times a
+/// second (each is still counted in a metric).
+#[derive(Debug)]
+pub struct LogThrottle {
+    every: std::time::Duration,
+    seen: std::sync::Mutex<std::collections::HashMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl LogThrottle {
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            seen: Default::default(),
+        }
+    }
+
+    /// `Some(n)` if a line for `key` may be logged now (`n` lines were held back since
+    /// the last one), `None` if it is to be held back.
+    pub fn allow(&self, key: &'static str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get_mut(key) {
+            Some((last, held)) if now.duration_since(*last) < self.every => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                *last = now;
+                Some(std::mem::take(held))
+            }
+            None => {
+                seen.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// Every metric the broker exports, registered in one registry.
@@ -230,8 +270,12 @@ impl Metrics {
             )?,
             connection_errors_total: r.counter_vec(
                 "strata_kafka_connection_errors_total",
-                "Connections closed because of a protocol or I/O error, by reason",
+                "Connections closed because of a protocol or I/O error, or a timeout, by reason (each logged at most once a second per reason)",
                 &[REASON],
+            )?,
+            request_bytes_in_memory: r.gauge(
+                "strata_kafka_request_bytes_in_memory",
+                "Bytes of request frames being received or handled, bounded by queued.max.request.bytes",
             )?,
             produce_records_bytes_total: r.counter(
                 "strata_kafka_produce_bytes_total",

@@ -71,7 +71,29 @@ async fn termination() -> anyhow::Result<&'static str> {
     })
 }
 
+/// Raises the open-file limit to its hard maximum: every connection and every local
+/// segment holds a descriptor, and the usual soft limit (1024) is far below what a broker
+/// with many partitions needs.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => info!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, limit = ?limit.current, "could not raise the open-file limit")
+        }
+    }
+}
+
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    raise_open_file_limit();
     for (name, value, why) in cfg.kafka.ignored() {
         tracing::warn!(config = %name, value = %value, why, "Kafka setting accepted but has no effect");
     }
