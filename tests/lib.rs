@@ -467,6 +467,7 @@ pub fn api_key_of(req: &RequestKind) -> ApiKey {
         RequestKind::DescribeCluster(_) => ApiKey::DescribeCluster,
         RequestKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
         RequestKind::DescribeLogDirs(_) => ApiKey::DescribeLogDirs,
+        RequestKind::ElectLeaders(_) => ApiKey::ElectLeaders,
         other => panic!("add {other:?} to api_key_of"),
     }
 }

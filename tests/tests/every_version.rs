@@ -249,6 +249,13 @@ fn sample(api: ApiKey, version: i16, topic: &str, id: Uuid) -> RequestKind {
         ApiKey::DescribeLogDirs => {
             RequestKind::DescribeLogDirs(DescribeLogDirsRequest::default().with_topics(None))
         }
+        ApiKey::ElectLeaders => RequestKind::ElectLeaders(
+            ElectLeadersRequest::default().with_topic_partitions(Some(vec![
+                elect_leaders_request::TopicPartitions::default()
+                    .with_topic(name(topic))
+                    .with_partitions(vec![0]),
+            ])),
+        ),
         ApiKey::DescribeCluster => {
             RequestKind::DescribeCluster(DescribeClusterRequest::default().with_endpoint_type(1))
         }
@@ -436,6 +443,15 @@ fn check(resp: &ResponseKind, api: ApiKey, version: i16) {
             assert_eq!(r.results[0].error_code, 0, "{ctx}");
             assert!(!r.results[0].topics.is_empty(), "{ctx}");
         }
+        ResponseKind::ElectLeaders(r) => {
+            // One broker: the preferred replica leads already.
+            let p = &r.replica_election_results[0].partition_result[0];
+            assert_eq!(
+                p.error_code,
+                ResponseError::ElectionNotNeeded.code(),
+                "{ctx}"
+            );
+        }
         ResponseKind::DescribeCluster(r) => {
             assert_eq!(r.error_code, 0, "{ctx}");
             assert_eq!(r.brokers.len(), 1, "{ctx}");
@@ -514,6 +530,7 @@ fn every_advertised_version_answers() {
         ApiKey::OffsetForLeaderEpoch,
         ApiKey::DescribeLogDirs,
         ApiKey::DescribeCluster,
+        ApiKey::ElectLeaders,
         ApiKey::AlterConfigs,
         ApiKey::IncrementalAlterConfigs,
         ApiKey::CreatePartitions,

@@ -1,7 +1,7 @@
 //! The broker's HTTP side: `/healthz`, `/readyz` and `/metrics` (Prometheus text).
 //!
 //! This crate owns the HTTP routes (`/api/v1/health` spells out readiness and the object
-//! store's state, `/api/v1/partitions` lists every partition's local
+//! store's state, `/api/v1/cluster` shows brokers, voters and partition placement, `/api/v1/partitions` lists every partition's local
 //! and remote log bounds, `/api/v1/partitions/{topic}/{partition}/remote-segments` one
 //! partition's manifest) and their status codes. It reads broker state only
 //! through the [`AdminState`] trait, so it depends on no other Strata crate, and the
@@ -28,6 +28,9 @@ pub trait AdminState: Send + Sync + 'static {
     /// Readiness with its parts spelled out (the object store's state among them), as
     /// JSON.
     fn health(&self) -> serde_json::Value;
+    /// The cluster as metadata describes it: brokers, voters, the quorum leader, and
+    /// every partition's leader, replicas and ISR.
+    fn cluster(&self) -> serde_json::Value;
     /// The manifest of one partition (its segments in the object store, oldest first),
     /// or `None` if this broker has no such partition.
     fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value>;
@@ -63,6 +66,10 @@ async fn health(State(state): State<Shared>) -> impl IntoResponse {
     axum::Json(state.health())
 }
 
+async fn cluster(State(state): State<Shared>) -> impl IntoResponse {
+    axum::Json(state.cluster())
+}
+
 async fn partitions(State(state): State<Shared>) -> impl IntoResponse {
     axum::Json(state.partitions())
 }
@@ -88,6 +95,7 @@ pub fn router(state: Shared) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/health", get(health))
+        .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/partitions", get(partitions))
         .route(
             "/api/v1/partitions/{topic}/{partition}/remote-segments",
@@ -133,6 +141,9 @@ mod tests {
         fn health(&self) -> serde_json::Value {
             serde_json::json!({"object_store": {"available": false}})
         }
+        fn cluster(&self) -> serde_json::Value {
+            serde_json::json!({"voters": [1, 2, 3]})
+        }
         fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value> {
             (topic == "t" && partition == 0).then(|| serde_json::json!([{"base_offset": 0}]))
         }
@@ -174,6 +185,8 @@ mod tests {
             health.contains(r#"{"object_store":{"available":false}}"#),
             "{health}"
         );
+        let cluster = get(addr, "/api/v1/cluster").await;
+        assert!(cluster.contains(r#"{"voters":[1,2,3]}"#), "{cluster}");
         let manifest = get(addr, "/api/v1/partitions/t/0/remote-segments").await;
         assert!(manifest.contains(r#"[{"base_offset":0}]"#), "{manifest}");
         for missing in [

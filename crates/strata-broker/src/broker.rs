@@ -59,6 +59,12 @@ pub struct Broker {
     pub(crate) request_budget: Option<(Arc<tokio::sync::Semaphore>, usize)>,
     /// Holds back repeated log lines a misbehaving client can cause.
     pub(crate) log_throttle: strata_telemetry::LogThrottle,
+    /// This broker's rack (`--rack`, Kafka's `broker.rack`).
+    pub(crate) rack: Option<String>,
+    /// The epoch of this broker's current registration (-1 before it registered).
+    pub(crate) epoch: std::sync::atomic::AtomicI64,
+    /// The partitions' replication (leaders tracking followers, followers fetching).
+    pub(crate) replication: strata_replication::Replication,
 }
 
 /// Why a topic could not be created.
@@ -124,11 +130,64 @@ pub(crate) struct NewTopic {
     pub partitions: i32,
     pub replication_factor: i16,
     pub configs: BTreeMap<String, String>,
+    /// Replicas chosen by the client (CreateTopics with assignments), by partition.
+    pub assignment: Option<Vec<Vec<i32>>>,
+}
+
+/// A new partition on `replicas`, led by the first.
+pub(crate) fn new_partition(replicas: Vec<i32>) -> PartitionMeta {
+    PartitionMeta {
+        leader: replicas.first().copied().unwrap_or(-1),
+        leader_epoch: 0,
+        isr: replicas.clone(),
+        replicas,
+        partition_epoch: 0,
+        log_start_offset: 0,
+        remote_segments: Default::default(),
+    }
 }
 
 impl Broker {
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// The coordinator of consumer group `group`: one of the live brokers, by a hash of
+    /// the group id, so groups spread over brokers and move when one dies (their
+    /// committed offsets are in the metadata service, so the new one has them at once).
+    pub(crate) fn coordinator_of(&self, group: &str) -> Option<(i32, String, u16)> {
+        self.meta.read(|s| {
+            let live: Vec<&strata_meta::BrokerInfo> = s.live_brokers().collect();
+            if live.is_empty() {
+                return None;
+            }
+            let b = live[crc32c::crc32c(group.as_bytes()) as usize % live.len()];
+            Some((b.node_id, b.host.clone(), b.port))
+        })
+    }
+
+    /// `NOT_COORDINATOR` if another broker coordinates `group`.
+    pub(crate) fn not_coordinator(&self, group: &str) -> Option<ResponseError> {
+        match self.coordinator_of(group) {
+            Some((id, _, _)) if id != self.node_id => Some(ResponseError::NotCoordinator),
+            _ => None,
+        }
+    }
+
+    /// The id clients are given as the controller: the metadata leader when it is a
+    /// live broker (combined mode), else this broker, which forwards what it is asked.
+    pub(crate) fn controller_id(&self) -> i32 {
+        let leader = self.meta.leader().and_then(|l| i32::try_from(l).ok());
+        match leader {
+            Some(l)
+                if self
+                    .meta
+                    .read(|s| s.brokers.get(&l).is_some_and(|b| !b.fenced)) =>
+            {
+                l
+            }
+            _ => self.node_id,
+        }
     }
 
     pub(crate) fn topic(&self, name: &str) -> Option<TopicMeta> {
@@ -162,7 +221,7 @@ impl Broker {
                 ));
             }
         };
-        let brokers = self.meta.read(|s| s.brokers.len()).max(1);
+        let brokers = self.meta.read(|s| s.live_brokers().count()).max(1);
         let replication_factor = match replication_factor {
             -1 => self.config.default_replication_factor(),
             n => n,
@@ -171,7 +230,7 @@ impl Broker {
             return Err(TopicError::new(
                 ResponseError::InvalidReplicationFactor,
                 format!(
-                    "replication factor {replication_factor} is not possible with {brokers} broker(s)"
+                    "replication factor {replication_factor} is not possible with {brokers} live broker(s)"
                 ),
             ));
         }
@@ -182,21 +241,41 @@ impl Broker {
             partitions,
             replication_factor,
             configs,
+            assignment: None,
+        })
+    }
+
+    /// Replicas for `count` new partitions starting at index `first`, over the live
+    /// brokers and their racks (see `strata_meta::place_replicas`).
+    pub(crate) fn place(
+        &self,
+        count: usize,
+        replication_factor: usize,
+        first: usize,
+    ) -> Result<Vec<Vec<i32>>, TopicError> {
+        let live: Vec<(i32, Option<String>)> = self.meta.read(|s| {
+            s.live_brokers()
+                .map(|b| (b.node_id, b.rack.clone()))
+                .collect()
+        });
+        strata_meta::place_replicas(&live, count, replication_factor, first).ok_or_else(|| {
+            TopicError::new(
+                ResponseError::InvalidReplicationFactor,
+                format!(
+                    "replication factor {replication_factor} is not possible with {} live broker(s)",
+                    live.len()
+                ),
+            )
         })
     }
 
     /// Commits a new topic through the metadata service and creates its local logs.
     pub(crate) async fn create_topic(&self, t: NewTopic) -> Result<TopicMeta, TopicError> {
-        let partitions = (0..t.partitions)
-            .map(|_| PartitionMeta {
-                leader: self.node_id,
-                leader_epoch: 0,
-                replicas: vec![self.node_id],
-                isr: vec![self.node_id],
-                log_start_offset: 0,
-                remote_segments: Default::default(),
-            })
-            .collect();
+        let replicas = match t.assignment {
+            Some(a) => a,
+            None => self.place(t.partitions as usize, t.replication_factor as usize, 0)?,
+        };
+        let partitions = replicas.into_iter().map(new_partition).collect();
         let id = Uuid::new_v4();
         let cmd = Command::CreateTopic {
             name: t.name.clone(),
@@ -238,23 +317,61 @@ impl Broker {
         topic: &TopicMeta,
         partition: i32,
     ) -> Result<Arc<Partition>, TopicError> {
-        let Some(meta) = usize::try_from(partition)
+        let meta = Self::placement(topic, partition)?;
+        if meta.leader != self.node_id {
+            return Err(self.not_leader(topic, partition));
+        }
+        self.replica_log(topic, partition)
+    }
+
+    fn placement(topic: &TopicMeta, partition: i32) -> Result<&PartitionMeta, TopicError> {
+        usize::try_from(partition)
             .ok()
             .and_then(|i| topic.partitions.get(i))
-        else {
-            return Err(TopicError::new(
-                ResponseError::UnknownTopicOrPartition,
-                format!("topic {:?} has no partition {partition}", topic.name),
-            ));
-        };
-        if meta.leader != self.node_id {
-            return Err(TopicError::new(
-                ResponseError::NotLeaderOrFollower,
-                format!(
-                    "broker {} does not lead {}-{partition}",
-                    self.node_id, topic.name
-                ),
-            ));
+            .ok_or_else(|| {
+                TopicError::new(
+                    ResponseError::UnknownTopicOrPartition,
+                    format!("topic {:?} has no partition {partition}", topic.name),
+                )
+            })
+    }
+
+    fn not_leader(&self, topic: &TopicMeta, partition: i32) -> TopicError {
+        TopicError::new(
+            ResponseError::NotLeaderOrFollower,
+            format!(
+                "broker {} does not lead {}-{partition}",
+                self.node_id, topic.name
+            ),
+        )
+    }
+
+    /// The in-sync replica in `rack` a consumer there should fetch from instead of this
+    /// leader (KIP-392, Kafka's rack-aware replica selector), if another one is.
+    pub(crate) fn preferred_replica(&self, pm: &PartitionMeta, rack: &str) -> Option<i32> {
+        if !self.config.rack_aware_fetch() || self.rack.as_deref() == Some(rack) {
+            return None;
+        }
+        self.meta.read(|s| {
+            pm.isr.iter().copied().find(|r| {
+                *r != self.node_id
+                    && s.brokers
+                        .get(r)
+                        .is_some_and(|b| !b.fenced && b.rack.as_deref() == Some(rack))
+            })
+        })
+    }
+
+    /// The local log of a partition this broker holds a replica of (leader or
+    /// follower), created on first use.
+    pub(crate) fn replica_log(
+        &self,
+        topic: &TopicMeta,
+        partition: i32,
+    ) -> Result<Arc<Partition>, TopicError> {
+        let meta = Self::placement(topic, partition)?;
+        if !meta.replicas.contains(&self.node_id) {
+            return Err(self.not_leader(topic, partition));
         }
         let key = PartitionKey {
             topic_id: topic.id,
@@ -283,13 +400,20 @@ impl Broker {
     pub(crate) fn reconcile(&self) {
         let topics: Vec<TopicMeta> = self.meta.read(|s| s.topics.values().cloned().collect());
         let live: std::collections::BTreeSet<Uuid> = topics.iter().map(|t| t.id).collect();
+        let endpoints: std::collections::HashMap<i32, String> = self.meta.read(|s| {
+            s.brokers
+                .values()
+                .map(|b| (b.node_id, format!("{}:{}", b.host, b.port)))
+                .collect()
+        });
+        let mut assignments = Vec::new();
         for topic in &topics {
             let config = self.topic_config(topic).log_config();
             for (i, pm) in topic.partitions.iter().enumerate() {
-                if pm.leader != self.node_id {
+                if !pm.replicas.contains(&self.node_id) {
                     continue;
                 }
-                match self.partition_log(topic, i as i32) {
+                match self.replica_log(topic, i as i32) {
                     Ok(log) => {
                         log.set_config(config.clone());
                         if let Some(end) = crate::tiering::remote_end(pm)
@@ -298,6 +422,20 @@ impl Broker {
                         {
                             warn!(topic = %topic.name, partition = i, error = %e, "could not align the log with the object store");
                         }
+                        assignments.push(strata_replication::Assignment {
+                            key: PartitionKey {
+                                topic_id: topic.id,
+                                partition: i as i32,
+                            },
+                            topic: topic.name.clone(),
+                            log,
+                            leader: pm.leader,
+                            leader_epoch: pm.leader_epoch,
+                            partition_epoch: pm.partition_epoch,
+                            replicas: pm.replicas.clone(),
+                            isr: pm.isr.clone(),
+                            leader_addr: endpoints.get(&pm.leader).cloned(),
+                        });
                     }
                     Err(e) => {
                         warn!(topic = %topic.name, partition = i, error = %e.message, "could not open partition log")
@@ -305,6 +443,7 @@ impl Broker {
                 }
             }
         }
+        self.replication.reconcile(assignments);
         for id in self.logs.topic_ids() {
             if !live.contains(&id)
                 && let Err(e) = self.logs.remove_topic(id)
@@ -400,6 +539,8 @@ impl Broker {
         let mut offsets_tick = tokio::time::interval(Duration::from_millis(
             self.config.offsets_retention_check_interval_ms(),
         ));
+        let mut cluster_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_leader = None;
         offsets_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -421,6 +562,7 @@ impl Broker {
                     self.publish_group_metrics();
                 }
                 _ = offsets_tick.tick() => self.expire_offsets().await,
+                _ = cluster_tick.tick() => self.publish_cluster_metrics(&mut last_leader),
             }
         }
     }
@@ -464,6 +606,31 @@ impl Broker {
                 () = tokio::time::sleep(SCRUB_IDLE) => {}
             }
         }
+    }
+
+    /// Publishes the cluster's state as this broker's metadata shows it (the metadata
+    /// leader and term, elections seen, live brokers, offline partitions).
+    pub(crate) fn publish_cluster_metrics(&self, last_leader: &mut Option<u64>) {
+        let m = &self.metrics.replication;
+        let leader = self.meta.leader();
+        if leader.is_some() && leader != *last_leader {
+            m.meta_elections_total.inc();
+        }
+        *last_leader = leader;
+        m.meta_leader.set(leader.map_or(-1, |l| l as i64));
+        m.meta_term.set(self.meta.term() as i64);
+        let (alive, offline) = self.meta.read(|s| {
+            (
+                s.live_brokers().count(),
+                s.topics
+                    .values()
+                    .flat_map(|t| t.partitions.iter())
+                    .filter(|p| p.leader < 0)
+                    .count(),
+            )
+        });
+        m.brokers_alive.set(alive as i64);
+        m.offline_partitions.set(offline as i64);
     }
 
     /// Updates the group gauges and counters from the coordinator.
@@ -531,19 +698,104 @@ impl Broker {
             .forget_empty(|g| self.meta.read(|s| s.groups.contains_key(g)));
     }
 
-    /// Registers this broker's endpoint in metadata.
+    /// Registers this broker (endpoint, rack) with the controller: it is live and may
+    /// lead. Returns the registration's epoch.
     pub(crate) async fn register(
         meta: &MetaNode,
         node_id: i32,
         endpoint: &Endpoint,
-    ) -> Result<(), strata_meta::MetaError> {
-        meta.write(Command::RegisterBroker(BrokerInfo {
-            node_id,
-            host: endpoint.host.clone(),
-            port: endpoint.port,
-            rack: None,
-        }))
-        .await
-        .map(|_| ())
+        rack: Option<String>,
+    ) -> Result<i64, strata_meta::MetaError> {
+        match meta
+            .write(Command::RegisterBroker(BrokerInfo {
+                node_id,
+                host: endpoint.host.clone(),
+                port: endpoint.port,
+                rack,
+                epoch: 0,
+                fenced: false,
+            }))
+            .await?
+        {
+            CommandResult::BrokerEpoch(epoch) => Ok(epoch),
+            other => Err(strata_meta::MetaError::Fatal {
+                node_id: node_id as u64,
+                reason: format!("registration answered {other:?}"),
+            }),
+        }
+    }
+
+    /// Renews this broker's lease with the controller every
+    /// `broker.heartbeat.interval.ms`, registering again if the controller fenced it
+    /// (its lease had run out: a pause, a network partition).
+    pub(crate) async fn run_heartbeats(self: Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let mut tick = tokio::time::interval(self.config.broker_heartbeat_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let hb = strata_meta::BrokerHeartbeat {
+                node_id: self.node_id,
+                epoch: self.epoch.load(Ordering::SeqCst),
+                shutting_down: false,
+            };
+            match self.meta.heartbeat(hb).await {
+                Ok(reply) if reply.fenced => {
+                    warn!(
+                        node_id = self.node_id,
+                        "the controller fenced this broker (its lease ran out): registering again"
+                    );
+                    match Self::register(
+                        &self.meta,
+                        self.node_id,
+                        &self.endpoint,
+                        self.rack.clone(),
+                    )
+                    .await
+                    {
+                        Ok(epoch) => {
+                            self.epoch.store(epoch, Ordering::SeqCst);
+                            info!(node_id = self.node_id, epoch, "registered again");
+                        }
+                        Err(e) => warn!(error = %e, "could not register again yet"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => debug!(error = %e, "heartbeat not answered"),
+            }
+        }
+    }
+
+    /// Controlled shutdown: asks the controller to move this broker's leadership to
+    /// other in-sync replicas (and waits for that to be committed), so clients move on
+    /// before the broker stops. Nothing to do when no other broker is alive.
+    pub(crate) async fn hand_off_leadership(&self) {
+        use std::sync::atomic::Ordering;
+        let others = self.meta.read(|s| {
+            s.live_brokers()
+                .filter(|b| b.node_id != self.node_id)
+                .count()
+        });
+        if !self.config.controlled_shutdown() || others == 0 {
+            return;
+        }
+        let hb = strata_meta::BrokerHeartbeat {
+            node_id: self.node_id,
+            epoch: self.epoch.load(Ordering::SeqCst),
+            shutting_down: true,
+        };
+        let started = std::time::Instant::now();
+        match self.meta.heartbeat(hb).await {
+            Ok(_) => info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "controlled shutdown: leadership moved to other replicas"
+            ),
+            Err(e) => {
+                warn!(error = %e, "controlled shutdown: the controller did not answer; stopping anyway")
+            }
+        }
     }
 }

@@ -224,7 +224,80 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         ConfigType::Boolean,
         "false",
         Check::Any,
-        "Default unclean.leader.election.enable.",
+        "Default unclean.leader.election.enable: whether a partition with no live in-sync replica may be led by a replica outside the ISR (losing acknowledged records).",
+    ),
+    def(
+        "replica.lag.time.max.ms",
+        ConfigType::Long,
+        "30000",
+        Check::AtLeast(1),
+        "A follower that has not caught up with its leader for this long leaves the ISR.",
+    ),
+    def(
+        "replica.fetch.max.bytes",
+        ConfigType::Int,
+        "1048576",
+        Check::AtLeast(1024),
+        "Bytes a follower fetches per partition per request.",
+    ),
+    def(
+        "replica.fetch.response.max.bytes",
+        ConfigType::Int,
+        "10485760",
+        Check::AtLeast(1024),
+        "Bytes a follower fetches per request.",
+    ),
+    def(
+        "replica.fetch.wait.max.ms",
+        ConfigType::Int,
+        "500",
+        Check::AtLeast(0),
+        "Longest a follower's fetch waits at the leader for new data.",
+    ),
+    def(
+        "replica.selector.class",
+        ConfigType::String,
+        "org.apache.kafka.common.replica.RackAwareReplicaSelector",
+        Check::OneOf(&[
+            "",
+            "org.apache.kafka.common.replica.RackAwareReplicaSelector",
+        ]),
+        "Which replica a consumer should fetch from: the rack-aware selector sends a consumer with client.rack to an in-sync replica in its rack (KIP-392); empty: always the leader. (Kafka's default is empty.)",
+    ),
+    def(
+        "broker.session.timeout.ms",
+        ConfigType::Int,
+        "9000",
+        Check::AtLeast(100),
+        "A broker not heard of by the controller for this long is fenced and its partitions get new leaders.",
+    ),
+    def(
+        "broker.heartbeat.interval.ms",
+        ConfigType::Int,
+        "2000",
+        Check::AtLeast(10),
+        "How often a broker renews its lease with the controller.",
+    ),
+    def(
+        "auto.leader.rebalance.enable",
+        ConfigType::Boolean,
+        "true",
+        Check::Any,
+        "Move leadership back to each partition's preferred replica once it is in sync again.",
+    ),
+    def(
+        "leader.imbalance.check.interval.seconds",
+        ConfigType::Long,
+        "300",
+        Check::AtLeast(1),
+        "How often the controller restores preferred leaders (with auto.leader.rebalance.enable).",
+    ),
+    def(
+        "controlled.shutdown.enable",
+        ConfigType::Boolean,
+        "true",
+        Check::Any,
+        "On SIGTERM, move this broker's leadership to other in-sync replicas before stopping.",
     ),
     def(
         "compression.type",
@@ -1099,6 +1172,51 @@ impl BrokerConfig {
 
     pub fn cache_readahead_blocks(&self) -> u64 {
         self.number("strata.tier.cache.readahead-blocks") as u64
+    }
+
+    pub fn unclean_leader_election(&self) -> bool {
+        self.flag("unclean.leader.election.enable")
+    }
+
+    pub fn replica_lag_max(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("replica.lag.time.max.ms") as u64)
+    }
+
+    pub fn replica_fetch_bytes(&self) -> (i32, i32) {
+        (
+            self.number("replica.fetch.max.bytes") as i32,
+            self.number("replica.fetch.response.max.bytes") as i32,
+        )
+    }
+
+    pub fn replica_fetch_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("replica.fetch.wait.max.ms") as u64)
+    }
+
+    /// Whether consumers are sent to an in-sync replica in their rack (KIP-392).
+    pub fn rack_aware_fetch(&self) -> bool {
+        self.get("replica.selector.class")
+            .is_some_and(|(v, _)| !v.is_empty())
+    }
+
+    pub fn broker_session_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("broker.session.timeout.ms") as u64)
+    }
+
+    pub fn broker_heartbeat_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.number("broker.heartbeat.interval.ms") as u64)
+    }
+
+    pub fn auto_leader_rebalance(&self) -> bool {
+        self.flag("auto.leader.rebalance.enable")
+    }
+
+    pub fn leader_imbalance_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.number("leader.imbalance.check.interval.seconds") as u64)
+    }
+
+    pub fn controlled_shutdown(&self) -> bool {
+        self.flag("controlled.shutdown.enable")
     }
 
     pub fn delete_topic_enable(&self) -> bool {

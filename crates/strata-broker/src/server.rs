@@ -39,6 +39,8 @@ pub struct BrokerOptions {
     pub object_store: StoreConfig,
     /// The disk tier of the remote-read cache.
     pub cache_dir: PathBuf,
+    /// This broker's rack (`--rack`).
+    pub rack: Option<String>,
 }
 
 /// Why a broker could not start.
@@ -54,6 +56,42 @@ pub enum StartError {
     ClusterId(CommandResult),
     #[error("tiered storage: {0}")]
     Tier(#[from] strata_tier::TierError),
+    #[error(
+        "the object store {store} belongs to cluster {owner}, not to this node's cluster {ours}: every node of a cluster uses its own bucket prefix (point --object-store elsewhere, or give this node the data directory of that cluster)"
+    )]
+    ForeignStore {
+        store: String,
+        owner: String,
+        ours: String,
+    },
+}
+
+/// The object that names the cluster a bucket prefix belongs to.
+const CLUSTER_ID_KEY: &str = "_strata/cluster-id";
+
+/// Makes sure the object store holds this cluster's data and no other's: the first
+/// node writes the cluster id there; every later start compares. Two clusters racing
+/// to claim an empty prefix both read back what was written last, so one of them stops.
+async fn claim_store(store: &Store, cluster_id: &str) -> Result<(), StartError> {
+    let owner = match store.get(CLUSTER_ID_KEY).await {
+        Ok(found) => found,
+        Err(e) if e.is_not_found() => {
+            store
+                .put(CLUSTER_ID_KEY, bytes::Bytes::from(cluster_id.to_string()))
+                .await?;
+            store.get(CLUSTER_ID_KEY).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let owner = String::from_utf8_lossy(&owner).trim().to_string();
+    if owner != cluster_id {
+        return Err(StartError::ForeignStore {
+            store: store.description().to_string(),
+            owner,
+            ours: cluster_id.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// A running broker.
@@ -270,6 +308,7 @@ impl RunningBroker {
             CommandResult::ClusterId(id) => id,
             other => return Err(StartError::ClusterId(other)),
         };
+        claim_store(&store, &cluster_id).await?;
         let now = opts.clock.now_ms();
         let log_dir = opts.log_dir.clone();
         let metrics = opts.metrics.log.clone();
@@ -286,7 +325,13 @@ impl RunningBroker {
             },
             port: kafka_addr.port(),
         });
-        Broker::register(&meta, opts.node_id, &endpoint).await?;
+        let epoch = Broker::register(&meta, opts.node_id, &endpoint, opts.rack.clone()).await?;
+        let commit_time = opts
+            .metrics
+            .replication
+            .meta_commit_duration_seconds
+            .clone();
+        meta.observe_writes(Arc::new(move |d| commit_time.observe(d.as_secs_f64())));
         let groups = GroupCoordinator::new(GroupConfig {
             min_session_timeout_ms: opts.config.group_min_session_timeout_ms(),
             max_session_timeout_ms: opts.config.group_max_session_timeout_ms(),
@@ -314,6 +359,23 @@ impl RunningBroker {
             opts.cache_dir.clone(),
             opts.config.cache_disk_bytes() as u64,
         );
+        let replication = {
+            let clock = opts.clock.clone();
+            let (partition_bytes, response_bytes) = opts.config.replica_fetch_bytes();
+            strata_replication::Replication::new(
+                opts.node_id,
+                meta.clone(),
+                strata_replication::ReplicationConfig {
+                    lag_max: opts.config.replica_lag_max(),
+                    fetch_partition_bytes: partition_bytes,
+                    fetch_response_bytes: response_bytes,
+                    fetch_wait: opts.config.replica_fetch_wait(),
+                    source: (!kafka_addr.ip().is_unspecified()).then_some(kafka_addr.ip()),
+                },
+                opts.metrics.replication.clone(),
+                Arc::new(move || clock.now_ms()),
+            )
+        };
         let request_budget = opts.config.queued_max_request_bytes().map(|bytes| {
             // The semaphore takes at most u32::MAX permits at once; frames are smaller.
             let bytes = bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
@@ -337,6 +399,9 @@ impl RunningBroker {
             reconciled_epoch: std::sync::atomic::AtomicU64::new(0),
             request_budget,
             log_throttle: strata_telemetry::LogThrottle::new(Duration::from_secs(1)),
+            rack: opts.rack,
+            epoch: std::sync::atomic::AtomicI64::new(epoch),
+            replication,
         });
         {
             let b = broker.clone();
@@ -372,6 +437,11 @@ impl RunningBroker {
             spawn("uploader", Box::pin(broker.clone().run_uploads())),
             spawn("garbage collector", Box::pin(broker.clone().run_gc())),
             spawn("scrubber", Box::pin(broker.clone().run_scrub())),
+            spawn("heartbeat", Box::pin(broker.clone().run_heartbeats())),
+            spawn(
+                "replication",
+                Box::pin(broker.replication.clone().run(broker.shutdown.clone())),
+            ),
             spawn(
                 "object store probe",
                 Box::pin(broker.tier.store.clone().run_probe(broker.shutdown.clone())),
@@ -443,7 +513,10 @@ impl RunningBroker {
     /// syncs every log and stops the metadata node. Connections still busy after
     /// `grace` are abandoned.
     pub async fn shutdown(self, grace: Duration) {
-        info!("shutting down: no new connections, finishing in-flight requests");
+        info!(
+            "shutting down: moving leadership away, then no new connections, finishing in-flight requests"
+        );
+        self.broker.hand_off_leadership().await;
         self.broker.shutdown.cancel();
         let _ = self.accept.await;
         self.connections.close();

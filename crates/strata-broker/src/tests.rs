@@ -46,6 +46,7 @@ async fn start(dir: &Path, clock: Arc<ManualClock>, config: &[(&str, &str)]) -> 
                 ..StoreConfig::default()
             },
             cache_dir: dir.join("cache"),
+            rack: None,
         },
         meta,
         listener,

@@ -30,6 +30,10 @@ pub enum LogError {
         position: u64,
         reason: String,
     },
+    #[error(
+        "records before offset {offset} from leader epoch {epoch} were replaced by a newer leader's"
+    )]
+    Superseded { epoch: i32, offset: i64 },
     #[error("partition directory {path} has an unexpected name")]
     BadDirectory { path: PathBuf },
     /// An idempotent producer's batch was refused; nothing of the append was written.

@@ -17,6 +17,7 @@
 //! Time comes in as arguments, never from the system clock, so tests control it.
 
 mod acked;
+mod epochs;
 mod error;
 mod index;
 mod manager;

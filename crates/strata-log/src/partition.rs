@@ -20,13 +20,14 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use prometheus::IntGauge;
-use strata_protocol::batch::{self, BatchHeader};
+use strata_protocol::batch::{self, BatchHeader, HeaderIter};
 use strata_protocol::records;
 use strata_telemetry::LogMetrics;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::acked::AckedMark;
+use crate::epochs::LeaderEpochs;
 use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
 use crate::producers::{Checked, ProducerInfo, ProducerState};
@@ -63,8 +64,11 @@ pub struct Offsets {
     pub local_start: i64,
     /// Offsets below this are in the object store (tiered partitions).
     pub remote_end: i64,
-    /// End of the synced (durable, readable) log.
+    /// End of what consumers may read: the durable log end, or less for a replicated
+    /// partition (where it is the end of what every in-sync replica has made durable).
     pub high_watermark: i64,
+    /// End of the synced (durable) local log: what replicas may copy.
+    pub durable_end: i64,
     /// Next offset to be assigned.
     pub log_end: i64,
 }
@@ -183,6 +187,11 @@ struct Inner {
     failed: Option<String>,
     /// The newest appends, in memory.
     tail: Tail,
+    /// For a replicated partition, how far every in-sync replica has the log (set by
+    /// replication); consumers see up to the smaller of it and the durable end.
+    replicated: Option<i64>,
+    /// The leader-epoch history.
+    epochs: LeaderEpochs,
 }
 
 impl Inner {
@@ -199,9 +208,15 @@ impl Inner {
             log_start: self.log_start,
             local_start: self.local_start(),
             remote_end: self.remote_end,
-            high_watermark: self.hw,
+            high_watermark: self.consumer_hw(),
+            durable_end: self.hw,
             log_end: self.log_end(),
         }
+    }
+
+    /// What consumers may read up to.
+    fn consumer_hw(&self) -> i64 {
+        self.replicated.map_or(self.hw, |r| r.min(self.hw))
     }
 
     fn local_start(&self) -> i64 {
@@ -244,7 +259,10 @@ pub struct Partition {
     inner: Mutex<Inner>,
     /// Serialises flushers; see the module docs.
     flush: tokio::sync::Mutex<()>,
+    /// The consumer high watermark, for long polls and acks=all.
     hw_tx: watch::Sender<i64>,
+    /// The durable log end, for acks=1 and replicas' long polls.
+    durable_tx: watch::Sender<i64>,
     metrics: LogMetrics,
     gauges: Gauges,
     /// The highest offset ever made durable, kept beside the segments.
@@ -369,6 +387,8 @@ impl Partition {
             remote_end: log_start,
             failed: None,
             tail: Tail::new(tail),
+            replicated: None,
+            epochs: LeaderEpochs::open(&dir),
         };
         // Offsets once made durable are never handed out again, even if recovery cut
         // them off (a damaged tail): the log goes on after a gap, as Kafka's does after
@@ -393,6 +413,19 @@ impl Partition {
             let (base, size, next) = (active.base_offset, active.size, active.next_offset);
             inner.advance_hw(base, size, next);
         }
+        // The epoch history matches the log that survived; a log from before it existed
+        // (one broker, so one epoch) gets its first batch's epoch.
+        let end = inner.log_end();
+        inner.epochs.truncate(end)?;
+        if inner.epochs.latest().is_none()
+            && end > inner.log_start
+            && let Some(first) = inner.segments.values().next()
+            && let Ok(Some(h)) = Segment::header_at(&first.file, &first.path, 0, first.size)
+        {
+            inner
+                .epochs
+                .begin(h.partition_leader_epoch, inner.log_start)?;
+        }
         let hw = inner.hw;
         let part = partition.to_string();
         let labels = [topic.as_str(), part.as_str()];
@@ -408,6 +441,7 @@ impl Partition {
             inner: Mutex::new(inner),
             flush: tokio::sync::Mutex::new(()),
             hw_tx: watch::Sender::new(hw),
+            durable_tx: watch::Sender::new(hw),
             metrics,
             gauges,
             acked: Arc::new(acked),
@@ -523,23 +557,105 @@ impl Partition {
                 });
             }
         };
+        let mut data = records.to_vec();
+        let mut pos = 0usize;
+        let mut next = base_offset;
+        let mut placed = Vec::with_capacity(headers.len());
+        for h in headers {
+            batch::set_base_offset(&mut data[pos..], next);
+            batch::set_partition_leader_epoch(&mut data[pos..], leader_epoch);
+            let mut p = *h;
+            p.base_offset = next;
+            p.partition_leader_epoch = leader_epoch;
+            placed.push(p);
+            pos += h.total_len();
+            next += h.last_offset_delta as i64 + 1;
+        }
+        inner.epochs.begin(leader_epoch, base_offset)?;
+        self.write_batches(&mut inner, data, &placed, now_ms)?;
+        inner.producers.apply(producer_update);
+        let info = AppendInfo {
+            base_offset,
+            last_offset,
+            log_start: inner.log_start,
+            duplicate: false,
+        };
+        self.publish_metrics(&inner);
+        Ok(info)
+    }
+
+    /// Appends batches copied from the partition's leader, as they are (offsets and
+    /// leader epochs kept): a follower's append. Batches the log already has (from a
+    /// retried fetch) are skipped; a batch that does not continue the log is refused.
+    /// Idempotent producers' state follows the batches, so it travels with the log.
+    pub fn append_replicated(
+        &self,
+        records: &[u8],
+        headers: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<usize> {
+        let mut inner = self.inner.lock();
+        self.check_online(&inner)?;
+        let end = inner.log_end();
+        let mut from = 0usize;
+        let mut taken = Vec::with_capacity(headers.len());
+        for h in headers {
+            if h.next_offset() <= end {
+                from += h.total_len();
+                continue;
+            }
+            let expected = taken.last().map_or(end, |p: &BatchHeader| p.next_offset());
+            if h.base_offset != expected {
+                return Err(LogError::Corrupt {
+                    path: self.dir.clone(),
+                    position: 0,
+                    reason: format!(
+                        "a replicated batch at offset {} does not continue the log at {expected}",
+                        h.base_offset
+                    ),
+                });
+            }
+            taken.push(*h);
+        }
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let data =
+            records[from..from + taken.iter().map(|h| h.total_len()).sum::<usize>()].to_vec();
+        for h in &taken {
+            inner
+                .epochs
+                .begin(h.partition_leader_epoch, h.base_offset)?;
+        }
+        self.write_batches(&mut inner, data, &taken, now_ms)?;
+        for h in &taken {
+            inner.producers.replay(h, now_ms);
+        }
+        self.publish_metrics(&inner);
+        Ok(taken.len())
+    }
+
+    /// Writes whole batches whose headers (`placed`) carry their final offsets to the
+    /// active segment (rolling it first if they do not fit), and keeps them in the tail.
+    fn write_batches(
+        &self,
+        inner: &mut Inner,
+        data: Vec<u8>,
+        placed: &[BatchHeader],
+        now_ms: i64,
+    ) -> Result<()> {
+        let (Some(first), Some(last)) = (placed.first(), placed.last()) else {
+            return Ok(());
+        };
+        let (base_offset, last_offset) = (first.base_offset, last.last_offset());
         let needs_roll = inner.active().is_none_or(|a| {
             a.size > 0
-                && (a.size + records.len() as u64 > inner.config.segment_bytes
+                && (a.size + data.len() as u64 > inner.config.segment_bytes
                     || now_ms - a.created_ms >= inner.config.segment_ms
                     || !a.fits_offset(last_offset))
         });
         if needs_roll {
-            self.roll(&mut inner, now_ms)?;
-        }
-        let mut data = records.to_vec();
-        let mut pos = 0usize;
-        let mut next = base_offset;
-        for h in headers {
-            batch::set_base_offset(&mut data[pos..], next);
-            batch::set_partition_leader_epoch(&mut data[pos..], leader_epoch);
-            pos += h.total_len();
-            next += h.last_offset_delta as i64 + 1;
+            self.roll(inner, now_ms)?;
         }
         let Some(active) = inner.segments.values_mut().next_back() else {
             return Err(LogError::Offline {
@@ -555,26 +671,73 @@ impl Partition {
             return Err(e);
         }
         let mut pos = active.size;
-        let mut next = base_offset;
-        for h in headers {
-            let mut placed = *h;
-            placed.base_offset = next;
-            active.track(&placed, pos);
+        for h in placed {
+            active.track(h, pos);
             pos += h.total_len() as u64;
-            next = placed.next_offset();
         }
-        inner.producers.apply(producer_update);
         inner
             .tail
             .push(base_offset, last_offset + 1, Bytes::from(data));
-        let info = AppendInfo {
-            base_offset,
-            last_offset,
-            log_start: inner.log_start,
-            duplicate: false,
+        Ok(())
+    }
+
+    /// Cuts the log back to `offset` (everything at or after it goes): what a follower
+    /// does with records a former leader wrote that the new leader does not have. Only
+    /// data past the high watermark of the leader is ever cut this way.
+    pub fn truncate_to(&self, offset: i64, now_ms: i64) -> Result<()> {
+        let mut inner = self.inner.lock();
+        self.check_online(&inner)?;
+        if offset >= inner.log_end() {
+            return Ok(());
+        }
+        let offset = offset.max(inner.log_start);
+        // Whole segments from `offset` on go, but the first (the log always has one).
+        let first = inner.segments.keys().next().copied();
+        let doomed: Vec<i64> = inner
+            .segments
+            .keys()
+            .copied()
+            .filter(|b| *b >= offset && Some(*b) != first)
+            .collect();
+        for base in &doomed {
+            if let Some(seg) = inner.segments.remove(base)
+                && let Err(e) = seg.delete_files()
+            {
+                warn!(error = %e, "could not delete a truncated segment's files");
+            }
+        }
+        let Some(last) = inner.segments.values_mut().next_back() else {
+            return Ok(());
         };
+        // Cut the now-last segment at the first batch that reaches `offset`, reading its
+        // headers from the start (it becomes the active segment again).
+        let mut cut = Segment::truncated_at(last, offset, now_ms)?;
+        std::mem::swap(last, &mut cut);
+        let (end, base, size) = (last.next_offset, last.base_offset, last.size);
+        inner.epochs.truncate(end)?;
+        inner.tail.clear();
+        inner.hw = inner.hw.min(end);
+        if inner.hw_segment > base {
+            inner.hw_segment = base;
+            inner.hw_position = size;
+        } else if inner.hw_segment == base {
+            inner.hw_position = inner.hw_position.min(size);
+        }
+        // The producer state is rebuilt from what the log still has.
+        let mut producers = ProducerState::default();
+        for seg in inner.segments.values() {
+            replay_headers(seg, &mut producers, now_ms)?;
+        }
+        inner.producers = producers;
+        if let Err(e) = self.acked.set(end).and_then(|()| self.acked.sync()) {
+            warn!(topic = %self.topic, partition = self.partition, error = %e, "could not record the durable offset");
+        }
+        info!(topic = %self.topic, partition = self.partition, offset = end, "truncated the log to the leader's");
         self.publish_metrics(&inner);
-        Ok(info)
+        drop(inner);
+        // Wake acknowledgement waiters: what they wait for may be gone.
+        self.hw_tx.send_modify(|_| {});
+        Ok(())
     }
 
     /// The idempotent producers this partition remembers, by producer id (for
@@ -635,19 +798,18 @@ impl Partition {
         sync_dir(&self.dir)?;
         inner.segments.insert(next, seg);
         self.metrics.segments_rolled_total.inc();
-        self.hw_tx
-            .send_if_modified(|hw| replace_if_greater(hw, next));
+        self.publish_hw(inner);
         Ok(())
     }
 
     /// Returns once everything before `offset` is on disk (group commit, see module docs).
     pub async fn wait_durable(&self, offset: i64) -> Result<()> {
         loop {
-            if *self.hw_tx.borrow() >= offset {
+            if *self.durable_tx.borrow() >= offset {
                 return Ok(());
             }
             let _flusher = self.flush.lock().await;
-            if *self.hw_tx.borrow() >= offset {
+            if *self.durable_tx.borrow() >= offset {
                 return Ok(());
             }
             let (file, path, base, size, next) = {
@@ -689,11 +851,88 @@ impl Partition {
                 return Err(err);
             }
             inner.advance_hw(base, size, next);
-            let hw = inner.hw;
-            drop(inner);
-            self.hw_tx
-                .send_if_modified(|cur| replace_if_greater(cur, hw));
+            self.publish_hw(&inner);
         }
+    }
+
+    /// Tells waiters where the durable end and the consumer high watermark are now.
+    fn publish_hw(&self, inner: &Inner) {
+        let (durable, hw) = (inner.hw, inner.consumer_hw());
+        self.durable_tx
+            .send_if_modified(|cur| replace_if_greater(cur, durable));
+        self.hw_tx
+            .send_if_modified(|cur| replace_if_greater(cur, hw));
+    }
+
+    /// Returns once consumers may read everything before `offset` (for a replicated
+    /// partition: once every in-sync replica has it), or with the log's failure.
+    /// `epoch` is the leader epoch the records before `offset` were appended in: if
+    /// they are cut away (this replica lost leadership and truncated to the new
+    /// leader's log) the wait ends with [`LogError::Superseded`], so records that are
+    /// gone are never acknowledged.
+    pub async fn wait_high_watermark(&self, offset: i64, epoch: i32) -> Result<()> {
+        let mut rx = self.hw_tx.subscribe();
+        loop {
+            let reached = *rx.borrow_and_update() >= offset;
+            {
+                let inner = self.inner.lock();
+                self.check_online(&inner)?;
+                let kept = inner
+                    .epochs
+                    .end_of(epoch, inner.log_end())
+                    .is_none_or(|(found, end)| found == epoch && end >= offset);
+                if !kept {
+                    return Err(LogError::Superseded { epoch, offset });
+                }
+            }
+            if reached {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sets how far every in-sync replica has the log (`None`: the partition is not
+    /// replicated, and consumers see the whole durable log). Consumers see up to the
+    /// smaller of it and the durable end.
+    pub fn set_replicated_hw(&self, hw: Option<i64>) {
+        let mut inner = self.inner.lock();
+        if inner.replicated == hw {
+            return;
+        }
+        inner.replicated = hw;
+        let consumer = inner.consumer_hw();
+        drop(inner);
+        // A high watermark never goes back for consumers that saw it (the new one can
+        // only be lower right after leadership moved, before followers catch up).
+        self.hw_tx
+            .send_if_modified(|cur| replace_if_greater(cur, consumer));
+    }
+
+    /// A watch of the durable log end: what replicas may copy.
+    pub fn subscribe_durable(&self) -> watch::Receiver<i64> {
+        self.durable_tx.subscribe()
+    }
+
+    /// The latest leader epoch this log holds batches of, and where it began.
+    pub fn latest_epoch(&self) -> Option<(i32, i64)> {
+        self.inner.lock().epochs.latest()
+    }
+
+    /// Kafka's OffsetForLeaderEpoch: the largest epoch of this log at or below `epoch`,
+    /// and the offset where it ended.
+    pub fn epoch_end(&self, epoch: i32) -> Option<(i32, i64)> {
+        let inner = self.inner.lock();
+        inner.epochs.end_of(epoch, inner.log_end())
+    }
+
+    /// Records that leader epoch `epoch` begins at the log end (a new leader's first act).
+    pub fn begin_epoch(&self, epoch: i32) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let end = inner.log_end();
+        inner.epochs.begin(epoch, end)
     }
 
     /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`.
@@ -702,9 +941,30 @@ impl Partition {
     /// partition of a fetch). Only synced data is returned. Blocking file I/O: call it
     /// from a blocking context.
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
-        let (plan, offsets) = {
+        self.read_upto(offset, max_bytes, min_one, false)
+    }
+
+    /// [`Partition::read`] for a replica copying the log: up to the durable end rather
+    /// than the high watermark.
+    pub fn read_replica(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
+        self.read_upto(offset, max_bytes, true, true)
+    }
+
+    fn read_upto(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        replica: bool,
+    ) -> Result<ReadResult> {
+        let (plan, offsets, limit) = {
             let inner = self.inner.lock();
             let offsets = inner.offsets();
+            let limit = if replica {
+                offsets.durable_end
+            } else {
+                offsets.high_watermark
+            };
             if offset < offsets.log_start || offset > offsets.log_end {
                 return Err(LogError::OffsetOutOfRange {
                     offset,
@@ -714,7 +974,7 @@ impl Partition {
             }
             // At or past the high watermark (up to the log end, as in Kafka): nothing to
             // read yet.
-            if offset >= offsets.high_watermark {
+            if offset >= limit {
                 return Ok(ReadResult {
                     records: Bytes::new(),
                     offsets,
@@ -727,11 +987,7 @@ impl Partition {
                     local_start: offsets.local_start,
                 });
             }
-            if let Some(records) =
-                inner
-                    .tail
-                    .read(offset, offsets.high_watermark, max_bytes, min_one)
-            {
+            if let Some(records) = inner.tail.read(offset, limit, max_bytes, min_one) {
                 return Ok(ReadResult {
                     records,
                     offsets,
@@ -768,7 +1024,7 @@ impl Partition {
                     break;
                 }
             }
-            (plan, offsets)
+            (plan, offsets, limit)
         };
         let mut out = BytesMut::new();
         for seg in plan {
@@ -788,6 +1044,12 @@ impl Partition {
                 break;
             }
         }
+        // The durable end bounds what files hold; a lower high watermark bounds further.
+        let visible = HeaderIter::new(&out)
+            .take_while(|(_, h)| h.next_offset() <= limit)
+            .last()
+            .map_or(0, |(at, h)| at + h.total_len());
+        out.truncate(visible);
         Ok(ReadResult {
             records: out.freeze(),
             offsets,
@@ -1111,11 +1373,8 @@ impl Partition {
                 "advanced log start offset"
             );
         }
-        let hw = inner.hw;
         self.publish_metrics(&inner);
-        drop(inner);
-        self.hw_tx
-            .send_if_modified(|cur| replace_if_greater(cur, hw));
+        self.publish_hw(&inner);
         Ok(deleted)
     }
 

@@ -226,6 +226,38 @@ impl Segment {
         Ok(pos == len && next.is_none_or(|n| n == next_base))
     }
 
+    /// `old` cut back to the batches that end at or before `offset` (read and checked
+    /// from the start), as the active segment: the file is shortened and synced, and its
+    /// sealed-segment files (indexes, producer snapshot) are removed.
+    pub(crate) fn truncated_at(old: &Segment, offset: i64, now_ms: i64) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&old.path)
+            .map_err(|e| LogError::io("open", &old.path, e))?;
+        let mut seg = Self::empty(
+            old.path.clone(),
+            file,
+            old.base_offset,
+            old.index_interval,
+            now_ms,
+        );
+        seg.scan_until(old.size, offset, &mut |_| {})?;
+        seg.file
+            .set_len(seg.size)
+            .and_then(|()| seg.file.sync_all())
+            .map_err(|e| LogError::io("truncate", &seg.path, e))?;
+        let stem = file_stem(seg.dir(), seg.base_offset);
+        for ext in ["index", "timeindex", "producers"] {
+            match std::fs::remove_file(stem.with_extension(ext)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io("delete", stem.with_extension(ext), e)),
+            }
+        }
+        Ok(seg)
+    }
+
     fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
     }
@@ -234,6 +266,16 @@ impl Segment {
     /// offset continues the sequence; stops at the first one that is not. `replay` sees
     /// every batch that is kept.
     fn scan(&mut self, len: u64, replay: &mut dyn FnMut(&BatchHeader)) -> Result<()> {
+        self.scan_until(len, i64::MAX, replay)
+    }
+
+    /// [`Segment::scan`], keeping only batches that end at or before `limit`.
+    fn scan_until(
+        &mut self,
+        len: u64,
+        limit: i64,
+        replay: &mut dyn FnMut(&BatchHeader),
+    ) -> Result<()> {
         let mut buf = Vec::new();
         let mut pos: u64 = 0;
         loop {
@@ -269,6 +311,7 @@ impl Segment {
                 }
                 let continues = header.base_offset >= self.next_offset
                     && header.base_offset >= self.base_offset
+                    && header.next_offset() <= limit
                     && self.fits_offset(header.last_offset());
                 if !continues || batch::check_crc(&rest[..total]).is_err() {
                     return Ok(());

@@ -5,25 +5,31 @@
 //! not do segment I/O: it only records *what* exists; the broker turns that into data on disk
 //! and answers clients.
 //!
-//! Today the service runs as one voter embedded in the broker process ([`MetaNode::open`]
-//! initializes a single-voter cluster). The state machine ([`ClusterState`], [`Command`]) and
-//! the client API ([`MetaNode`]) do not depend on that: running three nodes as separate
-//! processes later means replacing the network seam (`network` module) and extending
-//! cluster formation, not changing callers.
+//! The service runs as one voter embedded in the broker by default ([`MetaNode::open`]), or
+//! as a quorum of 3 or 5 voters (separate processes, or combined with brokers) that
+//! brokers-only nodes follow as learners ([`MetaNode::open_with`] and [`Quorum`]). Nodes
+//! talk over TCP (`rpc`, `network`); writes from any node are forwarded to the leader.
+//! The leader also runs the controller (`controller`): broker leases, fencing, leader
+//! elections and replica placement, decided here and applied by the state machine, which
+//! stays free of sockets and of Kafka's wire types.
 //!
 //! On-disk layout of a node directory:
 //!
 //! - `LOCK` — advisory exclusive lock; one process per directory.
 //! - `raft.log` — append-only Raft log and vote (see the `log_store` module docs).
 //! - `state.snapshot` — the latest state snapshot, replaced atomically (see `state_machine`).
+//! - `incarnation` — a random id made with the directory: a voter that comes back with
+//!   another one lost its data and is replaced rather than trusted (see `node`).
 
 mod codec;
+mod controller;
 mod error;
 mod fsutil;
 mod log_store;
 mod network;
 mod node;
 mod raft;
+mod rpc;
 mod state_machine;
 mod sync;
 mod types;
@@ -31,14 +37,23 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+pub use controller::ControllerConfig;
+pub use controller::Election;
+pub use controller::NoElection;
+pub use controller::election;
+pub use controller::place_replicas;
 pub use error::MetaError;
 pub use node::MetaConfig;
 pub use node::MetaNode;
+pub use node::Quorum;
+pub use rpc::connect_from;
+pub use types::BrokerHeartbeat;
 pub use types::BrokerInfo;
 pub use types::ClusterState;
 pub use types::Command;
 pub use types::CommandResult;
 pub use types::CommittedOffset;
+pub use types::HeartbeatReply;
 pub use types::NodeId;
 pub use types::OffsetCommit;
 pub use types::PartitionMeta;

@@ -26,15 +26,18 @@ openraft::declare_raft_types!(
 pub(crate) type Entry = openraft::Entry<TypeConfig>;
 pub(crate) type Raft = openraft::Raft<TypeConfig>;
 
-/// Heartbeat interval, ms. Irrelevant with one voter; sized for a LAN quorum later.
-const HEARTBEAT_MS: u64 = 100;
-/// Election timeout range, ms.
-const ELECTION_MIN_MS: u64 = 400;
-const ELECTION_MAX_MS: u64 = 800;
+/// Heartbeat interval, ms. It is also the deadline of an AppendEntries call, which
+/// includes the follower's fsync: generous for a loaded machine.
+const HEARTBEAT_MS: u64 = 200;
+/// Election timeout range, ms: a leader that stops (crashes, pauses) is replaced within
+/// about three seconds.
+const ELECTION_MIN_MS: u64 = 1000;
+const ELECTION_MAX_MS: u64 = 2000;
 
 /// The openraft config: snapshot every `snapshot_every` applied entries and purge the log
-/// right behind each snapshot.
-pub(crate) fn config(snapshot_every: u64) -> Result<openraft::Config, MetaError> {
+/// behind each snapshot (all of it with one voter; with several, a node that was away for
+/// a short while catches up from the log, a longer absence from the snapshot).
+pub(crate) fn config(snapshot_every: u64, several: bool) -> Result<openraft::Config, MetaError> {
     if snapshot_every == 0 {
         return Err(MetaError::Config(
             "snapshot_every must be at least 1".to_string(),
@@ -45,12 +48,12 @@ pub(crate) fn config(snapshot_every: u64) -> Result<openraft::Config, MetaError>
         heartbeat_interval: HEARTBEAT_MS,
         election_timeout_min: ELECTION_MIN_MS,
         election_timeout_max: ELECTION_MAX_MS,
+        install_snapshot_timeout: 10_000,
+        snapshot_max_chunk_size: 1 << 20,
         ..Default::default()
     };
     c.snapshot_policy = SnapshotPolicy::LogsSinceLast(snapshot_every);
-    // Keep nothing behind a snapshot: with one voter nobody needs old entries. With several
-    // voters a lagging follower then catches up through the snapshot instead of the log.
-    c.max_in_snapshot_log_to_keep = 0;
+    c.max_in_snapshot_log_to_keep = if several { 1000 } else { 0 };
     c.purge_batch_size = 1;
     c.validate()
         .map_err(|e| MetaError::Config(format!("raft config: {e}")))

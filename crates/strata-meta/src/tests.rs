@@ -23,6 +23,7 @@ fn partitions(n: usize) -> Vec<PartitionMeta> {
             leader_epoch: 0,
             replicas: vec![1],
             isr: vec![1],
+            partition_epoch: 0,
             log_start_offset: i as i64,
             remote_segments: Default::default(),
         })
@@ -93,12 +94,14 @@ async fn state_and_results_survive_restart() {
         host: "localhost".into(),
         port: 9092,
         rack: Some("r1".into()),
+        epoch: 1,
+        fenced: false,
     };
     assert_eq!(
         node.write(Command::RegisterBroker(broker.clone()))
             .await
             .unwrap(),
-        CommandResult::Ok
+        CommandResult::BrokerEpoch(1)
     );
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
         assert_eq!(

@@ -44,6 +44,11 @@ pub struct ClusterState {
     /// their members last committed under, so an empty group still reports it.
     #[serde(default)]
     pub group_protocol_types: BTreeMap<String, String>,
+    /// The incarnation (a random id made when its data directory was created) of each
+    /// metadata voter that has caught up once: a voter that comes back with another one
+    /// lost its disk and must be re-added rather than counted as it was.
+    #[serde(default)]
+    pub voter_incarnations: BTreeMap<NodeId, String>,
 }
 
 /// A consumer group's committed position in one partition.
@@ -74,6 +79,30 @@ pub struct BrokerInfo {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// Bumped by every registration: a decision about an earlier incarnation of the
+    /// broker (fencing it) does not apply to a later one.
+    #[serde(default)]
+    pub epoch: i64,
+    /// Not alive (its lease expired, or it shut down): it leads nothing and is in no ISR
+    /// it could be removed from, until it registers again.
+    #[serde(default)]
+    pub fenced: bool,
+}
+
+/// A broker's liveness lease renewal, sent to the controller.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BrokerHeartbeat {
+    pub node_id: i32,
+    pub epoch: i64,
+    /// The broker is shutting down: move its leadership away now.
+    pub shutting_down: bool,
+}
+
+/// The controller's answer to a heartbeat.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HeartbeatReply {
+    /// The broker is fenced (or its epoch is stale): it must register again.
+    pub fenced: bool,
 }
 
 /// A topic and its partitions.
@@ -90,10 +119,15 @@ pub struct TopicMeta {
 /// Placement and log bounds of one partition.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PartitionMeta {
+    /// The leader's broker id; -1 while no in-sync replica is alive (offline).
     pub leader: i32,
     pub leader_epoch: i32,
     pub replicas: Vec<i32>,
     pub isr: Vec<i32>,
+    /// Bumped by every change of leader or ISR, so that a change based on an older view
+    /// is refused (Kafka's partition epoch).
+    #[serde(default)]
+    pub partition_epoch: i32,
     /// The earliest offset still readable; only ever moves forward.
     pub log_start_offset: i64,
     /// Segments in the object store, oldest first. Shared (copied on write), so that
@@ -196,6 +230,37 @@ pub enum Command {
         partition: i32,
         below: i64,
     },
+    /// Records the incarnation of a metadata voter. Result: [`CommandResult::Ok`].
+    RegisterVoter {
+        node_id: NodeId,
+        incarnation: String,
+    },
+    /// A broker's lease ended (or it shut down) in its incarnation `epoch`: it is fenced,
+    /// leaves every ISR it can leave, and each partition it led gets a new leader from the
+    /// rest of its ISR (or none: offline). Result: [`CommandResult::Ok`], or
+    /// [`CommandResult::StaleBrokerEpoch`] if the broker registered again meanwhile.
+    FenceBroker { node_id: i32, epoch: i64 },
+    /// The leader of a partition changes its ISR (Kafka's AlterPartition), as of the
+    /// leader and partition epochs it knows. Result: [`CommandResult::PartitionEpoch`]
+    /// with the new partition epoch, or [`CommandResult::StalePartition`].
+    AlterIsr {
+        topic_id: Uuid,
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
+    },
+    /// Makes `leader` the partition's leader, as of the partition epoch the decision was
+    /// made on (preferred-leader elections, unclean elections of offline partitions).
+    /// `unclean` allows a replica outside the ISR (which then is the whole ISR). Result:
+    /// [`CommandResult::PartitionEpoch`] or [`CommandResult::StalePartition`].
+    ElectLeader {
+        topic_id: Uuid,
+        partition: i32,
+        partition_epoch: i32,
+        leader: i32,
+        unclean: bool,
+    },
 }
 
 /// What applying a [`Command`] produced; returned to the writer once committed.
@@ -225,6 +290,19 @@ pub enum CommandResult {
     /// [`Command::AddRemoteSegment`] was refused: the segment was uploaded under an
     /// older leader epoch than the partition's (a deposed leader's upload).
     StaleLeaderEpoch { current: i32 },
+    /// The broker's epoch after [`Command::RegisterBroker`].
+    BrokerEpoch(i64),
+    /// [`Command::FenceBroker`] was about an earlier incarnation of the broker.
+    StaleBrokerEpoch { current: i64 },
+    /// A partition's epoch after a change of its leader or ISR.
+    PartitionEpoch(i32),
+    /// A change of a partition based on an outdated view (or not allowed: the new leader
+    /// is not in the ISR, or fenced).
+    StalePartition {
+        leader: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+    },
 }
 
 impl ClusterState {
@@ -258,6 +336,17 @@ impl ClusterState {
             .ok_or(CommandResult::UnknownPartition)
     }
 
+    fn partitions_mut(&mut self) -> impl Iterator<Item = &mut PartitionMeta> {
+        self.topics
+            .values_mut()
+            .flat_map(|t| t.partitions.iter_mut())
+    }
+
+    /// Brokers that are registered and not fenced, by id.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerInfo> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+
     fn forget_groups_without_offsets(&mut self) {
         let groups = &self.groups;
         self.group_protocol_types
@@ -276,10 +365,129 @@ impl ClusterState {
                 let id = self.cluster_id.get_or_insert(cluster_id);
                 CommandResult::ClusterId(id.clone())
             }
-            Command::RegisterBroker(info) => {
-                self.brokers.insert(info.node_id, info);
+            Command::RegisterBroker(mut info) => {
+                let id = info.node_id;
+                info.epoch = self.brokers.get(&id).map_or(0, |b| b.epoch) + 1;
+                info.fenced = false;
+                let epoch = info.epoch;
+                self.brokers.insert(id, info);
+                // Offline partitions whose ISR holds it have their leader back.
+                for p in self.partitions_mut() {
+                    if p.leader < 0 && p.isr.contains(&id) {
+                        p.leader = id;
+                        p.leader_epoch += 1;
+                        p.partition_epoch += 1;
+                    }
+                }
+                self.topics_epoch += 1;
+                CommandResult::BrokerEpoch(epoch)
+            }
+            Command::RegisterVoter {
+                node_id,
+                incarnation,
+            } => {
+                self.voter_incarnations.insert(node_id, incarnation);
+                CommandResult::Ok
+            }
+            Command::FenceBroker { node_id, epoch } => {
+                let fenced: Vec<i32> = self
+                    .brokers
+                    .values()
+                    .filter(|b| b.fenced || b.node_id == node_id)
+                    .map(|b| b.node_id)
+                    .collect();
+                match self.brokers.get_mut(&node_id) {
+                    Some(b) if b.epoch == epoch => b.fenced = true,
+                    Some(b) => {
+                        return CommandResult::StaleBrokerEpoch { current: b.epoch };
+                    }
+                    None => return CommandResult::StaleBrokerEpoch { current: -1 },
+                }
+                for p in self.partitions_mut() {
+                    if !p.isr.contains(&node_id) && p.leader != node_id {
+                        continue;
+                    }
+                    let rest: Vec<i32> = p.isr.iter().copied().filter(|r| *r != node_id).collect();
+                    if p.leader == node_id {
+                        let next = p
+                            .replicas
+                            .iter()
+                            .copied()
+                            .find(|r| rest.contains(r) && !fenced.contains(r));
+                        p.leader = next.unwrap_or(-1);
+                        p.leader_epoch += 1;
+                    }
+                    // The last in-sync replica stays in the ISR: when it comes back, it
+                    // is the one that has everything.
+                    if !rest.is_empty() {
+                        p.isr = rest;
+                    }
+                    p.partition_epoch += 1;
+                }
                 self.topics_epoch += 1;
                 CommandResult::Ok
+            }
+            Command::AlterIsr {
+                topic_id,
+                partition,
+                leader_epoch,
+                partition_epoch,
+                isr,
+            } => match self.partition_mut(topic_id, partition) {
+                Err(e) => e,
+                Ok(p)
+                    if p.leader_epoch != leader_epoch
+                        || p.partition_epoch != partition_epoch
+                        || !isr.contains(&p.leader) =>
+                {
+                    CommandResult::StalePartition {
+                        leader: p.leader,
+                        leader_epoch: p.leader_epoch,
+                        partition_epoch: p.partition_epoch,
+                    }
+                }
+                Ok(p) => {
+                    p.isr = isr;
+                    p.partition_epoch += 1;
+                    let epoch = p.partition_epoch;
+                    self.topics_epoch += 1;
+                    CommandResult::PartitionEpoch(epoch)
+                }
+            },
+            Command::ElectLeader {
+                topic_id,
+                partition,
+                partition_epoch,
+                leader,
+                unclean,
+            } => {
+                let alive = self.brokers.get(&leader).is_some_and(|b| !b.fenced);
+                match self.partition_mut(topic_id, partition) {
+                    Err(e) => e,
+                    Ok(p)
+                        if p.partition_epoch != partition_epoch
+                            || !alive
+                            || !p.replicas.contains(&leader)
+                            || !(unclean || p.isr.contains(&leader)) =>
+                    {
+                        CommandResult::StalePartition {
+                            leader: p.leader,
+                            leader_epoch: p.leader_epoch,
+                            partition_epoch: p.partition_epoch,
+                        }
+                    }
+                    Ok(p) => {
+                        if !p.isr.contains(&leader) {
+                            p.isr = vec![leader];
+                        }
+                        p.leader = leader;
+                        p.leader_epoch += 1;
+                        p.partition_epoch += 1;
+                        let epoch = p.partition_epoch;
+                        self.topics_epoch += 1;
+                        CommandResult::PartitionEpoch(epoch)
+                    }
+                }
             }
             Command::CreateTopic {
                 name,
@@ -437,6 +645,7 @@ mod tests {
             leader_epoch: 0,
             replicas: vec![1],
             isr: vec![1],
+            partition_epoch: 0,
             log_start_offset: 0,
             remote_segments: Arc::default(),
         }

@@ -87,6 +87,23 @@ pub struct GroupMetrics {
     pub expired_offsets_total: IntCounter,
 }
 
+/// Replication and cluster metrics.
+#[derive(Clone)]
+pub struct ReplicationMetrics {
+    pub leader_partitions: IntGauge,
+    pub under_replicated_partitions: IntGauge,
+    pub offline_partitions: IntGauge,
+    pub isr_shrinks_total: IntCounter,
+    pub isr_expands_total: IntCounter,
+    pub lag_records: IntGaugeVec,
+    pub fetched_bytes_total: IntCounter,
+    pub meta_leader: IntGauge,
+    pub meta_term: IntGauge,
+    pub meta_elections_total: IntCounter,
+    pub meta_commit_duration_seconds: Histogram,
+    pub brokers_alive: IntGauge,
+}
+
 /// Tiered storage and object store metrics.
 #[derive(Clone)]
 pub struct TierMetrics {
@@ -154,6 +171,7 @@ pub struct Metrics {
     pub log: LogMetrics,
     pub group: GroupMetrics,
     pub tier: TierMetrics,
+    pub replication: ReplicationMetrics,
 }
 
 /// Creates and registers metrics, remembering their names.
@@ -357,6 +375,58 @@ impl Metrics {
                 "Committed offsets removed by offsets.retention.minutes",
             )?,
         };
+        let replication = ReplicationMetrics {
+            leader_partitions: r.gauge(
+                "strata_replication_leader_partitions",
+                "Partitions this broker leads",
+            )?,
+            under_replicated_partitions: r.gauge(
+                "strata_replication_under_replicated_partitions",
+                "Partitions led here whose ISR is smaller than their replica set",
+            )?,
+            offline_partitions: r.gauge(
+                "strata_replication_offline_partitions",
+                "Partitions with no leader (no live in-sync replica), cluster-wide",
+            )?,
+            isr_shrinks_total: r.counter(
+                "strata_replication_isr_shrinks_total",
+                "ISR changes committed that removed a follower, of partitions led here",
+            )?,
+            isr_expands_total: r.counter(
+                "strata_replication_isr_expands_total",
+                "ISR changes committed that added a follower, of partitions led here",
+            )?,
+            lag_records: r.gauge_vec(
+                "strata_replication_lag_records",
+                "Records each follower lacks of the partitions led here, by follower broker id",
+                &["follower"],
+            )?,
+            fetched_bytes_total: r.counter(
+                "strata_replication_fetched_bytes_total",
+                "Record bytes this broker copied from leaders as a follower",
+            )?,
+            meta_leader: r.gauge(
+                "strata_meta_leader",
+                "Node id of the metadata quorum's leader (the controller), -1 if none is known",
+            )?,
+            meta_term: r.gauge(
+                "strata_meta_term",
+                "The metadata quorum's current Raft term",
+            )?,
+            meta_elections_total: r.counter(
+                "strata_meta_elections_total",
+                "Changes of the metadata leader seen by this node",
+            )?,
+            meta_commit_duration_seconds: r.histogram(
+                "strata_meta_commit_duration_seconds",
+                "Time to commit a metadata write through the quorum, as this node's broker waited",
+                LATENCY_BUCKETS,
+            )?,
+            brokers_alive: r.gauge(
+                "strata_cluster_brokers_alive",
+                "Registered brokers that are not fenced",
+            )?,
+        };
         let tier = TierMetrics {
             objstore_requests_total: r.counter_vec(
                 "strata_objstore_requests_total",
@@ -419,6 +489,7 @@ impl Metrics {
             log,
             group,
             tier,
+            replication,
         })
     }
 

@@ -33,6 +33,11 @@ struct FileConfig {
     s3_region: Option<String>,
     s3_allow_http: Option<bool>,
     s3_path_style: Option<bool>,
+    roles: Option<String>,
+    meta_listen: Option<String>,
+    meta_advertised: Option<String>,
+    meta_voters: Option<String>,
+    rack: Option<String>,
     kafka: Option<toml::Table>,
     /// Strata's own broker settings, written without their `strata.` prefix.
     strata: Option<toml::Table>,
@@ -77,6 +82,70 @@ pub struct Overrides {
     /// Path-style S3 addressing (endpoint/bucket/key), as most S3-compatible stores want
     #[arg(long, env = "STRATA_S3_PATH_STYLE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub s3_path_style: Option<bool>,
+    /// What this node is: broker, meta, or both (Kafka's process.roles) [default: broker,meta]
+    #[arg(long, env = "STRATA_ROLES", value_name = "ROLES")]
+    pub roles: Option<String>,
+    /// Where this node serves the metadata quorum's RPCs [default: 127.0.0.1:9093]
+    #[arg(long, env = "STRATA_META_LISTEN", value_name = "HOST:PORT")]
+    pub meta_listen: Option<String>,
+    /// The address other nodes reach this node's metadata RPCs at [default: --meta-listen]
+    #[arg(long, env = "STRATA_META_ADVERTISED", value_name = "HOST:PORT")]
+    pub meta_advertised: Option<String>,
+    /// The metadata quorum, identical on every node (Kafka's controller.quorum.voters) [default: this node alone]
+    #[arg(long, env = "STRATA_META_VOTERS", value_name = "ID@HOST:PORT,...")]
+    pub meta_voters: Option<String>,
+    /// This broker's rack or zone (Kafka's broker.rack)
+    #[arg(long, env = "STRATA_RACK", value_name = "NAME")]
+    pub rack: Option<String>,
+}
+
+/// What a node runs (Kafka's `process.roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub broker: bool,
+    pub meta: bool,
+}
+
+/// Default of `--meta-listen`.
+pub const DEFAULT_META_LISTEN: &str = "127.0.0.1:9093";
+
+fn parse_roles(s: &str) -> anyhow::Result<Roles> {
+    let mut roles = Roles {
+        broker: false,
+        meta: false,
+    };
+    for r in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+        match r {
+            "broker" => roles.broker = true,
+            "meta" | "controller" => roles.meta = true,
+            other => bail!("--roles {s:?}: unknown role {other:?} (roles are broker and meta)"),
+        }
+    }
+    if !roles.broker && !roles.meta {
+        bail!("--roles {s:?}: name at least one of broker and meta");
+    }
+    Ok(roles)
+}
+
+/// `ID@HOST:PORT,...` into id → address.
+fn parse_voters(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut voters = BTreeMap::new();
+    for v in s.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+        let (id, addr) = v
+            .split_once('@')
+            .with_context(|| format!("--meta-voters entry {v:?} is not ID@HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("--meta-voters entry {v:?}: {id:?} is not a node id"))?;
+        check_listen("--meta-voters entry", addr)?;
+        if voters.insert(id, addr.to_string()).is_some() {
+            bail!("--meta-voters names node {id} twice");
+        }
+    }
+    if voters.is_empty() {
+        bail!("--meta-voters is empty");
+    }
+    Ok(voters)
 }
 
 /// The settings `strata serve` runs with.
@@ -90,6 +159,19 @@ pub struct ServeConfig {
     pub log_level: Option<String>,
     pub object_store: StoreConfig,
     pub kafka: BrokerConfig,
+    pub roles: Roles,
+    pub meta_listen: String,
+    pub meta_advertised: String,
+    /// The voters (id → address); this node alone when `--meta-voters` is not given.
+    pub voters: BTreeMap<u64, String>,
+    pub rack: Option<String>,
+}
+
+impl ServeConfig {
+    /// Whether the metadata quorum has other nodes than this one.
+    pub fn clustered(&self) -> bool {
+        self.voters.len() > 1 || !self.voters.contains_key(&(self.node_id as u64))
+    }
 }
 
 /// Environment variables read by clap itself; the others name broker settings.
@@ -106,6 +188,11 @@ const FLAG_VARS: &[&str] = &[
     "STRATA_S3_REGION",
     "STRATA_S3_ALLOW_HTTP",
     "STRATA_S3_PATH_STYLE",
+    "STRATA_ROLES",
+    "STRATA_META_LISTEN",
+    "STRATA_META_ADVERTISED",
+    "STRATA_META_VOTERS",
+    "STRATA_RACK",
 ];
 
 /// The environment variable of a broker setting: `STRATA_` plus Strata's own setting
@@ -191,6 +278,11 @@ const FILE_KEYS: &[&str] = &[
     "s3_region",
     "s3_allow_http",
     "s3_path_style",
+    "roles",
+    "meta_listen",
+    "meta_advertised",
+    "meta_voters",
+    "rack",
     "kafka",
     "strata",
 ];
@@ -287,10 +379,62 @@ impl ServeConfig {
                     let origin = kafka.get(name).map_or("settings", |(_, o)| o.as_str());
                     anyhow::anyhow!("{origin}: {e}")
                 })?;
-        let node_id = overrides.node_id.or(file.node_id).unwrap_or(0);
+        let explicit_id = overrides.node_id.or(file.node_id);
+        let node_id = explicit_id.unwrap_or(0);
         if node_id < 0 {
             bail!("node id must be 0 or more, not {node_id}");
         }
+        let roles = match overrides.roles.clone().or(file.roles) {
+            Some(r) => parse_roles(&r)?,
+            None => Roles {
+                broker: true,
+                meta: true,
+            },
+        };
+        let meta_listen = overrides
+            .meta_listen
+            .clone()
+            .or(file.meta_listen)
+            .unwrap_or_else(|| DEFAULT_META_LISTEN.into());
+        check_listen("--meta-listen", &meta_listen)?;
+        let meta_advertised = overrides
+            .meta_advertised
+            .clone()
+            .or(file.meta_advertised)
+            .unwrap_or_else(|| meta_listen.clone());
+        check_listen("--meta-advertised", &meta_advertised)?;
+        let voters = match overrides.meta_voters.clone().or(file.meta_voters) {
+            Some(v) => parse_voters(&v)?,
+            None => BTreeMap::from([(node_id as u64, meta_advertised.clone())]),
+        };
+        let me = node_id as u64;
+        if voters.len() > 1 && explicit_id.is_none() {
+            bail!("--node-id is required when --meta-voters names more than one node");
+        }
+        if roles.meta && !voters.contains_key(&me) {
+            bail!(
+                "node {node_id} has the meta role but is not in --meta-voters ({}): add it, or run it with --roles broker",
+                voters
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if !roles.meta && voters.contains_key(&me) {
+            bail!(
+                "node {node_id} is in --meta-voters but does not have the meta role: give brokers-only nodes ids of their own"
+            );
+        }
+        if let Some(addr) = voters.get(&me)
+            && voters.len() > 1
+            && *addr != meta_advertised
+        {
+            bail!(
+                "--meta-voters gives node {node_id} the address {addr}, but it advertises {meta_advertised} (set --meta-advertised to the address in the list)"
+            );
+        }
+        let rack = overrides.rack.clone().or(file.rack);
         let advertised = overrides
             .advertised_listener
             .clone()
@@ -348,6 +492,11 @@ impl ServeConfig {
             log_level: overrides.log_level.clone().or(file.log_level),
             object_store,
             kafka,
+            roles,
+            meta_listen,
+            meta_advertised,
+            voters,
+            rack,
         })
     }
 }

@@ -50,7 +50,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a broker (the default when no command is given).
-    Serve(config::Overrides),
+    Serve(Box<config::Overrides>),
     /// Produce to a running broker and read everything back: throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     alloc::tune_malloc();
     let cli = Cli::parse();
     let overrides = match cli.command {
-        Some(Command::Serve(o)) => o,
+        Some(Command::Serve(o)) => *o,
         Some(Command::Bench(args)) => return bench_main(args),
         None => cli.serve,
     };

@@ -1,12 +1,13 @@
-//! `strata serve`: one broker with its embedded metadata node.
+//! `strata serve`: a node with its roles: a broker with its embedded metadata node (the
+//! default, alone or in a quorum), a broker following the quorum, or a metadata node only.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use strata_admin::AdminState;
 use strata_broker::{BrokerOptions, BrokerView, Health, RunningBroker, SystemClock};
-use strata_meta::{MetaConfig, MetaNode};
+use strata_meta::{ControllerConfig, MetaConfig, MetaNode, Quorum};
 use strata_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -17,18 +18,24 @@ use crate::config::ServeConfig;
 /// How long in-flight requests get to finish after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 
-/// The admin API's view of the broker, which it serves from before the broker has
-/// started (log recovery can take a while; liveness probes must be answered meanwhile).
+/// The admin API's view of the node, which it serves from before the node has started
+/// (log recovery and joining the quorum can take a while; liveness probes must be
+/// answered meanwhile).
 struct Admin {
+    meta: OnceLock<MetaNode>,
     broker: OnceLock<(Health, BrokerView)>,
     metrics: Metrics,
 }
 
 impl AdminState for Admin {
     fn readiness(&self) -> Result<(), String> {
-        match self.broker.get() {
-            Some((health, _)) => health.readiness(),
-            None => Err("starting: opening metadata and recovering partition logs".into()),
+        match (self.broker.get(), self.meta.get()) {
+            (Some((health, _)), _) => health.readiness(),
+            (None, Some(meta)) if self.broker_role_done() => match meta.problem() {
+                Some(p) => Err(p),
+                None => Ok(()),
+            },
+            _ => Err("starting: joining the metadata quorum and recovering partition logs".into()),
         }
     }
 
@@ -54,10 +61,72 @@ impl AdminState for Admin {
         })
     }
 
+    fn cluster(&self) -> serde_json::Value {
+        self.meta
+            .get()
+            .map_or(serde_json::Value::Null, cluster_view)
+    }
+
     fn remote_segments(&self, topic: &str, partition: i32) -> Option<serde_json::Value> {
         let (_, view) = self.broker.get()?;
         serde_json::to_value(view.remote_segments(topic, partition)?).ok()
     }
+}
+
+impl Admin {
+    /// A metadata-only node has no broker to wait for.
+    fn broker_role_done(&self) -> bool {
+        self.broker.get().is_none() && META_ONLY.get().copied().unwrap_or(false)
+    }
+}
+
+/// Set once when the node has only the meta role.
+static META_ONLY: OnceLock<bool> = OnceLock::new();
+
+/// `/api/v1/cluster`: brokers, voters, the quorum leader and every partition's placement.
+fn cluster_view(meta: &MetaNode) -> serde_json::Value {
+    let (voters, learners) = meta.members();
+    let leader = meta.leader();
+    meta.read(|s| {
+        let brokers: Vec<serde_json::Value> = s
+            .brokers
+            .values()
+            .map(|b| {
+                serde_json::json!({
+                    "id": b.node_id,
+                    "rack": b.rack,
+                    "endpoint": format!("{}:{}", b.host, b.port),
+                    "alive": !b.fenced,
+                    "epoch": b.epoch,
+                })
+            })
+            .collect();
+        let partitions: Vec<serde_json::Value> = s
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions.iter().enumerate().map(move |(i, p)| {
+                    serde_json::json!({
+                        "topic": t.name,
+                        "partition": i,
+                        "leader": p.leader,
+                        "leader_epoch": p.leader_epoch,
+                        "replicas": p.replicas,
+                        "isr": p.isr,
+                    })
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "cluster_id": s.cluster_id,
+            "metadata_leader": leader,
+            "metadata_applied": meta.applied_index(),
+            "voters": voters,
+            "learners": learners,
+            "brokers": brokers,
+            "partitions": partitions,
+        })
+    })
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -92,6 +161,24 @@ fn raise_open_file_limit() {
     }
 }
 
+/// The committed voters must be the configured ones: a node given another list (or a
+/// data directory of another cluster) must not take part.
+fn check_voters(cfg: &ServeConfig, meta: &MetaNode) -> anyhow::Result<()> {
+    if !cfg.clustered() {
+        return Ok(());
+    }
+    let (voters, learners) = meta.members();
+    let configured: std::collections::BTreeSet<u64> = cfg.voters.keys().copied().collect();
+    // A voter being replaced is a learner for a while.
+    let known: std::collections::BTreeSet<u64> = voters.union(&learners).copied().collect();
+    if !voters.is_subset(&configured) || !configured.is_subset(&known) {
+        bail!(
+            "--meta-voters names nodes {configured:?}, but the metadata quorum has committed voters {voters:?}: every node must be given the same list"
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     raise_open_file_limit();
     for (name, value, why) in cfg.kafka.ignored() {
@@ -100,15 +187,35 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let metrics = Metrics::new()?;
-    let kafka = TcpListener::bind(&cfg.kafka_listen)
-        .await
-        .with_context(|| format!("binding the Kafka listener to {}", cfg.kafka_listen))?;
+    let kafka = match cfg.roles.broker {
+        true => Some(
+            TcpListener::bind(&cfg.kafka_listen)
+                .await
+                .with_context(|| format!("binding the Kafka listener to {}", cfg.kafka_listen))?,
+        ),
+        false => None,
+    };
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", cfg.http_listen))?;
+    let meta_listener =
+        match cfg.clustered() {
+            true => Some(TcpListener::bind(&cfg.meta_listen).await.with_context(|| {
+                format!("binding the metadata listener to {}", cfg.meta_listen)
+            })?),
+            false => None,
+        };
     let http_addr = http.local_addr()?;
+    // Talk to peers from the metadata listener's address when it is a specific one.
+    let meta_source = meta_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
     let stop_http = CancellationToken::new();
+    let _ = META_ONLY.set(!cfg.roles.broker);
     let admin_state = Arc::new(Admin {
+        meta: OnceLock::new(),
         broker: OnceLock::new(),
         metrics: metrics.clone(),
     });
@@ -118,12 +225,54 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         stop_http.clone(),
     ));
     info!(addr = %http_addr, "http listener ready");
-    let meta = MetaNode::open(MetaConfig {
-        write_timeout: cfg.kafka.meta_write_timeout(),
-        ..MetaConfig::new(cfg.node_id as u64, cfg.data_dir.join("meta"))
-    })
+    if let Some(l) = &meta_listener {
+        info!(addr = %l.local_addr()?, voters = ?cfg.voters, "metadata listener ready");
+    }
+    let k = &cfg.kafka;
+    let meta = MetaNode::open_with(
+        MetaConfig {
+            write_timeout: k.meta_write_timeout(),
+            quorum: cfg.clustered().then(|| Quorum {
+                voters: cfg.voters.clone(),
+                advertised: cfg.meta_advertised.clone(),
+                source: meta_source,
+            }),
+            controller: ControllerConfig {
+                session_timeout: k.broker_session_timeout(),
+                auto_rebalance: k.auto_leader_rebalance(),
+                rebalance_interval: k.leader_imbalance_interval(),
+                unclean_default: k.unclean_leader_election(),
+            },
+            ..MetaConfig::new(cfg.node_id as u64, cfg.data_dir.join("meta"))
+        },
+        meta_listener,
+    )
     .await
     .context("opening the metadata node")?;
+    let _ = admin_state.meta.set(meta.clone());
+    if let Err(e) = check_voters(&cfg, &meta) {
+        let _ = meta.shutdown().await;
+        return Err(e);
+    }
+    let Some(kafka) = kafka else {
+        // A metadata-only node: it serves the quorum until told to stop.
+        let failure = tokio::select! {
+            signal = termination() => {
+                info!(signal = signal?, "received termination signal");
+                None
+            }
+            reason = meta.failed() => Some(reason),
+        };
+        if let Err(e) = meta.shutdown().await {
+            tracing::warn!(error = %e, "metadata node did not shut down cleanly");
+        }
+        stop_http.cancel();
+        let _ = admin.await;
+        return match failure {
+            Some(reason) => Err(anyhow::anyhow!(reason)),
+            None => Ok(()),
+        };
+    };
     let broker = RunningBroker::start(
         BrokerOptions {
             node_id: cfg.node_id,
@@ -134,6 +283,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             clock: Arc::new(SystemClock),
             object_store: cfg.object_store.clone(),
             cache_dir: cfg.data_dir.join("cache"),
+            rack: cfg.rack.clone(),
         },
         meta.clone(),
         kafka,

@@ -20,7 +20,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use strata_log::PartitionKey;
-use strata_meta::{Command, CommandResult, PartitionMeta, TopicMeta};
+use strata_meta::{Command, CommandResult, TopicMeta};
 use tracing::info;
 
 use crate::broker::{Broker, MAX_PARTITIONS, TopicError};
@@ -104,7 +104,7 @@ async fn add_partitions(
     let rf = topic.partitions.first().map_or(1, |p| p.replicas.len());
     // Null (or an empty list) leaves placement to the broker.
     let replicas: Vec<Vec<i32>> = match t.assignments.as_ref().filter(|a| !a.is_empty()) {
-        None => vec![vec![broker.node_id]; new],
+        None => broker.place(new, rf, current as usize)?,
         Some(a) => {
             if a.len() != new {
                 return Err(topic_error(
@@ -140,14 +140,7 @@ async fn add_partitions(
     }
     let partitions = replicas
         .into_iter()
-        .map(|r| PartitionMeta {
-            leader: r[0],
-            leader_epoch: 0,
-            isr: r.clone(),
-            replicas: r,
-            log_start_offset: 0,
-            remote_segments: Default::default(),
-        })
+        .map(crate::broker::new_partition)
         .collect();
     match broker
         .meta
@@ -496,8 +489,7 @@ pub(super) fn describe_cluster(
             .with_error_message(Some(s("only broker endpoints (type 1) are served")));
     }
     let brokers = broker.meta.read(|st| {
-        st.brokers
-            .values()
+        st.live_brokers()
             .map(|b| {
                 DescribeClusterBroker::default()
                     .with_broker_id(BrokerId(b.node_id))
@@ -509,7 +501,7 @@ pub(super) fn describe_cluster(
     });
     DescribeClusterResponse::default()
         .with_cluster_id(s(&broker.cluster_id))
-        .with_controller_id(BrokerId(broker.node_id))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_brokers(brokers)
 }
 
@@ -556,13 +548,12 @@ pub(super) fn offset_for_leader_epoch(
                             .with_error_code(ResponseError::UnknownLeaderEpoch.code())
                             .with_leader_epoch(-1)
                             .with_end_offset(-1),
-                        // Every batch a partition holds was written under its current leader
-                        // epoch (leadership never moves on a single broker): the current epoch
-                        // ends at the log end; a later one is unknown.
-                        Ok((epoch, log)) if p.leader_epoch <= epoch => r
-                            .with_leader_epoch(epoch)
-                            .with_end_offset(log.offsets().log_end),
-                        Ok(_) => r.with_leader_epoch(-1).with_end_offset(-1),
+                        // The largest epoch of the log at or below the one asked for, and
+                        // where it ended: a follower cuts its log back to there.
+                        Ok((_, log)) => match log.epoch_end(p.leader_epoch) {
+                            Some((e, end)) => r.with_leader_epoch(e).with_end_offset(end),
+                            None => r.with_leader_epoch(-1).with_end_offset(-1),
+                        },
                     }
                 })
                 .collect();

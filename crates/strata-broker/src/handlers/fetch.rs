@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures::future::select_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use strata_log::{LogError, Partition, PartitionKey};
 use tokio::time::Instant;
 use tracing::warn;
@@ -25,6 +25,8 @@ struct Target {
     offset: i64,
     max_bytes: usize,
     log: Result<Arc<Partition>, ResponseError>,
+    /// The in-sync replica a consumer should fetch this partition from instead (KIP-392).
+    preferred: Option<i32>,
 }
 
 /// What one read pass found for a partition.
@@ -42,6 +44,18 @@ struct Readable {
     key: PartitionKey,
     offset: i64,
     max_bytes: usize,
+    /// A follower copying the log (reads up to the durable end, not the high watermark).
+    replica: bool,
+}
+
+/// The broker that sent a replica fetch, if this is one.
+fn replica_of(req: &FetchRequest, version: i16) -> Option<i32> {
+    let id = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    (id >= 0).then_some(id)
 }
 
 fn resolve(
@@ -49,6 +63,9 @@ fn resolve(
     req: &FetchRequest,
     version: i16,
 ) -> (Vec<(TopicName, Uuid)>, Vec<Target>) {
+    let replica = replica_of(req, version);
+    let consumer_rack = (version >= 11 && replica.is_none() && !req.rack_id.is_empty())
+        .then(|| req.rack_id.to_string());
     let mut topics = Vec::with_capacity(req.topics.len());
     let mut targets = Vec::new();
     for (ti, t) in req.topics.iter().enumerate() {
@@ -65,33 +82,70 @@ fn resolve(
         };
         topics.push((t.topic.clone(), t.topic_id));
         for p in &t.partitions {
-            let log = match &meta {
-                None => Err(missing),
-                Some(topic) => broker
+            let key = PartitionKey {
+                topic_id: meta.as_ref().map_or(Uuid::nil(), |m| m.id),
+                partition: p.partition,
+            };
+            let placement = meta.as_ref().and_then(|topic| {
+                usize::try_from(p.partition)
+                    .ok()
+                    .and_then(|i| topic.partitions.get(i))
+            });
+            let log = match (&meta, replica) {
+                (None, _) => Err(missing),
+                // A follower copies from the leader only, at the leader's epoch.
+                (Some(topic), Some(follower)) => broker
                     .partition_log(topic, p.partition)
                     .map_err(|e| e.code)
                     .and_then(|log| {
-                        let ours = usize::try_from(p.partition)
-                            .ok()
-                            .and_then(|i| topic.partitions.get(i))
-                            .map_or(0, |m| m.leader_epoch);
+                        broker
+                            .replication
+                            .replica_fetched(key, follower, p.fetch_offset, p.current_leader_epoch)
+                            .map_err(|r| match r {
+                                strata_replication::Refusal::NotLeader => {
+                                    ResponseError::NotLeaderOrFollower
+                                }
+                                strata_replication::Refusal::FencedLeaderEpoch => {
+                                    ResponseError::FencedLeaderEpoch
+                                }
+                                strata_replication::Refusal::UnknownLeaderEpoch => {
+                                    ResponseError::UnknownLeaderEpoch
+                                }
+                            })
+                            .map(|()| log)
+                    }),
+                // Consumers read from the leader, or (Fetch v11+, KIP-392) any replica,
+                // up to its high watermark.
+                (Some(topic), None) => {
+                    let log = if version >= 11 {
+                        broker.replica_log(topic, p.partition)
+                    } else {
+                        broker.partition_log(topic, p.partition)
+                    };
+                    log.map_err(|e| e.code).and_then(|log| {
+                        let ours = placement.map_or(0, |m| m.leader_epoch);
                         match p.current_leader_epoch {
                             e if e < 0 || e == ours => Ok(log),
                             e if e < ours => Err(ResponseError::FencedLeaderEpoch),
                             _ => Err(ResponseError::UnknownLeaderEpoch),
                         }
-                    }),
+                    })
+                }
+            };
+            let preferred = match (&consumer_rack, placement) {
+                (Some(rack), Some(pm)) if pm.leader == broker.node_id => {
+                    broker.preferred_replica(pm, rack)
+                }
+                _ => None,
             };
             targets.push(Target {
                 topic: ti,
                 partition: p.partition,
-                key: PartitionKey {
-                    topic_id: meta.as_ref().map_or(Uuid::nil(), |m| m.id),
-                    partition: p.partition,
-                },
+                key,
                 offset: p.fetch_offset,
                 max_bytes: p.partition_max_bytes.max(0) as usize,
                 log,
+                preferred,
             });
         }
     }
@@ -105,7 +159,12 @@ fn read_all(targets: &[Readable], max_bytes: usize) -> (Vec<Found>, usize) {
     let mut found = Vec::with_capacity(targets.len());
     for t in targets {
         let budget = t.max_bytes.min(max_bytes.saturating_sub(total));
-        match t.log.read(t.offset, budget, total == 0) {
+        let read = if t.replica {
+            t.log.read_replica(t.offset, budget)
+        } else {
+            t.log.read(t.offset, budget, total == 0)
+        };
+        match read {
             Ok(r) => {
                 total += r.records.len();
                 found.push(Found::Data(r));
@@ -199,14 +258,18 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16
             .with_error_code(ResponseError::InvalidFetchSessionEpoch.code());
     }
     let (topics, targets) = resolve(broker, &req, version);
+    let replica = replica_of(&req, version).is_some();
+    // A partition whose consumer is sent to another replica is answered without data.
     let readable: Vec<Readable> = targets
         .iter()
+        .filter(|t| t.preferred.is_none())
         .filter_map(|t| {
             t.log.as_ref().ok().map(|l| Readable {
                 log: l.clone(),
                 key: t.key,
                 offset: t.offset,
                 max_bytes: t.max_bytes,
+                replica,
             })
         })
         .collect();
@@ -217,7 +280,16 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16
     let found = loop {
         // Subscribe before reading so that an append between the read and the wait
         // still wakes us.
-        let mut watchers: Vec<_> = readable.iter().map(|r| r.log.subscribe()).collect();
+        let mut watchers: Vec<_> = readable
+            .iter()
+            .map(|r| {
+                if r.replica {
+                    r.log.subscribe_durable()
+                } else {
+                    r.log.subscribe()
+                }
+            })
+            .collect();
         // Consumers at the tail are answered from memory on this thread; anything that
         // may read a segment file goes to a blocking thread.
         let (mut found, mut total) = if readable.iter().all(|r| r.log.reads_from_memory(r.offset)) {
@@ -286,15 +358,33 @@ fn build(
         .collect();
     let mut found = found.into_iter();
     for t in targets {
-        let outcome = match t.log {
-            Err(code) => Found::Error(code),
+        let part = PartitionData::default()
+            .with_partition_index(t.partition)
+            .with_aborted_transactions((isolation_level == 1).then(Vec::new));
+        if let (Some(preferred), Ok(log)) = (t.preferred, &t.log) {
+            let o = log.offsets();
+            if let Some(topic) = responses.get_mut(t.topic) {
+                topic.partitions.push(
+                    part.with_preferred_read_replica(BrokerId(preferred))
+                        .with_high_watermark(o.high_watermark)
+                        .with_last_stable_offset(o.high_watermark)
+                        .with_log_start_offset(o.log_start)
+                        .with_records(Some(Bytes::new())),
+                );
+            }
+            continue;
+        }
+        let outcome = match &t.log {
+            Err(code) => Found::Error(*code),
             Ok(_) => found
                 .next()
                 .unwrap_or(Found::Error(ResponseError::KafkaStorageError)),
         };
-        let part = PartitionData::default()
-            .with_partition_index(t.partition)
-            .with_aborted_transactions((isolation_level == 1).then(Vec::new));
+        // A replica fetching out of range needs the log start to start again from it.
+        let log_start = match (&outcome, &t.log) {
+            (Found::Error(ResponseError::OffsetOutOfRange), Ok(log)) => log.offsets().log_start,
+            _ => -1,
+        };
         let part = match outcome {
             Found::Data(r) => {
                 broker
@@ -312,7 +402,7 @@ fn build(
                 .with_error_code(code.code())
                 .with_high_watermark(-1)
                 .with_last_stable_offset(-1)
-                .with_log_start_offset(-1)
+                .with_log_start_offset(log_start)
                 .with_records(Some(Bytes::new())),
         };
         if let Some(topic) = responses.get_mut(t.topic) {

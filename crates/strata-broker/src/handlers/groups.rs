@@ -63,9 +63,15 @@ pub(super) fn find_coordinator(
     let answer = |key: &StrBytes| -> Coordinator {
         let c = Coordinator::default().with_key(key.clone());
         if req.key_type == 0 {
-            c.with_node_id(BrokerId(broker.node_id))
-                .with_host(s(&broker.endpoint.host))
-                .with_port(i32::from(broker.endpoint.port))
+            match broker.coordinator_of(key) {
+                Some((id, host, port)) => c
+                    .with_node_id(BrokerId(id))
+                    .with_host(s(&host))
+                    .with_port(i32::from(port)),
+                None => c
+                    .with_node_id(BrokerId(-1))
+                    .with_error_code(ResponseError::CoordinatorNotAvailable.code()),
+            }
         } else {
             c.with_node_id(BrokerId(-1))
                 .with_error_code(ResponseError::InvalidRequest.code())
@@ -115,6 +121,11 @@ pub(super) async fn join(
         require_known_member_id: version >= 4,
     };
     let member_id = join.member_id.clone();
+    if let Some(e) = broker.not_coordinator(&join.group_id) {
+        return JoinGroupResponse::default()
+            .with_error_code(e.code())
+            .with_member_id(req.member_id);
+    }
     let reply = broker.groups.join(join, broker.now_ms());
     let r: JoinResponse = wait(broker, reply, || JoinResponse {
         error: Some(ResponseError::CoordinatorNotAvailable),
@@ -172,6 +183,9 @@ pub(super) async fn sync(
             .map(|a| (a.member_id.to_string(), a.assignment.clone()))
             .collect(),
     };
+    if let Some(e) = broker.not_coordinator(&sync.group_id) {
+        return SyncGroupResponse::default().with_error_code(e.code());
+    }
     let reply = broker.groups.sync(sync, broker.now_ms());
     let r: SyncResponse = wait(broker, reply, || SyncResponse {
         error: Some(ResponseError::CoordinatorNotAvailable),
@@ -188,6 +202,9 @@ pub(super) async fn sync(
 }
 
 pub(super) fn heartbeat(broker: &Arc<Broker>, req: HeartbeatRequest) -> HeartbeatResponse {
+    if let Some(e) = broker.not_coordinator(&req.group_id) {
+        return HeartbeatResponse::default().with_error_code(e.code());
+    }
     let e = broker.groups.heartbeat(
         &req.group_id,
         req.generation_id,
@@ -216,6 +233,9 @@ pub(super) fn leave(
     } else {
         vec![(req.member_id.to_string(), None)]
     };
+    if let Some(e) = broker.not_coordinator(&req.group_id) {
+        return LeaveGroupResponse::default().with_error_code(e.code());
+    }
     let result = broker
         .groups
         .leave(&req.group_id, &members, broker.now_ms());
@@ -246,12 +266,15 @@ pub(super) async fn offset_commit(
     _version: i16,
 ) -> OffsetCommitResponse {
     let group = req.group_id.to_string();
-    let allowed = broker.groups.validate_commit(
-        &group,
-        req.generation_id_or_member_epoch,
-        &req.member_id,
-        req.group_instance_id.as_deref(),
-    );
+    let allowed = match broker.not_coordinator(&group) {
+        Some(e) => Err(e),
+        None => broker.groups.validate_commit(
+            &group,
+            req.generation_id_or_member_epoch,
+            &req.member_id,
+            req.group_instance_id.as_deref(),
+        ),
+    };
     let now = broker.now_ms();
     let max_metadata = broker.config.offset_metadata_max_bytes();
     let protocol_type = broker.groups.protocol_type(&group).unwrap_or_default();
@@ -458,6 +481,9 @@ pub(super) async fn offset_delete(
     req: OffsetDeleteRequest,
 ) -> OffsetDeleteResponse {
     let group = req.group_id.to_string();
+    if let Some(e) = broker.not_coordinator(&group) {
+        return OffsetDeleteResponse::default().with_error_code(e.code());
+    }
     if !broker.groups.is_active(&group) && !has_offsets(broker, &group) {
         return OffsetDeleteResponse::default()
             .with_error_code(ResponseError::GroupIdNotFound.code());

@@ -24,7 +24,14 @@ pub(super) fn topic_entry(topic: &TopicMeta) -> MetadataResponseTopic {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
+                    // No live in-sync replica: clients wait for a leader (retriable).
+                    let code = if p.leader < 0 {
+                        ResponseError::LeaderNotAvailable.code()
+                    } else {
+                        0
+                    };
                     MetadataResponsePartition::default()
+                        .with_error_code(code)
                         .with_partition_index(i as i32)
                         .with_leader_id(BrokerId(p.leader))
                         .with_leader_epoch(p.leader_epoch)
@@ -81,9 +88,9 @@ pub(super) async fn handle(
     req: MetadataRequest,
     version: i16,
 ) -> MetadataResponse {
+    // Live brokers only: a fenced one leads nothing, and clients should not wait on it.
     let brokers = broker.meta.read(|s| {
-        s.brokers
-            .values()
+        s.live_brokers()
             .map(|b| {
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.node_id))
@@ -120,6 +127,6 @@ pub(super) async fn handle(
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))
-        .with_controller_id(BrokerId(broker.node_id))
+        .with_controller_id(BrokerId(broker.controller_id()))
         .with_topics(topics)
 }

@@ -7,6 +7,7 @@
 mod admin;
 mod api_versions;
 mod configs;
+mod elect;
 mod fetch;
 mod groups;
 mod list_offsets;
@@ -59,6 +60,7 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -224,6 +226,9 @@ pub(crate) async fn handle(
         RequestKind::DescribeLogDirs(r) => Some(ResponseKind::DescribeLogDirs(
             admin::describe_log_dirs(broker, r, version),
         )),
+        RequestKind::ElectLeaders(r) => Some(ResponseKind::ElectLeaders(
+            elect::elect_leaders(broker, r, version).await,
+        )),
         other => return close("unsupported_api", format!("{other:?} has no handler")),
     };
     let label = api_label(api);
@@ -309,6 +314,7 @@ fn api_label(api: ApiKey) -> &'static str {
         ApiKey::DescribeCluster => "DescribeCluster",
         ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
         ApiKey::DescribeLogDirs => "DescribeLogDirs",
+        ApiKey::ElectLeaders => "ElectLeaders",
         _ => "Other",
     }
 }

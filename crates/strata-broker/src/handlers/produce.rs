@@ -9,7 +9,7 @@ use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
-use strata_log::Partition;
+use strata_log::{Partition, PartitionKey};
 use strata_meta::TopicMeta;
 use strata_protocol::batch::{self, BatchHeader};
 use tokio::task::JoinSet;
@@ -22,12 +22,44 @@ use crate::errors;
 /// A partition-level failure: the code and a message for the client (v8+) and the log.
 struct Failure(ResponseError, String);
 
-/// An append that must become durable before the partition is acknowledged.
+/// An append that must become durable (for acks=all: on every in-sync replica) before
+/// the partition is acknowledged.
 struct Pending {
     topic: usize,
     partition: usize,
     log: Arc<Partition>,
     end: i64,
+    /// The leader epoch the batch was appended in.
+    leader_epoch: i32,
+    /// For acks=all: the ISR size the topic needs (`min.insync.replicas`), checked again
+    /// once the write is replicated.
+    min_isr: Option<(Arc<Broker>, PartitionKey, usize)>,
+}
+
+/// Waits until `p` may be acknowledged: durable here, and for acks=all on every in-sync
+/// replica, which must still number `min.insync.replicas`.
+async fn acknowledged(p: Pending) -> Result<(), Failure> {
+    p.log
+        .wait_durable(p.end)
+        .await
+        .map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;
+    let Some((broker, key, min)) = p.min_isr else {
+        return Ok(());
+    };
+    p.log
+        .wait_high_watermark(p.end, p.leader_epoch)
+        .await
+        .map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;
+    let isr = broker.replication.isr(key).map_or(1, |isr| isr.len());
+    if isr < min {
+        return Err(Failure(
+            ResponseError::NotEnoughReplicasAfterAppend,
+            format!(
+                "written, but the ISR shrank to {isr} replica(s) below min.insync.replicas {min}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn append(
@@ -100,6 +132,18 @@ fn append(
             ),
         ));
     }
+    let key = PartitionKey {
+        topic_id: topic.id,
+        partition: data.index,
+    };
+    // A replicated partition takes writes once this broker acts as its leader (tracks
+    // its followers); until then, the client retries.
+    if placement.is_some_and(|p| p.replicas.len() > 1) && broker.replication.isr(key).is_none() {
+        return Err(Failure(
+            ResponseError::NotLeaderOrFollower,
+            "this broker is becoming the partition's leader; retry".into(),
+        ));
+    }
     let leader_epoch = placement.map_or(0, |p| p.leader_epoch);
     let info = log
         .append(&records, &headers, leader_epoch, now)
@@ -113,6 +157,9 @@ fn append(
         .produce_records_bytes_total
         .inc_by(records.len() as u64);
     Ok(Appended {
+        key,
+        leader_epoch,
+        min_isr: config.min_insync_replicas(),
         log,
         base_offset: info.base_offset,
         last_offset: info.last_offset,
@@ -123,6 +170,9 @@ fn append(
 
 /// A batch appended to a partition's log.
 struct Appended {
+    key: PartitionKey,
+    leader_epoch: i32,
+    min_isr: usize,
     log: Arc<Partition>,
     base_offset: i64,
     last_offset: i64,
@@ -261,6 +311,8 @@ pub(super) async fn handle(
                         partition: pi,
                         log: a.log,
                         end: a.last_offset + 1,
+                        leader_epoch: a.leader_epoch,
+                        min_isr: (acks == -1).then(|| (broker.clone(), a.key, a.min_isr)),
                     });
                     parts.push(
                         PartitionProduceResponse::default()
@@ -287,14 +339,14 @@ pub(super) async fn handle(
     let mut durable = JoinSet::new();
     let slots: Vec<(usize, usize)> = pending.iter().map(|p| (p.topic, p.partition)).collect();
     for (k, p) in pending.into_iter().enumerate() {
-        durable.spawn(async move { (k, p.log.wait_durable(p.end).await) });
+        durable.spawn(async move { (k, acknowledged(p).await) });
     }
     if acks == 0 {
         // Nobody waits for the answer, but the data must still reach the disk so that
         // consumers can see it.
         tokio::spawn(async move {
             while let Some(joined) = durable.join_next().await {
-                if let Ok((_, Err(e))) = joined {
+                if let Ok((_, Err(Failure(_, e)))) = joined {
                     warn!(error = %e, "acks=0 produce could not be synced");
                 }
             }
@@ -319,11 +371,11 @@ pub(super) async fn handle(
         let Some(joined) = joined else { break };
         match joined {
             Ok((k, Ok(()))) => confirmed[k] = true,
-            Ok((k, Err(e))) => {
+            Ok((k, Err(f))) => {
                 confirmed[k] = true;
                 let (ti, pi) = slots[k];
                 let part = &mut responses[ti].partition_responses[pi];
-                *part = failed(part.index, Failure(errors::log_error(&e), e.to_string()));
+                *part = failed(part.index, f);
             }
             Err(join) => warn!(error = %join, "durability wait failed"),
         }
@@ -338,7 +390,7 @@ pub(super) async fn handle(
                 part.index,
                 Failure(
                     ResponseError::RequestTimedOut,
-                    "timed out waiting for the write to be synced".into(),
+                    "timed out waiting for the write to be durable on every in-sync replica".into(),
                 ),
             );
         }

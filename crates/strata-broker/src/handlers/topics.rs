@@ -75,18 +75,20 @@ pub(super) async fn create(
                 configs.insert(c.name.to_string(), v.to_string());
             }
         }
-        let (partitions, replication_factor) = if t.assignments.is_empty() {
-            (t.num_partitions, t.replication_factor)
+        let (partitions, replication_factor, assignment) = if t.assignments.is_empty() {
+            (t.num_partitions, t.replication_factor, None)
         } else {
             match manual_assignment(broker, &t) {
-                Ok(x) => x,
+                Ok(a) => (a.len() as i32, a[0].len() as i16, Some(a)),
                 Err(e) => {
                     results.push(failed(&t.name, e));
                     continue;
                 }
             }
         };
-        let checked = broker.check_new_topic(&t.name, partitions, replication_factor, &configs);
+        let checked = broker
+            .check_new_topic(&t.name, partitions, replication_factor, &configs)
+            .map(|new| crate::broker::NewTopic { assignment, ..new });
         let outcome = match checked {
             Err(e) => Err(e),
             Ok(_) if broker.topic(&t.name).is_some() => Err(TopicError {
@@ -141,7 +143,7 @@ pub(super) async fn create(
 fn manual_assignment(
     broker: &Broker,
     t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
-) -> Result<(i32, i16), TopicError> {
+) -> Result<Vec<Vec<i32>>, TopicError> {
     let invalid = |message: String| TopicError {
         code: ResponseError::InvalidReplicaAssignment,
         message,
@@ -175,7 +177,11 @@ fn manual_assignment(
             return Err(invalid(format!("broker {} does not exist", b.0)));
         }
     }
-    Ok((t.assignments.len() as i32, rf as i16))
+    let mut assignment = vec![Vec::new(); t.assignments.len()];
+    for a in &t.assignments {
+        assignment[a.partition_index as usize] = a.broker_ids.iter().map(|b| b.0).collect();
+    }
+    Ok(assignment)
 }
 
 pub(super) async fn delete(

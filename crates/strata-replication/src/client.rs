@@ -1,0 +1,153 @@
+//! A minimal Kafka client over one TCP connection, one request in flight at a time: what
+//! a follower uses to fetch from its leader (and `strata bench` to drive a broker).
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest response accepted.
+const MAX_RESPONSE: usize = 256 << 20;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr} answered something that does not decode: {reason}")]
+    Protocol { addr: String, reason: String },
+}
+
+/// One connection to a Kafka broker.
+pub struct KafkaConn {
+    addr: String,
+    stream: TcpStream,
+    next: i32,
+    client_id: &'static str,
+}
+
+impl KafkaConn {
+    pub async fn connect(addr: &str, client_id: &'static str) -> Result<Self, ClientError> {
+        Self::connect_from(addr, None, client_id).await
+    }
+
+    /// [`KafkaConn::connect`] from a given local address.
+    pub async fn connect_from(
+        addr: &str,
+        source: Option<std::net::IpAddr>,
+        client_id: &'static str,
+    ) -> Result<Self, ClientError> {
+        let stream = strata_meta::connect_from(addr, source)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        Ok(Self {
+            addr: addr.to_string(),
+            stream,
+            next: 1,
+            client_id,
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The frame of a request (size prefix included), as [`KafkaConn::call`] sends it.
+    pub fn frame(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &impl Encodable,
+    ) -> Result<(i32, BytesMut), ClientError> {
+        let id = self.next;
+        self.next = self.next.wrapping_add(1);
+        let protocol = |e: anyhow::Error| ClientError::Protocol {
+            addr: self.addr.clone(),
+            reason: e.to_string(),
+        };
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0; 4]);
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(id)
+            .with_client_id(Some(StrBytes::from_static_str(self.client_id)))
+            .encode(&mut buf, api.request_header_version(version))
+            .map_err(protocol)?;
+        body.encode(&mut buf, version).map_err(protocol)?;
+        let size = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&size.to_be_bytes());
+        Ok((id, buf))
+    }
+
+    /// Sends a request frame without waiting for an answer (acks=0 produce).
+    pub async fn send(&mut self, frame: &[u8]) -> Result<(), ClientError> {
+        self.stream
+            .write_all(frame)
+            .await
+            .map_err(|source| ClientError::Io {
+                addr: self.addr.clone(),
+                source,
+            })
+    }
+
+    /// Sends a request and decodes its answer.
+    pub async fn call(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &impl Encodable,
+    ) -> Result<ResponseKind, ClientError> {
+        let (id, frame) = self.frame(api, version, body)?;
+        self.send(&frame).await?;
+        let io = |source| ClientError::Io {
+            addr: self.addr.clone(),
+            source,
+        };
+        let len = self.stream.read_i32().await.map_err(io)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|l| *l <= MAX_RESPONSE)
+            .ok_or_else(|| ClientError::Protocol {
+                addr: self.addr.clone(),
+                reason: format!("response size {len}"),
+            })?;
+        let mut frame = vec![0u8; len];
+        self.stream
+            .read_exact(&mut frame)
+            .await
+            .map_err(|source| ClientError::Io {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let mut frame = Bytes::from(frame);
+        let protocol = |reason: String| ClientError::Protocol {
+            addr: self.addr.clone(),
+            reason,
+        };
+        let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))
+            .map_err(|e| protocol(e.to_string()))?;
+        if header.correlation_id != id {
+            return Err(protocol(format!(
+                "correlation id {} does not match request {id}",
+                header.correlation_id
+            )));
+        }
+        ResponseKind::decode(api, &mut frame, version).map_err(|e| protocol(e.to_string()))
+    }
+}

@@ -1,0 +1,336 @@
+//! Followers: one fetcher per leader broker copies the batches of every partition this
+//! broker follows from that leader, with Kafka's replica Fetch (replica id = this
+//! broker). A partition whose leader or leader epoch changed is first cut back to where
+//! its latest epoch ended on the new leader (OffsetForLeaderEpoch), so records a former
+//! leader wrote that the new one never had do not survive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, FetchRequest, OffsetForLeaderEpochRequest, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use strata_log::{Partition, PartitionKey};
+use strata_protocol::batch;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::client::KafkaConn;
+use crate::{Assignment, Shared};
+
+/// The client id followers fetch with (the leader sees it in its logs).
+pub const FOLLOWER_CLIENT_ID: &str = "strata-replica";
+/// Wait between attempts when the leader cannot be reached.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// A partition this broker follows.
+#[derive(Clone)]
+pub(crate) struct Follow {
+    pub(crate) topic: String,
+    pub(crate) log: Arc<Partition>,
+    pub(crate) leader: i32,
+    pub(crate) leader_epoch: i32,
+    pub(crate) leader_addr: String,
+    /// Not cut back to the leader's log yet (a new leader or epoch).
+    pub(crate) unaligned: bool,
+}
+
+impl Follow {
+    pub(crate) fn new(a: &Assignment, leader_addr: String) -> Self {
+        info!(topic = %a.topic, partition = a.key.partition, leader = a.leader, leader_epoch = a.leader_epoch, "following partition");
+        Self {
+            topic: a.topic.clone(),
+            log: a.log.clone(),
+            leader: a.leader,
+            leader_epoch: a.leader_epoch,
+            leader_addr,
+            unaligned: true,
+        }
+    }
+}
+
+/// The task that follows one leader.
+pub(crate) struct Fetcher {
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+}
+
+impl Fetcher {
+    pub(crate) fn start(s: Arc<Shared>, leader: i32) -> Self {
+        let wake = Arc::new(Notify::new());
+        let stop = s.stop.child_token();
+        tokio::spawn(run(s, leader, wake.clone(), stop.clone()));
+        Self { wake, stop }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        !self.stop.is_cancelled()
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+fn name(topic: &str) -> TopicName {
+    TopicName(StrBytes::from_string(topic.to_string()))
+}
+
+/// The partitions followed from `leader`, as they are now.
+fn followed_from(s: &Shared, leader: i32) -> Vec<(PartitionKey, Follow)> {
+    s.followed
+        .lock()
+        .iter()
+        .filter(|(_, f)| f.leader == leader)
+        .map(|(k, f)| (*k, f.clone()))
+        .collect()
+}
+
+async fn run(s: Arc<Shared>, leader: i32, wake: Arc<Notify>, stop: CancellationToken) {
+    let mut conn: Option<KafkaConn> = None;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let parts = followed_from(&s, leader);
+        let Some(addr) = parts.first().map(|(_, f)| f.leader_addr.clone()) else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = wake.notified() => continue,
+            }
+        };
+        if conn.as_ref().is_none_or(|c| c.addr() != addr) {
+            match KafkaConn::connect_from(&addr, s.cfg.source, FOLLOWER_CLIENT_ID).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    debug!(leader, error = %e, "cannot reach the leader");
+                    pause(&stop, &wake).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let round = async {
+            align(&s, c, &parts).await?;
+            fetch(&s, c, &parts).await
+        };
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = round => r,
+        };
+        if let Err(e) = result {
+            debug!(leader, error = %e, "fetching from the leader failed");
+            conn = None;
+            pause(&stop, &wake).await;
+        }
+    }
+}
+
+async fn pause(stop: &CancellationToken, wake: &Notify) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = wake.notified() => {}
+        () = tokio::time::sleep(RETRY) => {}
+    }
+}
+
+/// Cuts each unaligned partition back to where its latest epoch ends on the leader.
+async fn align(
+    s: &Shared,
+    c: &mut KafkaConn,
+    parts: &[(PartitionKey, Follow)],
+) -> Result<(), String> {
+    let unaligned: Vec<&(PartitionKey, Follow)> =
+        parts.iter().filter(|(_, f)| f.unaligned).collect();
+    if unaligned.is_empty() {
+        return Ok(());
+    }
+    let mut by_topic: Vec<(String, Vec<&(PartitionKey, Follow)>)> = Vec::new();
+    for p in unaligned {
+        match by_topic.iter_mut().find(|(t, _)| *t == p.1.topic) {
+            Some((_, list)) => list.push(p),
+            None => by_topic.push((p.1.topic.clone(), vec![p])),
+        }
+    }
+    let topics = by_topic
+        .iter()
+        .map(|(topic, list)| {
+            OffsetForLeaderTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(
+                    list.iter()
+                        .map(|(k, f)| {
+                            OffsetForLeaderPartition::default()
+                                .with_partition(k.partition)
+                                .with_current_leader_epoch(f.leader_epoch)
+                                .with_leader_epoch(f.log.latest_epoch().map_or(-1, |(e, _)| e))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(s.me))
+        .with_topics(topics);
+    let resp = match c
+        .call(ApiKey::OffsetForLeaderEpoch, 4, &req)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        ResponseKind::OffsetForLeaderEpoch(r) => r,
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    for t in resp.topics {
+        for p in t.partitions {
+            let Some((key, f)) = parts
+                .iter()
+                .find(|(k, f)| f.topic == t.topic.as_str() && k.partition == p.partition)
+            else {
+                continue;
+            };
+            if p.error_code != 0 {
+                debug!(topic = %f.topic, partition = p.partition, code = p.error_code, "leader cannot answer for its epochs yet");
+                continue;
+            }
+            let end = f.log.offsets().log_end;
+            // The leader knows no epoch of ours (-1): ours are all older than its
+            // history; keep what is below its answer, if anything.
+            if p.end_offset >= 0 && p.end_offset < end {
+                let (log, off, now) = (f.log.clone(), p.end_offset, (s.now_ms)());
+                tokio::task::spawn_blocking(move || log.truncate_to(off, now))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                warn!(topic = %f.topic, partition = p.partition, from = end, to = p.end_offset, "cut back records the leader does not have");
+            }
+            if let Some(entry) = s.followed.lock().get_mut(key)
+                && entry.leader_epoch == f.leader_epoch
+            {
+                entry.unaligned = false;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One replica fetch of every aligned partition, and the append of what came back.
+async fn fetch(
+    s: &Shared,
+    c: &mut KafkaConn,
+    parts: &[(PartitionKey, Follow)],
+) -> Result<(), String> {
+    let aligned: Vec<&(PartitionKey, Follow)> =
+        parts.iter().filter(|(_, f)| !f.unaligned).collect();
+    if aligned.is_empty() {
+        tokio::time::sleep(RETRY).await;
+        return Ok(());
+    }
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (k, f) in &aligned {
+        let o = f.log.offsets();
+        let part = FetchPartition::default()
+            .with_partition(k.partition)
+            .with_current_leader_epoch(f.leader_epoch)
+            .with_fetch_offset(o.log_end)
+            .with_log_start_offset(o.log_start)
+            .with_partition_max_bytes(s.cfg.fetch_partition_bytes);
+        match topics.iter_mut().find(|t| t.topic.as_str() == f.topic) {
+            Some(t) => t.partitions.push(part),
+            None => topics.push(
+                FetchTopic::default()
+                    .with_topic(name(&f.topic))
+                    .with_partitions(vec![part]),
+            ),
+        }
+    }
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(s.me))
+        .with_max_wait_ms(s.cfg.fetch_wait.as_millis() as i32)
+        .with_min_bytes(1)
+        .with_max_bytes(s.cfg.fetch_response_bytes)
+        .with_session_epoch(-1)
+        .with_topics(topics);
+    let resp = match c
+        .call(ApiKey::Fetch, 12, &req)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        ResponseKind::Fetch(r) => r,
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    for t in resp.responses {
+        for p in t.partitions {
+            let Some((key, f)) = aligned
+                .iter()
+                .find(|(k, f)| f.topic == t.topic.as_str() && k.partition == p.partition_index)
+            else {
+                continue;
+            };
+            match ResponseError::try_from_code(p.error_code) {
+                None => {
+                    let records = p.records.unwrap_or_default();
+                    append(s, f, records, p.high_watermark).await?;
+                }
+                Some(ResponseError::OffsetOutOfRange) => {
+                    // Behind the leader's log start (its retention moved on): start again
+                    // where its log starts now; ahead of its end: cut back.
+                    let o = f.log.offsets();
+                    if p.log_start_offset > o.log_end {
+                        let (log, start, now) = (f.log.clone(), p.log_start_offset, (s.now_ms)());
+                        tokio::task::spawn_blocking(move || log.advance_log_start(start, now))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
+                        info!(topic = %f.topic, partition = p.partition_index, offset = p.log_start_offset, "the leader's log starts after ours ends: following from its start");
+                    } else {
+                        mark_unaligned(s, key);
+                    }
+                }
+                Some(code) => {
+                    debug!(topic = %f.topic, partition = p.partition_index, error = ?code, "replica fetch refused");
+                    mark_unaligned(s, key);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mark_unaligned(s: &Shared, key: &PartitionKey) {
+    if let Some(f) = s.followed.lock().get_mut(key) {
+        f.unaligned = true;
+    }
+}
+
+/// Appends fetched batches to the follower's log, makes them durable (the next fetch
+/// tells the leader so), and lets consumers of this replica see up to the leader's
+/// high watermark.
+async fn append(s: &Shared, f: &Follow, records: Bytes, leader_hw: i64) -> Result<(), String> {
+    if !records.is_empty() {
+        let headers = batch::validate_all(&records)
+            .map_err(|e| format!("the leader sent a bad batch for {}: {e}", f.topic))?;
+        let (log, data, now) = (f.log.clone(), records.clone(), (s.now_ms)());
+        tokio::task::spawn_blocking(move || log.append_replicated(&data, &headers, now))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let end = f.log.offsets().log_end;
+        f.log.wait_durable(end).await.map_err(|e| e.to_string())?;
+        s.metrics.fetched_bytes_total.inc_by(records.len() as u64);
+    }
+    let end = f.log.offsets().durable_end;
+    f.log.set_replicated_hw(Some(leader_hw.min(end)));
+    Ok(())
+}
