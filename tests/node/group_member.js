@@ -32,7 +32,7 @@ const logCreator = () => ({ namespace, level, label, log }) => {
 async function main() {
   const kafka = new Kafka({
     clientId: cfg.name,
-    brokers: [cfg.bootstrap],
+    brokers: cfg.bootstrap.split(","),
     logLevel: logLevel.INFO,
     logCreator,
     retry: { retries: 10, initialRetryTime: 100, maxRetryTime: 2000 },

@@ -34,6 +34,7 @@ LOG_TAIL_LINES = 80
 
 KAFKA_READY = re.compile(r"kafka listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+)")
 HTTP_READY = re.compile(r"http listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+)")
+META_READY = re.compile(r"metadata listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+)")
 
 
 class BrokerStartError(RuntimeError):
@@ -88,14 +89,33 @@ def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class StrataBroker:
-    """One broker process (and its restarts) on one data directory."""
+    """One broker process (and its restarts) on one data directory.
 
-    def __init__(self, binary: Path, root: Path, env: dict[str, str] | None = None):
+    `host` is the address its listeners bind to; `args` are more command-line flags;
+    `kafka=False` for a node without the broker role (no Kafka listener to wait for).
+    `on_listen(kind, port)` is called as soon as the node logs that a listener is up
+    ("kafka" or "meta"), before it is ready, so a cluster harness can route to it.
+    """
+
+    def __init__(
+        self,
+        binary: Path,
+        root: Path,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        args: list[str] | None = None,
+        kafka: bool = True,
+        on_listen=None,
+    ):
         self.binary = binary
         self.root = root
         self.data_dir = root / "data"
         self.log_path = root / "strata.log"
         self.extra_env = dict(env or {})
+        self.host = host
+        self.args = list(args or [])
+        self.kafka = kafka
+        self.on_listen = on_listen
         self.proc: subprocess.Popen | None = None
         self.kafka_port: int | None = None
         self.http_port: int | None = None
@@ -107,12 +127,12 @@ class StrataBroker:
     @property
     def bootstrap(self) -> str:
         assert self.kafka_port is not None, "broker not started"
-        return f"127.0.0.1:{self.kafka_port}"
+        return f"{self.host}:{self.kafka_port}"
 
     @property
     def http(self) -> str:
         assert self.http_port is not None, "broker not started"
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def pid(self) -> int | None:
@@ -126,7 +146,7 @@ class StrataBroker:
     def start(self) -> "StrataBroker":
         """Starts the broker; on the same Kafka port as before if it ran already."""
         assert not self.running(), "broker already running"
-        kafka_listen = f"127.0.0.1:{self.kafka_port or 0}"
+        kafka_listen = f"{self.host}:{self.kafka_port or 0}"
         # A just-closed port can linger briefly; a restart retries a bind failure.
         attempts = 1 if self.kafka_port is None else 20
         for attempt in range(attempts):
@@ -165,7 +185,8 @@ class StrataBroker:
                 "--kafka-listen",
                 kafka_listen,
                 "--http-listen",
-                "127.0.0.1:0",
+                f"{self.host}:0",
+                *self.args,
             ],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
@@ -174,16 +195,20 @@ class StrataBroker:
             start_new_session=True,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
-        kafka = http = None
+        kafka = http = meta = None
         while time.monotonic() < deadline:
             with open(self.log_path, "rb") as f:
                 f.seek(offset)
                 text = f.read().decode(errors="replace")
             text = re.sub(r"\x1b\[[0-9;]*m", "", text)
-            kafka = kafka or KAFKA_READY.search(text)
+            if meta is None and (meta := META_READY.search(text)) and self.on_listen:
+                self.on_listen("meta", int(meta.group(2)))
+            if kafka is None and (kafka := KAFKA_READY.search(text)) and self.on_listen:
+                self.on_listen("kafka", int(kafka.group(2)))
             http = http or HTTP_READY.search(text)
-            if kafka and http:
-                self.kafka_port = int(kafka.group(2))
+            if (kafka or not self.kafka) and http:
+                if kafka:
+                    self.kafka_port = int(kafka.group(2))
                 self.http_port = int(http.group(2))
                 return
             if self.proc.poll() is not None:
@@ -307,8 +332,54 @@ def broker_factory(strata_binary, tmp_path, request):
 
 
 @pytest.fixture
-def broker(broker_factory) -> StrataBroker:
-    return broker_factory()
+def cluster_factory(strata_binary, tmp_path, request):
+    """`cluster_factory(roles=[...], env={...}, racks=[...])` starts a cluster of real
+    processes (cluster.Cluster; 3 combined nodes by default). Workloads are stopped and
+    every process killed at teardown; a failing test gets each node's log tail."""
+    from cluster import Cluster
+
+    clusters: list = []
+    tails = request.node._strata_brokers = []
+
+    def make(roles=None, env=None, racks=None):
+        root = tmp_path / f"cluster{len(clusters)}"
+        c = Cluster(strata_binary, root, roles or ["broker,meta"] * 3, env, racks)
+        clusters.append(c)
+        tails.extend(n.process for n in c.nodes.values())
+        return c.start()
+
+    yield make
+    for c in clusters:
+        c.stop_workloads()
+    release_clients()
+    for c in clusters:
+        c.cleanup()
+
+
+CLUSTER_PARAM = "3-node-cluster"
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked `also_on_cluster` run twice: against one broker, and against a
+    3-node cluster (topics of replication factor 3) standing in for it."""
+    if metafunc.definition.get_closest_marker("also_on_cluster") is None:
+        return
+    for name in ("broker", "kbroker"):
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, ["single", CLUSTER_PARAM], indirect=True)
+
+
+def broker_or_cluster(request, broker_factory, env: dict[str, str] | None = None):
+    if getattr(request, "param", "single") == CLUSTER_PARAM:
+        from cluster import ClusterBroker
+
+        return ClusterBroker(request.getfixturevalue("cluster_factory")(env=env))
+    return broker_factory(env=env)
+
+
+@pytest.fixture
+def broker(broker_factory, request):
+    return broker_or_cluster(request, broker_factory)
 
 
 @pytest.fixture

@@ -337,9 +337,10 @@ def check_consumed_once(expected: dict[tuple[int, int], str], members: list[Memb
 
 
 def metric(broker, name: str) -> float:
+    """The metric's value (summed over nodes when `broker` is a cluster)."""
     vals = metric_values(broker.metrics(), name)
-    assert len(vals) == 1, f"metric {name}: {vals}"
-    return vals[0]
+    assert vals, f"no metric {name}"
+    return sum(vals)
 
 
 def wait_metric(broker, name: str, want: float, timeout: float = 30) -> None:
@@ -353,7 +354,7 @@ def create_topic(broker, name: str, partitions: int) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     a = AdminClient({"bootstrap.servers": broker.bootstrap})
-    a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)],
+    a.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=getattr(broker, "replication_factor", 1))],
                     operation_timeout=10)[name].result(timeout=30)
 
 

@@ -66,7 +66,7 @@ def producer(broker, **extra) -> Producer:
 def create_topic(broker, name: str, partitions: int, config: dict | None = None) -> None:
     a = admin(broker)  # the futures need their client alive
     futures = a.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
+        [NewTopic(name, num_partitions=partitions, replication_factor=getattr(broker, "replication_factor", 1), config=config or {})],
         operation_timeout=10,
     )
     futures[name].result(timeout=30)
@@ -175,6 +175,7 @@ def test_create_topic_with_partitions_in_metadata(broker):
         c.close()
 
 
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("acks", ["0", "1", "all"])
 def test_produce_consume_roundtrip(broker, acks):
     partitions, count = 4, 3000

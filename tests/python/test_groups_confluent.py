@@ -54,6 +54,7 @@ def test_cooperative_sticky_member_killed_and_member_joining(broker, group_membe
     kill_and_join_scenario(broker, group_members, "confluent", "cooperative-sticky", incremental=True)
 
 
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("assignor", ["range", "roundrobin"])
 def test_eager_assignor_join_and_leave(broker, group_members, assignor):
     """Two members, a third joins, then leaves with LeaveGroup: every rebalance revokes

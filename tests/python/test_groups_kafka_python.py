@@ -69,6 +69,7 @@ def kp_describe(broker, group: str) -> dict:
         a.close()
 
 
+@pytest.mark.also_on_cluster
 def test_kafka_python_member_killed_and_member_joining(broker, group_members):
     """kafka-python 3 with its cooperative-sticky assignor (KIP-429): the shared
     kill-and-join scenario (see group_helpers.kill_and_join_scenario)."""

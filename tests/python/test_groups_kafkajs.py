@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from group_helpers import (
     HEARTBEAT_INTERVAL_MS,
     SESSION_TIMEOUT_MS,
@@ -50,6 +52,7 @@ def check_generation(members, partitions: int) -> dict[str, set[int]]:
     return owned
 
 
+@pytest.mark.also_on_cluster
 def test_kafkajs_group_leave_join_and_killed_member(broker, group_members):
     """Three KafkaJS members share 6 partitions; one disconnects (LeaveGroup) and the
     other two take its partitions over at once; a new member joins the stable pair and,

@@ -59,7 +59,11 @@ def create_topic(broker, name: str, partitions: int, configs: dict | None = None
     a = admin(broker)
     try:
         res = a.create_topics(
-            {name: {"num_partitions": partitions, "replication_factor": 1, "configs": configs or {}}}
+            {name: {
+                "num_partitions": partitions,
+                "replication_factor": getattr(broker, "replication_factor", 1),
+                "configs": configs or {},
+            }}
         )
     finally:
         a.close()
@@ -182,6 +186,7 @@ def test_create_topic_with_partitions_in_metadata(broker):
         c.close()
 
 
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("acks", ["0", "1", "all"])
 def test_produce_consume_roundtrip(broker, acks):
     partitions, count = 4, 2500

@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from conftest import broker_or_cluster
 from strata_helpers import HOUR_MS, metric_values, now_ms, unique, wait_until
 
 KCAT = shutil.which("kcat") or "kcat"
@@ -81,14 +82,15 @@ def partitions_of(md: dict, topic: str) -> list[int]:
 
 
 @pytest.fixture
-def kbroker(broker_factory):
-    """A broker that auto-creates topics with several partitions."""
-    return broker_factory(env={"STRATA_KAFKA_NUM_PARTITIONS": str(PARTITIONS)})
+def kbroker(broker_factory, request):
+    """A broker (or a cluster, see conftest) that auto-creates topics with several
+    partitions."""
+    return broker_or_cluster(request, broker_factory, {"STRATA_KAFKA_NUM_PARTITIONS": str(PARTITIONS)})
 
 
 def admin_create(broker, topic: str, partitions: int, config: dict | None = None) -> None:
     a = AdminClient({"bootstrap.servers": broker.bootstrap})
-    fut = a.create_topics([NewTopic(topic, partitions, 1, config=config or {})])
+    fut = a.create_topics([NewTopic(topic, partitions, getattr(broker, "replication_factor", 1), config=config or {})])
     fut[topic].result(timeout=30)
 
 
@@ -124,6 +126,7 @@ def test_metadata_without_auto_create(broker_factory):
     assert partitions_of(metadata(broker, topic), topic) == [0, 1, 2]
 
 
+@pytest.mark.also_on_cluster
 @pytest.mark.parametrize("acks", ["0", "1", "all"])
 def test_produce_consume_roundtrip(kbroker, acks):
     topic = unique(f"rt-acks{acks}")

@@ -593,7 +593,10 @@ def test_offload_200mb_and_replay_through_the_cache(broker_factory, objstore):
 
     # The objects really are the segments: keys in the layout, relative to the prefix,
     # and each partition's local log now starts above 0 (older data is only remote).
-    stray = [k for k in objstore.keys(broker) if not k.startswith(tid + "/")]
+    # Besides them, only the object naming the cluster the prefix belongs to.
+    keys = objstore.keys(broker)
+    assert "_strata/cluster-id" in keys, sorted(keys)[:10]
+    stray = [k for k in keys if not k.startswith(tid + "/") and k != "_strata/cluster-id"]
     assert not stray, f"objects that are not this topic's segments: {stray[:10]}"
     for p in range(partitions):
         assert len(remote[p]) >= 8, f"partition {p}: only {len(remote[p])} remote segments"
