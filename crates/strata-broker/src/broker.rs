@@ -453,9 +453,10 @@ impl Broker {
         }
     }
 
-    /// One retention pass: for each partition with segments past its topic's
+    /// One retention pass: for each partition led here with segments past its topic's
     /// `retention.ms`/`retention.bytes`, commit the new log start offset to metadata,
-    /// then delete the segments. Idle idempotent producers are forgotten after
+    /// then delete the segments; every replica deletes local segments that local
+    /// retention lets go and that are in the object store. Idle idempotent producers are forgotten after
     /// `producer.id.expiration.ms` on the same pass.
     pub(crate) async fn enforce_retention(&self) {
         let now = self.now_ms();
@@ -469,7 +470,15 @@ impl Broker {
             }
             let cfg = self.topic_config(&topic);
             let tiered = cfg.remote_storage();
-            let target = if tiered {
+            // Where the log starts is the leader's decision, committed to metadata;
+            // followers apply it from there (`replica_log`).
+            let leads = usize::try_from(key.partition)
+                .ok()
+                .and_then(|i| topic.partitions.get(i))
+                .is_some_and(|p| p.leader == self.node_id);
+            let target = if !leads {
+                None
+            } else if tiered {
                 self.tiered_retention_target(
                     key,
                     &log,
