@@ -386,6 +386,9 @@ impl Broker {
                     .map_err(|e| TopicError::new(errors::log_error(&e), e.to_string()))?
             }
         };
+        if meta.replicas.len() > 1 {
+            log.expect_replication();
+        }
         // Metadata is the truth about where the log starts (retention, DeleteRecords).
         if meta.log_start_offset > log.offsets().log_start {
             log.advance_log_start(meta.log_start_offset, self.now_ms())

@@ -873,18 +873,23 @@ impl Partition {
     pub async fn wait_high_watermark(&self, offset: i64, epoch: i32) -> Result<()> {
         let mut rx = self.hw_tx.subscribe();
         loop {
-            let reached = *rx.borrow_and_update() >= offset;
-            {
+            rx.borrow_and_update();
+            let reached = {
                 let inner = self.inner.lock();
                 self.check_online(&inner)?;
-                let kept = inner
-                    .epochs
-                    .end_of(epoch, inner.log_end())
-                    .is_none_or(|(found, end)| found == epoch && end >= offset);
+                // Still there: the epoch's batches reach `offset` (or, in a log that has
+                // no epoch history at all, the log does).
+                let kept = match inner.epochs.end_of(epoch, inner.log_end()) {
+                    Some((found, end)) => found == epoch && end >= offset,
+                    None => inner.epochs.latest().is_none() && inner.log_end() >= offset,
+                };
                 if !kept {
                     return Err(LogError::Superseded { epoch, offset });
                 }
-            }
+                // The high watermark as it is, not as the watch last published it (which
+                // never goes back).
+                inner.consumer_hw() >= offset
+            };
             if reached {
                 return Ok(());
             }
@@ -909,6 +914,17 @@ impl Partition {
         // only be lower right after leadership moved, before followers catch up).
         self.hw_tx
             .send_if_modified(|cur| replace_if_greater(cur, consumer));
+    }
+
+    /// Declares that this partition has other replicas: until replication sets a high
+    /// watermark ([`Partition::set_replicated_hw`]), consumers see only what lies below
+    /// the log start (nothing), not the whole durable log, whose tail may be records a
+    /// former leader wrote that the others never got.
+    pub fn expect_replication(&self) {
+        let mut inner = self.inner.lock();
+        if inner.replicated.is_none() {
+            inner.replicated = Some(inner.log_start);
+        }
     }
 
     /// A watch of the durable log end: what replicas may copy.

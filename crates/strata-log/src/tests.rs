@@ -674,3 +674,61 @@ async fn offsets_made_durable_are_not_reused_after_a_damaged_tail_is_cut() {
         vec![(0, 3), (3, 3), (6, 3), (9, 3), (15, 2)]
     );
 }
+
+#[tokio::test]
+async fn a_replicated_partition_shows_consumers_nothing_until_its_high_watermark_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), LogConfig::default());
+    append(&p, 3, 100, 0);
+    append(&p, 2, 200, 0);
+    sync(&p).await;
+    // Reopened as a replica of a replicated partition: the durable tail may be records
+    // a former leader wrote that the others never got.
+    p.expect_replication();
+    assert_eq!(p.offsets().high_watermark, 0);
+    assert!(p.read(0, 1 << 20, true).unwrap().records.is_empty());
+    assert!(
+        !p.read_replica(0, 1 << 20).unwrap().records.is_empty(),
+        "replicas still copy it"
+    );
+    // The leader's word moves it, never past the durable end.
+    p.set_replicated_hw(Some(3));
+    assert_eq!(
+        batches(&p.read(0, 1 << 20, true).unwrap().records),
+        vec![(0, 3)]
+    );
+    p.set_replicated_hw(Some(100));
+    assert_eq!(p.offsets().high_watermark, 5);
+    // Once declared, it stays: a later declaration does not reset what was set.
+    p.expect_replication();
+    assert_eq!(p.offsets().high_watermark, 5);
+}
+
+#[tokio::test]
+async fn an_acknowledgement_wait_fails_when_its_records_are_cut_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), LogConfig::default());
+    let b = simple_batch(2, 100);
+    let headers = batch::validate_all(&b).unwrap();
+    p.append(&b, &headers, 4, 0).unwrap();
+    sync(&p).await;
+    p.expect_replication();
+    let p = std::sync::Arc::new(p);
+    let w = p.clone();
+    let task = tokio::spawn(async move { w.wait_high_watermark(2, 4).await });
+    tokio::task::yield_now().await;
+    assert!(!task.is_finished(), "nothing is replicated yet");
+    // This replica lost leadership and truncates to the new leader's log.
+    p.truncate_to(0, 0).unwrap();
+    let err = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::Superseded {
+                epoch: 4,
+                offset: 2
+            }
+        ),
+        "{err}"
+    );
+}

@@ -102,9 +102,11 @@ impl Led {
         self.moved.notify_one();
     }
 
+    /// Stops leading. The high watermark stays where it is until the partition's next
+    /// role sets it: consumers must not see the tail this broker wrote as leader, which
+    /// the new leader may not have.
     pub(crate) fn stop(&self) {
         self.stop.cancel();
-        self.log.set_replicated_hw(None);
     }
 
     pub(crate) fn isr(&self) -> Vec<i32> {
