@@ -30,6 +30,9 @@ use crate::{Assignment, Shared};
 pub const FOLLOWER_CLIENT_ID: &str = "strata-replica";
 /// Wait between attempts when the leader cannot be reached.
 const RETRY: Duration = Duration::from_millis(200);
+/// How soon a partition the leader could not align yet (it is still taking over) is
+/// tried again: fetches of the others long-poll no longer than this meanwhile.
+const ALIGN_RETRY: Duration = Duration::from_millis(50);
 
 /// A partition this broker follows.
 #[derive(Clone)]
@@ -124,11 +127,18 @@ async fn run(s: Arc<Shared>, leader: i32, wake: Arc<Notify>, stop: CancellationT
         let Some(c) = conn.as_mut() else { continue };
         let round = async {
             align(&s, c, &parts).await?;
-            fetch(&s, c, &parts).await
+            // As aligned now.
+            fetch(&s, c, &followed_from(&s, leader)).await
         };
         let result = tokio::select! {
             () = stop.cancelled() => return,
             r = round => r,
+            // A partition joined or changed leader epoch: do not let it wait for the
+            // long poll in flight. Its answer is abandoned with the connection.
+            () = wake.notified() => {
+                conn = None;
+                continue;
+            }
         };
         if let Err(e) = result {
             debug!(leader, error = %e, "fetching from the leader failed");
@@ -234,9 +244,13 @@ async fn fetch(
     let aligned: Vec<&(PartitionKey, Follow)> =
         parts.iter().filter(|(_, f)| !f.unaligned).collect();
     if aligned.is_empty() {
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(ALIGN_RETRY).await;
         return Ok(());
     }
+    let wait = match aligned.len() < parts.len() {
+        true => ALIGN_RETRY,
+        false => s.cfg.fetch_wait,
+    };
     let mut topics: Vec<FetchTopic> = Vec::new();
     for (k, f) in &aligned {
         let o = f.log.offsets();
@@ -257,7 +271,7 @@ async fn fetch(
     }
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(s.me))
-        .with_max_wait_ms(s.cfg.fetch_wait.as_millis() as i32)
+        .with_max_wait_ms(wait.as_millis() as i32)
         .with_min_bytes(1)
         .with_max_bytes(s.cfg.fetch_response_bytes)
         .with_session_epoch(-1)

@@ -1,8 +1,10 @@
 //! `strata bench`: produces N messages to a running broker, reads them back from offset
 //! 0, and reports throughput and latency percentiles. It speaks the Kafka protocol
 //! directly (one request in flight per connection, several connections), so it measures
-//! the broker rather than a client library's batching.
+//! the broker rather than a client library's batching. In a cluster, each partition's
+//! requests go to its leader, as Metadata names it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +39,10 @@ pub struct BenchArgs {
     /// Partitions of a newly created topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    /// Replication factor of a newly created topic (-1: the cluster's
+    /// `default.replication.factor`).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub replication_factor: i16,
     /// acks for produce requests: -1 (all), 0 or 1.
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub acks: i16,
@@ -105,6 +111,29 @@ impl Conn {
         }
         ResponseKind::decode(api, &mut frame, version)
     }
+}
+
+/// Connections by broker address, opened on first use: one task's way to reach each
+/// partition's leader.
+#[derive(Default)]
+struct Conns(HashMap<String, Conn>);
+
+impl Conns {
+    async fn to(&mut self, addr: &str) -> anyhow::Result<&mut Conn> {
+        if !self.0.contains_key(addr) {
+            let conn = Conn::open(addr).await?;
+            self.0.insert(addr.to_string(), conn);
+        }
+        self.0
+            .get_mut(addr)
+            .with_context(|| format!("no connection to {addr}"))
+    }
+}
+
+/// Where a topic's partitions are: each one's leader and (earliest, latest) offsets.
+struct Layout {
+    leaders: Vec<String>,
+    ranges: Vec<(i64, i64)>,
 }
 
 fn topic_name(s: &str) -> TopicName {
@@ -226,7 +255,7 @@ async fn ensure_topic(args: &BenchArgs, topic: &str) -> anyhow::Result<()> {
             CreatableTopic::default()
                 .with_name(topic_name(topic))
                 .with_num_partitions(args.partitions)
-                .with_replication_factor(-1)
+                .with_replication_factor(args.replication_factor)
                 .with_configs(configs),
         ]);
     let ResponseKind::CreateTopics(r) = c.call(ApiKey::CreateTopics, 7, &req).await? else {
@@ -239,37 +268,14 @@ async fn ensure_topic(args: &BenchArgs, topic: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The topic's partition count and each partition's (earliest, latest) offsets. A
-/// topic that does not exist is an error (it is not created).
-async fn offsets(args: &BenchArgs, topic: &str) -> anyhow::Result<Vec<(i64, i64)>> {
-    let mut c = Conn::open(&args.bootstrap).await?;
-    let ResponseKind::Metadata(m) = c
-        .call(
-            ApiKey::Metadata,
-            12,
-            &MetadataRequest::default()
-                .with_allow_auto_topic_creation(false)
-                .with_topics(Some(vec![
-                    metadata_request::MetadataRequestTopic::default()
-                        .with_name(Some(topic_name(topic))),
-                ])),
-        )
-        .await?
-    else {
-        bail!("unexpected response to Metadata");
-    };
-    match m.topics.first().map(|t| t.error_code) {
-        Some(0) => {}
-        Some(3) => bail!("topic {topic} does not exist"),
-        Some(code) => bail!("metadata of topic {topic}: error code {code}"),
-        None => bail!("empty Metadata response"),
-    }
-    let n = m.topics.first().map_or(0, |t| t.partitions.len()) as i32;
-    if n == 0 {
-        bail!("topic {topic} has no partitions");
-    }
-    let mut out = Vec::new();
-    for p in 0..n {
+/// Each partition's leader (waiting up to 30 s for a new topic's leaders) and
+/// (earliest, latest) offsets. A topic that does not exist is an error (it is not
+/// created).
+async fn offsets(args: &BenchArgs, topic: &str) -> anyhow::Result<Layout> {
+    let leaders = leaders(args, topic).await?;
+    let mut conns = Conns::default();
+    let mut ranges = Vec::new();
+    for (p, leader) in leaders.iter().enumerate() {
         let mut pair = [0i64; 2];
         for (slot, ts) in [(0, -2i64), (1, -1)] {
             let req = ListOffsetsRequest::default()
@@ -279,21 +285,82 @@ async fn offsets(args: &BenchArgs, topic: &str) -> anyhow::Result<Vec<(i64, i64)
                         .with_name(topic_name(topic))
                         .with_partitions(vec![
                             ListOffsetsPartition::default()
-                                .with_partition_index(p)
+                                .with_partition_index(p as i32)
                                 .with_timestamp(ts),
                         ]),
                 ]);
+            let c = conns.to(leader).await?;
             let ResponseKind::ListOffsets(r) = c.call(ApiKey::ListOffsets, 7, &req).await? else {
                 bail!("unexpected response to ListOffsets");
             };
-            pair[slot] = r.topics[0].partitions[0].offset;
+            let part = &r.topics[0].partitions[0];
+            if part.error_code != 0 {
+                bail!(
+                    "offsets of partition {p}: error code {} from {leader}",
+                    part.error_code
+                );
+            }
+            pair[slot] = part.offset;
         }
-        out.push((pair[0], pair[1]));
+        ranges.push((pair[0], pair[1]));
     }
-    Ok(out)
+    Ok(Layout { leaders, ranges })
 }
 
-async fn produce(args: &BenchArgs, topic: &str, partitions: i32) -> anyhow::Result<()> {
+/// The address of each partition's leader, from Metadata.
+async fn leaders(args: &BenchArgs, topic: &str) -> anyhow::Result<Vec<String>> {
+    let mut c = Conn::open(&args.bootstrap).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ResponseKind::Metadata(m) = c
+            .call(
+                ApiKey::Metadata,
+                12,
+                &MetadataRequest::default()
+                    .with_allow_auto_topic_creation(false)
+                    .with_topics(Some(vec![
+                        metadata_request::MetadataRequestTopic::default()
+                            .with_name(Some(topic_name(topic))),
+                    ])),
+            )
+            .await?
+        else {
+            bail!("unexpected response to Metadata");
+        };
+        let Some(t) = m.topics.first() else {
+            bail!("empty Metadata response");
+        };
+        match t.error_code {
+            0 | 5 => {}
+            3 => bail!("topic {topic} does not exist"),
+            code => bail!("metadata of topic {topic}: error code {code}"),
+        }
+        if t.error_code == 0 && t.partitions.is_empty() {
+            bail!("topic {topic} has no partitions");
+        }
+        let brokers: HashMap<i32, String> = m
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host, b.port)))
+            .collect();
+        let mut parts: Vec<(i32, Option<String>)> = t
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, brokers.get(&p.leader_id.0).cloned()))
+            .collect();
+        parts.sort_by_key(|(i, _)| *i);
+        if t.error_code == 0 && parts.iter().all(|(_, l)| l.is_some()) {
+            return Ok(parts.into_iter().filter_map(|(_, l)| l).collect());
+        }
+        if Instant::now() > deadline {
+            bail!("partitions of {topic} have no leader after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn produce(args: &BenchArgs, topic: &str, leaders: &[String]) -> anyhow::Result<()> {
+    let partitions = leaders.len() as i32;
     let per_batch = (args.batch_bytes / args.size.max(1)).max(1);
     let value: Vec<u8> = (0..args.size).map(|i| (i % 251) as u8).collect();
     let bar = Progress::start("produce", args.messages);
@@ -305,9 +372,9 @@ async fn produce(args: &BenchArgs, topic: &str, partitions: i32) -> anyhow::Resu
         let share =
             args.messages / conns as u64 + u64::from((c as u64) < args.messages % conns as u64);
         let (args, value, done) = (args.clone(), value.clone(), done.clone());
-        let topic = topic.to_string();
+        let (topic, leaders) = (topic.to_string(), leaders.to_vec());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&args.bootstrap).await?;
+            let mut pool = Conns::default();
             let mut latencies = Vec::new();
             let mut sent = 0u64;
             // This connection's partitions; with more connections than partitions, some
@@ -345,6 +412,7 @@ async fn produce(args: &BenchArgs, topic: &str, partitions: i32) -> anyhow::Resu
                                     .with_records(Some(Bytes::from(batch::encode(&records)))),
                             ]),
                     ]);
+                let conn = pool.to(&leaders[p as usize]).await?;
                 let t = Instant::now();
                 if args.acks == 0 {
                     // No response comes back for acks=0.
@@ -397,7 +465,8 @@ async fn produce(args: &BenchArgs, topic: &str, partitions: i32) -> anyhow::Resu
     Ok(())
 }
 
-async fn consume(args: &BenchArgs, topic: &str, ranges: Vec<(i64, i64)>) -> anyhow::Result<()> {
+async fn consume(args: &BenchArgs, topic: &str, layout: Layout) -> anyhow::Result<()> {
+    let Layout { leaders, ranges } = layout;
     let total: i64 = ranges.iter().map(|(s, e)| e - s).sum();
     let bar = Progress::start("consume", total.max(0) as u64);
     let done = bar.done.clone();
@@ -411,12 +480,13 @@ async fn consume(args: &BenchArgs, topic: &str, ranges: Vec<(i64, i64)>) -> anyh
             .filter(|(p, _)| p % conns == c)
             .map(|(p, (s, e))| (p as i32, *s, *e))
             .collect();
-        let (args, done) = (args.clone(), done.clone());
-        let topic = topic.to_string();
+        let done = done.clone();
+        let (topic, leaders) = (topic.to_string(), leaders.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&args.bootstrap).await?;
+            let mut pool = Conns::default();
             let (mut latencies, mut bytes) = (Vec::new(), 0u64);
             for (p, start, end) in mine {
+                let conn = pool.to(&leaders[p as usize]).await?;
                 let mut offset = start;
                 while offset < end {
                     let req = FetchRequest::default()
@@ -498,23 +568,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let Some(topic) = &args.topic else {
             bail!("--consume-only reads an existing topic: name it with --topic");
         };
-        let ranges = offsets(&args, topic).await?;
-        return consume(&args, topic, ranges).await;
+        let layout = offsets(&args, topic).await?;
+        return consume(&args, topic, layout).await;
     }
     let topic = topic_of(&args);
     eprintln!("topic: {topic}");
     ensure_topic(&args, &topic).await?;
     // A named topic may hold earlier runs' messages: this run reads back its own.
     let before = offsets(&args, &topic).await?;
-    produce(&args, &topic, before.len() as i32).await?;
+    produce(&args, &topic, &before.leaders).await?;
     if !args.produce_only {
         let after = offsets(&args, &topic).await?;
         let ranges = before
+            .ranges
             .iter()
-            .zip(&after)
+            .zip(&after.ranges)
             .map(|((_, from), (_, to))| (*from, *to))
             .collect();
-        consume(&args, &topic, ranges).await?;
+        let layout = Layout {
+            leaders: after.leaders,
+            ranges,
+        };
+        consume(&args, &topic, layout).await?;
     }
     Ok(())
 }
