@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import Cluster
@@ -215,6 +215,18 @@ def test_metrics_and_cluster_view_describe_the_cluster(cluster_factory):
     )
     parts = [p for p in c.view(1)["partitions"] if p["topic"] == topic]
     assert all(3 not in p["isr"] for p in parts), parts
+    assert sum(sum(metric_values(c.metrics(i), "strata_replication_leaderships_total")) for i in (1, 2)) >= 3
+    # What it misses shows as lag, in records and bytes, on the partitions' leaders.
+    p = Producer({"bootstrap.servers": c.bootstrap, "acks": "all"})
+    for i in range(300):
+        p.produce(topic, b"v" * 100, partition=i % 2)
+    assert p.flush(30) == 0
+    for name in ("strata_replication_lag_records", "strata_replication_lag_bytes"):
+        wait_until(
+            lambda: sum(v for i in (1, 2) for v in metric_values(c.metrics(i), name, follower="3")) >= 300,
+            10,
+            f"{name} of follower 3",
+        )
 
 
 def test_a_replacement_with_an_empty_disk_copies_only_what_the_store_lacks(cluster_factory, rgw):
@@ -340,3 +352,39 @@ def test_a_single_node_with_no_new_flags_keeps_an_existing_data_directory(broker
     node.restart()
     again = consume_all(node, "legacy", {p: 110 for p in range(3)})
     assert [m.value() for m in again[0][100:]] == [b"after-%02d" % i for i in range(0, 30, 3)]
+
+
+def test_elect_leaders_and_describe_cluster_from_a_kafka_admin_client(cluster_factory):
+    """A preferred replica back in sync after a crash gets its leadership back through
+    ElectLeaders (automatic rebalance off); DescribeCluster names the controller."""
+    from confluent_kafka import ElectionType
+
+    c = cluster_factory(env={"STRATA_KAFKA_AUTO_LEADER_REBALANCE_ENABLE": "false"})
+    q = c.quorum_leader()
+    a = next(i for i in c.nodes if i != q)
+    topic = new_topic(c, [a, q])
+    admin = AdminClient({"bootstrap.servers": c.bootstrap})
+    cluster = admin.describe_cluster().result(timeout=10)
+    assert cluster.controller.id == q and sorted(n.id for n in cluster.nodes) == [1, 2, 3]
+
+    # Nothing to do while the preferred replicas lead.
+    tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+    result = admin.elect_leaders(ElectionType.PREFERRED, tps).result(timeout=30)
+    assert {tp.partition: e.code() for tp, e in result.items()} == {
+        0: KafkaError.ELECTION_NOT_NEEDED, 1: KafkaError.ELECTION_NOT_NEEDED,
+    }, result
+
+    c.kill(a)
+    c.wait_leader_moved(topic, 0, a)
+    # The preferred replica is down: it cannot be elected.
+    result = admin.elect_leaders(ElectionType.PREFERRED, tps[:1]).result(timeout=30)
+    assert [e.code() for e in result.values()] == [KafkaError.PREFERRED_LEADER_NOT_AVAILABLE], result
+    c.restart(a)
+    c.wait_isr(topic, 2, 3)
+    assert c.placement(topic, 0)["leader"] != a
+    result = admin.elect_leaders(ElectionType.PREFERRED, tps[:1]).result(timeout=30)
+    assert [e for e in result.values()] == [None], result
+    wait_until(lambda: c.placement(topic, 0)["leader"] == a, 10, "the preferred replica to lead")
+    # Readiness: every node is registered, unfenced, with a metadata leader.
+    for n in c.nodes.values():
+        assert n.process.http_get("/readyz")[0] == 200, n.id

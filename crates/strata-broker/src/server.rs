@@ -194,9 +194,11 @@ impl BrokerView {
 }
 
 /// Answers readiness probes: ready while the listener accepts, the metadata node takes
-/// writes, every background task runs, and no shutdown began.
+/// writes, this broker is registered and not fenced, every background task runs, and no
+/// shutdown began.
 #[derive(Clone)]
 pub struct Health {
+    node_id: i32,
     shutdown: CancellationToken,
     listening: Arc<AtomicBool>,
     meta: MetaNode,
@@ -217,7 +219,16 @@ impl Health {
         if let Some(problem) = self.meta.problem() {
             return Err(problem);
         }
-        Ok(())
+        match self
+            .meta
+            .read(|s| s.brokers.get(&self.node_id).map(|b| b.fenced))
+        {
+            None => Err("not registered with the controller".into()),
+            Some(true) => {
+                Err("fenced by the controller (its lease ran out): registering again".into())
+            }
+            Some(false) => Ok(()),
+        }
     }
 }
 
@@ -450,6 +461,7 @@ impl RunningBroker {
         ];
         let connections = TaskTracker::new();
         let health = Health {
+            node_id: broker.node_id,
             shutdown: broker.shutdown.clone(),
             listening: Arc::new(AtomicBool::new(true)),
             meta: broker.meta.clone(),

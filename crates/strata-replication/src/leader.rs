@@ -187,13 +187,20 @@ impl Led {
     }
 
     /// Takes followers that have not caught up within `replica.lag.time.max.ms` out of
-    /// the ISR, and adds each follower's lag (in records) to `lag`.
-    pub(crate) fn check_lag(self: &Arc<Self>, s: &Arc<Shared>, lag: &mut HashMap<i32, i64>) {
+    /// the ISR, and adds each follower's lag (records, and bytes estimated from the
+    /// local log's average record size) to `lag`.
+    pub(crate) fn check_lag(self: &Arc<Self>, s: &Arc<Shared>, lag: &mut HashMap<i32, (i64, i64)>) {
         let now = (s.now_ms)();
-        let end = self.log.offsets().durable_end;
+        let offsets = self.log.offsets();
+        let end = offsets.durable_end;
+        let records = (offsets.log_end - offsets.local_start).max(1);
+        let per_record = self.log.size_bytes() as f64 / records as f64;
         let mut st = self.state.lock();
         for (f, p) in &st.followers {
-            *lag.entry(*f).or_default() += (end - p.end).max(0);
+            let behind = (end - p.end).max(0);
+            let entry = lag.entry(*f).or_default();
+            entry.0 += behind;
+            entry.1 += (behind as f64 * per_record) as i64;
         }
         if st.altering {
             return;

@@ -129,6 +129,7 @@ impl Replication {
                     match led.get(&a.key) {
                         Some(l) if l.leader_epoch == a.leader_epoch => l.update(&a),
                         _ => {
+                            s.metrics.leaderships_total.inc();
                             if let Some(old) = led.insert(a.key, Led::start(s, &a)) {
                                 old.stop();
                             }
@@ -233,7 +234,7 @@ impl Replication {
                 _ = tick.tick() => {}
             }
             let led: Vec<Arc<Led>> = self.shared.led.lock().values().cloned().collect();
-            let mut lag: HashMap<i32, i64> = HashMap::new();
+            let mut lag: HashMap<i32, (i64, i64)> = HashMap::new();
             for l in &led {
                 l.check_lag(&self.shared, &mut lag);
             }
@@ -241,10 +242,11 @@ impl Replication {
             m.under_replicated_partitions
                 .set(led.iter().filter(|l| l.under_replicated()).count() as i64);
             m.lag_records.reset();
-            for (follower, records) in lag {
-                m.lag_records
-                    .with_label_values(&[&follower.to_string()])
-                    .set(records);
+            m.lag_bytes.reset();
+            for (follower, (records, bytes)) in lag {
+                let label = [follower.to_string()];
+                m.lag_records.with_label_values(&label).set(records);
+                m.lag_bytes.with_label_values(&label).set(bytes);
             }
         }
     }

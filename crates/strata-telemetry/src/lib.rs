@@ -96,6 +96,8 @@ pub struct ReplicationMetrics {
     pub isr_shrinks_total: IntCounter,
     pub isr_expands_total: IntCounter,
     pub lag_records: IntGaugeVec,
+    pub lag_bytes: IntGaugeVec,
+    pub leaderships_total: IntCounter,
     pub fetched_bytes_total: IntCounter,
     pub meta_leader: IntGauge,
     pub meta_term: IntGauge,
@@ -400,6 +402,15 @@ impl Metrics {
                 "strata_replication_lag_records",
                 "Records each follower lacks of the partitions led here, by follower broker id",
                 &["follower"],
+            )?,
+            lag_bytes: r.gauge_vec(
+                "strata_replication_lag_bytes",
+                "Bytes each follower lacks of the partitions led here, by follower broker id (estimated from each partition's average record size)",
+                &["follower"],
+            )?,
+            leaderships_total: r.counter(
+                "strata_replication_leaderships_total",
+                "Times this broker became a partition's leader (topic creation, failover, preferred-leader moves)",
             )?,
             fetched_bytes_total: r.counter(
                 "strata_replication_fetched_bytes_total",
