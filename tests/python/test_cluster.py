@@ -52,6 +52,17 @@ def new_topic(c: Cluster, leaders: list[int], assignment=None, **config: str) ->
     return topic
 
 
+def leading_under_load(c: Cluster):
+    """A node that leads both partitions of a new topic but not the metadata quorum, the
+    topic, and its workload, once 300 records are acknowledged."""
+    q = c.quorum_leader()
+    a = next(i for i in c.nodes if i != q)
+    topic = new_topic(c, [a, a])
+    w = c.workload(topic, 2)
+    w.wait_acked(300)
+    return a, topic, w
+
+
 @pytest.mark.parametrize("victim", ["partition-leader", "quorum-leader", "both"])
 def test_kill_9_loses_nothing_acknowledged(cluster_factory, victim):
     c = cluster_factory()
@@ -92,11 +103,7 @@ def test_kill_9_loses_nothing_acknowledged(cluster_factory, victim):
 def test_a_paused_leader_acknowledges_nothing_that_is_lost_and_rejoins_as_follower(cluster_factory):
     # No automatic move back to the preferred leader, so the test can see it follow.
     c = cluster_factory(env={"STRATA_KAFKA_AUTO_LEADER_REBALANCE_ENABLE": "false"})
-    q = c.quorum_leader()
-    a = next(i for i in c.nodes if i != q)
-    topic = new_topic(c, [a, a])
-    w = c.workload(topic, 2)
-    w.wait_acked(300)
+    a, topic, w = leading_under_load(c)
 
     c.pause(a)
     paused_at = time.monotonic()
@@ -117,11 +124,7 @@ def test_a_paused_leader_acknowledges_nothing_that_is_lost_and_rejoins_as_follow
 
 def test_a_leader_cut_off_by_the_network_loses_nothing_and_rejoins(cluster_factory):
     c = cluster_factory()
-    q = c.quorum_leader()
-    a = next(i for i in c.nodes if i != q)
-    topic = new_topic(c, [a, a])
-    w = c.workload(topic, 2)
-    w.wait_acked(300)
+    a, topic, w = leading_under_load(c)
 
     c.cut(a)
     for p in range(2):

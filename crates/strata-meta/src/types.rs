@@ -137,6 +137,23 @@ pub struct PartitionMeta {
     pub remote_segments: Arc<Vec<RemoteSegmentMeta>>,
 }
 
+impl PartitionMeta {
+    /// The answer to a change made on an outdated view of this partition.
+    fn stale(&self) -> CommandResult {
+        CommandResult::StalePartition {
+            leader: self.leader,
+            leader_epoch: self.leader_epoch,
+            partition_epoch: self.partition_epoch,
+        }
+    }
+
+    /// Records a committed change of leader or ISR: the next partition epoch.
+    fn changed(&mut self) -> i32 {
+        self.partition_epoch += 1;
+        self.partition_epoch
+    }
+}
+
 /// A segment uploaded to the object store: the manifest entry that makes it exist.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RemoteSegmentMeta {
@@ -440,16 +457,11 @@ impl ClusterState {
                         || p.partition_epoch != partition_epoch
                         || !isr.contains(&p.leader) =>
                 {
-                    CommandResult::StalePartition {
-                        leader: p.leader,
-                        leader_epoch: p.leader_epoch,
-                        partition_epoch: p.partition_epoch,
-                    }
+                    p.stale()
                 }
                 Ok(p) => {
                     p.isr = isr;
-                    p.partition_epoch += 1;
-                    let epoch = p.partition_epoch;
+                    let epoch = p.changed();
                     self.topics_epoch += 1;
                     CommandResult::PartitionEpoch(epoch)
                 }
@@ -470,11 +482,7 @@ impl ClusterState {
                             || !p.replicas.contains(&leader)
                             || !(unclean || p.isr.contains(&leader)) =>
                     {
-                        CommandResult::StalePartition {
-                            leader: p.leader,
-                            leader_epoch: p.leader_epoch,
-                            partition_epoch: p.partition_epoch,
-                        }
+                        p.stale()
                     }
                     Ok(p) => {
                         if !p.isr.contains(&leader) {
@@ -482,8 +490,7 @@ impl ClusterState {
                         }
                         p.leader = leader;
                         p.leader_epoch += 1;
-                        p.partition_epoch += 1;
-                        let epoch = p.partition_epoch;
+                        let epoch = p.changed();
                         self.topics_epoch += 1;
                         CommandResult::PartitionEpoch(epoch)
                     }

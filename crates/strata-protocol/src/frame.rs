@@ -85,6 +85,52 @@ pub fn encode_response(
     body: &ResponseKind,
     size_hint: usize,
 ) -> Result<Bytes, FrameError> {
+    let header = ResponseHeader::default().with_correlation_id(correlation_id);
+    let buf = encode_frame(
+        &header,
+        api.response_header_version(version),
+        |buf| body.encode(buf, version),
+        api,
+        version,
+        size_hint,
+    )?;
+    Ok(buf.freeze())
+}
+
+/// Encodes a request frame, size prefix included, as a client sends it.
+pub fn encode_request(
+    correlation_id: i32,
+    client_id: &'static str,
+    api: ApiKey,
+    version: i16,
+    body: &impl Encodable,
+) -> Result<BytesMut, FrameError> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str(
+            client_id,
+        )));
+    encode_frame(
+        &header,
+        api.request_header_version(version),
+        |buf| body.encode(buf, version),
+        api,
+        version,
+        0,
+    )
+}
+
+/// A size prefix, then `header` at `header_version`, then what `body` writes.
+fn encode_frame(
+    header: &impl Encodable,
+    header_version: i16,
+    body: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>,
+    api: ApiKey,
+    version: i16,
+    size_hint: usize,
+) -> Result<BytesMut, FrameError> {
     let fail = |e: anyhow::Error| FrameError::Encode {
         api,
         version,
@@ -92,18 +138,15 @@ pub fn encode_response(
     };
     let mut buf = BytesMut::with_capacity(size_hint.saturating_add(256));
     buf.put_i32(0);
-    ResponseHeader::default()
-        .with_correlation_id(correlation_id)
-        .encode(&mut buf, api.response_header_version(version))
-        .map_err(fail)?;
-    body.encode(&mut buf, version).map_err(fail)?;
+    header.encode(&mut buf, header_version).map_err(fail)?;
+    body(&mut buf).map_err(fail)?;
     let size = i32::try_from(buf.len() - 4).map_err(|_| FrameError::Encode {
         api,
         version,
         reason: format!("{} bytes do not fit a frame", buf.len()),
     })?;
     buf[0..4].copy_from_slice(&size.to_be_bytes());
-    Ok(buf.freeze())
+    Ok(buf)
 }
 
 #[cfg(test)]

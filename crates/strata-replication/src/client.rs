@@ -2,8 +2,8 @@
 //! a follower uses to fetch from its leader (and `strata bench` to drive a broker).
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -76,22 +76,11 @@ impl KafkaConn {
     ) -> Result<(i32, BytesMut), ClientError> {
         let id = self.next;
         self.next = self.next.wrapping_add(1);
-        let protocol = |e: anyhow::Error| ClientError::Protocol {
-            addr: self.addr.clone(),
-            reason: e.to_string(),
-        };
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0; 4]);
-        RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str(self.client_id)))
-            .encode(&mut buf, api.request_header_version(version))
-            .map_err(protocol)?;
-        body.encode(&mut buf, version).map_err(protocol)?;
-        let size = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&size.to_be_bytes());
+        let buf = strata_protocol::frame::encode_request(id, self.client_id, api, version, body)
+            .map_err(|e| ClientError::Protocol {
+                addr: self.addr.clone(),
+                reason: e.to_string(),
+            })?;
         Ok((id, buf))
     }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
@@ -18,6 +18,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use strata_protocol::batch::{self, HeaderIter, Record};
+use strata_protocol::frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -63,6 +64,8 @@ pub struct BenchArgs {
     pub produce_only: bool,
 }
 
+const CLIENT_ID: &str = "strata-bench";
+
 /// One connection, one request at a time.
 struct Conn {
     stream: TcpStream,
@@ -86,17 +89,7 @@ impl Conn {
     ) -> anyhow::Result<ResponseKind> {
         let id = self.next;
         self.next += 1;
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(&[0; 4]);
-        RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(id)
-            .with_client_id(Some(StrBytes::from_static_str("strata-bench")))
-            .encode(&mut buf, api.request_header_version(version))?;
-        body.encode(&mut buf, version)?;
-        let size = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&size.to_be_bytes());
+        let buf = frame::encode_request(id, CLIENT_ID, api, version, body)?;
         self.stream.write_all(&buf).await?;
         let len = self.stream.read_i32().await? as usize;
         let mut frame = vec![0u8; len];
@@ -416,16 +409,7 @@ async fn produce(args: &BenchArgs, topic: &str, leaders: &[String]) -> anyhow::R
                 let t = Instant::now();
                 if args.acks == 0 {
                     // No response comes back for acks=0.
-                    let mut buf = BytesMut::new();
-                    buf.extend_from_slice(&[0; 4]);
-                    RequestHeader::default()
-                        .with_request_api_key(ApiKey::Produce as i16)
-                        .with_request_api_version(9)
-                        .with_correlation_id(0)
-                        .encode(&mut buf, ApiKey::Produce.request_header_version(9))?;
-                    req.encode(&mut buf, 9)?;
-                    let size = (buf.len() - 4) as i32;
-                    buf[..4].copy_from_slice(&size.to_be_bytes());
+                    let buf = frame::encode_request(0, CLIENT_ID, ApiKey::Produce, 9, &req)?;
                     conn.stream.write_all(&buf).await?;
                 } else {
                     let ResponseKind::Produce(r) = conn.call(ApiKey::Produce, 9, &req).await?
