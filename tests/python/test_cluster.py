@@ -391,3 +391,49 @@ def test_elect_leaders_and_describe_cluster_from_a_kafka_admin_client(cluster_fa
     # Readiness: every node is registered, unfenced, with a metadata leader.
     for n in c.nodes.values():
         assert n.process.http_get("/readyz")[0] == 200, n.id
+
+
+def test_a_consumer_with_client_rack_reads_from_the_replica_in_its_rack(cluster_factory):
+    """KIP-392: node 1 (rack a) leads; a consumer in rack c is sent to node 3's replica,
+    which serves the records; node 2 (rack b) serves none."""
+    c = cluster_factory(racks=["a", "b", "c"])
+    topic = new_topic(c, [1])
+    records, size = 200, 1000
+    p = Producer({"bootstrap.servers": c.bootstrap, "acks": "all"})
+    for i in range(records):
+        p.produce(topic, b"%04d" % i + b"r" * (size - 4), partition=0)
+    assert p.flush(30) == 0
+
+    def served(i):
+        return sum(metric_values(c.metrics(i), "strata_kafka_fetch_bytes_total"))
+
+    before = {i: served(i) for i in (2, 3)}
+    read = consume_all(SimpleNamespace(bootstrap=c.bootstrap), topic, {0: records}, **{"client.rack": "c"})[0]
+    assert [m.value()[:4] for m in read] == [b"%04d" % i for i in range(records)]
+    assert served(3) - before[3] >= records * size, (before, served(3))
+    assert served(2) == before[2]
+
+
+def test_acks_all_needs_min_insync_replicas_in_sync(cluster_factory):
+    """min.insync.replicas=3 and a follower down: once the ISR has shrunk, acks=all is
+    refused with NOT_ENOUGH_REPLICAS while acks=1 goes on; with the follower back in
+    sync, acks=all works again."""
+    c = cluster_factory()
+    topic = new_topic(c, [1], **{"min.insync.replicas": "3"})
+    c.kill(3)
+    wait_until(lambda: 3 not in c.placement(topic, 0)["isr"], 30, "the ISR to shrink")
+
+    def produce(acks: str):
+        outcome = []
+        p = Producer({"bootstrap.servers": c.bootstrap, "acks": acks, "retries": 0,
+                      "enable.idempotence": False, "message.timeout.ms": 10000})
+        p.produce(topic, b"v", partition=0, on_delivery=lambda err, m: outcome.append(err))
+        assert p.flush(30) == 0
+        return outcome[0]
+
+    err = produce("all")
+    assert err is not None and err.code() == KafkaError.NOT_ENOUGH_REPLICAS, err
+    assert produce("1") is None
+    c.restart(3)
+    c.wait_isr(topic, 1, 3)
+    assert produce("all") is None
