@@ -437,3 +437,33 @@ def test_acks_all_needs_min_insync_replicas_in_sync(cluster_factory):
     c.restart(3)
     c.wait_isr(topic, 1, 3)
     assert produce("all") is None
+
+
+def test_a_voter_back_with_an_empty_disk_catches_up_from_a_snapshot(cluster_factory):
+    """With snapshots every 20 entries, the quorum's log no longer starts at its first
+    entry once a few hundred offset commits went through: a voter that comes back with an
+    empty data directory is sent the snapshot, and then has the committed offsets."""
+    c = cluster_factory(env={"STRATA_META_SNAPSHOT_EVERY": "20"})
+    q = c.quorum_leader()
+    victim = next(i for i in c.nodes if i != q)
+    topic = new_topic(c, [q])
+    group = unique("snapshot")
+    consumer = Consumer({"bootstrap.servers": c.bootstrap, "group.id": group})
+    try:
+        for offset in range(1, 201):  # one metadata entry each
+            consumer.commit(offsets=[TopicPartition(topic, 0, offset)], asynchronous=False)
+    finally:
+        consumer.close()
+
+    c.kill(victim)
+    c.wipe(victim)
+    c.restart(victim)
+    assert "installed metadata snapshot" in c.nodes[victim].process.log_text()
+    # It has what the purged log held (the topic) and catches up with the leader.
+    assert any(p["topic"] == topic for p in c.view(victim)["partitions"])
+    wait_until(
+        lambda: c.view(victim)["metadata_applied"] >= c.view(q)["metadata_applied"],
+        30,
+        "the replacement to apply everything the leader has",
+    )
+    assert c.view(victim)["voters"] == [1, 2, 3]

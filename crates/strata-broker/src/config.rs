@@ -468,6 +468,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Longest a metadata write (topic changes, offset commits, manifest entries) waits to be committed; then the request gets the retriable REQUEST_TIMED_OUT. Read at start-up.",
     ),
     def(
+        "strata.meta.snapshot-every",
+        ConfigType::Long,
+        "10000",
+        Check::AtLeast(10),
+        "The metadata node snapshots its state every this many log entries and drops the log behind the snapshot, keeping up to 1000 entries (fewer if this is smaller) for a node that was away briefly; one that was away longer, or comes back with an empty disk, gets the snapshot. Read at start-up.",
+    ),
+    def(
         "strata.tier.upload-concurrency",
         ConfigType::Int,
         "4",
@@ -1152,6 +1159,10 @@ impl BrokerConfig {
 
     pub fn meta_write_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.number("strata.meta.write-timeout-ms") as u64)
+    }
+
+    pub fn meta_snapshot_every(&self) -> u64 {
+        self.number("strata.meta.snapshot-every") as u64
     }
 
     pub fn tier_request_timeout(&self) -> std::time::Duration {

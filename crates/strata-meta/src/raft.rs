@@ -35,8 +35,9 @@ const ELECTION_MIN_MS: u64 = 1000;
 const ELECTION_MAX_MS: u64 = 2000;
 
 /// The openraft config: snapshot every `snapshot_every` applied entries and purge the log
-/// behind each snapshot (all of it with one voter; with several, a node that was away for
-/// a short while catches up from the log, a longer absence from the snapshot).
+/// behind each snapshot (all of it with one voter; with several, up to 1000 entries are
+/// kept, or `snapshot_every` if fewer, so a node that was away for a short while catches
+/// up from the log, a longer absence from the snapshot).
 pub(crate) fn config(snapshot_every: u64, several: bool) -> Result<openraft::Config, MetaError> {
     if snapshot_every == 0 {
         return Err(MetaError::Config(
@@ -53,7 +54,7 @@ pub(crate) fn config(snapshot_every: u64, several: bool) -> Result<openraft::Con
         ..Default::default()
     };
     c.snapshot_policy = SnapshotPolicy::LogsSinceLast(snapshot_every);
-    c.max_in_snapshot_log_to_keep = if several { 1000 } else { 0 };
+    c.max_in_snapshot_log_to_keep = if several { snapshot_every.min(1000) } else { 0 };
     c.purge_batch_size = 1;
     c.validate()
         .map_err(|e| MetaError::Config(format!("raft config: {e}")))

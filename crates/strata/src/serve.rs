@@ -232,6 +232,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let meta = MetaNode::open_with(
         MetaConfig {
             write_timeout: k.meta_write_timeout(),
+            snapshot_every: k.meta_snapshot_every(),
             quorum: cfg.clustered().then(|| Quorum {
                 voters: cfg.voters.clone(),
                 advertised: cfg.meta_advertised.clone(),
