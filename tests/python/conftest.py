@@ -121,6 +121,9 @@ class StrataBroker:
         self.http_port: int | None = None
         self.starts = 0
         self._log_file = None
+        # Clients a test keeps for this broker across calls (by name); dropped at
+        # teardown while the broker still runs, so none outlives it.
+        self.clients: dict = {}
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -326,6 +329,8 @@ def broker_factory(strata_binary, tmp_path, request):
         return b
 
     yield make
+    for b in brokers:
+        b.clients.clear()
     release_clients()
     for b in brokers:
         b.cleanup()

@@ -79,12 +79,13 @@ BROKER_SYNONYM = {
 
 
 def ck_admin(broker) -> AdminClient:
-    """One AdminClient per broker process (a new one after each restart), kept on the
-    broker object: futures fail with _DESTROY once their client is garbage-collected."""
-    cached = getattr(broker, "_test_ck_admin", None)
+    """One AdminClient per broker process (a new one after each restart), kept with the
+    broker's clients (dropped at teardown): futures fail with _DESTROY once their client
+    is garbage-collected."""
+    cached = broker.clients.get("ck_admin")
     if cached is None or cached[0] != broker.starts:
         cached = (broker.starts, AdminClient({"bootstrap.servers": broker.bootstrap}))
-        broker._test_ck_admin = cached
+        broker.clients["ck_admin"] = cached
     return cached[1]
 
 
