@@ -41,3 +41,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$lock_sum" ]; then
 fi
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+
+# Helm, promtool, checkov and the other tools of the deployment tests.
+./scripts/install-deploy-tools.sh

@@ -309,6 +309,12 @@ impl RunningBroker {
         // The object store first: a store that cannot be used fails the start at once,
         // before a possibly long log recovery.
         let store = Store::open(&opts.object_store, opts.metrics.tier.clone())?;
+        {
+            let meta = meta.clone();
+            store.set_topic_namer(Arc::new(move |id| {
+                meta.read(|s| s.topic_by_id(id).map(|t| t.name.clone()))
+            }));
+        }
         store.check().await?;
         let cluster_id = match meta
             .write(Command::InitCluster {

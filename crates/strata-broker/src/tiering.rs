@@ -22,7 +22,7 @@ use strata_protocol::batch::HeaderIter;
 use strata_tier::layout::{Kind, ObjectName};
 use strata_tier::{BlockCache, RemoteSegment, Store, TierError, layout};
 use tokio::sync::Semaphore;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 use uuid::Uuid;
 
 use crate::broker::Broker;
@@ -158,6 +158,58 @@ impl Broker {
     /// segments. The segments the budget covers are read concurrently, and the one after
     /// them is fetched ahead, so a sequential replay keeps many GETs in flight.
     pub(crate) async fn read_remote(
+        &self,
+        topic_id: Uuid,
+        partition: i32,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<Bytes, ResponseError> {
+        let key = PartitionKey {
+            topic_id,
+            partition,
+        };
+        let span = self.span("remote.read", key, offset, 0);
+        let read = self
+            .read_remote_batches(topic_id, partition, offset, max_bytes, min_one)
+            .instrument(span.clone())
+            .await;
+        if let Ok(data) = &read {
+            span.record("strata.bytes", data.len() as i64);
+        }
+        read
+    }
+
+    /// A span for OpenTelemetry export of a tiering operation on one partition (a
+    /// disabled span while export is off), with its topic, partition, offset and bytes.
+    fn span(&self, name: &'static str, key: PartitionKey, offset: i64, bytes: u64) -> Span {
+        if !strata_telemetry::tracing_enabled() {
+            return Span::none();
+        }
+        let topic = self
+            .topic_by_id(key.topic_id)
+            .map_or_else(|| key.topic_id.to_string(), |t| t.name);
+        match name {
+            "segment.upload" => tracing::info_span!(
+                parent: None,
+                "segment.upload",
+                messaging.destination.name = %topic,
+                messaging.destination.partition.id = key.partition,
+                strata.offset = offset,
+                strata.bytes = bytes as i64,
+            ),
+            _ => tracing::info_span!(
+                "remote.read",
+                messaging.destination.name = %topic,
+                messaging.destination.partition.id = key.partition,
+                strata.offset = offset,
+                strata.bytes = tracing::field::Empty,
+            ),
+        }
+    }
+
+    /// [`Broker::read_remote`] without its span.
+    async fn read_remote_batches(
         &self,
         topic_id: Uuid,
         partition: i32,
@@ -358,7 +410,8 @@ impl Broker {
             let epoch = pm.leader_epoch;
             let name = topic.name.clone();
             tokio::spawn(async move {
-                let result = this.upload(key, epoch, &seg, &log).await;
+                let span = this.span("segment.upload", key, seg.base_offset, seg.size);
+                let result = this.upload(key, epoch, &seg, &log).instrument(span).await;
                 let now = this.now_ms();
                 let mut uploads = this.tier.uploads.lock();
                 let state = uploads.entry(key).or_default();

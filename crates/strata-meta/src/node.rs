@@ -43,6 +43,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::controller::Controller;
 use crate::controller::ControllerConfig;
@@ -651,7 +652,15 @@ impl MetaNode {
     pub async fn write(&self, cmd: Command) -> Result<CommandResult, MetaError> {
         let after = self.inner.write_timeout;
         let started = Instant::now();
-        match tokio::time::timeout(after, self.write_until(cmd)).await {
+        let span = if strata_telemetry::tracing_enabled() {
+            tracing::info_span!("metadata.commit", strata.command = command_name(&cmd))
+        } else {
+            tracing::Span::none()
+        };
+        let written = tokio::time::timeout(after, self.write_until(cmd))
+            .instrument(span)
+            .await;
+        match written {
             Ok(r) => {
                 if let Some(observe) = self.inner.write_observer.get() {
                     observe(started.elapsed());
@@ -1095,4 +1104,25 @@ fn fatal(node_id: NodeId, f: Fatal<NodeId>) -> MetaError {
             reason: other.to_string(),
         },
     }
+}
+
+/// The command's variant name (`CreateTopic`), for spans: the start of its `Debug`
+/// output, whose formatting stops there (a command can carry thousands of offsets).
+fn command_name(cmd: &Command) -> String {
+    struct Name(String);
+    impl std::fmt::Write for Name {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = s.find(|c: char| !c.is_alphanumeric()).unwrap_or(s.len());
+            self.0.push_str(&s[..end]);
+            if end < s.len() {
+                Err(std::fmt::Error)
+            } else {
+                Ok(())
+            }
+        }
+    }
+    let mut name = Name(String::new());
+    // The writer ends the formatting with an error once the name is complete.
+    let _ = std::fmt::write(&mut name, format_args!("{cmd:?}"));
+    name.0
 }

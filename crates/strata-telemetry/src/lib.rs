@@ -6,6 +6,10 @@
 //! the full list lives in one place (and in `docs/metrics.md`). It must not depend on
 //! any other Strata crate.
 
+mod otel;
+
+pub use otel::{Otel, tracing_enabled};
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -22,6 +26,7 @@ pub mod labels {
     pub const OUTCOME: &str = "outcome";
     pub const SOURCE: &str = "source";
     pub const RESULT: &str = "result";
+    pub const DIRECTION: &str = "direction";
 }
 
 /// Errors setting up telemetry.
@@ -31,6 +36,8 @@ pub enum TelemetryError {
     LogFilter { filter: String, reason: String },
     #[error("metric registration failed: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("OpenTelemetry export: {0}")]
+    Otlp(String),
 }
 
 /// Request latency buckets: 100 µs to 30 s (long-polling fetches sit at the top).
@@ -112,6 +119,10 @@ pub struct TierMetrics {
     pub objstore_requests_total: IntCounterVec,
     pub objstore_request_duration_seconds: HistogramVec,
     pub objstore_up: IntGauge,
+    /// Object store requests by topic and operation: what each topic costs in requests.
+    pub objstore_topic_requests_total: IntCounterVec,
+    /// Object store bytes by topic and direction (`upload`, `download`).
+    pub objstore_topic_bytes_total: IntCounterVec,
     pub unuploaded_bytes: IntGauge,
     pub unuploaded_segments: IntGauge,
     pub uploads_total: IntCounter,
@@ -168,7 +179,7 @@ impl LogThrottle {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    names: Vec<String>,
+    names: Vec<(String, MetricType)>,
     pub kafka: KafkaMetrics,
     pub log: LogMetrics,
     pub group: GroupMetrics,
@@ -179,22 +190,23 @@ pub struct Metrics {
 /// Creates and registers metrics, remembering their names.
 struct Registrar {
     registry: Registry,
-    names: Vec<String>,
+    names: Vec<(String, MetricType)>,
 }
 
 impl Registrar {
     fn add<C: prometheus::core::Collector + Clone + 'static>(
         &mut self,
         name: &str,
+        kind: MetricType,
         c: C,
     ) -> Result<C, prometheus::Error> {
         self.registry.register(Box::new(c.clone()))?;
-        self.names.push(name.to_string());
+        self.names.push((name.to_string(), kind));
         Ok(c)
     }
 
     fn counter(&mut self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
-        self.add(name, IntCounter::new(name, help)?)
+        self.add(name, MetricType::COUNTER, IntCounter::new(name, help)?)
     }
 
     fn counter_vec(
@@ -203,11 +215,15 @@ impl Registrar {
         help: &str,
         labels: &[&str],
     ) -> Result<IntCounterVec, prometheus::Error> {
-        self.add(name, IntCounterVec::new(Opts::new(name, help), labels)?)
+        self.add(
+            name,
+            MetricType::COUNTER,
+            IntCounterVec::new(Opts::new(name, help), labels)?,
+        )
     }
 
     fn gauge(&mut self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
-        self.add(name, IntGauge::new(name, help)?)
+        self.add(name, MetricType::GAUGE, IntGauge::new(name, help)?)
     }
 
     fn gauge_vec(
@@ -216,7 +232,11 @@ impl Registrar {
         help: &str,
         labels: &[&str],
     ) -> Result<IntGaugeVec, prometheus::Error> {
-        self.add(name, IntGaugeVec::new(Opts::new(name, help), labels)?)
+        self.add(
+            name,
+            MetricType::GAUGE,
+            IntGaugeVec::new(Opts::new(name, help), labels)?,
+        )
     }
 
     fn histogram(
@@ -227,6 +247,7 @@ impl Registrar {
     ) -> Result<Histogram, prometheus::Error> {
         self.add(
             name,
+            MetricType::HISTOGRAM,
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?,
         )
     }
@@ -240,6 +261,7 @@ impl Registrar {
     ) -> Result<HistogramVec, prometheus::Error> {
         self.add(
             name,
+            MetricType::HISTOGRAM,
             HistogramVec::new(
                 HistogramOpts::new(name, help).buckets(buckets.to_vec()),
                 labels,
@@ -454,6 +476,16 @@ impl Metrics {
                 "strata_objstore_up",
                 "1 while the object store answers requests, 0 from a failed request (an error or a timeout) until one succeeds",
             )?,
+            objstore_topic_requests_total: r.counter_vec(
+                "strata_objstore_topic_requests_total",
+                "Object store requests for a topic's objects, every attempt counted, by topic and operation",
+                &[TOPIC, OP],
+            )?,
+            objstore_topic_bytes_total: r.counter_vec(
+                "strata_objstore_topic_bytes_total",
+                "Object store bytes of a topic's objects, by topic and direction (upload, download)",
+                &[TOPIC, DIRECTION],
+            )?,
             unuploaded_bytes: r.gauge(
                 "strata_unuploaded_bytes",
                 "Bytes on local disk not yet in the object store: what a lost disk would take with it",
@@ -505,15 +537,25 @@ impl Metrics {
     }
 
     /// Names of every registered metric.
-    pub fn names(&self) -> &[String] {
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Every registered metric with its type.
+    pub(crate) fn kinds(&self) -> &[(String, MetricType)] {
         &self.names
+    }
+
+    /// The registry's current samples.
+    pub(crate) fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec only fails on a broken metric family, which registration prevents.
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&self.gather(), &mut out) {
             tracing::error!(error = %e, "encoding metrics failed");
         }
         String::from_utf8_lossy(&out).into_owned()
@@ -522,9 +564,13 @@ impl Metrics {
 
 /// Installs the global `tracing` subscriber: one line per event on stderr. `level` (from
 /// `--log-level` or the config file) wins over `RUST_LOG`; with neither, `info` (and
-/// `warn` for openraft).
-pub fn init_logging(level: Option<&str>) -> Result<(), TelemetryError> {
+/// `warn` for openraft). With `otel`, Strata's spans also go to its OTLP exporter,
+/// whatever the log level.
+pub fn init_logging(level: Option<&str>, otel: Option<&Otel>) -> Result<(), TelemetryError> {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).map_err(|e| TelemetryError::LogFilter {
             filter: l.to_string(),
@@ -535,12 +581,23 @@ pub fn init_logging(level: Option<&str>) -> Result<(), TelemetryError> {
             .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn")),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // A second initialisation (tests) keeps the first subscriber; that is fine.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(true)
+        .with_filter(filter);
+    // Only Strata's own spans are exported (not the events inside them, which are logs).
+    let spans = otel.and_then(|o| o.tracer.clone()).map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span() && m.target().starts_with("strata")
+            }))
+    });
+    // A second initialisation (tests) keeps the first subscriber; that is fine.
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(spans)
         .try_init();
     Ok(())
 }
@@ -568,7 +625,7 @@ mod tests {
         ))
         .unwrap();
         let m = Metrics::new().unwrap();
-        assert!(m.names().len() > 15);
+        assert!(m.names().count() > 15);
         for name in m.names() {
             assert!(
                 docs.contains(&format!("`{name}`")),
@@ -579,6 +636,6 @@ mod tests {
 
     #[test]
     fn bad_log_filter_is_an_error() {
-        assert!(init_logging(Some("info,[bad")).is_err());
+        assert!(init_logging(Some("info,[bad"), None).is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use object_store::{
 };
 use strata_telemetry::TierMetrics;
 use tracing::{debug, info, warn};
+use uuid::Uuid;
 
 use crate::error::{Result, TierError};
 use parking_lot::Mutex;
@@ -77,6 +78,10 @@ pub struct ObjectInfo {
     pub last_modified_ms: i64,
 }
 
+/// Names a topic by its id, for the per-topic cost metrics: keys carry topic ids, and
+/// the broker, which knows the names, installs one with [`Store::set_topic_namer`].
+pub type TopicNamer = Arc<dyn Fn(Uuid) -> Option<String> + Send + Sync>;
+
 /// An object store with a key prefix, instrumented.
 #[derive(Clone)]
 pub struct Store {
@@ -88,6 +93,7 @@ pub struct Store {
     request_timeout: Duration,
     health: Arc<Health>,
     metrics: TierMetrics,
+    topic_namer: Arc<OnceLock<TopicNamer>>,
 }
 
 /// Where the S3 client's credentials come from, in the order the AWS SDKs look.
@@ -458,6 +464,7 @@ impl Store {
                 request_timeout,
                 health,
                 metrics,
+                topic_namer: Arc::default(),
             });
         }
         let settings = cfg.s3_settings(env)?;
@@ -473,7 +480,35 @@ impl Store {
             request_timeout,
             health,
             metrics,
+            topic_namer: Arc::default(),
         })
+    }
+
+    /// Installs the names the per-topic metrics use (once; later calls are ignored).
+    /// Without it, or for a topic it does not know, a topic is labelled by its id.
+    pub fn set_topic_namer(&self, namer: TopicNamer) {
+        let _ = self.topic_namer.set(namer);
+    }
+
+    /// The `topic` label of a key under a topic's directory (`<topic-id>/...`).
+    fn topic_label(&self, key: &str) -> Option<String> {
+        let id = Uuid::try_parse(key.split('/').next()?).ok()?;
+        Some(
+            self.topic_namer
+                .get()
+                .and_then(|name| name(id))
+                .unwrap_or_else(|| id.to_string()),
+        )
+    }
+
+    /// Counts `bytes` moved in `direction` for the topic `key` belongs to.
+    fn count_topic_bytes(&self, key: &str, direction: &str, bytes: usize) {
+        if let Some(topic) = self.topic_label(key) {
+            self.metrics
+                .objstore_topic_bytes_total
+                .with_label_values(&[topic.as_str(), direction])
+                .inc_by(bytes as u64);
+        }
     }
 
     /// How the store was configured, for logs and errors.
@@ -528,6 +563,12 @@ impl Store {
             .objstore_requests_total
             .with_label_values(&[op, outcome])
             .inc();
+        if let Some(topic) = self.topic_label(key) {
+            self.metrics
+                .objstore_topic_requests_total
+                .with_label_values(&[topic.as_str(), op])
+                .inc();
+        }
         self.metrics
             .objstore_request_duration_seconds
             .with_label_values(&[op])
@@ -568,8 +609,9 @@ impl Store {
         self.call("put", key, bytes, || {
             self.inner.put(&path, PutPayload::from(data.clone()))
         })
-        .await
-        .map(|_| ())
+        .await?;
+        self.count_topic_bytes(key, "upload", data.len());
+        Ok(())
     }
 
     /// Uploads `size` bytes of `file`: one PUT up to `part_size`, otherwise a multipart
@@ -625,8 +667,9 @@ impl Store {
             }
             while in_flight.next().await.transpose()?.is_some() {}
             self.attempt("complete_multipart", key, 0, upload.complete())
-                .await
-                .map(|_| ())
+                .await?;
+            self.count_topic_bytes(key, "upload", size as usize);
+            Ok(())
         }
         .await;
         if sent.is_err() {
@@ -643,19 +686,25 @@ impl Store {
     /// A whole (small) object: an index file, a probe.
     pub async fn get(&self, key: &str) -> Result<Bytes> {
         let path = self.path(key);
-        self.call("get", key, WHOLE_GET_BYTES, || async {
-            self.inner.get(&path).await?.bytes().await
-        })
-        .await
+        let data = self
+            .call("get", key, WHOLE_GET_BYTES, || async {
+                self.inner.get(&path).await?.bytes().await
+            })
+            .await?;
+        self.count_topic_bytes(key, "download", data.len());
+        Ok(data)
     }
 
     pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
         let path = self.path(key);
         let bytes = range.end.saturating_sub(range.start);
-        self.call("get_range", key, bytes, || {
-            self.inner.get_range(&path, range.clone())
-        })
-        .await
+        let data = self
+            .call("get_range", key, bytes, || {
+                self.inner.get_range(&path, range.clone())
+            })
+            .await?;
+        self.count_topic_bytes(key, "download", data.len());
+        Ok(data)
     }
 
     /// Deletes an object; a missing one is not an error.

@@ -38,6 +38,7 @@ struct FileConfig {
     meta_advertised: Option<String>,
     meta_voters: Option<String>,
     rack: Option<String>,
+    otlp_endpoint: Option<String>,
     kafka: Option<toml::Table>,
     /// Strata's own broker settings, written without their `strata.` prefix.
     strata: Option<toml::Table>,
@@ -97,6 +98,9 @@ pub struct Overrides {
     /// This broker's rack or zone (Kafka's broker.rack)
     #[arg(long, env = "STRATA_RACK", value_name = "NAME")]
     pub rack: Option<String>,
+    /// Export traces and metrics over OTLP to this collector (as OTEL_EXPORTER_OTLP_ENDPOINT) [default: off, unless OTEL_EXPORTER_OTLP_ENDPOINT is set]
+    #[arg(long, env = "STRATA_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// What a node runs (Kafka's `process.roles`).
@@ -165,6 +169,9 @@ pub struct ServeConfig {
     /// The voters (id → address); this node alone when `--meta-voters` is not given.
     pub voters: BTreeMap<u64, String>,
     pub rack: Option<String>,
+    /// The OTLP collector given by `--otlp-endpoint` (the `OTEL_*` variables are read by
+    /// the exporter itself).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServeConfig {
@@ -193,6 +200,7 @@ const FLAG_VARS: &[&str] = &[
     "STRATA_META_ADVERTISED",
     "STRATA_META_VOTERS",
     "STRATA_RACK",
+    "STRATA_OTLP_ENDPOINT",
 ];
 
 /// The environment variable of a broker setting: `STRATA_` plus Strata's own setting
@@ -283,6 +291,7 @@ const FILE_KEYS: &[&str] = &[
     "meta_advertised",
     "meta_voters",
     "rack",
+    "otlp_endpoint",
     "kafka",
     "strata",
 ];
@@ -497,6 +506,7 @@ impl ServeConfig {
             meta_advertised,
             voters,
             rack,
+            otlp_endpoint: overrides.otlp_endpoint.clone().or(file.otlp_endpoint),
         })
     }
 }

@@ -105,10 +105,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = strata_telemetry::init_logging(cfg.log_level.as_deref()) {
-        eprintln!("strata: {e}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,7 +115,38 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve::run(cfg)) {
+    let metrics = match strata_telemetry::Metrics::new() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("strata: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The gRPC exporter's client lives on the runtime.
+    let otel = match runtime.block_on(async {
+        strata_telemetry::Otel::start(cfg.otlp_endpoint.as_deref(), &metrics, &|name| {
+            std::env::var(name).ok()
+        })
+    }) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("strata: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = strata_telemetry::init_logging(cfg.log_level.as_deref(), otel.as_ref()) {
+        eprintln!("strata: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(o) = &otel {
+        tracing::info!("{}", o.description());
+    }
+    let result = runtime.block_on(serve::run(cfg, metrics));
+    if let Some(o) = otel {
+        // Flushes the last spans and metrics (blocking, while the runtime still runs).
+        o.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", report(&e));

@@ -179,14 +179,13 @@ fn check_voters(cfg: &ServeConfig, meta: &MetaNode) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
     raise_open_file_limit();
     for (name, value, why) in cfg.kafka.ignored() {
         tracing::warn!(config = %name, value = %value, why, "Kafka setting accepted but has no effect");
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let metrics = Metrics::new()?;
     let kafka = match cfg.roles.broker {
         true => Some(
             TcpListener::bind(&cfg.kafka_listen)

@@ -14,6 +14,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 pub(crate) mod producers;
+mod spans;
 mod topics;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use strata_protocol::frame::{self, RequestPrefix};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::broker::Broker;
 
@@ -156,12 +157,28 @@ pub(crate) async fn handle(
         RequestKind::DeleteTopics(r) => Some(ResponseKind::DeleteTopics(
             topics::delete(broker, r, version).await,
         )),
-        RequestKind::Produce(r) => match produce::handle(broker, r, version).await {
-            Ok(resp) => resp.map(ResponseKind::Produce),
-            // acks=0 and a partition failed: closing is the only signal such a producer gets.
-            Err(detail) => return close("acks0_produce_error", detail),
-        },
-        RequestKind::Fetch(r) => Some(ResponseKind::Fetch(fetch::handle(broker, r, version).await)),
+        RequestKind::Produce(r) => {
+            let span = spans::produce(broker, &ctx, version, &r);
+            match produce::handle(broker, r, version)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(resp) => {
+                    spans::produce_done(&span, resp.as_ref());
+                    resp.map(ResponseKind::Produce)
+                }
+                // acks=0 and a partition failed: closing is the only signal such a producer gets.
+                Err(detail) => return close("acks0_produce_error", detail),
+            }
+        }
+        RequestKind::Fetch(r) => {
+            let span = spans::fetch(broker, &ctx, version, &r);
+            let resp = fetch::handle(broker, r, version)
+                .instrument(span.clone())
+                .await;
+            spans::fetch_done(&span, &resp);
+            Some(ResponseKind::Fetch(resp))
+        }
         RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
             list_offsets::handle(broker, r, version).await,
         )),
