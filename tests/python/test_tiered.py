@@ -899,6 +899,35 @@ def test_an_outage_on_a_small_disk_throttles_producers_before_the_disk_fills(bro
         subprocess.run(["umount", str(broker.data_dir)], check=False)
 
 
+def test_on_a_small_disk_active_segments_are_sealed_at_the_disk_cap(broker_factory, rgw_store):
+    """A 64 MiB data directory, a healthy store and a topic with 1 GiB segments and no
+    segment.ms: the unuploaded-bytes cap follows the free space, and reaching it seals the
+    active segment for upload, so producing 100 MB goes through (no producer is held
+    back until segment.ms)."""
+    broker = broker_factory(env={
+        **rgw_store.env(), **FAST_RETENTION,
+        "STRATA_TIER_CACHE_DISK_BYTES": str(16 << 20),
+        "STRATA_WAL_DISK_RESERVE_BYTES": str(4 << 20),
+    }, start=False)
+    broker.data_dir.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(broker.data_dir)], check=True)
+    try:
+        broker.start()
+        topic = unique("bigsegments")
+        create_topic(broker, topic, 1, {"segment.bytes": str(1 << 30), "local.retention.bytes": "0"})
+        # Each round waits for its acks; a refusal fails the produce.
+        produced = produce(broker, topic, 1, 100_000, 1000, **{"request.timeout.ms": 30000,
+                                                               "message.timeout.ms": 120000})
+        assert produced.ends[0] == 100_000
+        assert "limited_by=\"the data directory's free space\"" in broker.log_text(), broker.log_tail()
+        assert metric(broker, "strata_tier_uploads_total") >= 2
+        assert broker.stop() == 0
+    finally:
+        if broker.running():
+            broker.kill()
+        subprocess.run(["umount", str(broker.data_dir)], check=False)
+
+
 def test_restart_with_unuploaded_segments_uploads_them(broker_factory, rgw_store):
     """Sealed segments pile up while the store is down; the broker is stopped, the store
     comes back, and the restarted broker uploads them."""

@@ -344,12 +344,12 @@ impl Broker {
                 _ = tick.tick() => {}
             }
             let now = self.now_ms();
-            // Over the cap, active segments are sealed early so that they can be uploaded
-            // (otherwise they would hold produce back until `segment.ms`); a partition
-            // that still has sealed segments queued is left alone, so an unreachable
-            // store does not turn its tail into a stream of tiny segments.
-            let over_cap =
-                self.tier.unuploaded.load(Ordering::Relaxed) >= self.config.max_unuploaded_bytes();
+            // Over the cap in force (the disk's, when that is lower), active segments are
+            // sealed early so that they can be uploaded (otherwise they would hold produce
+            // back until `segment.ms`); a partition that still has sealed segments queued
+            // is left alone, so an unreachable store does not turn its tail into a stream
+            // of tiny segments.
+            let over_cap = self.tier.unuploaded.load(Ordering::Relaxed) >= self.cap_in_force();
             let mut total = (0u64, 0usize);
             for (key, log) in self.logs.partitions() {
                 let Some(topic) = self.topic_by_id(key.topic_id) else {
@@ -757,6 +757,15 @@ impl Broker {
         }
     }
 
+    /// The unuploaded-bytes cap in force: `strata.wal.max-unuploaded-bytes`, or less when
+    /// the data directory's free space says so (see [`Broker::update_cap`]).
+    fn cap_in_force(&self) -> u64 {
+        self.tier
+            .cap
+            .load(Ordering::Relaxed)
+            .min(self.config.max_unuploaded_bytes())
+    }
+
     /// Holds a produce request back while more bytes are waiting for the object store than
     /// the cap in force allows (`strata.wal.max-unuploaded-bytes`, or less when the disk
     /// has less room), for at most `wait`. `Err` with the reason if the backlog did not
@@ -765,11 +774,7 @@ impl Broker {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let pending = self.tier.unuploaded.load(Ordering::Relaxed);
-            let cap = self
-                .tier
-                .cap
-                .load(Ordering::Relaxed)
-                .min(self.config.max_unuploaded_bytes());
+            let cap = self.cap_in_force();
             if pending < cap {
                 return Ok(());
             }
