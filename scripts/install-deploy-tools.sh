@@ -9,6 +9,12 @@ cd "$(dirname "$0")/.."
 tools=.tools
 mkdir -p "$tools"
 
+# Terraform comes with the machine image (no registry here carries it).
+command -v terraform >/dev/null || {
+  echo "terraform is not installed: the Terraform tests need it on the PATH" >&2
+  exit 1
+}
+
 if ! command -v promtool >/dev/null; then
   echo "installing Debian packages: prometheus (for promtool)"
   export DEBIAN_FRONTEND=noninteractive
