@@ -689,6 +689,38 @@ def test_large_segments_are_uploaded_in_parts(broker_factory, objstore):
     assert metric(broker, "strata_tier_read_bytes_total", source="object_store") > before
 
 
+@pytest.mark.parametrize("restart", ["sigterm", "kill"])
+def test_the_replay_cache_survives_a_restart(broker_factory, rgw_store, restart):
+    """A tiered topic read back from the object store, then the broker restarted (SIGTERM,
+    or SIGKILL after the reads settled): reading it again is served from the cache's
+    disk tier, without a single GET to the store."""
+    size = 1000
+    broker = broker_factory(env={**rgw_store.env(), **FAST_RETENTION})
+    topic = unique("warmcache")
+    create_topic(broker, topic, 1, {"segment.bytes": str(256 * 1024), "segment.ms": "2000",
+                                    "local.retention.bytes": "0"})
+    produced = produce(broker, topic, 1, 3000, size)
+    wait_uploaded_to(broker, topic, produced.ends)
+    wait_until(lambda: local_segments(broker, topic, 0)[0][0] == produced.ends[0], 30,
+               "the uploaded segments to be deleted locally", interval=0.5)
+    consume_and_compare(broker, topic, size, produced.ends)
+    assert metric(broker, "strata_tier_read_bytes_total", source="object_store") > 1_000_000
+    if restart == "sigterm":
+        assert broker.stop() == 0
+    else:
+        time.sleep(2)  # the cache's disk writes are asynchronous: let them land
+        broker.kill()
+    broker.start()
+    consume_and_compare(broker, topic, size, produced.ends)
+    # (The broker's own start-up GETs, of the cluster id, are not the topic's.)
+    gets = sum(metric(broker, "strata_objstore_topic_requests_total", topic=topic, op=op) for op in ("get", "get_range"))
+    assert gets == 0, f"{gets} GETs of the topic's objects after the restart: the cache did not survive it"
+    assert metric(broker, "strata_tier_read_bytes_total", source="object_store") == 0
+    assert metric(broker, "strata_tier_read_bytes_total", source="cache") > 1_000_000
+    assert metric(broker, "strata_tier_cache_requests_total", result="hit") > 0
+    assert metric(broker, "strata_tier_cache_requests_total", result="miss") == 0
+
+
 def test_a_lost_local_log_is_served_from_the_store(broker_factory, objstore):
     """The partition's local directory is lost while the broker is down (metadata
     survives): after a restart the log continues where the uploaded data ends, every

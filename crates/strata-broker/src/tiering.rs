@@ -588,7 +588,7 @@ impl Broker {
                     warn!(key = %k, error = %e, "could not delete a remote object; the garbage collector will");
                 }
             }
-            self.tier.cache.forget(&s.key, s.size);
+            self.tier.cache.forget(&s.key, s.size).await;
             self.metrics.tier.remote_segments_deleted_total.inc();
         }
         if !removed.is_empty() {

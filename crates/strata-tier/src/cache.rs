@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use foyer::{BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder};
+use foyer::{
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCachePolicy, RecoverMode,
+};
 use futures::future::try_join_all;
 use strata_telemetry::TierMetrics;
 
@@ -79,11 +82,18 @@ impl BlockCache {
                     })?
             }
         };
+        // Every block goes to the disk tier as it is inserted (not only when the memory
+        // tier evicts it), and the disk tier is recovered at start-up: what was read from
+        // the object store before a restart or a crash is served from local disk after
+        // it. Object keys are never reused for other bytes (the upload id is in them), so
+        // a recovered block is the object's; entries whose checksum fails are dropped.
         let cache = HybridCacheBuilder::new()
             .with_name("strata-blocks")
+            .with_policy(HybridCachePolicy::WriteOnInsertion)
             .memory(cfg.memory_bytes)
             .with_weighter(|key: &String, value: &Bytes| key.len() + value.len())
             .storage()
+            .with_recover_mode(RecoverMode::Quiet)
             .with_engine_config(BlockEngineConfig::new(device))
             .build()
             .await
@@ -244,8 +254,11 @@ impl BlockCache {
     }
 
     /// Drops the cached blocks of a deleted object (best effort: unknown blocks are just
-    /// never read again).
-    pub fn forget(&self, key: &str, size: u64) {
+    /// never read again). Blocks go to the disk tier as they are inserted, by a
+    /// background flusher: its pending writes land first, so none of them brings a
+    /// forgotten block back after the delete.
+    pub async fn forget(&self, key: &str, size: u64) {
+        self.cache.storage().wait().await;
         self.cache.remove(&format!("{key}#all"));
         let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..size.div_ceil(self.block) {

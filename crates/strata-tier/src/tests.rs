@@ -425,6 +425,8 @@ on_both_backends!(
     cache_reads_ahead,
     cache_forget_and_errors,
     cache_reopened_with_another_block_size_reads_right,
+    cache_survives_a_reopen,
+    cache_drops_corrupt_blocks_after_a_reopen,
     read_batches_of_uploaded_segment,
     read_batches_counts_the_bytes_it_serves,
     offset_for_timestamp_in_uploaded_segment,
@@ -1050,7 +1052,7 @@ async fn cache_forget_and_errors(b: Backend) {
     let gets = b.requests("get_range", "ok");
     cache.read("c/late", 100, 0..100).await.unwrap();
     assert_eq!(b.requests("get_range", "ok"), gets, "{}", b.kind);
-    cache.forget("c/late", 100);
+    cache.forget("c/late", 100).await;
     b.store.delete("c/late").await.unwrap();
     let after = cache.read("c/late", 100, 0..100).await;
     assert!(
@@ -1413,6 +1415,84 @@ async fn offset_for_timestamp_in_uploaded_segment(b: Backend) {
 
 /// The disk tier outlives the process; a restart with another block size must not read
 /// blocks cached at the old size as if they were of the new one.
+/// Blocks read before the cache is closed are served from its disk tier after it is
+/// opened again (a broker restart): no GET.
+async fn cache_survives_a_reopen(b: Backend) {
+    let dir = b.scratch("cache-survives");
+    let size = 12 * BLOCK + 5;
+    let data = pattern(size as usize, 11);
+    b.store
+        .put("s/obj", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let cache = b.cache_at(dir.clone(), BLOCK, 0).await;
+    assert_eq!(cache.read("s/obj", size, 0..size).await.unwrap(), data);
+    cache.close().await;
+    drop(cache);
+    let (gets, hits) = (b.requests("get_range", "ok"), b.cache_requests("hit"));
+    let cache = b.cache_at(dir, BLOCK, 0).await;
+    assert_eq!(cache.read("s/obj", size, 0..size).await.unwrap(), data);
+    assert_eq!(
+        b.requests("get_range", "ok") - gets,
+        0,
+        "{}: the reopened cache fetched blocks again",
+        b.kind
+    );
+    assert_eq!(b.cache_requests("hit") - hits, 13, "{}", b.kind);
+    cache.close().await;
+}
+
+/// A damaged disk tier (bytes overwritten in its files while closed) is never served:
+/// damaged blocks are fetched again and every read returns the object's bytes.
+async fn cache_drops_corrupt_blocks_after_a_reopen(b: Backend) {
+    let dir = b.scratch("cache-corrupt");
+    let size = 12 * BLOCK + 5;
+    let data = pattern(size as usize, 12);
+    b.store
+        .put("x/obj", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let cache = b.cache_at(dir.clone(), BLOCK, 0).await;
+    assert_eq!(cache.read("x/obj", size, 0..size).await.unwrap(), data);
+    cache.close().await;
+    drop(cache);
+    // Flip every byte of the files' non-zero regions (the stored blocks).
+    let mut damaged = 0usize;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        for byte in bytes.iter_mut().filter(|b| **b != 0) {
+            *byte = !*byte;
+            damaged += 1;
+        }
+        std::fs::write(&path, bytes).unwrap();
+    }
+    assert!(
+        damaged > size as usize,
+        "{}: nothing cached on disk to damage",
+        b.kind
+    );
+    let gets = b.requests("get_range", "ok");
+    let cache = b.cache_at(dir, BLOCK, 0).await;
+    for r in [0..size, BLOCK + 3..4 * BLOCK, size - 2..size] {
+        let got = cache.read("x/obj", size, r.clone()).await.unwrap();
+        assert!(
+            got[..] == data[r.start as usize..r.end as usize],
+            "{}: read {r:?} of a damaged cache returned other bytes",
+            b.kind
+        );
+    }
+    assert!(
+        b.requests("get_range", "ok") - gets >= 13,
+        "{}: damaged blocks were not fetched again",
+        b.kind
+    );
+    cache.close().await;
+}
+
 async fn cache_reopened_with_another_block_size_reads_right(b: Backend) {
     let dir = b.scratch("cache-reopened");
     let size = 16 * BLOCK + 77;
