@@ -13,6 +13,7 @@ megabytes are checked byte for byte without keeping them in memory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -855,11 +856,10 @@ def test_an_outage_shows_within_seconds(broker_factory, rgw_store):
     assert object_store_health(broker)["available"] is True
 
 
-def test_an_outage_on_a_small_disk_throttles_producers_before_the_disk_fills(broker_factory, rgw_store):
-    """The store is down and the data directory is a 64 MiB file system: producers to a
-    tiered topic get the retriable KAFKA_STORAGE_ERROR while there is still room (the
-    unuploaded-bytes cap follows the free space), the disk never fills, and everything
-    acknowledged is there once the store is back."""
+@contextlib.contextmanager
+def small_disk_broker(broker_factory, rgw_store):
+    """A started broker tiering to `rgw_store` whose data directory is a 64 MiB tmpfs
+    (16 MiB of it for the cache, 4 MiB kept in reserve); unmounted at the end."""
     broker = broker_factory(env={
         **rgw_store.env(), **FAST_RETENTION,
         "STRATA_TIER_CACHE_DISK_BYTES": str(16 << 20),
@@ -869,6 +869,19 @@ def test_an_outage_on_a_small_disk_throttles_producers_before_the_disk_fills(bro
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(broker.data_dir)], check=True)
     try:
         broker.start()
+        yield broker
+    finally:
+        if broker.running():
+            broker.kill()
+        subprocess.run(["umount", str(broker.data_dir)], check=False)
+
+
+def test_an_outage_on_a_small_disk_throttles_producers_before_the_disk_fills(broker_factory, rgw_store):
+    """The store is down and the data directory is a 64 MiB file system: producers to a
+    tiered topic get the retriable KAFKA_STORAGE_ERROR while there is still room (the
+    unuploaded-bytes cap follows the free space), the disk never fills, and everything
+    acknowledged is there once the store is back."""
+    with small_disk_broker(broker_factory, rgw_store) as broker:
         topic = unique("smalldisk")
         create_topic(broker, topic, 1, {"segment.bytes": str(1 << 20), "segment.ms": "2000"})
         acked: dict[int, bytes] = {}
@@ -925,10 +938,6 @@ def test_an_outage_on_a_small_disk_throttles_producers_before_the_disk_fills(bro
         # Uploaded data is a cache on a tight disk: the broker made room for producers.
         produce(broker, topic, 1, 100, 1000, start={0: max(acked) + 1})
         assert broker.stop() == 0
-    finally:
-        if broker.running():
-            broker.kill()
-        subprocess.run(["umount", str(broker.data_dir)], check=False)
 
 
 def test_on_a_small_disk_active_segments_are_sealed_at_the_disk_cap(broker_factory, rgw_store):
@@ -936,15 +945,7 @@ def test_on_a_small_disk_active_segments_are_sealed_at_the_disk_cap(broker_facto
     segment.ms: the unuploaded-bytes cap follows the free space, and reaching it seals the
     active segment for upload, so producing 100 MB goes through (no producer is held
     back until segment.ms)."""
-    broker = broker_factory(env={
-        **rgw_store.env(), **FAST_RETENTION,
-        "STRATA_TIER_CACHE_DISK_BYTES": str(16 << 20),
-        "STRATA_WAL_DISK_RESERVE_BYTES": str(4 << 20),
-    }, start=False)
-    broker.data_dir.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(broker.data_dir)], check=True)
-    try:
-        broker.start()
+    with small_disk_broker(broker_factory, rgw_store) as broker:
         topic = unique("bigsegments")
         create_topic(broker, topic, 1, {"segment.bytes": str(1 << 30), "local.retention.bytes": "0"})
         # Each round waits for its acks; a refusal fails the produce.
@@ -954,10 +955,6 @@ def test_on_a_small_disk_active_segments_are_sealed_at_the_disk_cap(broker_facto
         assert "limited_by=\"the data directory's free space\"" in broker.log_text(), broker.log_tail()
         assert metric(broker, "strata_tier_uploads_total") >= 2
         assert broker.stop() == 0
-    finally:
-        if broker.running():
-            broker.kill()
-        subprocess.run(["umount", str(broker.data_dir)], check=False)
 
 
 def test_restart_with_unuploaded_segments_uploads_them(broker_factory, rgw_store):

@@ -23,7 +23,7 @@ struct Targets {
     only_partition: Option<i32>,
 }
 
-fn targets<'a>(topics: impl Iterator<Item = (String, &'a [i32])>) -> Targets {
+fn targets(topics: impl Iterator<Item = (String, Vec<i32>)>) -> Targets {
     let (mut names, mut listed, mut count, mut only) = (Vec::new(), Vec::new(), 0usize, None);
     for (topic, partitions) in topics {
         let shown: Vec<String> = partitions
@@ -60,34 +60,21 @@ fn topic_name(broker: &Broker, name: &str, id: Uuid) -> String {
 }
 
 fn span(operation: &'static str, ctx: &RequestCtx, version: i16, t: Targets) -> Span {
-    let span = match operation {
-        "produce" => tracing::info_span!(
-            parent: None,
-            "produce",
-            messaging.system = "kafka",
-            messaging.operation.name = "produce",
-            messaging.client.id = %ctx.client_id,
-            messaging.destination.name = %t.topics,
-            messaging.destination.partition.id = Empty,
-            strata.partitions = %t.partitions,
-            strata.bytes = Empty,
-            kafka.api_version = version,
-            kafka.error_code = Empty,
-        ),
-        _ => tracing::info_span!(
-            parent: None,
-            "fetch",
-            messaging.system = "kafka",
-            messaging.operation.name = "fetch",
-            messaging.client.id = %ctx.client_id,
-            messaging.destination.name = %t.topics,
-            messaging.destination.partition.id = Empty,
-            strata.partitions = %t.partitions,
-            strata.bytes = Empty,
-            kafka.api_version = version,
-            kafka.error_code = Empty,
-        ),
-    };
+    // One span definition; `otel.name` names the exported span after the operation.
+    let span = tracing::info_span!(
+        parent: None,
+        "kafka.request",
+        otel.name = operation,
+        messaging.system = "kafka",
+        messaging.operation.name = operation,
+        messaging.client.id = %ctx.client_id,
+        messaging.destination.name = %t.topics,
+        messaging.destination.partition.id = Empty,
+        strata.partitions = %t.partitions,
+        strata.bytes = Empty,
+        kafka.api_version = version,
+        kafka.error_code = Empty,
+    );
     if let Some(p) = t.only_partition {
         span.record("messaging.destination.partition.id", p);
     }
@@ -108,21 +95,16 @@ pub(super) fn produce(
     if !strata_telemetry::tracing_enabled() {
         return Span::none();
     }
-    let partitions: Vec<(String, Vec<i32>)> = req
-        .topic_data
-        .iter()
-        .map(|t| {
-            (
-                topic_name(broker, &t.name, t.topic_id),
-                t.partition_data.iter().map(|p| p.index).collect(),
-            )
-        })
-        .collect();
     let span = span(
         "produce",
         ctx,
         version,
-        targets(partitions.iter().map(|(t, p)| (t.clone(), p.as_slice()))),
+        targets(req.topic_data.iter().map(|t| {
+            (
+                topic_name(broker, &t.name, t.topic_id),
+                t.partition_data.iter().map(|p| p.index).collect(),
+            )
+        })),
     );
     let bytes: usize = req
         .topic_data
@@ -148,21 +130,16 @@ pub(super) fn fetch(broker: &Broker, ctx: &RequestCtx, version: i16, req: &Fetch
     if !strata_telemetry::tracing_enabled() {
         return Span::none();
     }
-    let partitions: Vec<(String, Vec<i32>)> = req
-        .topics
-        .iter()
-        .map(|t| {
-            (
-                topic_name(broker, &t.topic, t.topic_id),
-                t.partitions.iter().map(|p| p.partition).collect(),
-            )
-        })
-        .collect();
     span(
         "fetch",
         ctx,
         version,
-        targets(partitions.iter().map(|(t, p)| (t.clone(), p.as_slice()))),
+        targets(req.topics.iter().map(|t| {
+            (
+                topic_name(broker, &t.topic, t.topic_id),
+                t.partitions.iter().map(|p| p.partition).collect(),
+            )
+        })),
     )
 }
 
@@ -187,15 +164,13 @@ mod tests {
 
     #[test]
     fn lists_partitions_up_to_the_limit() {
-        let few =
-            targets([("a".to_string(), &[0, 1][..]), ("b".to_string(), &[3][..])].into_iter());
+        let few = targets([("a".to_string(), vec![0, 1]), ("b".to_string(), vec![3])].into_iter());
         assert_eq!(few.topics, "a,b");
         assert_eq!(few.partitions, "a[0,1],b[3]");
         assert_eq!(few.only_partition, None);
-        let one = targets([("a".to_string(), &[7][..])].into_iter());
+        let one = targets([("a".to_string(), vec![7])].into_iter());
         assert_eq!(one.only_partition, Some(7));
-        let many: Vec<i32> = (0..20).collect();
-        let lots = targets([("t".to_string(), many.as_slice())].into_iter());
+        let lots = targets([("t".to_string(), (0..20).collect())].into_iter());
         assert!(
             lots.partitions.ends_with(" and 4 more"),
             "{}",
