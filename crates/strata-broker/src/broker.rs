@@ -65,6 +65,8 @@ pub struct Broker {
     pub(crate) epoch: std::sync::atomic::AtomicI64,
     /// The partitions' replication (leaders tracking followers, followers fetching).
     pub(crate) replication: strata_replication::Replication,
+    /// Fetch sessions (KIP-227) of consumers and followers.
+    pub(crate) fetch_sessions: crate::fetch_sessions::FetchSessions,
 }
 
 /// Why a topic could not be created.

@@ -136,6 +136,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "A connection that sends no request for this long is closed (-1: never).",
     ),
     def(
+        "max.incremental.fetch.session.cache.slots",
+        ConfigType::Int,
+        "1000",
+        Check::AtLeast(0),
+        "Fetch sessions (KIP-227) the broker keeps; 0 turns incremental fetches off (every fetch is a full one).",
+    ),
+    def(
         "fetch.max.bytes",
         ConfigType::Int,
         "57671680",
@@ -1087,6 +1094,10 @@ impl BrokerConfig {
 
     pub fn request_read_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.number("strata.kafka.request-read-timeout-ms") as u64)
+    }
+
+    pub fn fetch_session_slots(&self) -> usize {
+        self.number("max.incremental.fetch.session.cache.slots") as usize
     }
 
     pub fn fetch_max_bytes(&self) -> usize {

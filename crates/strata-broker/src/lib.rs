@@ -13,6 +13,7 @@ mod clock;
 mod config;
 mod connection;
 mod errors;
+mod fetch_sessions;
 mod groups;
 pub(crate) mod handlers;
 mod server;

@@ -398,6 +398,7 @@ impl RunningBroker {
             let bytes = bytes.min(tokio::sync::Semaphore::MAX_PERMITS);
             (Arc::new(tokio::sync::Semaphore::new(bytes)), bytes)
         });
+        let fetch_sessions = crate::fetch_sessions::FetchSessions::new(opts.metrics.kafka.clone());
         let broker = Arc::new(Broker {
             node_id: opts.node_id,
             endpoint,
@@ -419,6 +420,7 @@ impl RunningBroker {
             rack: opts.rack,
             epoch: std::sync::atomic::AtomicI64::new(epoch),
             replication,
+            fetch_sessions,
         });
         {
             let b = broker.clone();

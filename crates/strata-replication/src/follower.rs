@@ -4,12 +4,13 @@
 //! its latest epoch ended on the new leader (OffsetForLeaderEpoch), so records a former
 //! leader wrote that the new one never had do not survive.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
@@ -103,6 +104,7 @@ fn followed_from(s: &Shared, leader: i32) -> Vec<(PartitionKey, Follow)> {
 
 async fn run(s: Arc<Shared>, leader: i32, wake: Arc<Notify>, stop: CancellationToken) {
     let mut conn: Option<KafkaConn> = None;
+    let mut session = Session::default();
     loop {
         if stop.is_cancelled() {
             return;
@@ -128,7 +130,7 @@ async fn run(s: Arc<Shared>, leader: i32, wake: Arc<Notify>, stop: CancellationT
         let round = async {
             align(&s, c, &parts).await?;
             // As aligned now.
-            fetch(&s, c, &followed_from(&s, leader)).await
+            fetch(&s, c, &followed_from(&s, leader), &mut session).await
         };
         let result = tokio::select! {
             () = stop.cancelled() => return,
@@ -235,11 +237,24 @@ async fn align(
     Ok(())
 }
 
+/// The follower's side of a fetch session (KIP-227) with the leader: after a full fetch
+/// opens it, each fetch sends only the partitions whose position moved (and the ones
+/// no longer followed), and the leader answers only partitions with news.
+#[derive(Debug, Default)]
+struct Session {
+    id: i32,
+    /// The epoch of the next incremental fetch; 0: the next fetch is a full one (none
+    /// open yet, or the state of the last one is unknown: an abandoned or failed fetch).
+    epoch: i32,
+    sent: HashMap<(String, i32), FetchPartition>,
+}
+
 /// One replica fetch of every aligned partition, and the append of what came back.
 async fn fetch(
     s: &Shared,
     c: &mut KafkaConn,
     parts: &[(PartitionKey, Follow)],
+    session: &mut Session,
 ) -> Result<(), String> {
     let aligned: Vec<&(PartitionKey, Follow)> =
         parts.iter().filter(|(_, f)| !f.unaligned).collect();
@@ -251,31 +266,65 @@ async fn fetch(
         true => ALIGN_RETRY,
         false => s.cfg.fetch_wait,
     };
+    let wanted: Vec<(String, FetchPartition)> = aligned
+        .iter()
+        .map(|(k, f)| {
+            let o = f.log.offsets();
+            let part = FetchPartition::default()
+                .with_partition(k.partition)
+                .with_current_leader_epoch(f.leader_epoch)
+                .with_fetch_offset(o.log_end)
+                .with_log_start_offset(o.log_start)
+                .with_partition_max_bytes(s.cfg.fetch_partition_bytes);
+            (f.topic.clone(), part)
+        })
+        .collect();
+    // Until this fetch is answered, the session's state is unknown.
+    let epoch = std::mem::take(&mut session.epoch);
+    let full = epoch == 0;
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for (k, f) in &aligned {
-        let o = f.log.offsets();
-        let part = FetchPartition::default()
-            .with_partition(k.partition)
-            .with_current_leader_epoch(f.leader_epoch)
-            .with_fetch_offset(o.log_end)
-            .with_log_start_offset(o.log_start)
-            .with_partition_max_bytes(s.cfg.fetch_partition_bytes);
-        match topics.iter_mut().find(|t| t.topic.as_str() == f.topic) {
-            Some(t) => t.partitions.push(part),
+    for (topic, part) in &wanted {
+        if !full && session.sent.get(&(topic.clone(), part.partition)) == Some(part) {
+            continue;
+        }
+        match topics.iter_mut().find(|t| t.topic.as_str() == topic) {
+            Some(t) => t.partitions.push(part.clone()),
             None => topics.push(
                 FetchTopic::default()
-                    .with_topic(name(&f.topic))
-                    .with_partitions(vec![part]),
+                    .with_topic(name(topic))
+                    .with_partitions(vec![part.clone()]),
             ),
         }
     }
+    let mut forgotten: Vec<ForgottenTopic> = Vec::new();
+    if !full {
+        for (topic, partition) in session.sent.keys() {
+            if wanted
+                .iter()
+                .any(|(t, p)| t == topic && p.partition == *partition)
+            {
+                continue;
+            }
+            match forgotten.iter_mut().find(|t| t.topic.as_str() == topic) {
+                Some(t) => t.partitions.push(*partition),
+                None => forgotten.push(
+                    ForgottenTopic::default()
+                        .with_topic(name(topic))
+                        .with_partitions(vec![*partition]),
+                ),
+            }
+        }
+    }
+    // A full fetch names the session it replaces, so the leader drops it at once.
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(s.me))
         .with_max_wait_ms(wait.as_millis() as i32)
         .with_min_bytes(1)
         .with_max_bytes(s.cfg.fetch_response_bytes)
-        .with_session_epoch(-1)
-        .with_topics(topics);
+        .with_session_id(session.id)
+        .with_session_epoch(epoch)
+        .with_topics(topics)
+        .with_forgotten_topics_data(forgotten);
     let resp = match c
         .call(ApiKey::Fetch, 12, &req)
         .await
@@ -284,6 +333,29 @@ async fn fetch(
         ResponseKind::Fetch(r) => r,
         other => return Err(format!("unexpected answer {other:?}")),
     };
+    match ResponseError::try_from_code(resp.error_code) {
+        None => {}
+        // The leader lost the session (evicted, or restarted): start a new one.
+        Some(ResponseError::FetchSessionIdNotFound | ResponseError::InvalidFetchSessionEpoch) => {
+            session.id = 0;
+            return Ok(());
+        }
+        Some(code) => return Err(format!("the leader refused the fetch: {code:?}")),
+    }
+    if full {
+        session.id = resp.session_id;
+    }
+    if session.id != 0 {
+        session.epoch = if full {
+            1
+        } else {
+            epoch.checked_add(1).unwrap_or(1)
+        };
+        session.sent = wanted
+            .into_iter()
+            .map(|(topic, part)| ((topic, part.partition), part))
+            .collect();
+    }
     for t in resp.responses {
         for p in t.partitions {
             let Some((key, f)) = aligned

@@ -64,6 +64,10 @@ pub struct KafkaMetrics {
     pub request_bytes_in_memory: IntGauge,
     pub produce_records_bytes_total: IntCounter,
     pub fetch_records_bytes_total: IntCounter,
+    pub fetch_sessions: IntGauge,
+    pub fetch_session_partitions: IntGauge,
+    pub fetch_session_evictions_total: IntCounter,
+    pub incremental_fetches_total: IntCounter,
 }
 
 /// Partition log metrics.
@@ -326,6 +330,22 @@ impl Metrics {
             fetch_records_bytes_total: r.counter(
                 "strata_kafka_fetch_bytes_total",
                 "Record-batch bytes returned by Fetch requests",
+            )?,
+            fetch_sessions: r.gauge(
+                "strata_kafka_fetch_sessions",
+                "Fetch sessions (KIP-227) this broker keeps",
+            )?,
+            fetch_session_partitions: r.gauge(
+                "strata_kafka_fetch_session_partitions",
+                "Partitions in all fetch sessions together",
+            )?,
+            fetch_session_evictions_total: r.counter(
+                "strata_kafka_fetch_session_evictions_total",
+                "Fetch sessions evicted to make room for new ones",
+            )?,
+            incremental_fetches_total: r.counter(
+                "strata_kafka_incremental_fetches_total",
+                "Fetch requests served incrementally, from a fetch session",
             )?,
         };
         let log = LogMetrics {

@@ -11,11 +11,12 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
 use strata_log::{LogError, Partition, PartitionKey};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{Instrument, warn};
 use uuid::Uuid;
 
 use crate::broker::Broker;
 use crate::errors;
+use crate::fetch_sessions::Begin;
 
 /// One requested partition, resolved once per request.
 struct Target {
@@ -246,19 +247,47 @@ async fn read_remote_all(
     }
 }
 
-pub(super) async fn handle(broker: &Arc<Broker>, req: FetchRequest, version: i16) -> FetchResponse {
-    // Strata keeps no fetch sessions (KIP-227): every fetch is a full fetch, and a
-    // session id of 0 in the response tells the client so.
-    if req.session_id != 0 {
-        return FetchResponse::default()
-            .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+/// Serves a Fetch: a full fetch (which may open a fetch session, KIP-227), or an
+/// incremental one of a session, answered with only the partitions that have news.
+pub(super) async fn handle(
+    broker: &Arc<Broker>,
+    req: FetchRequest,
+    version: i16,
+    span: &tracing::Span,
+) -> FetchResponse {
+    let sessions = &broker.fetch_sessions;
+    let now = broker.clock.now_ms();
+    let slots = broker.config.fetch_session_slots();
+    let begin = match sessions.begin(&req, version, now) {
+        Ok(b) => b,
+        Err(code) => return FetchResponse::default().with_error_code(code.code()),
+    };
+    match begin {
+        Begin::Sessionless => serve(broker, &req, version).instrument(span.clone()).await,
+        Begin::New => {
+            let resp = serve(broker, &req, version).instrument(span.clone()).await;
+            let wants = slots > 0 && resp.error_code == 0;
+            let id = if wants {
+                let follower = replica_of(&req, version).is_some();
+                sessions.create(&req, &resp, follower, slots, now)
+            } else {
+                0
+            };
+            resp.with_session_id(id)
+        }
+        Begin::Incremental { id, request } => {
+            let resp = serve(broker, &request, version)
+                .instrument(span.clone())
+                .await;
+            sessions.filter(id, resp)
+        }
     }
-    if req.session_epoch > 0 {
-        return FetchResponse::default()
-            .with_error_code(ResponseError::InvalidFetchSessionEpoch.code());
-    }
-    let (topics, targets) = resolve(broker, &req, version);
-    let replica = replica_of(&req, version).is_some();
+}
+
+/// Answers a full fetch of the partitions `req` names.
+async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchResponse {
+    let (topics, targets) = resolve(broker, req, version);
+    let replica = replica_of(req, version).is_some();
     // A partition whose consumer is sent to another replica is answered without data.
     let readable: Vec<Readable> = targets
         .iter()

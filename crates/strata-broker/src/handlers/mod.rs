@@ -173,9 +173,7 @@ pub(crate) async fn handle(
         }
         RequestKind::Fetch(r) => {
             let span = spans::fetch(broker, &ctx, version, &r);
-            let resp = fetch::handle(broker, r, version)
-                .instrument(span.clone())
-                .await;
+            let resp = fetch::handle(broker, r, version, &span).await;
             spans::fetch_done(&span, &resp);
             Some(ResponseKind::Fetch(resp))
         }
