@@ -244,10 +244,12 @@ fn the_scrubber_finds_damage_nobody_read() {
     let files = segment_files(&s.data_dir, "t");
     flip_a_byte(&files[1]);
     s.restart();
-    wait_for("the scrubber to count the damage", &s, || {
-        damaged(&s) == 1.0
+    // The count and the log line that names the file are not written at the same
+    // instant: wait for both.
+    let named = files[1].display().to_string();
+    wait_for("the scrubber to count and log the damage", &s, || {
+        damaged(&s) == 1.0 && s.log().contains(&named)
     });
-    assert!(s.log().contains(&files[1].display().to_string()));
     assert!(
         s.metric("strata_log_verified_bytes_total").unwrap_or(0.0) > 0.0,
         "the good segments were checked"

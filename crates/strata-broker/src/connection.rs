@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Buf;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -168,12 +169,13 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         };
         m.bytes_in_total.inc_by(4 + size as u64);
         match handlers::handle(&broker, frame.freeze(), peer).await {
-            Outcome::Respond(resp) => {
-                if let Err(e) = wr.write_all(&resp).await {
+            Outcome::Respond(mut resp) => {
+                let len = resp.remaining() as u64;
+                if let Err(e) = wr.write_all_buf(&mut resp).await {
                     debug!(%peer, error = %e, "client went away before its response was written");
                     break;
                 }
-                m.bytes_out_total.inc_by(resp.len() as u64);
+                m.bytes_out_total.inc_by(len);
             }
             Outcome::Silent => {}
             Outcome::Close { reason, detail } => {

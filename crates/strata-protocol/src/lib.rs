@@ -16,6 +16,7 @@
 pub mod batch;
 pub mod frame;
 pub mod records;
+pub mod vectored;
 
 pub use batch::{BatchError, BatchHeader, Compression};
 pub use frame::{FrameError, RequestPrefix};

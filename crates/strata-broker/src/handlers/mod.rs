@@ -25,6 +25,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use strata_protocol::frame::{self, RequestPrefix};
+use strata_protocol::vectored::{self, Frame};
 use tracing::{Instrument, debug};
 
 use crate::broker::Broker;
@@ -80,7 +81,7 @@ pub(crate) struct RequestCtx {
 /// What the connection should do with a request.
 pub(crate) enum Outcome {
     /// Write this frame back.
-    Respond(Bytes),
+    Respond(Frame),
     /// Nothing to send (Produce with acks=0).
     Silent,
     /// Close the connection; `reason` is a metric label, `detail` goes to the log.
@@ -274,18 +275,14 @@ fn encode(
     version: i16,
     body: ResponseKind,
 ) -> Outcome {
-    // Fetch responses are mostly record bytes: size the buffer for them up front.
-    let hint = match &body {
-        ResponseKind::Fetch(r) => r
-            .responses
-            .iter()
-            .flat_map(|t| t.partitions.iter())
-            .map(|p| p.records.as_ref().map_or(0, |r| r.len()) + 128)
-            .sum(),
-        _ => 0,
+    // Fetch responses are mostly record bytes: they are written from where they are,
+    // beside the encoded fields (vectored I/O), not copied into the response.
+    let encoded = match body {
+        ResponseKind::Fetch(r) => vectored::encode_fetch_response(correlation_id, version, r),
+        body => frame::encode_response(correlation_id, api, version, &body, 0).map(Frame::from),
     };
-    match frame::encode_response(correlation_id, api, version, &body, hint) {
-        Ok(bytes) => Outcome::Respond(bytes),
+    match encoded {
+        Ok(frame) => Outcome::Respond(frame),
         Err(e) => {
             broker
                 .metrics
