@@ -153,63 +153,32 @@ impl Broker {
         .unwrap_or_default()
     }
 
-    /// Whole batches from the object store starting with the one that holds `offset`, up
-    /// to `max_bytes` (at least one batch with `min_one`), continuing into the following
-    /// segments. The segments the budget covers are read concurrently, and the one after
-    /// them is fetched ahead, so a sequential replay keeps many GETs in flight.
-    pub(crate) async fn read_remote(
-        &self,
-        topic_id: Uuid,
-        partition: i32,
-        offset: i64,
-        max_bytes: usize,
-        min_one: bool,
-    ) -> Result<Bytes, ResponseError> {
-        let key = PartitionKey {
-            topic_id,
-            partition,
-        };
-        let span = self.span("remote.read", key, offset, 0);
-        let read = self
-            .read_remote_batches(topic_id, partition, offset, max_bytes, min_one)
-            .instrument(span.clone())
-            .await;
-        if let Ok(data) = &read {
-            span.record("strata.bytes", data.len() as i64);
-        }
-        read
-    }
-
-    /// A span for OpenTelemetry export of a tiering operation on one partition (a
-    /// disabled span while export is off), with its topic, partition, offset and bytes.
-    fn span(&self, name: &'static str, key: PartitionKey, offset: i64, bytes: u64) -> Span {
+    /// A span for OpenTelemetry export of a tiering operation on one partition
+    /// (`segment.upload`, `remote.read`), from `offset`, whose bytes the caller records;
+    /// a disabled span while export is off.
+    pub(crate) fn tier_span(&self, name: &'static str, key: PartitionKey, offset: i64) -> Span {
         if !strata_telemetry::tracing_enabled() {
             return Span::none();
         }
         let topic = self
             .topic_by_id(key.topic_id)
             .map_or_else(|| key.topic_id.to_string(), |t| t.name);
-        match name {
-            "segment.upload" => tracing::info_span!(
-                parent: None,
-                "segment.upload",
-                messaging.destination.name = %topic,
-                messaging.destination.partition.id = key.partition,
-                strata.offset = offset,
-                strata.bytes = bytes as i64,
-            ),
-            _ => tracing::info_span!(
-                "remote.read",
-                messaging.destination.name = %topic,
-                messaging.destination.partition.id = key.partition,
-                strata.offset = offset,
-                strata.bytes = tracing::field::Empty,
-            ),
-        }
+        // One span definition; `otel.name` names the exported span after the operation.
+        tracing::info_span!(
+            "tier",
+            otel.name = name,
+            messaging.destination.name = %topic,
+            messaging.destination.partition.id = key.partition,
+            strata.offset = offset,
+            strata.bytes = tracing::field::Empty,
+        )
     }
 
-    /// [`Broker::read_remote`] without its span.
-    async fn read_remote_batches(
+    /// Whole batches from the object store starting with the one that holds `offset`, up
+    /// to `max_bytes` (at least one batch with `min_one`), continuing into the following
+    /// segments. The segments the budget covers are read concurrently, and the one after
+    /// them is fetched ahead, so a sequential replay keeps many GETs in flight.
+    pub(crate) async fn read_remote(
         &self,
         topic_id: Uuid,
         partition: i32,
@@ -410,7 +379,8 @@ impl Broker {
             let epoch = pm.leader_epoch;
             let name = topic.name.clone();
             tokio::spawn(async move {
-                let span = this.span("segment.upload", key, seg.base_offset, seg.size);
+                let span = this.tier_span("segment.upload", key, seg.base_offset);
+                span.record("strata.bytes", seg.size as i64);
                 let result = this.upload(key, epoch, &seg, &log).instrument(span).await;
                 let now = this.now_ms();
                 let mut uploads = this.tier.uploads.lock();

@@ -196,13 +196,16 @@ async fn read_remote_all(
         .filter_map(|(i, (f, t))| match f {
             Found::Remote(_) => Some(async move {
                 let budget = t.max_bytes.min(remaining);
-                let read = broker.read_remote(
-                    t.key.topic_id,
-                    t.key.partition,
-                    t.offset,
-                    budget,
-                    first_empty,
-                );
+                let span = broker.tier_span("remote.read", t.key, t.offset);
+                let read = broker
+                    .read_remote(
+                        t.key.topic_id,
+                        t.key.partition,
+                        t.offset,
+                        budget,
+                        first_empty,
+                    )
+                    .instrument(span.clone());
                 // The cache's GETs run as tasks of their own: on a timeout they go on, and
                 // the client's retry finds their blocks.
                 let result = tokio::time::timeout(timeout, read)
@@ -217,6 +220,9 @@ async fn read_remote_all(
                         );
                         Err(ResponseError::KafkaStorageError)
                     });
+                if let Ok(records) = &result {
+                    span.record("strata.bytes", records.len() as i64);
+                }
                 (i, result)
             }),
             _ => None,
