@@ -75,15 +75,13 @@ pub fn decode_request(
     Ok((header, body))
 }
 
-/// Encodes a response frame, size prefix included, ready to write to the socket.
-/// `size_hint` is the caller's estimate of the encoded size (the record bytes of a fetch,
-/// say), so the buffer is allocated once instead of grown by copying.
+/// Encodes a response frame, size prefix included, ready to write to the socket (Fetch
+/// responses, mostly record bytes, go through `vectored` instead).
 pub fn encode_response(
     correlation_id: i32,
     api: ApiKey,
     version: i16,
     body: &ResponseKind,
-    size_hint: usize,
 ) -> Result<Bytes, FrameError> {
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let buf = encode_frame(
@@ -92,7 +90,6 @@ pub fn encode_response(
         |buf| body.encode(buf, version),
         api,
         version,
-        size_hint,
     )?;
     Ok(buf.freeze())
 }
@@ -118,7 +115,6 @@ pub fn encode_request(
         |buf| body.encode(buf, version),
         api,
         version,
-        0,
     )
 }
 
@@ -129,14 +125,13 @@ fn encode_frame(
     body: impl FnOnce(&mut BytesMut) -> anyhow::Result<()>,
     api: ApiKey,
     version: i16,
-    size_hint: usize,
 ) -> Result<BytesMut, FrameError> {
     let fail = |e: anyhow::Error| FrameError::Encode {
         api,
         version,
         reason: format!("{e:#}"),
     };
-    let mut buf = BytesMut::with_capacity(size_hint.saturating_add(256));
+    let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     header.encode(&mut buf, header_version).map_err(fail)?;
     body(&mut buf).map_err(fail)?;
@@ -205,7 +200,7 @@ mod tests {
     #[test]
     fn response_frame_has_size_and_correlation_id() {
         let body = ResponseKind::Metadata(MetadataResponse::default());
-        let frame = encode_response(9, ApiKey::Metadata, 1, &body, 0).unwrap();
+        let frame = encode_response(9, ApiKey::Metadata, 1, &body).unwrap();
         let size = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(size, frame.len() - 4);
         assert_eq!(&frame[4..8], &9i32.to_be_bytes());

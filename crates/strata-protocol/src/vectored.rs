@@ -34,8 +34,9 @@ impl Frame {
         }
     }
 
-    /// The frame's bytes in one buffer (tests; the copying path's equivalent).
-    pub fn to_bytes(&self) -> Bytes {
+    /// The frame's bytes in one buffer (the copying path's equivalent).
+    #[cfg(test)]
+    fn to_bytes(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.remaining);
         for c in &self.chunks {
             out.extend_from_slice(c);
@@ -156,7 +157,6 @@ pub fn encode_fetch_response(
         ApiKey::Fetch,
         version,
         &ResponseKind::Fetch(resp),
-        0,
     )?;
     if records.is_empty() {
         return Ok(Frame::from(encoded));
@@ -273,7 +273,6 @@ mod tests {
                     ApiKey::Fetch,
                     version,
                     &ResponseKind::Fetch(resp.clone()),
-                    0,
                 )
                 .unwrap();
                 let frame = encode_fetch_response(9, version, resp).unwrap();

@@ -279,7 +279,7 @@ fn encode(
     // beside the encoded fields (vectored I/O), not copied into the response.
     let encoded = match body {
         ResponseKind::Fetch(r) => vectored::encode_fetch_response(correlation_id, version, r),
-        body => frame::encode_response(correlation_id, api, version, &body, 0).map(Frame::from),
+        body => frame::encode_response(correlation_id, api, version, &body).map(Frame::from),
     };
     match encoded {
         Ok(frame) => Outcome::Respond(frame),
