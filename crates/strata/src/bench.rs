@@ -16,11 +16,9 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::protocol::StrBytes;
 use strata_protocol::batch::{self, HeaderIter, Record};
-use strata_protocol::frame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use strata_replication::client::KafkaConn;
 
 /// Options of `strata bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,55 +64,15 @@ pub struct BenchArgs {
 
 const CLIENT_ID: &str = "strata-bench";
 
-/// One connection, one request at a time.
-struct Conn {
-    stream: TcpStream,
-    next: i32,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        Ok(Self { stream, next: 1 })
-    }
-
-    async fn call(
-        &mut self,
-        api: ApiKey,
-        version: i16,
-        body: &impl Encodable,
-    ) -> anyhow::Result<ResponseKind> {
-        let id = self.next;
-        self.next += 1;
-        let buf = frame::encode_request(id, CLIENT_ID, api, version, body)?;
-        self.stream.write_all(&buf).await?;
-        let len = self.stream.read_i32().await? as usize;
-        let mut frame = vec![0u8; len];
-        self.stream.read_exact(&mut frame).await?;
-        let mut frame = Bytes::from(frame);
-        let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))?;
-        if header.correlation_id != id {
-            bail!(
-                "correlation id {} does not match request {id}",
-                header.correlation_id
-            );
-        }
-        ResponseKind::decode(api, &mut frame, version)
-    }
-}
-
 /// Connections by broker address, opened on first use: one task's way to reach each
 /// partition's leader.
 #[derive(Default)]
-struct Conns(HashMap<String, Conn>);
+struct Conns(HashMap<String, KafkaConn>);
 
 impl Conns {
-    async fn to(&mut self, addr: &str) -> anyhow::Result<&mut Conn> {
+    async fn to(&mut self, addr: &str) -> anyhow::Result<&mut KafkaConn> {
         if !self.0.contains_key(addr) {
-            let conn = Conn::open(addr).await?;
+            let conn = KafkaConn::connect(addr, CLIENT_ID).await?;
             self.0.insert(addr.to_string(), conn);
         }
         self.0
@@ -229,7 +187,7 @@ fn topic_of(args: &BenchArgs) -> String {
 }
 
 async fn ensure_topic(args: &BenchArgs, topic: &str) -> anyhow::Result<()> {
-    let mut c = Conn::open(&args.bootstrap).await?;
+    let mut c = KafkaConn::connect(&args.bootstrap, CLIENT_ID).await?;
     let configs = args
         .topic_configs
         .iter()
@@ -302,7 +260,7 @@ async fn offsets(args: &BenchArgs, topic: &str) -> anyhow::Result<Layout> {
 
 /// The address of each partition's leader, from Metadata.
 async fn leaders(args: &BenchArgs, topic: &str) -> anyhow::Result<Vec<String>> {
-    let mut c = Conn::open(&args.bootstrap).await?;
+    let mut c = KafkaConn::connect(&args.bootstrap, CLIENT_ID).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ResponseKind::Metadata(m) = c
@@ -409,8 +367,8 @@ async fn produce(args: &BenchArgs, topic: &str, leaders: &[String]) -> anyhow::R
                 let t = Instant::now();
                 if args.acks == 0 {
                     // No response comes back for acks=0.
-                    let buf = frame::encode_request(0, CLIENT_ID, ApiKey::Produce, 9, &req)?;
-                    conn.stream.write_all(&buf).await?;
+                    let (_, buf) = conn.frame(ApiKey::Produce, 9, &req)?;
+                    conn.send(&buf).await?;
                 } else {
                     let ResponseKind::Produce(r) = conn.call(ApiKey::Produce, 9, &req).await?
                     else {
