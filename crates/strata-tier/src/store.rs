@@ -1,6 +1,6 @@
 //! The object store seam: a client built from Strata's settings, every call instrumented.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -94,6 +94,9 @@ pub struct Store {
     health: Arc<Health>,
     metrics: TierMetrics,
     topic_namer: Arc<OnceLock<TopicNamer>>,
+    /// Names the namer gave, by topic id: the namer looks through the metadata, and
+    /// every request asks (a deleted topic also keeps the name it had).
+    topic_names: Arc<Mutex<HashMap<Uuid, String>>>,
 }
 
 /// Where the S3 client's credentials come from, in the order the AWS SDKs look.
@@ -465,6 +468,7 @@ impl Store {
                 health,
                 metrics,
                 topic_namer: Arc::default(),
+                topic_names: Arc::default(),
             });
         }
         let settings = cfg.s3_settings(env)?;
@@ -481,6 +485,7 @@ impl Store {
             health,
             metrics,
             topic_namer: Arc::default(),
+            topic_names: Arc::default(),
         })
     }
 
@@ -493,12 +498,16 @@ impl Store {
     /// The `topic` label of a key under a topic's directory (`<topic-id>/...`).
     fn topic_label(&self, key: &str) -> Option<String> {
         let id = Uuid::try_parse(key.split('/').next()?).ok()?;
-        Some(
-            self.topic_namer
-                .get()
-                .and_then(|name| name(id))
-                .unwrap_or_else(|| id.to_string()),
-        )
+        if let Some(name) = self.topic_names.lock().get(&id) {
+            return Some(name.clone());
+        }
+        match self.topic_namer.get().and_then(|name| name(id)) {
+            Some(name) => {
+                self.topic_names.lock().insert(id, name.clone());
+                Some(name)
+            }
+            None => Some(id.to_string()),
+        }
     }
 
     /// Counts `bytes` moved in `direction` for the topic `key` belongs to.
