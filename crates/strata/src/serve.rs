@@ -25,13 +25,15 @@ struct Admin {
     meta: OnceLock<MetaNode>,
     broker: OnceLock<(Health, BrokerView)>,
     metrics: Metrics,
+    /// The node has the meta role only: it has no broker to wait for.
+    meta_only: bool,
 }
 
 impl AdminState for Admin {
     fn readiness(&self) -> Result<(), String> {
         match (self.broker.get(), self.meta.get()) {
             (Some((health, _)), _) => health.readiness(),
-            (None, Some(meta)) if self.broker_role_done() => match meta.problem() {
+            (None, Some(meta)) if self.meta_only => match meta.problem() {
                 Some(p) => Err(p),
                 None => Ok(()),
             },
@@ -72,16 +74,6 @@ impl AdminState for Admin {
         serde_json::to_value(view.remote_segments(topic, partition)?).ok()
     }
 }
-
-impl Admin {
-    /// A metadata-only node has no broker to wait for.
-    fn broker_role_done(&self) -> bool {
-        self.broker.get().is_none() && META_ONLY.get().copied().unwrap_or(false)
-    }
-}
-
-/// Set once when the node has only the meta role.
-static META_ONLY: OnceLock<bool> = OnceLock::new();
 
 /// `/api/v1/cluster`: brokers, voters, the quorum leader and every partition's placement.
 fn cluster_view(meta: &MetaNode) -> serde_json::Value {
@@ -212,10 +204,10 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
         .map(|a| a.ip())
         .filter(|ip| !ip.is_unspecified());
     let stop_http = CancellationToken::new();
-    let _ = META_ONLY.set(!cfg.roles.broker);
     let admin_state = Arc::new(Admin {
         meta: OnceLock::new(),
         broker: OnceLock::new(),
+        meta_only: !cfg.roles.broker,
         metrics: metrics.clone(),
     });
     let admin = tokio::spawn(strata_admin::serve(
