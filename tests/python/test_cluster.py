@@ -466,4 +466,7 @@ def test_a_voter_back_with_an_empty_disk_catches_up_from_a_snapshot(cluster_fact
         30,
         "the replacement to apply everything the leader has",
     )
-    assert c.view(victim)["voters"] == [1, 2, 3]
+    # It came back as a learner; the leader promotes it to voter again once it caught up
+    # (its membership check runs every 500 ms).
+    wait_until(lambda: c.view(victim)["voters"] == [1, 2, 3], 30,
+               "the replacement to be a voter again")
