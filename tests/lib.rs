@@ -385,7 +385,8 @@ impl RawClient {
         self.read_response(api, version, id)
     }
 
-    fn read_response(&mut self, api: ApiKey, version: i16, id: i32) -> ResponseKind {
+    /// Reads the next response, which must answer request `id`, and decodes it.
+    pub fn read_response(&mut self, api: ApiKey, version: i16, id: i32) -> ResponseKind {
         let mut frame = self.read_frame().unwrap();
         let header =
             ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();

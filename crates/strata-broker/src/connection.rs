@@ -1,15 +1,23 @@
 //! One client connection: read a frame, handle it, write the response, in order.
 //!
-//! Like a Kafka broker, Strata handles one request per connection at a time, so
-//! responses go back in request order; clients pipeline by sending ahead.
+//! Like a Kafka broker, Strata answers a connection's requests in the order they came,
+//! and handles them one at a time, with one exception: a produce request whose batches
+//! are appended waits for their sync (or replication) while the connection reads on, so
+//! a client that pipelines produce requests (librdkafka, the Java producer) has them
+//! appended back to back and covered by one sync instead of one sync each.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Buf;
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::future::{self, FutureExt};
+use futures::stream::{FuturesOrdered, StreamExt};
+use strata_telemetry::KafkaMetrics;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::broker::Broker;
@@ -63,6 +71,10 @@ async fn read_body<R: AsyncRead + Unpin>(
     Ok(frame)
 }
 
+/// Produce answers a connection may have waiting for durability at once; past this, it
+/// reads no further until the oldest is written.
+const PIPELINED: usize = 16;
+
 pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
     let m = broker.metrics.kafka.clone();
     m.connections_total.inc();
@@ -70,10 +82,6 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
     let _active = Active(m.connections_active.clone());
     let _ = stream.set_nodelay(true);
     let (rd, mut wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let max = broker.config.socket_request_max_bytes();
-    let idle = broker.config.connections_max_idle();
-    let read_timeout = broker.config.request_read_timeout();
     let closing = |reason: &'static str, detail: &str| {
         // A misbehaving client can cause thousands of these a second: all are counted,
         // at most one a second per reason is logged.
@@ -82,6 +90,103 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         }
         m.connection_errors_total.with_label_values(&[reason]).inc();
     };
+    // Reading and answering run side by side in this task: a frame read while earlier
+    // produce requests wait for their sync is appended at once and shares the next one.
+    let (frames, mut arrived) = mpsc::channel(1);
+    let stop = CancellationToken::new();
+    let reader = read_frames(&broker, rd, frames, &stop, &closing);
+    let answerer = async {
+        let mut waiting = FuturesOrdered::new();
+        let mut reading = true;
+        loop {
+            let outcome = tokio::select! {
+                biased;
+                Some(outcome) = waiting.next(), if !waiting.is_empty() => outcome,
+                next = arrived.recv(), if reading && waiting.len() < PIPELINED => {
+                    let Some((frame, _in_memory)) = next else {
+                        reading = false;
+                        continue;
+                    };
+                    // Only produce requests overlap; anything else is handled once the
+                    // answers before it are written, as if the connection were serial.
+                    if !handlers::may_overlap(&frame) {
+                        while let Some(outcome) = waiting.next().await {
+                            if !respond(&mut wr, outcome, peer, &m, &closing).await {
+                                return;
+                            }
+                        }
+                    }
+                    match handlers::handle(&broker, frame, peer).await {
+                        Outcome::Later(answer) => {
+                            waiting.push_back(answer);
+                            continue;
+                        }
+                        outcome if waiting.is_empty() => outcome,
+                        outcome => {
+                            waiting.push_back(future::ready(outcome).boxed());
+                            continue;
+                        }
+                    }
+                }
+                else => return,
+            };
+            if !respond(&mut wr, outcome, peer, &m, &closing).await {
+                return;
+            }
+        }
+    };
+    let answered = async {
+        answerer.await;
+        stop.cancel();
+    };
+    tokio::join!(reader, answered);
+    let _ = wr.shutdown().await;
+}
+
+/// Writes one outcome; `false` once the connection is done.
+async fn respond(
+    wr: &mut OwnedWriteHalf,
+    mut outcome: Outcome,
+    peer: SocketAddr,
+    m: &KafkaMetrics,
+    closing: &impl Fn(&'static str, &str),
+) -> bool {
+    loop {
+        match outcome {
+            Outcome::Later(answer) => outcome = answer.await,
+            Outcome::Respond(mut resp) => {
+                let len = resp.remaining() as u64;
+                if let Err(e) = wr.write_all_buf(&mut resp).await {
+                    debug!(%peer, error = %e, "client went away before its response was written");
+                    return false;
+                }
+                m.bytes_out_total.inc_by(len);
+                return true;
+            }
+            Outcome::Silent => return true,
+            Outcome::Close { reason, detail } => {
+                closing(reason, &detail);
+                return false;
+            }
+        }
+    }
+}
+
+/// Reads request frames and passes them on, each with its share of the request memory
+/// budget, until the client goes away, sends something unacceptable, the broker shuts
+/// down or `stop` is cancelled.
+async fn read_frames(
+    broker: &Broker,
+    rd: OwnedReadHalf,
+    frames: mpsc::Sender<(Bytes, InMemory)>,
+    stop: &CancellationToken,
+    closing: &impl Fn(&'static str, &str),
+) {
+    let m = &broker.metrics.kafka;
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let max = broker.config.socket_request_max_bytes();
+    let idle = broker.config.connections_max_idle();
+    let read_timeout = broker.config.request_read_timeout();
     loop {
         let next_size = async {
             match idle {
@@ -92,6 +197,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         let size = tokio::select! {
             biased;
             () = broker.shutdown.cancelled() => break,
+            () = stop.cancelled() => break,
             r = next_size => match r {
                 Ok(Ok(n)) => n,
                 // Between requests, EOF or a reset is just a client going away.
@@ -136,12 +242,13 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                 }
                 tokio::select! {
                     () = broker.shutdown.cancelled() => break,
+                    () = stop.cancelled() => break,
                     p = budget.clone().acquire_many_owned(size as u32) => p.ok(),
                 }
             }
         };
         m.request_bytes_in_memory.add(size as i64);
-        let _in_memory = InMemory {
+        let in_memory = InMemory {
             _permit: permit,
             bytes: size as i64,
             gauge: m.request_bytes_in_memory.clone(),
@@ -152,37 +259,26 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
         // dropped too, with its connection.
         let frame = tokio::select! {
             () = broker.shutdown.cancelled() => break,
+            () = stop.cancelled() => break,
             r = tokio::time::timeout(read_timeout, read_body(&mut rd, size)) => match r {
                 Ok(Ok(frame)) => frame,
                 Ok(Err((reason, detail))) => {
                     closing(reason, &detail);
-                    return;
+                    break;
                 }
                 Err(_) => {
                     closing(
                         "request_timeout",
                         &format!("a request of {size} bytes did not arrive within {} ms", read_timeout.as_millis()),
                     );
-                    return;
+                    break;
                 }
             },
         };
         m.bytes_in_total.inc_by(4 + size as u64);
-        match handlers::handle(&broker, frame.freeze(), peer).await {
-            Outcome::Respond(mut resp) => {
-                let len = resp.remaining() as u64;
-                if let Err(e) = wr.write_all_buf(&mut resp).await {
-                    debug!(%peer, error = %e, "client went away before its response was written");
-                    break;
-                }
-                m.bytes_out_total.inc_by(len);
-            }
-            Outcome::Silent => {}
-            Outcome::Close { reason, detail } => {
-                closing(reason, &detail);
-                break;
-            }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            sent = frames.send((frame.freeze(), in_memory)) => if sent.is_err() { break },
         }
     }
-    let _ = wr.shutdown().await;
 }

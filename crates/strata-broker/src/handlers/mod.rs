@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
@@ -82,6 +84,10 @@ pub(crate) struct RequestCtx {
 pub(crate) enum Outcome {
     /// Write this frame back.
     Respond(Frame),
+    /// A produce request is appended and its answer waits for durability: the
+    /// connection may read the requests behind it meanwhile, and writes this outcome
+    /// when it resolves, in request order.
+    Later(BoxFuture<'static, Outcome>),
     /// Nothing to send (Produce with acks=0).
     Silent,
     /// Close the connection; `reason` is a metric label, `detail` goes to the log.
@@ -96,6 +102,12 @@ fn close(reason: &'static str, detail: impl ToString) -> Outcome {
         reason,
         detail: detail.to_string(),
     }
+}
+
+/// Whether the request in `frame` may be read while earlier answers are still waiting
+/// (see [`Outcome::Later`]): produce requests only.
+pub(crate) fn may_overlap(frame: &[u8]) -> bool {
+    RequestPrefix::parse(frame).is_ok_and(|p| p.api().is_ok_and(|api| api == ApiKey::Produce))
 }
 
 /// Handles one request frame (without its size prefix).
@@ -164,9 +176,21 @@ pub(crate) async fn handle(
                 .instrument(span.clone())
                 .await
             {
-                Ok(resp) => {
-                    spans::produce_done(&span, resp.as_ref());
-                    resp.map(ResponseKind::Produce)
+                Ok(Some(answer)) => {
+                    let (broker, correlation_id) = (broker.clone(), prefix.correlation_id);
+                    return Outcome::Later(
+                        async move {
+                            let resp = answer.instrument(span.clone()).await;
+                            spans::produce_done(&span, Some(&resp));
+                            let body = Some(ResponseKind::Produce(resp));
+                            finish(&broker, correlation_id, api, version, started, body)
+                        }
+                        .boxed(),
+                    );
+                }
+                Ok(None) => {
+                    spans::produce_done(&span, None);
+                    None
                 }
                 // acks=0 and a partition failed: closing is the only signal such a producer gets.
                 Err(detail) => return close("acks0_produce_error", detail),
@@ -247,6 +271,26 @@ pub(crate) async fn handle(
         )),
         other => return close("unsupported_api", format!("{other:?} has no handler")),
     };
+    finish(
+        broker,
+        prefix.correlation_id,
+        api,
+        version,
+        started,
+        response,
+    )
+}
+
+/// Counts a handled request (its duration from `started`, its error codes) and encodes
+/// its response, if it has one.
+fn finish(
+    broker: &Broker,
+    correlation_id: i32,
+    api: ApiKey,
+    version: i16,
+    started: Instant,
+    response: Option<ResponseKind>,
+) -> Outcome {
     let label = api_label(api);
     let m = &broker.metrics.kafka;
     m.requests_total.with_label_values(&[label]).inc();
@@ -263,7 +307,7 @@ pub(crate) async fn handle(
                     .with_label_values(&[label, &name])
                     .inc();
             }
-            encode(broker, prefix.correlation_id, api, version, body)
+            encode(broker, correlation_id, api, version, body)
         }
     }
 }

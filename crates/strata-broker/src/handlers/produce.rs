@@ -1,9 +1,13 @@
 //! Produce: validate each partition's batch, append it, and answer once it is durable.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::{self, BoxFuture};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::produce_request::PartitionProduceData;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -12,7 +16,6 @@ use kafka_protocol::protocol::StrBytes;
 use strata_log::{Partition, PartitionKey};
 use strata_meta::TopicMeta;
 use strata_protocol::batch::{self, BatchHeader};
-use tokio::task::JoinSet;
 use tracing::warn;
 
 use crate::broker::Broker;
@@ -241,13 +244,20 @@ fn failed(index: i32, f: Failure) -> PartitionProduceResponse {
         .with_log_start_offset(-1)
 }
 
-/// `Ok(None)`: acks=0, nothing to send. `Err`: acks=0 and something failed, so the
-/// connection must be closed (Kafka's only way to tell such a producer).
+/// The answer to a produce request whose batches are appended: it resolves once they
+/// may be acknowledged. Its connection meanwhile goes on reading (and appending) the
+/// requests behind it, so they share the next sync.
+pub(super) type Answer = BoxFuture<'static, ProduceResponse>;
+
+/// Validates and appends every partition's batch, in the order of the request, and
+/// returns the answer that waits for their durability. `Ok(None)`: acks=0, nothing to
+/// send. `Err`: acks=0 and something failed, so the connection must be closed (Kafka's
+/// only way to tell such a producer).
 pub(super) async fn handle(
     broker: &Arc<Broker>,
     req: ProduceRequest,
     version: i16,
-) -> Result<Option<ProduceResponse>, String> {
+) -> Result<Option<Answer>, String> {
     let acks = req.acks;
     let topics: Vec<Option<TopicMeta>> = req
         .topic_data
@@ -296,7 +306,8 @@ pub(super) async fn handle(
                     .with_partition_responses(parts)
             })
             .collect();
-        return Ok(Some(ProduceResponse::default().with_responses(responses)));
+        let refused = ProduceResponse::default().with_responses(responses);
+        return Ok(Some(future::ready(refused).boxed()));
     }
     let mut responses = Vec::with_capacity(req.topic_data.len());
     let mut pending = Vec::new();
@@ -336,17 +347,21 @@ pub(super) async fn handle(
                 .with_partition_responses(parts),
         );
     }
-    let mut durable = JoinSet::new();
+    // The waits run in this task (a spawned task per partition would add a hand-off to
+    // every acknowledgement); whatever is left when they are abandoned carries on in the
+    // background, so the data still becomes durable and visible.
     let slots: Vec<(usize, usize)> = pending.iter().map(|p| (p.topic, p.partition)).collect();
-    for (k, p) in pending.into_iter().enumerate() {
-        durable.spawn(async move { (k, acknowledged(p).await) });
-    }
+    let mut durable: FuturesUnordered<_> = pending
+        .into_iter()
+        .enumerate()
+        .map(|(k, p)| async move { (k, acknowledged(p).await) })
+        .collect();
     if acks == 0 {
         // Nobody waits for the answer, but the data must still reach the disk so that
         // consumers can see it.
         tokio::spawn(async move {
-            while let Some(joined) = durable.join_next().await {
-                if let Ok((_, Err(Failure(_, e)))) = joined {
+            while let Some((_, result)) = durable.next().await {
+                if let Err(Failure(_, e)) = result {
                     warn!(error = %e, "acks=0 produce could not be synced");
                 }
             }
@@ -358,31 +373,41 @@ pub(super) async fn handle(
     }
     // timeout_ms bounds the wait for acks=all only, as in Kafka; acks=1 is answered once
     // the leader's write is done, which for Strata includes its fsync.
-    let deadline = (acks == -1)
-        .then(|| tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.max(0) as u64));
+    let timeout = (acks == -1).then(|| Duration::from_millis(req.timeout_ms.max(0) as u64));
+    Ok(Some(answer(durable, slots, responses, timeout).boxed()))
+}
+
+/// Waits for the appended partitions in `durable` (at most `timeout`) and fills their
+/// outcomes into `responses`.
+async fn answer(
+    mut durable: FuturesUnordered<
+        impl Future<Output = (usize, Result<(), Failure>)> + Send + 'static,
+    >,
+    slots: Vec<(usize, usize)>,
+    mut responses: Vec<TopicProduceResponse>,
+    timeout: Option<Duration>,
+) -> ProduceResponse {
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let mut confirmed = vec![false; slots.len()];
     loop {
-        let joined = match deadline {
-            Some(d) => tokio::time::timeout_at(d, durable.join_next())
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, durable.next())
                 .await
                 .unwrap_or(None),
-            None => durable.join_next().await,
+            None => durable.next().await,
         };
-        let Some(joined) = joined else { break };
-        match joined {
-            Ok((k, Ok(()))) => confirmed[k] = true,
-            Ok((k, Err(f))) => {
-                confirmed[k] = true;
-                let (ti, pi) = slots[k];
-                let part = &mut responses[ti].partition_responses[pi];
-                *part = failed(part.index, f);
-            }
-            Err(join) => warn!(error = %join, "durability wait failed"),
+        let Some((k, result)) = next else { break };
+        confirmed[k] = true;
+        if let Err(f) = result {
+            let (ti, pi) = slots[k];
+            let part = &mut responses[ti].partition_responses[pi];
+            *part = failed(part.index, f);
         }
     }
-    // Whatever is unconfirmed at the deadline times out. The syncs carry on in the
-    // background, so the data still becomes durable and visible.
-    durable.detach_all();
+    if !durable.is_empty() {
+        tokio::spawn(async move { while durable.next().await.is_some() {} });
+    }
+    // Whatever is unconfirmed at the deadline times out.
     for (k, &(ti, pi)) in slots.iter().enumerate() {
         if !confirmed[k] {
             let part = &mut responses[ti].partition_responses[pi];
@@ -395,5 +420,5 @@ pub(super) async fn handle(
             );
         }
     }
-    Ok(Some(ProduceResponse::default().with_responses(responses)))
+    ProduceResponse::default().with_responses(responses)
 }
