@@ -215,3 +215,30 @@ fn bench_runs_twice_in_a_row_each_on_its_own_data() {
     let (ok, _, err) = bench_raw(&s, &["--consume-only"]);
     assert!(!ok && err.contains("--topic"), "{err}");
 }
+
+#[test]
+fn bench_latency_mode_reports_ack_and_consume_percentiles_for_every_message() {
+    let s = Strata::start();
+    let args = ["--rate", "500", "--messages", "300", "--partitions", "3"];
+    let (ok, out, err) = bench_raw(&s, &args);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("latency at 500 msgs/s, 300 msgs"), "{out}");
+    for label in ["produce-to-ack", "produce-to-consume"] {
+        let line = field(&out, &format!("  {label}")).unwrap_or_else(|| panic!("{out}"));
+        assert!(line.contains("p99 ") && line.contains("p99.9 "), "{line}");
+    }
+    // Every message went out as its own request, and the consumer saw all of them.
+    let topic = field(&err, "topic:").unwrap().to_string();
+    let (ok, out, err) = bench_raw(&s, &["--topic", &topic, "--consume-only"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("consume: 300 msgs"), "{out}");
+    assert!(
+        s.metric("strata_kafka_requests_total{api=\"Produce\"}")
+            .unwrap()
+            >= 300.0
+    );
+    // Values too small to carry a send time are refused before anything is sent.
+    let (ok, _, err) = bench_raw(&s, &["--rate", "10", "--size", "4"]);
+    assert!(!ok);
+    assert!(err.contains("--size of at least 8"), "{err}");
+}

@@ -20,6 +20,8 @@ use kafka_protocol::protocol::StrBytes;
 use strata_protocol::batch::{self, HeaderIter, Record};
 use strata_replication::client::KafkaConn;
 
+mod latency;
+
 /// Options of `strata bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -60,6 +62,13 @@ pub struct BenchArgs {
     /// Only produce.
     #[arg(long)]
     pub produce_only: bool,
+    /// Latency mode: produce --messages single-record requests at this many per second
+    /// (open loop, spread over the partitions) while a consumer follows the topic, and
+    /// report produce-to-ack and produce-to-consume percentiles, each measured from the
+    /// message's scheduled send time (so a stall also counts against the messages that
+    /// queued behind it).
+    #[arg(long, value_name = "MSGS_PER_SEC")]
+    pub rate: Option<u32>,
 }
 
 const CLIENT_ID: &str = "strata-bench";
@@ -505,6 +514,12 @@ async fn consume(args: &BenchArgs, topic: &str, layout: Layout) -> anyhow::Resul
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.consume_only && args.produce_only {
         bail!("--consume-only and --produce-only exclude each other");
+    }
+    if let Some(rate) = args.rate {
+        if args.consume_only || args.produce_only {
+            bail!("--rate runs its own producer and consumer: drop --consume-only/--produce-only");
+        }
+        return latency::run(&args, rate).await;
     }
     if args.consume_only {
         let Some(topic) = &args.topic else {

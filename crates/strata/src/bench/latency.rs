@@ -1,0 +1,199 @@
+//! `strata bench --rate N`: latency at a steady, modest load rather than throughput at
+//! saturation. Messages are scheduled at fixed intervals (open loop) and each is its own
+//! produce request, acks as `--acks`; a consumer long-polls every partition meanwhile.
+//! Each record's value starts with its scheduled send time, so the consumer measures
+//! produce-to-consume from the same origin as the producer's produce-to-ack.
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use bytes::{Buf, Bytes};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::records::RecordBatchDecoder;
+use strata_protocol::batch::{self, HeaderIter, Record};
+
+use super::{BenchArgs, Conns, percentiles, topic_name};
+
+/// Bytes at the start of each value that carry its scheduled send time.
+const STAMP: usize = 8;
+
+pub(super) async fn run(args: &BenchArgs, rate: u32) -> anyhow::Result<()> {
+    if rate == 0 {
+        bail!("--rate must be at least 1 message per second");
+    }
+    if args.size < STAMP {
+        bail!("--rate needs --size of at least {STAMP} bytes (each value carries its send time)");
+    }
+    let topic = super::topic_of(args);
+    eprintln!("topic: {topic}");
+    super::ensure_topic(args, &topic).await?;
+    let layout = super::offsets(args, &topic).await?;
+    let origin = Instant::now();
+    // The consumer starts first and follows each partition from its current end.
+    let consumer = tokio::spawn(follow(
+        topic.clone(),
+        layout.leaders.clone(),
+        layout.ranges.iter().map(|(_, end)| *end).collect(),
+        origin,
+        args.messages,
+    ));
+    let acked = produce(args, &topic, &layout.leaders, rate, origin).await?;
+    // Everything was acknowledged, so the consumer must see all of it soon.
+    let consumed = match tokio::time::timeout(Duration::from_secs(30), consumer).await {
+        Ok(joined) => joined??,
+        Err(_) => bail!("the consumer did not see every acknowledged message within 30 s"),
+    };
+    println!(
+        "latency at {rate} msgs/s, {} msgs of {} B, acks={}:\n  produce-to-ack     {}\n  produce-to-consume {}",
+        args.messages,
+        args.size,
+        args.acks,
+        percentiles(acked),
+        percentiles(consumed)
+    );
+    Ok(())
+}
+
+/// Sends message i at `origin + i / rate`, one request at a time, and returns each
+/// message's time from its start (see below) to its acknowledgement.
+async fn produce(
+    args: &BenchArgs,
+    topic: &str,
+    leaders: &[String],
+    rate: u32,
+    origin: Instant,
+) -> anyhow::Result<Vec<Duration>> {
+    let interval = Duration::from_secs(1) / rate;
+    let mut value = vec![0u8; args.size];
+    let mut pool = Conns::default();
+    let mut latencies = Vec::with_capacity(args.messages as usize);
+    let mut previous_done = Duration::ZERO;
+    for i in 0..args.messages {
+        let due = interval * u32::try_from(i)?;
+        // Tokio's timers tick in milliseconds, as coarse as the interval itself: the
+        // thread's own sleep keeps the schedule to tens of microseconds.
+        if let Some(wait) = (origin + due).checked_duration_since(Instant::now()) {
+            tokio::task::block_in_place(|| std::thread::sleep(wait));
+        }
+        // A message held up by the one before it counts from when it was due; one the
+        // sleep let out a little late counts from when it went out.
+        let sent = origin.elapsed();
+        let start = if previous_done > due { due } else { sent };
+        value[..STAMP].copy_from_slice(&(start.as_nanos() as u64).to_le_bytes());
+        let p = (i % leaders.len() as u64) as usize;
+        let records = [Record {
+            key: None,
+            value: Some(&value),
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as i64,
+        }];
+        let req = ProduceRequest::default()
+            .with_acks(args.acks)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(topic_name(topic))
+                    .with_partition_data(vec![
+                        PartitionProduceData::default()
+                            .with_index(p as i32)
+                            .with_records(Some(Bytes::from(batch::encode(&records)))),
+                    ]),
+            ]);
+        let conn = pool.to(&leaders[p]).await?;
+        if args.acks == 0 {
+            let (_, buf) = conn.frame(ApiKey::Produce, 9, &req)?;
+            conn.send(&buf).await?;
+        } else {
+            let ResponseKind::Produce(r) = conn.call(ApiKey::Produce, 9, &req).await? else {
+                bail!("unexpected response to Produce");
+            };
+            let code = r.responses[0].partition_responses[0].error_code;
+            if code != 0 {
+                bail!("produce to partition {p} failed with error code {code}");
+            }
+        }
+        previous_done = origin.elapsed();
+        latencies.push(previous_done.saturating_sub(start));
+    }
+    Ok(latencies)
+}
+
+/// Long-polls every partition from `starts` until `expected` messages have arrived, and
+/// returns each one's time from its scheduled send to its arrival here.
+async fn follow(
+    topic: String,
+    leaders: Vec<String>,
+    mut offsets: Vec<i64>,
+    origin: Instant,
+    expected: u64,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut pool = Conns::default();
+    let mut latencies = Vec::with_capacity(expected as usize);
+    // One fetch per leader, each covering that leader's partitions.
+    let mut by_leader: Vec<(String, Vec<usize>)> = Vec::new();
+    for (p, l) in leaders.iter().enumerate() {
+        match by_leader.iter_mut().find(|(addr, _)| addr == l) {
+            Some((_, ps)) => ps.push(p),
+            None => by_leader.push((l.clone(), vec![p])),
+        }
+    }
+    while (latencies.len() as u64) < expected {
+        for (leader, parts) in &by_leader {
+            let req = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(100)
+                .with_min_bytes(1)
+                .with_max_bytes(8 << 20)
+                .with_session_epoch(-1)
+                .with_topics(vec![
+                    FetchTopic::default()
+                        .with_topic(topic_name(&topic))
+                        .with_partitions(
+                            parts
+                                .iter()
+                                .map(|&p| {
+                                    FetchPartition::default()
+                                        .with_partition(p as i32)
+                                        .with_fetch_offset(offsets[p])
+                                        .with_partition_max_bytes(1 << 20)
+                                })
+                                .collect(),
+                        ),
+                ]);
+            let conn = pool.to(leader).await?;
+            let ResponseKind::Fetch(r) = conn.call(ApiKey::Fetch, 12, &req).await? else {
+                bail!("unexpected response to Fetch");
+            };
+            let arrived = origin.elapsed();
+            for part in r.responses.iter().flat_map(|t| &t.partitions) {
+                if part.error_code != 0 {
+                    bail!(
+                        "fetch of partition {} failed with error code {}",
+                        part.partition_index,
+                        part.error_code
+                    );
+                }
+                let p = part.partition_index as usize;
+                let records = part.records.clone().unwrap_or_default();
+                for (at, h) in HeaderIter::new(&records) {
+                    if h.last_offset() < offsets[p] {
+                        continue;
+                    }
+                    offsets[p] = h.next_offset();
+                    let mut body = records.slice(at..at + h.total_len());
+                    for rec in RecordBatchDecoder::decode(&mut body)?.records {
+                        let Some(v) = rec.value.filter(|v| v.len() >= STAMP) else {
+                            bail!("partition {p} holds a record this run did not write");
+                        };
+                        let start = Duration::from_nanos((&v[..STAMP]).get_u64_le());
+                        latencies.push(arrived.saturating_sub(start));
+                    }
+                }
+            }
+        }
+    }
+    Ok(latencies)
+}
