@@ -91,7 +91,6 @@ fn bench_main(args: bench::BenchArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    alloc::tune_malloc();
     let cli = Cli::parse();
     let overrides = match cli.command {
         Some(Command::Serve(o)) => *o,
@@ -140,6 +139,9 @@ fn main() -> ExitCode {
     }
     if let Some(o) = &otel {
         tracing::info!("{}", o.description());
+    }
+    if let Err(e) = alloc::purge_in_background() {
+        tracing::warn!(error = %e, "jemalloc's background purging is off: freed memory returns to the kernel only as the broker allocates");
     }
     let result = runtime.block_on(serve::run(cfg, metrics));
     if let Some(o) = otel {
