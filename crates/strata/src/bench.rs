@@ -63,7 +63,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub produce_only: bool,
     /// Latency mode: produce --messages single-record requests at this many per second
-    /// (open loop, spread over the partitions) while a consumer follows the topic, and
+    /// (open loop, spread over the partitions, up to five unanswered per connection as
+    /// Kafka producers send them) while a consumer follows the topic, and
     /// report produce-to-ack and produce-to-consume percentiles, each measured from the
     /// message's scheduled send time (so a stall also counts against the messages that
     /// queued behind it).

@@ -1,18 +1,27 @@
 //! `strata bench --rate N`: latency at a steady, modest load rather than throughput at
 //! saturation. Messages are scheduled at fixed intervals (open loop) and each is its own
-//! produce request, acks as `--acks`; a consumer long-polls every partition meanwhile.
+//! produce request, acks as `--acks`, with up to five unanswered per connection as Kafka
+//! producers send them; a consumer long-polls every partition meanwhile.
 //! Each record's value starts with its scheduled send time, so the consumer measures
 //! produce-to-consume from the same origin as the producer's produce-to-ack.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use bytes::{Buf, Bytes};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
+use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::RecordBatchDecoder;
 use strata_protocol::batch::{self, HeaderIter, Record};
+use strata_protocol::frame::encode_request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{BenchArgs, Conns, percentiles, topic_name};
 
@@ -22,6 +31,9 @@ const STAMP: usize = 8;
 pub(super) async fn run(args: &BenchArgs, rate: u32) -> anyhow::Result<()> {
     if rate == 0 {
         bail!("--rate must be at least 1 message per second");
+    }
+    if args.acks == 0 {
+        bail!("--rate measures acknowledgements: use --acks 1 or -1");
     }
     if args.size < STAMP {
         bail!("--rate needs --size of at least {STAMP} bytes (each value carries its send time)");
@@ -56,8 +68,83 @@ pub(super) async fn run(args: &BenchArgs, rate: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends message i at `origin + i / rate`, one request at a time, and returns each
-/// message's time from its start (see below) to its acknowledgement.
+/// Requests a connection may have unanswered, as Kafka producers allow by default
+/// (`max.in.flight.requests.per.connection`).
+const IN_FLIGHT: u32 = 5;
+
+/// A request on its way: what its answer is measured against.
+struct Sent {
+    id: i32,
+    start: Duration,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// One connection to a leader: requests go out on `wr` as they fall due, a task reads
+/// the answers in order.
+struct Pipe {
+    wr: OwnedWriteHalf,
+    sent: mpsc::UnboundedSender<Sent>,
+    slots: Arc<Semaphore>,
+    answers: tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>,
+}
+
+impl Pipe {
+    async fn open(addr: &str, origin: Instant) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (rd, wr) = stream.into_split();
+        let (sent, queue) = mpsc::unbounded_channel();
+        Ok(Self {
+            wr,
+            sent,
+            slots: Arc::new(Semaphore::new(IN_FLIGHT as usize)),
+            answers: tokio::spawn(answers(rd, queue, origin)),
+        })
+    }
+}
+
+/// Reads the answers to the requests in `queue`, in order, and returns each one's time
+/// from its start to its answer.
+async fn answers(
+    rd: OwnedReadHalf,
+    mut queue: mpsc::UnboundedReceiver<Sent>,
+    origin: Instant,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut rd = BufReader::new(rd);
+    let mut latencies = Vec::new();
+    while let Some(sent) = queue.recv().await {
+        let len = usize::try_from(rd.read_i32().await?)?;
+        let mut frame = vec![0u8; len];
+        rd.read_exact(&mut frame).await?;
+        let arrived = origin.elapsed();
+        let mut frame = Bytes::from(frame);
+        let header = ResponseHeader::decode(
+            &mut frame,
+            ApiKey::Produce.response_header_version(PRODUCE_VERSION),
+        )?;
+        if header.correlation_id != sent.id {
+            bail!(
+                "answer {} came for request {}",
+                header.correlation_id,
+                sent.id
+            );
+        }
+        let r = ProduceResponse::decode(&mut frame, PRODUCE_VERSION)?;
+        let code = r.responses[0].partition_responses[0].error_code;
+        if code != 0 {
+            bail!("produce failed with error code {code}");
+        }
+        latencies.push(arrived.saturating_sub(sent.start));
+    }
+    Ok(latencies)
+}
+
+const PRODUCE_VERSION: i16 = 9;
+
+/// Sends message i at `origin + i / rate`, up to [`IN_FLIGHT`] unanswered per leader,
+/// and returns each message's time from its start (see below) to its acknowledgement.
 async fn produce(
     args: &BenchArgs,
     topic: &str,
@@ -67,9 +154,12 @@ async fn produce(
 ) -> anyhow::Result<Vec<Duration>> {
     let interval = Duration::from_secs(1) / rate;
     let mut value = vec![0u8; args.size];
-    let mut pool = Conns::default();
-    let mut latencies = Vec::with_capacity(args.messages as usize);
-    let mut previous_done = Duration::ZERO;
+    let mut pipes: HashMap<&str, Pipe> = HashMap::new();
+    for leader in leaders {
+        if !pipes.contains_key(leader.as_str()) {
+            pipes.insert(leader, Pipe::open(leader, origin).await?);
+        }
+    }
     for i in 0..args.messages {
         let due = interval * u32::try_from(i)?;
         // Tokio's timers tick in milliseconds, as coarse as the interval itself: the
@@ -77,12 +167,16 @@ async fn produce(
         if let Some(wait) = (origin + due).checked_duration_since(Instant::now()) {
             tokio::task::block_in_place(|| std::thread::sleep(wait));
         }
-        // A message held up by the one before it counts from when it was due; one the
-        // sleep let out a little late counts from when it went out.
-        let sent = origin.elapsed();
-        let start = if previous_done > due { due } else { sent };
-        value[..STAMP].copy_from_slice(&(start.as_nanos() as u64).to_le_bytes());
         let p = (i % leaders.len() as u64) as usize;
+        let Some(pipe) = pipes.get_mut(leaders[p].as_str()) else {
+            bail!("no connection to {}", leaders[p]);
+        };
+        // A message held up by the ones before it counts from when it was due; one the
+        // sleep let out a little late counts from when it went out.
+        let held = pipe.slots.available_permits() == 0;
+        let slot = pipe.slots.clone().acquire_owned().await?;
+        let start = if held { due } else { origin.elapsed() };
+        value[..STAMP].copy_from_slice(&(start.as_nanos() as u64).to_le_bytes());
         let records = [Record {
             key: None,
             value: Some(&value),
@@ -102,21 +196,19 @@ async fn produce(
                             .with_records(Some(Bytes::from(batch::encode(&records)))),
                     ]),
             ]);
-        let conn = pool.to(&leaders[p]).await?;
-        if args.acks == 0 {
-            let (_, buf) = conn.frame(ApiKey::Produce, 9, &req)?;
-            conn.send(&buf).await?;
-        } else {
-            let ResponseKind::Produce(r) = conn.call(ApiKey::Produce, 9, &req).await? else {
-                bail!("unexpected response to Produce");
-            };
-            let code = r.responses[0].partition_responses[0].error_code;
-            if code != 0 {
-                bail!("produce to partition {p} failed with error code {code}");
-            }
-        }
-        previous_done = origin.elapsed();
-        latencies.push(previous_done.saturating_sub(start));
+        let id = i32::try_from(i)?;
+        let frame = encode_request(id, super::CLIENT_ID, ApiKey::Produce, PRODUCE_VERSION, &req)?;
+        pipe.sent.send(Sent {
+            id,
+            start,
+            _slot: slot,
+        })?;
+        pipe.wr.write_all(&frame).await?;
+    }
+    let mut latencies = Vec::with_capacity(args.messages as usize);
+    for (_, pipe) in pipes {
+        drop(pipe.sent);
+        latencies.extend(pipe.answers.await??);
     }
     Ok(latencies)
 }
