@@ -92,3 +92,34 @@ fn pipelined_produce_requests_share_syncs_and_are_answered_in_order() {
         "{syncs} syncs for {N} pipelined requests"
     );
 }
+
+#[test]
+fn nothing_behind_a_request_that_closes_the_connection_is_appended() {
+    let s = Strata::start();
+    let mut setup = RawClient::connect(s.kafka);
+    assert_eq!(setup.create_topic("pipe", 1, 1, &[]), 0);
+
+    // A good produce, one in a version nobody knows (the connection is closed), then
+    // another good produce, all in one write.
+    let mut c = RawClient::connect(s.kafka);
+    let batch = || produce(simple_batch(2, now_ms()));
+    let mut wire = RawClient::frame(ApiKey::Produce, 9, 1, &batch());
+    wire.extend(RawClient::frame_claiming(
+        ApiKey::Produce,
+        9,
+        99,
+        2,
+        &batch(),
+    ));
+    wire.extend(RawClient::frame(ApiKey::Produce, 9, 3, &batch()));
+    c.send_raw(&wire).unwrap();
+
+    let ResponseKind::Produce(r) = c.read_response(ApiKey::Produce, 9, 1) else {
+        panic!("request 1 is a Produce request");
+    };
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert!(c.is_closed(), "no answer after the bad request");
+    // Only the first request's records were written: the next ones go right after them.
+    assert_eq!(setup.produce("pipe", 0, simple_batch(1, now_ms())), (0, 2));
+    assert_eq!(setup.fetch("pipe", 0, 0, 1 << 20).high_watermark, 3);
+}

@@ -117,14 +117,35 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                         }
                     }
                     match handlers::handle(&broker, frame, peer).await {
+                        // Its own task: the wait holds the partition's sync turn and
+                        // must finish (the high watermark depends on it) even if this
+                        // connection stops polling it, or ends.
                         Outcome::Later(answer) => {
-                            waiting.push_back(answer);
+                            let task = tokio::spawn(answer);
+                            waiting.push_back(
+                                async move {
+                                    task.await.unwrap_or_else(|e| Outcome::Close {
+                                        reason: "internal_error",
+                                        detail: format!("a produce answer failed: {e}"),
+                                    })
+                                }
+                                .boxed(),
+                            );
                             continue;
                         }
-                        outcome if waiting.is_empty() => outcome,
                         outcome => {
-                            waiting.push_back(future::ready(outcome).boxed());
-                            continue;
+                            // Nothing after a request that closes the connection is
+                            // read, let alone appended.
+                            if matches!(outcome, Outcome::Close { .. }) {
+                                reading = false;
+                                stop.cancel();
+                            }
+                            if waiting.is_empty() {
+                                outcome
+                            } else {
+                                waiting.push_back(future::ready(outcome).boxed());
+                                continue;
+                            }
                         }
                     }
                 }

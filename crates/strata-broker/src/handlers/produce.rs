@@ -347,9 +347,9 @@ pub(super) async fn handle(
                 .with_partition_responses(parts),
         );
     }
-    // The waits run in this task (a spawned task per partition would add a hand-off to
-    // every acknowledgement); whatever is left when they are abandoned carries on in the
-    // background, so the data still becomes durable and visible.
+    // The partitions' waits run together in the answer (a task per partition would add
+    // a hand-off to every acknowledgement); whatever is left when the answer times out
+    // carries on in the background, so the data still becomes durable and visible.
     let slots: Vec<(usize, usize)> = pending.iter().map(|p| (p.topic, p.partition)).collect();
     let mut durable: FuturesUnordered<_> = pending
         .into_iter()
