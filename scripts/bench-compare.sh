@@ -4,7 +4,8 @@
 # partitions, and librdkafka's rdkafka_performance produces MESSAGES records of SIZE
 # bytes with acks=all, then consumes them back. Reported per run: MB/s and the broker's
 # CPU seconds per GB (user + system, from /proc); at the end the medians and the
-# Strata/peer ratios.
+# Strata/peer ratios, and Strata's produce rate against the disk's own sequential write
+# bandwidth with fdatasync (dd, before and after the rounds).
 #
 #   scripts/bench-compare.sh [MESSAGES] [ROUNDS]        defaults: 1000000 messages, 2 rounds
 #
@@ -127,7 +128,15 @@ PY
   pid=""
 }
 
+# The disk under Strata's data, on its own: sequential 1 MiB writes and one fdatasync.
+disk() {
+  dd if=/dev/zero of="$root/dd" bs=1M count=2000 conv=fdatasync 2>&1 | tail -1 |
+    awk '{ split($0, a, ", "); printf "%.1f\n", $1 / a[3] / 1e6 }'
+  rm -f "$root/dd"
+}
+
 results="$root/results"
+echo "disk disk $(disk)" >>"$results"
 echo "$MESSAGES messages of $SIZE B, $PARTITIONS partitions, acks=all, $ROUNDS rounds (A/B interleaved)"
 echo "broker  phase    MB/s   broker-cpu-s/GB"
 for _ in $(seq "$ROUNDS"); do
@@ -135,6 +144,7 @@ for _ in $(seq "$ROUNDS"); do
     run "$name" | tee -a "$results" | awk '{printf "%-7s %-8s %7s %8s\n", $1, $2, $3, $4}'
   done
 done
+echo "disk disk $(disk)" >>"$results"
 echo
 echo "medians, and Strata/peer:"
 for phase in produce consume; do
@@ -151,3 +161,10 @@ for phase in produce consume; do
         phase, s, sc, p, pc, (p > 0 ? s / p : 0), (pc > 0 ? sc / pc : 0)
     }' "$results"
 done
+awk '$1 == "disk" { d = d " " $3 } $1 == "strata" && $2 == "produce" { p = p " " $3 }
+  function median(list,   a, n, i, j, t) {
+    n = split(list, a, " ")
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+  }
+  END { printf "disk     dd 2000 x 1 MiB + fdatasync, before and after:%s MB/s; Strata produce / disk %.2fx\n", d, median(p) / median(d) }' "$results"

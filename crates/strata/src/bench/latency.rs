@@ -160,13 +160,22 @@ async fn produce(
             pipes.insert(leader, Pipe::open(leader, origin).await?);
         }
     }
-    for i in 0..args.messages {
-        let due = interval * u32::try_from(i)?;
-        // Tokio's timers tick in milliseconds, as coarse as the interval itself: the
-        // thread's own sleep keeps the schedule to tens of microseconds.
-        if let Some(wait) = (origin + due).checked_duration_since(Instant::now()) {
-            tokio::task::block_in_place(|| std::thread::sleep(wait));
+    // Tokio's timers tick in milliseconds, as coarse as the interval itself: a thread of
+    // its own keeps the schedule, to tens of microseconds, and wakes the sender.
+    let (tick, mut ticks) = mpsc::unbounded_channel();
+    let messages = args.messages;
+    let clock = std::thread::spawn(move || {
+        for i in 0..messages {
+            let due = interval * u32::try_from(i).unwrap_or(u32::MAX);
+            if let Some(wait) = (origin + due).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if tick.send((i, due)).is_err() {
+                return;
+            }
         }
+    });
+    while let Some((i, due)) = ticks.recv().await {
         let p = (i % leaders.len() as u64) as usize;
         let Some(pipe) = pipes.get_mut(leaders[p].as_str()) else {
             bail!("no connection to {}", leaders[p]);
@@ -204,6 +213,9 @@ async fn produce(
             _slot: slot,
         })?;
         pipe.wr.write_all(&frame).await?;
+    }
+    if clock.join().is_err() {
+        bail!("the clock thread failed");
     }
     let mut latencies = Vec::with_capacity(args.messages as usize);
     for (_, pipe) in pipes {
