@@ -492,17 +492,48 @@ async fn the_tail_budget_is_shared_and_evicts_the_oldest() {
         sync(p).await;
     }
     assert_eq!(budget.used(), 10 * batch_len as u64);
-    // b's appends pushed past the budget and evicted b's own oldest batches; a kept its.
-    assert!(a.reads_from_memory(0));
-    assert!(!b.reads_from_memory(0));
-    assert!(b.reads_from_memory(4 * 6));
-    let old = b.read(0, 1 << 20, true).unwrap();
+    // b's appends pushed past the budget and evicted the oldest batches broker-wide:
+    // six of a's, which had stopped appending; b keeps all of its own.
+    assert!(b.reads_from_memory(0));
+    assert!(!a.reads_from_memory(0));
+    assert!(!a.reads_from_memory(4 * 5));
+    assert!(a.reads_from_memory(4 * 6));
+    let old = a.read(0, 1 << 20, true).unwrap();
     assert!(!old.from_memory, "evicted offsets are read from the files");
     assert_eq!(batches(&old.records).len(), 8);
     assert_reads_agree(&a, &disk, &[1, 1 << 20]);
     // A deleted partition gives its share back.
     drop(a);
-    assert_eq!(budget.used(), 2 * batch_len as u64);
+    assert_eq!(budget.used(), 8 * batch_len as u64);
+    // And a partition that appends again after the others takes the oldest of theirs.
+    let dc = tempfile::tempdir().unwrap();
+    let c = open_with_tail(dc.path(), small(1 << 20), budget.clone());
+    for i in 0..6 {
+        append(&c, 4, i, 0);
+    }
+    sync(&c).await;
+    assert_eq!(budget.used(), 10 * batch_len as u64);
+    assert!(c.reads_from_memory(0));
+    assert!(!b.reads_from_memory(4 * 3));
+    assert!(b.reads_from_memory(4 * 4));
+}
+
+#[test]
+fn the_tail_budget_forgets_chunks_of_dropped_partitions() {
+    // Many partitions come and go; the budget's bookkeeping of who holds what stays
+    // bounded by what is held.
+    let budget = TailCache::new(1 << 30);
+    let batch = bytes::Bytes::from(simple_batch(1, 0));
+    for round in 0..50 {
+        let mut t = crate::tail::Tail::new(budget.clone());
+        for i in 0..100 {
+            t.push(i, i + 1, batch.clone());
+        }
+        assert_eq!(budget.used(), 100 * batch.len() as u64, "round {round}");
+        drop(t);
+        assert_eq!(budget.used(), 0);
+    }
+    assert!(budget.bookkept() <= 2 * 100 + 1024, "{}", budget.bookkept());
 }
 
 #[tokio::test]
