@@ -1,8 +1,11 @@
 //! The network seam between openraft and peer metadata nodes: each Raft RPC is one call
 //! over the metadata wire ([`crate::rpc`]), to the address the membership records for
-//! the peer. Errors map to what openraft does with them: nothing sent (the peer is down)
-//! is `Unreachable` (openraft backs off), a call that failed or timed out after it may
-//! have been sent is a network error or a timeout (retried on the next tick).
+//! the peer. Errors map to what openraft does with them: nothing sent (the peer is down),
+//! or a connection that broke before the answer (reset or closed: the peer went down, or
+//! a network between is cutting it off) is `Unreachable`, and openraft backs off; a call
+//! that timed out is a network error (retried on the next tick). Replication retries a
+//! network error at once, so a peer whose connections are reset the moment they open
+//! was called thousands of times a second, starving the node's other work.
 
 use openraft::BasicNode;
 use openraft::RaftNetwork;
@@ -76,7 +79,7 @@ impl PeerClient {
             .await
         {
             Ok(r) => Ok(r),
-            Err(e @ CallError::Unreachable { .. }) => {
+            Err(e @ (CallError::Unreachable { .. } | CallError::Failed { .. })) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))
             }
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
@@ -130,5 +133,45 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             Response::Vote(Err(e)) => Err(self.remote(e)),
             other => Err(refused(other)),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::BasicNode;
+    use openraft::RaftNetwork;
+    use openraft::Vote;
+    use openraft::error::RPCError;
+    use openraft::network::RPCOption;
+    use openraft::raft::VoteRequest;
+
+    use super::PeerClient;
+    use crate::rpc::Pool;
+
+    #[tokio::test]
+    async fn a_peer_whose_connections_break_is_unreachable_so_raft_backs_off() {
+        // What a cut network looks like through a proxy: connections open, then close.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                drop(conn);
+            }
+        });
+        let mut peer = PeerClient {
+            pool: Pool::new("c".into(), 1, None),
+            target: 2,
+            node: BasicNode::new(addr),
+        };
+        let got = peer
+            .vote(
+                VoteRequest::new(Vote::new(1, 1), None),
+                RPCOption::new(Duration::from_secs(5)),
+            )
+            .await;
+        assert!(matches!(got, Err(RPCError::Unreachable(_))), "{got:?}");
     }
 }
