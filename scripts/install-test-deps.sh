@@ -12,6 +12,7 @@ command -v kcat >/dev/null || need_apt+=(kcat)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v curl >/dev/null || need_apt+=(curl) # scripts/rgw.sh waits for radosgw with it
+command -v make >/dev/null || need_apt+=(make) # jemalloc is built from source
 command -v radosgw >/dev/null || need_apt+=(radosgw)
 command -v ceph-mon >/dev/null || need_apt+=(ceph-mon)
 command -v ceph-osd >/dev/null || need_apt+=(ceph-osd)
