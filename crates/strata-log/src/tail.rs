@@ -109,7 +109,6 @@ struct Chunk {
 #[derive(Debug, Default)]
 struct Chunks {
     chunks: VecDeque<Chunk>,
-    bytes: u64,
 }
 
 impl Chunks {
@@ -117,9 +116,9 @@ impl Chunks {
         let Some(old) = self.chunks.pop_front() else {
             return false;
         };
-        let n = old.data.len() as u64;
-        self.bytes -= n;
-        budget.used.fetch_sub(n, Ordering::Relaxed);
+        budget
+            .used
+            .fetch_sub(old.data.len() as u64, Ordering::Relaxed);
         budget.live.fetch_sub(1, Ordering::Relaxed);
         true
     }
@@ -169,7 +168,7 @@ impl Tail {
         if len == 0 || len > budget.cap {
             return;
         }
-        {
+        let crowded = {
             let mut own = self.chunks.lock();
             if own
                 .chunks
@@ -185,19 +184,16 @@ impl Tail {
                 next_offset,
                 data,
             });
-            own.bytes += len;
             budget.used.fetch_add(len, Ordering::Relaxed);
             let live = budget.live.fetch_add(1, Ordering::Relaxed) + 1;
             let mut order = budget.order.lock();
             order.push_back((Arc::downgrade(&self.chunks), seq));
-            if order.len() as u64 <= 2 * live + 1024 {
-                drop(order);
-                drop(own);
-                budget.evict();
-                return;
-            }
+            order.len() as u64 > 2 * live + 1024
+        };
+        // (Both locks are released here: see the module's lock rules.)
+        if crowded {
+            budget.sweep();
         }
-        budget.sweep();
         budget.evict();
     }
 
