@@ -101,6 +101,59 @@ fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
+/// A produce request of `records`, as one batch, to one partition.
+fn produce_request(
+    topic: &str,
+    partition: i32,
+    acks: i16,
+    records: &[Record<'_>],
+) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(topic_name(topic))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(Bytes::from(batch::encode(records)))),
+                ]),
+        ])
+}
+
+/// A fetch of `partitions` of `topic`, each from its offset, waiting up to `max_wait_ms`
+/// for a first byte.
+fn fetch_request(
+    topic: &str,
+    partitions: impl IntoIterator<Item = (i32, i64)>,
+    max_wait_ms: i32,
+    max_bytes: i32,
+    partition_max_bytes: i32,
+) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(max_bytes)
+        .with_session_epoch(-1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(topic_name(topic))
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|(partition, offset)| {
+                            FetchPartition::default()
+                                .with_partition(partition)
+                                .with_fetch_offset(offset)
+                                .with_partition_max_bytes(partition_max_bytes)
+                        })
+                        .collect(),
+                ),
+        ])
+}
+
 /// Latency percentiles of a run, in milliseconds.
 fn percentiles(mut samples: Vec<Duration>) -> String {
     if samples.is_empty() {
@@ -361,18 +414,7 @@ async fn produce(args: &BenchArgs, topic: &str, leaders: &[String]) -> anyhow::R
                         timestamp: now,
                     })
                     .collect();
-                let req = ProduceRequest::default()
-                    .with_acks(args.acks)
-                    .with_timeout_ms(30_000)
-                    .with_topic_data(vec![
-                        TopicProduceData::default()
-                            .with_name(topic_name(&topic))
-                            .with_partition_data(vec![
-                                PartitionProduceData::default()
-                                    .with_index(p)
-                                    .with_records(Some(Bytes::from(batch::encode(&records)))),
-                            ]),
-                    ]);
+                let req = produce_request(&topic, p, args.acks, &records);
                 let conn = pool.to(&leaders[p as usize]).await?;
                 let t = Instant::now();
                 if args.acks == 0 {
@@ -441,22 +483,7 @@ async fn consume(args: &BenchArgs, topic: &str, layout: Layout) -> anyhow::Resul
                 let conn = pool.to(&leaders[p as usize]).await?;
                 let mut offset = start;
                 while offset < end {
-                    let req = FetchRequest::default()
-                        .with_replica_id(BrokerId(-1))
-                        .with_max_wait_ms(500)
-                        .with_min_bytes(1)
-                        .with_max_bytes(32 << 20)
-                        .with_session_epoch(-1)
-                        .with_topics(vec![
-                            FetchTopic::default()
-                                .with_topic(topic_name(&topic))
-                                .with_partitions(vec![
-                                    FetchPartition::default()
-                                        .with_partition(p)
-                                        .with_fetch_offset(offset)
-                                        .with_partition_max_bytes(16 << 20),
-                                ]),
-                        ]);
+                    let req = fetch_request(&topic, [(p, offset)], 500, 32 << 20, 16 << 20);
                     let t = Instant::now();
                     let ResponseKind::Fetch(r) = conn.call(ApiKey::Fetch, 12, &req).await? else {
                         bail!("unexpected response to Fetch");

@@ -11,19 +11,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::{Buf, Bytes};
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::RecordBatchDecoder;
-use strata_protocol::batch::{self, HeaderIter, Record};
+use strata_protocol::batch::{HeaderIter, Record};
 use strata_protocol::frame::encode_request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{BenchArgs, Conns, percentiles, topic_name};
+use super::{BenchArgs, Conns, fetch_request, percentiles, produce_request};
 
 /// Bytes at the start of each value that carry its scheduled send time.
 const STAMP: usize = 8;
@@ -193,18 +191,7 @@ async fn produce(
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_millis() as i64,
         }];
-        let req = ProduceRequest::default()
-            .with_acks(args.acks)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(topic_name(topic))
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(p as i32)
-                            .with_records(Some(Bytes::from(batch::encode(&records)))),
-                    ]),
-            ]);
+        let req = produce_request(topic, p as i32, args.acks, &records);
         let id = i32::try_from(i)?;
         let frame = encode_request(id, super::CLIENT_ID, ApiKey::Produce, PRODUCE_VERSION, &req)?;
         pipe.sent.send(Sent {
@@ -246,27 +233,8 @@ async fn follow(
     }
     while (latencies.len() as u64) < expected {
         for (leader, parts) in &by_leader {
-            let req = FetchRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_max_wait_ms(100)
-                .with_min_bytes(1)
-                .with_max_bytes(8 << 20)
-                .with_session_epoch(-1)
-                .with_topics(vec![
-                    FetchTopic::default()
-                        .with_topic(topic_name(&topic))
-                        .with_partitions(
-                            parts
-                                .iter()
-                                .map(|&p| {
-                                    FetchPartition::default()
-                                        .with_partition(p as i32)
-                                        .with_fetch_offset(offsets[p])
-                                        .with_partition_max_bytes(1 << 20)
-                                })
-                                .collect(),
-                        ),
-                ]);
+            let from = parts.iter().map(|&p| (p as i32, offsets[p]));
+            let req = fetch_request(&topic, from, 100, 8 << 20, 1 << 20);
             let conn = pool.to(leader).await?;
             let ResponseKind::Fetch(r) = conn.call(ApiKey::Fetch, 12, &req).await? else {
                 bail!("unexpected response to Fetch");
