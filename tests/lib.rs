@@ -275,6 +275,21 @@ impl Strata {
     }
 
     /// `GET path` on the HTTP listener: (status code, body).
+    /// Waits up to `within` for `/readyz` to answer 200 (the node is registered and its
+    /// metadata caught up, which may come a little after the listeners open).
+    pub fn wait_ready(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.http_get("/readyz").0 == 200 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn http_get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(self.http).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

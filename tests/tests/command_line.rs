@@ -18,7 +18,11 @@ fn plain_strata_serves_with_its_settings_from_the_environment() {
     // (loopback, any free port), not the 9092/9644 defaults.
     assert_ne!(s.kafka.port(), 9092);
     assert_ne!(s.http.port(), 9644);
-    assert_eq!(s.http_get("/readyz").0, 200);
+    assert!(
+        s.wait_ready(std::time::Duration::from_secs(20)),
+        "{}",
+        s.log_tail()
+    );
 
     let mut c = RawClient::connect(s.kafka);
     let batch = build_batch(&[TestRecord {

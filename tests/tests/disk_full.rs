@@ -251,11 +251,11 @@ fn a_full_disk_stalls_metadata_writes_until_space_is_free() {
     );
 
     std::fs::remove_file(&filler).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while d.s.http_get("/readyz").0 != 200 {
-        assert!(std::time::Instant::now() < deadline, "{}", d.s.log_tail());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    assert!(
+        d.s.wait_ready(std::time::Duration::from_secs(20)),
+        "{}",
+        d.s.log_tail()
+    );
     assert_eq!(d.c.create_topic("after", 1, 1, &[]), 0);
     assert_eq!(d.c.commit_offset("g", "full", 0, 3), 0);
     // The write that timed out went through once there was room: the topic exists.
