@@ -63,11 +63,16 @@ pub struct Broker {
     pub(crate) rack: Option<String>,
     /// The epoch of this broker's current registration (-1 before it registered).
     pub(crate) epoch: std::sync::atomic::AtomicI64,
+    /// How long the controller cannot have fenced this broker, by its heartbeats.
+    pub(crate) lease: Arc<crate::lease::Lease>,
     /// The partitions' replication (leaders tracking followers, followers fetching).
     pub(crate) replication: strata_replication::Replication,
     /// Fetch sessions (KIP-227) of consumers and followers.
     pub(crate) fetch_sessions: crate::fetch_sessions::FetchSessions,
 }
+
+/// Why a broker whose lease lapsed refuses to lead.
+pub(crate) const LEASE_LAPSED: &str = "this broker has not reached the controller within broker.session.timeout.ms and acts as fenced: its leadership may have moved";
 
 /// Why a topic could not be created.
 #[derive(Debug)]
@@ -323,7 +328,20 @@ impl Broker {
         if meta.leader != self.node_id {
             return Err(self.not_leader(topic, partition));
         }
+        if self.lease_lapsed() {
+            return Err(TopicError::new(
+                ResponseError::NotLeaderOrFollower,
+                LEASE_LAPSED.to_string(),
+            ));
+        }
         self.replica_log(topic, partition)
+    }
+
+    /// Whether the controller may have fenced this broker and moved its leadership,
+    /// though metadata here still says otherwise (see [`crate::lease`]). The controller
+    /// never fences the last live broker, so neither does this.
+    pub(crate) fn lease_lapsed(&self) -> bool {
+        self.lease.acts_fenced(&self.meta, self.node_id)
     }
 
     fn placement(topic: &TopicMeta, partition: i32) -> Result<&PartitionMeta, TopicError> {
@@ -756,12 +774,15 @@ impl Broker {
                 epoch: self.epoch.load(Ordering::SeqCst),
                 shutting_down: false,
             };
+            let sent = tokio::time::Instant::now();
             match self.meta.heartbeat(hb).await {
                 Ok(reply) if reply.fenced => {
+                    self.lease.revoked();
                     warn!(
                         node_id = self.node_id,
                         "the controller fenced this broker (its lease ran out): registering again"
                     );
+                    let sent = tokio::time::Instant::now();
                     match Self::register(
                         &self.meta,
                         self.node_id,
@@ -772,12 +793,13 @@ impl Broker {
                     {
                         Ok(epoch) => {
                             self.epoch.store(epoch, Ordering::SeqCst);
+                            self.lease.renewed(sent);
                             info!(node_id = self.node_id, epoch, "registered again");
                         }
                         Err(e) => warn!(error = %e, "could not register again yet"),
                     }
                 }
-                Ok(_) => {}
+                Ok(_) => self.lease.renewed(sent),
                 Err(e) => debug!(error = %e, "heartbeat not answered"),
             }
         }

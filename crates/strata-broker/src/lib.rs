@@ -16,6 +16,7 @@ mod errors;
 mod fetch_sessions;
 mod groups;
 pub(crate) mod handlers;
+mod lease;
 mod server;
 #[cfg(test)]
 mod tests;

@@ -202,6 +202,7 @@ pub struct Health {
     shutdown: CancellationToken,
     listening: Arc<AtomicBool>,
     meta: MetaNode,
+    lease: Arc<crate::lease::Lease>,
     failed: Arc<watch::Sender<Option<String>>>,
 }
 
@@ -226,6 +227,9 @@ impl Health {
             None => Err("not registered with the controller".into()),
             Some(true) => {
                 Err("fenced by the controller (its lease ran out): registering again".into())
+            }
+            Some(false) if self.lease.acts_fenced(&self.meta, self.node_id) => {
+                Err(crate::broker::LEASE_LAPSED.into())
             }
             Some(false) => Ok(()),
         }
@@ -342,7 +346,12 @@ impl RunningBroker {
             },
             port: kafka_addr.port(),
         });
+        let registering = tokio::time::Instant::now();
         let epoch = Broker::register(&meta, opts.node_id, &endpoint, opts.rack.clone()).await?;
+        let lease = Arc::new(crate::lease::Lease::new(
+            opts.config.broker_session_timeout(),
+            registering,
+        ));
         let commit_time = opts
             .metrics
             .replication
@@ -419,6 +428,7 @@ impl RunningBroker {
             log_throttle: strata_telemetry::LogThrottle::new(Duration::from_secs(1)),
             rack: opts.rack,
             epoch: std::sync::atomic::AtomicI64::new(epoch),
+            lease: lease.clone(),
             replication,
             fetch_sessions,
         });
@@ -473,6 +483,7 @@ impl RunningBroker {
             shutdown: broker.shutdown.clone(),
             listening: Arc::new(AtomicBool::new(true)),
             meta: broker.meta.clone(),
+            lease: broker.lease.clone(),
             failed,
         };
         let accept = tokio::spawn(accept_loop(

@@ -89,8 +89,12 @@ pub(super) async fn handle(
     version: i16,
 ) -> MetadataResponse {
     // Live brokers only: a fenced one leads nothing, and clients should not wait on it.
+    // That includes this broker once its lease lapsed (see `crate::lease`): metadata here
+    // may be stale, and clients must ask another broker where its partitions went.
+    let fenced = broker.lease_lapsed();
     let brokers = broker.meta.read(|s| {
         s.live_brokers()
+            .filter(|b| !(fenced && b.node_id == broker.node_id))
             .map(|b| {
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(b.node_id))
@@ -106,7 +110,7 @@ pub(super) async fn handle(
         None => true,
         Some(list) => list.is_empty() && version == 0,
     };
-    let topics = if all {
+    let mut topics = if all {
         broker
             .meta
             .read(|s| s.topics.values().map(topic_entry).collect())
@@ -124,6 +128,14 @@ pub(super) async fn handle(
         }
         out
     };
+    if fenced {
+        for p in topics.iter_mut().flat_map(|t| t.partitions.iter_mut()) {
+            if p.leader_id.0 == broker.node_id {
+                p.leader_id = BrokerId(-1);
+                p.error_code = ResponseError::LeaderNotAvailable.code();
+            }
+        }
+    }
     MetadataResponse::default()
         .with_brokers(brokers)
         .with_cluster_id(Some(StrBytes::from_string(broker.cluster_id.clone())))

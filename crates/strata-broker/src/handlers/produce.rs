@@ -18,7 +18,7 @@ use strata_meta::TopicMeta;
 use strata_protocol::batch::{self, BatchHeader};
 use tracing::warn;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, LEASE_LAPSED};
 use crate::config::TopicConfig;
 use crate::errors;
 
@@ -49,10 +49,17 @@ async fn acknowledged(p: Pending) -> Result<(), Failure> {
     let Some((broker, key, min)) = p.min_isr else {
         return Ok(());
     };
-    p.log
-        .wait_high_watermark(p.end, p.leader_epoch)
-        .await
-        .map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;
+    // A broker cut off from the controller cannot have its ISR shrunk: once its lease
+    // lapses the write may never be acknowledged here, and the client should find the
+    // partition's new leader instead of waiting out its timeout.
+    tokio::select! {
+        replicated = p.log.wait_high_watermark(p.end, p.leader_epoch) => {
+            replicated.map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;
+        }
+        () = broker.lease.fenced(&broker.meta, broker.node_id) => {
+            return Err(Failure(ResponseError::NotLeaderOrFollower, LEASE_LAPSED.into()));
+        }
+    }
     let isr = broker.replication.isr(key).map_or(1, |isr| isr.len());
     if isr < min {
         return Err(Failure(
