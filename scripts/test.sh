@@ -5,7 +5,8 @@
 # a throw-away Ceph radosgw from scripts/rgw.sh) and the client tests driven by pytest
 # (confluent-kafka, kafka-python, kcat, KafkaJS consumer groups run as node processes from
 # tests/python/test_groups_kafkajs.py, and tiered storage against both object stores in
-# tests/python/test_tiered.py, radosgw outages included).
+# tests/python/test_tiered.py, radosgw outages included), with a bounded libFuzzer run of
+# every fuzz target in between (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -27,6 +28,9 @@ cargo build --bin strata
 
 step "Rust unit and end-to-end tests"
 cargo nextest run --workspace --no-fail-fast
+
+step "fuzzing every decoder of outside bytes (fuzz/, libFuzzer, 20 s per target)"
+./scripts/fuzz.sh 20
 
 step "client tests (Python clients, kcat, KafkaJS, tiered storage on radosgw)"
 .venv/bin/python -m pytest tests/python -q --timeout 300

@@ -409,6 +409,11 @@ impl RawClient {
         ResponseKind::decode(api, &mut frame, version).unwrap()
     }
 
+    /// How long reads wait before failing with a timeout (15 s unless set).
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+
     /// Reads one response frame (without its size prefix).
     pub fn read_frame(&mut self) -> std::io::Result<Bytes> {
         let mut size = [0u8; 4];

@@ -37,6 +37,33 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+/// Entry points for `fuzz/`: the decoders of this crate's files and RPC frames, with
+/// no other use. Only built with the `fuzzing` feature.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    /// Opens the metadata files in `dir` (`raft.log`, `state.snapshot`, `incarnation`)
+    /// as a node does at start-up.
+    pub fn open_dir(dir: &Path) -> Result<(), crate::MetaError> {
+        let space = Arc::new(crate::fsutil::DiskSpace::default());
+        let lock = crate::fsutil::lock_dir(dir)?;
+        crate::node::incarnation(dir)?;
+        crate::log_store::LogStore::open(dir, lock, space.clone())?;
+        let applied = Arc::new(tokio::sync::watch::channel(0).0);
+        crate::state_machine::StateMachineStore::open(dir, applied, space)?;
+        Ok(())
+    }
+
+    /// Decodes a metadata RPC frame's body as a request and as a response.
+    pub fn decode_rpc(body: &[u8]) {
+        let _ = serde_json::from_slice::<crate::rpc::Request>(body);
+        let _ = serde_json::from_slice::<crate::rpc::Response>(body);
+    }
+}
+
 pub use controller::ControllerConfig;
 pub use controller::Election;
 pub use controller::NoElection;

@@ -192,7 +192,7 @@ impl fmt::Debug for MetaNode {
 
 /// Reads the directory's incarnation, making one for a new directory (or one from before
 /// incarnations existed). Returns it and whether it was just made.
-fn incarnation(dir: &Path) -> Result<(String, bool), MetaError> {
+pub(crate) fn incarnation(dir: &Path) -> Result<(String, bool), MetaError> {
     let path = dir.join(INCARNATION_FILE);
     match fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => Ok((s.trim().to_string(), false)),

@@ -4,7 +4,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiVersionsRequest, ApiVersionsResponse};
 
-use super::SUPPORTED;
+use strata_protocol::frame::SUPPORTED;
 
 fn all_versions() -> Vec<ApiVersion> {
     SUPPORTED

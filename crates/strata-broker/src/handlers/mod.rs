@@ -32,48 +32,6 @@ use tracing::{Instrument, debug};
 
 use crate::broker::Broker;
 
-/// The APIs this broker implements and the versions it serves of each. Minimums are
-/// the oldest versions Kafka 4 still accepts; maximums are the newest whose every
-/// field this broker honours.
-pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
-    (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 1, 8),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::OffsetCommit, 2, 9),
-    (ApiKey::OffsetFetch, 1, 9),
-    (ApiKey::FindCoordinator, 0, 6),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::DescribeGroups, 0, 6),
-    (ApiKey::ListGroups, 0, 5),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::OffsetDelete, 0, 0),
-    (ApiKey::InitProducerId, 0, 5),
-    (ApiKey::DescribeProducers, 0, 0),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::DescribeCluster, 0, 2),
-    (ApiKey::OffsetForLeaderEpoch, 2, 4),
-    (ApiKey::DescribeLogDirs, 1, 4),
-    (ApiKey::ElectLeaders, 0, 2),
-];
-
-fn supported(api: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED
-        .iter()
-        .find(|(k, _, _)| *k == api)
-        .map(|&(_, min, max)| (min, max))
-}
-
 /// Who sent a request.
 pub(crate) struct RequestCtx {
     pub client_id: String,
@@ -125,7 +83,7 @@ pub(crate) async fn handle(
         Err(e) => return close("unknown_api_key", e),
     };
     let version = prefix.api_version;
-    let Some((min, max)) = supported(api) else {
+    let Some((min, max)) = frame::supported(api) else {
         return close("unsupported_api", format!("{api:?} is not implemented"));
     };
     if version < min || version > max {
