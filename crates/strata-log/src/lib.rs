@@ -33,10 +33,12 @@ pub use partition::{
     AppendInfo, LogConfig, Offsets, Partition, ReadResult, SealedSegment, SegmentInfo,
     plan_retention,
 };
-pub use producers::{ProducerError, ProducerInfo};
+pub use producers::{AbortedTxn, ProducerError, ProducerInfo};
 pub use tail::TailCache;
 
 #[cfg(test)]
 mod producer_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod txn_tests;

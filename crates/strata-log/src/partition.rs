@@ -20,7 +20,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use prometheus::IntGauge;
-use strata_protocol::batch::{self, BatchHeader, HeaderIter};
+use strata_protocol::batch::{self, BatchHeader, ControlType, HeaderIter};
 use strata_protocol::records;
 use strata_telemetry::LogMetrics;
 use tokio::sync::watch;
@@ -30,7 +30,7 @@ use crate::acked::AckedMark;
 use crate::epochs::LeaderEpochs;
 use crate::error::{LogError, Result};
 use crate::index::SegmentIndex;
-use crate::producers::{Checked, ProducerInfo, ProducerState};
+use crate::producers::{AbortedTxn, Checked, ProducerInfo, ProducerState};
 use crate::segment::{self, Damage, Segment};
 use crate::tail::{Tail, TailCache};
 
@@ -67,6 +67,9 @@ pub struct Offsets {
     /// End of what consumers may read: the durable log end, or less for a replicated
     /// partition (where it is the end of what every in-sync replica has made durable).
     pub high_watermark: i64,
+    /// End of what read_committed consumers may read: the high watermark, or the first
+    /// offset of the oldest open transaction if that is lower (Kafka's last stable offset).
+    pub last_stable: i64,
     /// End of the synced (durable) local log: what replicas may copy.
     pub durable_end: i64,
     /// Next offset to be assigned.
@@ -209,6 +212,10 @@ impl Inner {
             local_start: self.local_start(),
             remote_end: self.remote_end,
             high_watermark: self.consumer_hw(),
+            last_stable: self
+                .producers
+                .first_unstable()
+                .map_or(self.consumer_hw(), |o| o.min(self.consumer_hw())),
             durable_end: self.hw,
             log_end: self.log_end(),
         }
@@ -249,6 +256,17 @@ impl Inner {
     fn size_bytes(&self) -> u64 {
         self.segments.values().map(|s| s.size).sum()
     }
+}
+
+/// How far a read may go.
+#[derive(Clone, Copy)]
+enum Upto {
+    /// The durable end: a follower copying the log.
+    Durable,
+    /// The high watermark: a read_uncommitted consumer.
+    HighWatermark,
+    /// The last stable offset: a read_committed consumer.
+    LastStable,
 }
 
 /// A partition's log on local disk.
@@ -321,9 +339,9 @@ impl Partition {
             let next_base = bases.get(i + 1).copied();
             // Segments after the snapshot (all of them without one) feed the producer state.
             let replays = snapshot.is_none_or(|(at, _)| base > at);
-            let mut replay = |h: &BatchHeader| {
+            let mut replay = |h: &BatchHeader, control: Option<ControlType>| {
                 if replays {
-                    producers.replay(h, now_ms);
+                    producers.replay(h, control, now_ms);
                 }
             };
             let recovered = Segment::open(
@@ -584,6 +602,59 @@ impl Partition {
         Ok(info)
     }
 
+    /// Writes a transaction marker for producer `producer_id`: its open transaction in
+    /// this partition ends, committed or aborted (the partition leader's part of Kafka's
+    /// WriteTxnMarkers). Durable like any append once [`Partition::wait_durable`] says
+    /// so. A marker from an older epoch than the partition knows is refused with
+    /// [`LogError::Producer`] (a fenced producer's coordinator).
+    pub fn append_marker(
+        &self,
+        producer_id: i64,
+        producer_epoch: i16,
+        control: ControlType,
+        coordinator_epoch: i32,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo> {
+        let mut inner = self.inner.lock();
+        self.check_online(&inner)?;
+        inner.producers.check_marker(producer_id, producer_epoch)?;
+        let offset = inner.log_end();
+        let mut data = batch::encode_marker(
+            producer_id,
+            producer_epoch,
+            control,
+            coordinator_epoch,
+            now_ms,
+        );
+        batch::set_base_offset(&mut data, offset);
+        batch::set_partition_leader_epoch(&mut data, leader_epoch);
+        let header = batch::validate(&data).map_err(|e| LogError::Corrupt {
+            path: self.dir.clone(),
+            position: 0,
+            reason: format!("a marker built here does not validate: {e}"),
+        })?;
+        inner.epochs.begin(leader_epoch, offset)?;
+        self.write_batches(&mut inner, data, &[header], now_ms)?;
+        inner
+            .producers
+            .end_txn(producer_id, producer_epoch, control, offset, now_ms);
+        let info = AppendInfo {
+            base_offset: offset,
+            last_offset: offset,
+            log_start: inner.log_start,
+            duplicate: false,
+        };
+        self.publish_metrics(&inner);
+        Ok(info)
+    }
+
+    /// Aborted transactions that overlap offsets `from..to`, for a read_committed fetch
+    /// of that range (Kafka's `aborted_transactions`).
+    pub fn aborted_transactions(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        self.inner.lock().producers.aborted_between(from, to)
+    }
+
     /// Appends batches copied from the partition's leader, as they are (offsets and
     /// leader epochs kept): a follower's append. Batches the log already has (from a
     /// retried fetch) are skipped; a batch that does not continue the log is refused.
@@ -627,9 +698,12 @@ impl Partition {
                 .epochs
                 .begin(h.partition_leader_epoch, h.base_offset)?;
         }
+        let controls: Vec<Option<ControlType>> = HeaderIter::new(&data)
+            .map(|(at, h)| segment::marker_type(&h, &data[at..at + h.total_len()]))
+            .collect();
         self.write_batches(&mut inner, data, &taken, now_ms)?;
-        for h in &taken {
-            inner.producers.replay(h, now_ms);
+        for (h, control) in taken.iter().zip(controls) {
+            inner.producers.replay(h, control, now_ms);
         }
         self.publish_metrics(&inner);
         Ok(taken.len())
@@ -957,13 +1031,23 @@ impl Partition {
     /// partition of a fetch). Only synced data is returned. Blocking file I/O: call it
     /// from a blocking context.
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
-        self.read_upto(offset, max_bytes, min_one, false)
+        self.read_upto(offset, max_bytes, min_one, Upto::HighWatermark)
+    }
+
+    /// [`Partition::read`] for a read_committed consumer: up to the last stable offset.
+    pub fn read_committed(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<ReadResult> {
+        self.read_upto(offset, max_bytes, min_one, Upto::LastStable)
     }
 
     /// [`Partition::read`] for a replica copying the log: up to the durable end rather
     /// than the high watermark.
     pub fn read_replica(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        self.read_upto(offset, max_bytes, true, true)
+        self.read_upto(offset, max_bytes, true, Upto::Durable)
     }
 
     fn read_upto(
@@ -971,15 +1055,15 @@ impl Partition {
         offset: i64,
         max_bytes: usize,
         min_one: bool,
-        replica: bool,
+        upto: Upto,
     ) -> Result<ReadResult> {
         let (plan, offsets, limit) = {
             let inner = self.inner.lock();
             let offsets = inner.offsets();
-            let limit = if replica {
-                offsets.durable_end
-            } else {
-                offsets.high_watermark
+            let limit = match upto {
+                Upto::Durable => offsets.durable_end,
+                Upto::HighWatermark => offsets.high_watermark,
+                Upto::LastStable => offsets.last_stable,
             };
             if offset < offsets.log_start || offset > offsets.log_end {
                 return Err(LogError::OffsetOutOfRange {
@@ -1377,6 +1461,7 @@ impl Partition {
             inner.advance_hw(offset, 0, offset);
         }
         inner.log_start = offset;
+        inner.producers.forget_aborted_below(offset);
         let deleted = self.remove_segments(&mut inner, |s| {
             s.next_offset <= offset && s.base_offset < offset
         });
@@ -1476,7 +1561,7 @@ fn load_producer_snapshot(
 /// producer state. A header that does not parse ends this segment's walk with a warning:
 /// the log stays as usable as before, only producer state after that point is missing.
 fn replay_headers(seg: &Segment, producers: &mut ProducerState, now_ms: i64) -> Result<()> {
-    match seg.walk_headers(&mut |h| producers.replay(h, now_ms)) {
+    match seg.walk_headers(&mut |h, control| producers.replay(h, control, now_ms)) {
         Err(LogError::Corrupt {
             path,
             position,

@@ -106,12 +106,14 @@ async fn in_sequence_batches_append_and_a_retry_returns_the_original_offsets() {
                 epoch: 0,
                 last_sequence: 5,
                 last_timestamp: 1000,
+                txn_start_offset: -1,
             },
             ProducerInfo {
                 producer_id: 8,
                 epoch: 0,
                 last_sequence: 0,
                 last_timestamp: 1000,
+                txn_start_offset: -1,
             },
         ]
     );

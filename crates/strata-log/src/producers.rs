@@ -24,24 +24,32 @@
 //! cannot tell a lost state from a wrong sequence, and refusing would wedge the producer.
 //! So this module never reports Kafka's `UNKNOWN_PRODUCER_ID`.
 //!
+//! Transactions are tracked here too, as Kafka's `ProducerStateManager` does: a
+//! transactional batch opens its producer's transaction in this partition (if none is
+//! open) at its base offset, and the transaction marker (a control batch the partition
+//! leader writes for the coordinator) closes it; an abort marker records an
+//! [`AbortedTxn`]. The first offset of the oldest open transaction bounds the last stable
+//! offset, up to which read_committed consumers read.
+//!
 //! The state of a partition is rebuilt at start-up from a snapshot written when a segment
 //! is sealed (see [`ProducerState::encode_snapshot`] and `docs/storage-format.md`) plus the
-//! batch headers of the segments after it.
+//! batch headers of the segments after it (and the type of each marker among them).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use strata_protocol::batch::BatchHeader;
+use strata_protocol::batch::{BatchHeader, ControlType};
 
 /// How many of a producer's most recent batches are remembered for duplicate detection
 /// (Kafka's `NUM_BATCHES_TO_RETAIN`, matching the client's five in-flight requests).
 pub(crate) const BATCHES_TO_RETAIN: usize = 5;
 
-/// Version of the `.producers` snapshot format written by this code.
-const SNAPSHOT_VERSION: u8 = 1;
+/// Version of the `.producers` snapshot format written by this code (1: idempotence only,
+/// still read; 2: with transactions).
+const SNAPSHOT_VERSION: u8 = 2;
 /// Version byte, CRC, end offset, producer count.
 const SNAPSHOT_HEADER_LEN: usize = 1 + 4 + 8 + 4;
-/// Producer id, epoch, last-seen time, batch count.
-const SNAPSHOT_ENTRY_LEN: usize = 8 + 2 + 8 + 1;
+/// Producer id, epoch, last-seen time, open transaction's first offset, batch count.
+const SNAPSHOT_ENTRY_LEN: usize = 8 + 2 + 8 + 8 + 1;
 /// First and last sequence, base and last offset, max timestamp.
 const SNAPSHOT_BATCH_LEN: usize = 4 + 4 + 8 + 8 + 8;
 
@@ -92,6 +100,18 @@ pub struct ProducerInfo {
     pub last_sequence: i32,
     /// Max timestamp of the producer's last batch (the records' own timestamps).
     pub last_timestamp: i64,
+    /// First offset of the producer's open transaction in this partition, or -1.
+    pub txn_start_offset: i64,
+}
+
+/// A transaction that was aborted: the producer's records from `first_offset` up to the
+/// abort marker at `last_offset` are skipped by read_committed consumers (Kafka's
+/// `AbortedTxn`; a Fetch at `isolation_level=1` lists the ones its data overlaps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 /// Where one of a producer's recent batches was stored.
@@ -104,12 +124,15 @@ pub(crate) struct BatchMetadata {
     pub(crate) max_timestamp: i64,
 }
 
-/// The state of one producer id. Always holds at least one batch.
+/// The state of one producer id. Holds at least one batch, unless a transaction marker
+/// with a newer epoch (the producer was fenced or bumped) cleared them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ProducerEntry {
     epoch: i16,
     /// Oldest first, at most [`BATCHES_TO_RETAIN`], all of `epoch`.
     batches: VecDeque<BatchMetadata>,
+    /// First offset of the producer's open transaction in this partition.
+    txn_first: Option<i64>,
     /// Broker clock at the last append (or at the start-up that replayed it from the log).
     /// Expiry counts idleness from here as well as from the records' timestamps, so a
     /// producer that sends old timestamps is not forgotten while its retries may still come.
@@ -117,10 +140,12 @@ struct ProducerEntry {
 }
 
 impl ProducerEntry {
-    fn new(epoch: i16, batch: BatchMetadata, now_ms: i64) -> Self {
+    fn new(h: &BatchHeader, batch: BatchMetadata, now_ms: i64) -> Self {
+        let epoch = h.producer_epoch;
         Self {
             epoch,
             batches: VecDeque::from([batch]),
+            txn_first: h.is_transactional().then_some(batch.base_offset),
             last_seen_ms: now_ms,
         }
     }
@@ -148,8 +173,13 @@ impl ProducerEntry {
             .copied()
     }
 
-    /// Records a batch; a new epoch starts a fresh window (Kafka's `addBatch`).
-    fn add(&mut self, epoch: i16, batch: BatchMetadata, now_ms: i64) {
+    /// Records a batch; a new epoch starts a fresh window (Kafka's `addBatch`). A
+    /// transactional batch opens the producer's transaction if none is open.
+    fn add(&mut self, h: &BatchHeader, batch: BatchMetadata, now_ms: i64) {
+        let epoch = h.producer_epoch;
+        if h.is_transactional() && self.txn_first.is_none() {
+            self.txn_first = Some(batch.base_offset);
+        }
         if epoch != self.epoch {
             self.epoch = epoch;
             self.batches.clear();
@@ -200,10 +230,14 @@ fn metadata(h: &BatchHeader, base_offset: i64) -> BatchMetadata {
     }
 }
 
-/// The idempotent-producer state of one partition.
+/// The idempotent-producer and transaction state of one partition.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct ProducerState {
     producers: BTreeMap<i64, ProducerEntry>,
+    /// Open transactions: (first offset, producer id), kept in step with `producers`.
+    ongoing: BTreeSet<(i64, i64)>,
+    /// Aborted transactions still in the log, by marker offset (oldest first).
+    aborted: Vec<AbortedTxn>,
 }
 
 impl ProducerState {
@@ -246,14 +280,14 @@ impl ProducerState {
                 Some(current) => {
                     check_against(pid, current, h.producer_epoch, placed.first_seq)?;
                     let mut entry = current.clone();
-                    entry.add(h.producer_epoch, placed, now_ms);
+                    entry.add(h, placed, now_ms);
                     update.entries.insert(pid, entry);
                 }
                 // Unknown producer: any sequence is accepted (see the module docs).
                 None => {
                     update
                         .entries
-                        .insert(pid, ProducerEntry::new(h.producer_epoch, placed, now_ms));
+                        .insert(pid, ProducerEntry::new(h, placed, now_ms));
                 }
             }
         }
@@ -262,26 +296,118 @@ impl ProducerState {
 
     /// Applies a checked append once its batches are written.
     pub(crate) fn apply(&mut self, update: ProducerUpdate) {
-        self.producers.extend(update.entries);
+        for (pid, entry) in update.entries {
+            self.put(pid, entry);
+        }
+    }
+
+    /// Stores a producer's entry, keeping the open transactions in step.
+    fn put(&mut self, pid: i64, entry: ProducerEntry) {
+        if let Some(first) = self.producers.get(&pid).and_then(|e| e.txn_first) {
+            self.ongoing.remove(&(first, pid));
+        }
+        if let Some(first) = entry.txn_first {
+            self.ongoing.insert((first, pid));
+        }
+        self.producers.insert(pid, entry);
+    }
+
+    /// Checks that a transaction marker of producer `pid` at `epoch` may be written: a
+    /// marker from an older epoch than the partition knows is a zombie coordinator's.
+    pub(crate) fn check_marker(&self, pid: i64, epoch: i16) -> Result<(), ProducerError> {
+        match self.producers.get(&pid) {
+            Some(e) if epoch < e.epoch => Err(ProducerError::InvalidProducerEpoch {
+                producer_id: pid,
+                epoch,
+                current_epoch: e.epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A transaction marker of producer `pid` was written at `offset`: its open
+    /// transaction (if any) ends, committed or (recorded as such) aborted. A newer epoch
+    /// than the producer's starts a fresh sequence window.
+    pub(crate) fn end_txn(
+        &mut self,
+        pid: i64,
+        epoch: i16,
+        control: ControlType,
+        offset: i64,
+        now_ms: i64,
+    ) {
+        let Some(mut entry) = self.producers.get(&pid).cloned() else {
+            return;
+        };
+        if epoch > entry.epoch {
+            entry.epoch = epoch;
+            entry.batches.clear();
+        }
+        if let Some(first) = entry.txn_first.take()
+            && control == ControlType::Abort
+        {
+            self.aborted.push(AbortedTxn {
+                producer_id: pid,
+                first_offset: first,
+                last_offset: offset,
+            });
+        }
+        entry.last_seen_ms = entry.last_seen_ms.max(now_ms);
+        self.put(pid, entry);
+    }
+
+    /// The first offset of the oldest open transaction, if any.
+    pub(crate) fn first_unstable(&self) -> Option<i64> {
+        self.ongoing.first().map(|&(offset, _)| offset)
+    }
+
+    /// Aborted transactions that overlap offsets `from..to` (their marker at or after
+    /// `from`, their first record before `to`).
+    pub(crate) fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
+        let i = self.aborted.partition_point(|a| a.last_offset < from);
+        self.aborted[i..]
+            .iter()
+            .filter(|a| a.first_offset < to)
+            .copied()
+            .collect()
+    }
+
+    /// Forgets aborted transactions whose marker is below `offset` (the log start).
+    pub(crate) fn forget_aborted_below(&mut self, offset: i64) {
+        self.aborted.retain(|a| a.last_offset >= offset);
     }
 
     /// Records a batch read back from the log at start-up, without checks (it was checked
     /// when it was appended). `now_ms` is the start-up time: when the batch was really
     /// appended is not on disk, so the producer counts as seen now.
-    pub(crate) fn replay(&mut self, h: &BatchHeader, now_ms: i64) {
+    /// A marker's `control` type comes from its record (see `records::control_type`);
+    /// a control batch whose type is unreadable changes nothing.
+    pub(crate) fn replay(&mut self, h: &BatchHeader, control: Option<ControlType>, now_ms: i64) {
         if h.producer_id < 0 {
             return;
         }
-        let placed = metadata(h, h.base_offset);
-        match self.producers.get_mut(&h.producer_id) {
-            Some(entry) => entry.add(h.producer_epoch, placed, now_ms),
-            None => {
-                self.producers.insert(
+        if h.is_control() {
+            if let Some(control) = control {
+                self.end_txn(
                     h.producer_id,
-                    ProducerEntry::new(h.producer_epoch, placed, now_ms),
+                    h.producer_epoch,
+                    control,
+                    h.base_offset,
+                    now_ms,
                 );
             }
+            return;
         }
+        let placed = metadata(h, h.base_offset);
+        let entry = match self.producers.get(&h.producer_id) {
+            Some(current) => {
+                let mut entry = current.clone();
+                entry.add(h, placed, now_ms);
+                entry
+            }
+            None => ProducerEntry::new(h, placed, now_ms),
+        };
+        self.put(h.producer_id, entry);
     }
 
     /// Forgets producers idle for at least `max_idle_ms`: both the timestamp of their last
@@ -292,9 +418,10 @@ impl ProducerState {
             return 0;
         }
         let before = self.producers.len();
+        // A producer with an open transaction stays until the transaction ends.
         self.producers.retain(|_, e| {
             let active = e.last_timestamp().max(e.last_seen_ms);
-            now_ms.saturating_sub(active) < max_idle_ms
+            e.txn_first.is_some() || now_ms.saturating_sub(active) < max_idle_ms
         });
         before - self.producers.len()
     }
@@ -307,6 +434,7 @@ impl ProducerState {
                 epoch: e.epoch,
                 last_sequence: e.last_seq(),
                 last_timestamp: e.last_timestamp(),
+                txn_start_offset: e.txn_first.unwrap_or(-1),
             })
             .collect()
     }
@@ -315,16 +443,25 @@ impl ProducerState {
     /// Layout (big-endian, see `docs/storage-format.md`):
     ///
     /// ```text
-    /// [u8 version = 1][u32 CRC-32C of the rest][i64 end offset][u32 producer count]
-    /// per producer, by id: [i64 id][i16 epoch][i64 last seen ms][u8 batch count 1..=5]
+    /// [u8 version = 2][u32 CRC-32C of the rest][i64 end offset][u32 producer count]
+    /// per producer, by id: [i64 id][i16 epoch][i64 last seen ms]
+    ///   [i64 first offset of its open transaction, or -1][u8 batch count 0..=5]
     ///   per batch, oldest first: [i32 first seq][i32 last seq][i64 base offset]
     ///                            [i64 last offset][i64 max timestamp]
+    /// [u32 aborted transaction count]
+    /// per aborted transaction, by marker offset: [i64 producer id][i64 first offset]
+    ///   [i64 marker offset]
     /// ```
+    ///
+    /// Version 1 (still read) had no open-transaction field, always 1..=5 batches, and no
+    /// aborted transactions.
     pub(crate) fn encode_snapshot(&self, end_offset: i64) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             SNAPSHOT_HEADER_LEN
                 + self.producers.len()
-                    * (SNAPSHOT_ENTRY_LEN + BATCHES_TO_RETAIN * SNAPSHOT_BATCH_LEN),
+                    * (SNAPSHOT_ENTRY_LEN + BATCHES_TO_RETAIN * SNAPSHOT_BATCH_LEN)
+                + 4
+                + self.aborted.len() * 24,
         );
         out.push(SNAPSHOT_VERSION);
         out.extend_from_slice(&[0; 4]);
@@ -334,6 +471,7 @@ impl ProducerState {
             out.extend_from_slice(&pid.to_be_bytes());
             out.extend_from_slice(&e.epoch.to_be_bytes());
             out.extend_from_slice(&e.last_seen_ms.to_be_bytes());
+            out.extend_from_slice(&e.txn_first.unwrap_or(-1).to_be_bytes());
             out.push(e.batches.len() as u8);
             for b in &e.batches {
                 out.extend_from_slice(&b.first_seq.to_be_bytes());
@@ -342,6 +480,12 @@ impl ProducerState {
                 out.extend_from_slice(&b.last_offset.to_be_bytes());
                 out.extend_from_slice(&b.max_timestamp.to_be_bytes());
             }
+        }
+        out.extend_from_slice(&(self.aborted.len() as u32).to_be_bytes());
+        for a in &self.aborted {
+            out.extend_from_slice(&a.producer_id.to_be_bytes());
+            out.extend_from_slice(&a.first_offset.to_be_bytes());
+            out.extend_from_slice(&a.last_offset.to_be_bytes());
         }
         let crc = crc32c::crc32c(&out[5..]);
         out[1..5].copy_from_slice(&crc.to_be_bytes());
@@ -354,7 +498,7 @@ impl ProducerState {
     pub(crate) fn decode_snapshot(data: &[u8], end_offset: i64) -> Result<Self, String> {
         let mut r = Reader { data, pos: 0 };
         let version = r.u8()?;
-        if version != SNAPSHOT_VERSION {
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return Err(format!("unknown snapshot version {version}"));
         }
         let stored_crc = r.u32()?;
@@ -370,14 +514,22 @@ impl ProducerState {
                 "it describes the log up to offset {covers}, but the segment ends at {end_offset}"
             ));
         }
-        let count = r.u32()?;
-        let mut producers = BTreeMap::new();
-        for _ in 0..count {
+        let in_log = |o: i64| (0..end_offset).contains(&o);
+        let mut state = Self::default();
+        for _ in 0..r.u32()? {
             let pid = r.i64()?;
             let epoch = r.i16()?;
             let last_seen_ms = r.i64()?;
+            let txn_first = match version {
+                1 => None,
+                _ => Some(r.i64()?).filter(|&o| o != -1),
+            };
             let n = usize::from(r.u8()?);
-            if pid < 0 || !(1..=BATCHES_TO_RETAIN).contains(&n) {
+            let min_batches = if version == 1 { 1 } else { 0 };
+            if pid < 0
+                || !(min_batches..=BATCHES_TO_RETAIN).contains(&n)
+                || txn_first.is_some_and(|o| !in_log(o))
+            {
                 return Err(format!(
                     "implausible entry for producer {pid} ({n} batches)"
                 ));
@@ -405,13 +557,37 @@ impl ProducerState {
                 }
                 batches.push_back(b);
             }
+            if state.producers.contains_key(&pid) {
+                return Err(format!("producer {pid} appears twice"));
+            }
             let entry = ProducerEntry {
                 epoch,
                 batches,
+                txn_first,
                 last_seen_ms,
             };
-            if producers.insert(pid, entry).is_some() {
-                return Err(format!("producer {pid} appears twice"));
+            state.put(pid, entry);
+        }
+        if version >= 2 {
+            for _ in 0..r.u32()? {
+                let a = AbortedTxn {
+                    producer_id: r.i64()?,
+                    first_offset: r.i64()?,
+                    last_offset: r.i64()?,
+                };
+                let in_order = state
+                    .aborted
+                    .last()
+                    .is_none_or(|p| p.last_offset < a.last_offset);
+                if a.producer_id < 0
+                    || !in_log(a.first_offset)
+                    || !in_log(a.last_offset)
+                    || a.first_offset >= a.last_offset
+                    || !in_order
+                {
+                    return Err(format!("implausible aborted transaction {a:?}"));
+                }
+                state.aborted.push(a);
             }
         }
         if r.pos != data.len() {
@@ -420,7 +596,7 @@ impl ProducerState {
                 data.len() - r.pos
             ));
         }
-        Ok(Self { producers })
+        Ok(state)
     }
 }
 
@@ -521,7 +697,7 @@ mod tests {
             (3, 0, 0, 1),
             (3, 1, 0, 2),
         ] {
-            s.replay(&header(pid, epoch, seq, n, offset), 42);
+            s.replay(&header(pid, epoch, seq, n, offset), None, 42);
             offset += i64::from(n);
         }
         s
@@ -562,6 +738,50 @@ mod tests {
             ProducerState::decode_snapshot(&data, 21).is_err(),
             "a snapshot for another end offset"
         );
+    }
+
+    /// `s` in the version 1 layout (no transactions), as brokers before them wrote it.
+    fn encode_v1(s: &ProducerState, end_offset: i64) -> Vec<u8> {
+        let mut out = vec![1, 0, 0, 0, 0];
+        out.extend_from_slice(&end_offset.to_be_bytes());
+        out.extend_from_slice(&(s.producers.len() as u32).to_be_bytes());
+        for (pid, e) in &s.producers {
+            out.extend_from_slice(&pid.to_be_bytes());
+            out.extend_from_slice(&e.epoch.to_be_bytes());
+            out.extend_from_slice(&e.last_seen_ms.to_be_bytes());
+            out.push(e.batches.len() as u8);
+            for b in &e.batches {
+                for v in [b.first_seq, b.last_seq] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                for v in [b.base_offset, b.last_offset, b.max_timestamp] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+        let crc = crc32c::crc32c(&out[5..]);
+        out[1..5].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn version_1_snapshots_are_still_read_and_transactions_round_trip() {
+        let s = sample();
+        assert_eq!(ProducerState::decode_snapshot(&encode_v1(&s, 20), 20).unwrap(), s);
+
+        let mut t = sample();
+        let mut h = header(7, 0, 0, 2, 12);
+        h.attributes |= strata_protocol::batch::TRANSACTIONAL;
+        t.replay(&h, None, 42);
+        h.producer_id = 8;
+        h.base_offset = 14;
+        t.replay(&h, None, 42);
+        t.end_txn(8, 1, ControlType::Abort, 16, 42);
+        assert_eq!(t.first_unstable(), Some(12));
+        assert_eq!(t.aborted_between(0, 20).len(), 1);
+        let back = ProducerState::decode_snapshot(&t.encode_snapshot(20), 20).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.first_unstable(), Some(12));
     }
 
     #[test]
@@ -617,7 +837,7 @@ mod tests {
                 if let Ok(Checked::Append(u)) = s.check(&[h], offset, 0) {
                     s.apply(u);
                 }
-                s.replay(&h, 0);
+                s.replay(&h, None, 0);
                 offset = offset.saturating_add(1);
             }
             let _ = s.describe();

@@ -7,7 +7,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use strata_protocol::batch::{self, BatchHeader, HEADER_LEN, HeaderIter};
+use strata_protocol::batch::{self, BatchHeader, ControlType, HEADER_LEN, HeaderIter};
+use strata_protocol::records;
 
 use tracing::warn;
 
@@ -134,7 +135,7 @@ impl Segment {
         index_interval: u64,
         next_base: Option<i64>,
         now_ms: i64,
-        replay: &mut dyn FnMut(&BatchHeader),
+        replay: &mut dyn FnMut(&BatchHeader, Option<ControlType>),
     ) -> Result<Recovered> {
         let file = OpenOptions::new()
             .read(true)
@@ -242,7 +243,7 @@ impl Segment {
             old.index_interval,
             now_ms,
         );
-        seg.scan_until(old.size, offset, &mut |_| {})?;
+        seg.scan_until(old.size, offset, &mut |_, _| {})?;
         seg.file
             .set_len(seg.size)
             .and_then(|()| seg.file.sync_all())
@@ -265,7 +266,11 @@ impl Segment {
     /// Reads the file from the start, keeping every complete, CRC-valid batch whose base
     /// offset continues the sequence; stops at the first one that is not. `replay` sees
     /// every batch that is kept.
-    fn scan(&mut self, len: u64, replay: &mut dyn FnMut(&BatchHeader)) -> Result<()> {
+    fn scan(
+        &mut self,
+        len: u64,
+        replay: &mut dyn FnMut(&BatchHeader, Option<ControlType>),
+    ) -> Result<()> {
         self.scan_until(len, i64::MAX, replay)
     }
 
@@ -274,7 +279,7 @@ impl Segment {
         &mut self,
         len: u64,
         limit: i64,
-        replay: &mut dyn FnMut(&BatchHeader),
+        replay: &mut dyn FnMut(&BatchHeader, Option<ControlType>),
     ) -> Result<()> {
         let mut buf = Vec::new();
         let mut pos: u64 = 0;
@@ -317,7 +322,7 @@ impl Segment {
                     return Ok(());
                 }
                 self.track(&header, pos + off as u64);
-                replay(&header);
+                replay(&header, marker_type(&header, &rest[..total]));
                 off += total;
             }
             pos += off as u64;
@@ -365,7 +370,12 @@ impl Segment {
     /// Passes the header of every batch in the segment to `f`, in order, reading the file
     /// in large chunks. For segments that recovery trusted without reading them; stops with
     /// `Corrupt` at a header that does not parse.
-    pub(crate) fn walk_headers(&self, f: &mut dyn FnMut(&BatchHeader)) -> Result<()> {
+    /// A marker's type is read from its record (markers are small: one more read when
+    /// one straddles the end of a chunk).
+    pub(crate) fn walk_headers(
+        &self,
+        f: &mut dyn FnMut(&BatchHeader, Option<ControlType>),
+    ) -> Result<()> {
         let mut buf = Vec::new();
         let mut buf_start: u64 = 0;
         let mut pos: u64 = 0;
@@ -385,7 +395,18 @@ impl Segment {
             if pos + total > self.size {
                 return Ok(());
             }
-            f(&header);
+            let control = if !header.is_control() {
+                None
+            } else if let Some(whole) = buf.get(at..at + total as usize) {
+                marker_type(&header, whole)
+            } else if total <= MAX_MARKER_LEN {
+                let mut whole = Vec::new();
+                self.read_into(&mut whole, total as usize, pos)?;
+                marker_type(&header, &whole)
+            } else {
+                None
+            };
+            f(&header, control);
             pos += total;
         }
         Ok(())
@@ -452,6 +473,18 @@ impl Segment {
                 position,
                 reason: e.to_string(),
             })
+    }
+}
+
+/// Larger than any transaction marker (one record of a few bytes).
+const MAX_MARKER_LEN: u64 = 4096;
+
+/// What the batch `bytes` (with header `h`) says as a transaction marker, if it is one.
+pub(crate) fn marker_type(h: &BatchHeader, bytes: &[u8]) -> Option<ControlType> {
+    if h.is_control() {
+        records::control_type(bytes)
+    } else {
+        None
     }
 }
 

@@ -186,11 +186,11 @@ impl BatchHeader {
     }
 
     pub fn is_transactional(&self) -> bool {
-        self.attributes & 0x10 != 0
+        self.attributes & TRANSACTIONAL != 0
     }
 
     pub fn is_control(&self) -> bool {
-        self.attributes & 0x20 != 0
+        self.attributes & CONTROL != 0
     }
 }
 
@@ -340,6 +340,69 @@ fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
 /// Encodes records as one uncompressed v2 batch with base offset 0, no producer id and a
 /// correct CRC: what a plain (non-idempotent) producer sends.
 pub fn encode(records: &[Record<'_>]) -> Vec<u8> {
+    encode_with(records, 0, -1, -1)
+}
+
+/// What a transaction marker says: the transaction's records are committed or aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlType {
+    Abort,
+    Commit,
+}
+
+impl ControlType {
+    /// The type in a control record's key (Kafka's `ControlRecordType`).
+    pub fn code(self) -> i16 {
+        match self {
+            Self::Abort => 0,
+            Self::Commit => 1,
+        }
+    }
+
+    pub fn from_code(code: i16) -> Option<Self> {
+        match code {
+            0 => Some(Self::Abort),
+            1 => Some(Self::Commit),
+            _ => None,
+        }
+    }
+}
+
+/// Attribute bits of a transactional batch and of a control batch.
+pub const TRANSACTIONAL: i16 = 0x10;
+pub const CONTROL: i16 = 0x20;
+
+/// A transaction marker as the partition leader writes it for the transaction
+/// coordinator (Kafka's end-transaction marker): a transactional control batch of the
+/// producer, with one record whose key is `[i16 version 0][i16 type]` and whose value is
+/// `[i16 version 0][i32 coordinator epoch]`. Base offset 0, CRC set.
+pub fn encode_marker(
+    producer_id: i64,
+    producer_epoch: i16,
+    control: ControlType,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Vec<u8> {
+    let mut key = 0i16.to_be_bytes().to_vec();
+    key.extend_from_slice(&control.code().to_be_bytes());
+    let mut value = 0i16.to_be_bytes().to_vec();
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let record = Record {
+        key: Some(&key),
+        value: Some(&value),
+        timestamp,
+    };
+    encode_with(
+        &[record],
+        TRANSACTIONAL | CONTROL,
+        producer_id,
+        producer_epoch,
+    )
+}
+
+/// One uncompressed batch of `records` with the given attributes and producer, no
+/// sequence (an idempotent producer's batches come from the client, never from here).
+fn encode_with(records: &[Record<'_>], attributes: i16, producer_id: i64, epoch: i16) -> Vec<u8> {
     let base_ts = records.first().map_or(0, |r| r.timestamp);
     let max_ts = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
     let mut body = Vec::new();
@@ -361,12 +424,12 @@ pub fn encode(records: &[Record<'_>]) -> Vec<u8> {
     b.extend_from_slice(&0i32.to_be_bytes());
     b.push(MAGIC_V2 as u8);
     b.extend_from_slice(&0u32.to_be_bytes());
-    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&attributes.to_be_bytes());
     b.extend_from_slice(&(records.len() as i32 - 1).to_be_bytes());
     b.extend_from_slice(&base_ts.to_be_bytes());
     b.extend_from_slice(&max_ts.to_be_bytes());
-    b.extend_from_slice(&(-1i64).to_be_bytes());
-    b.extend_from_slice(&(-1i16).to_be_bytes());
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&epoch.to_be_bytes());
     b.extend_from_slice(&(-1i32).to_be_bytes());
     b.extend_from_slice(&(records.len() as i32).to_be_bytes());
     b.extend_from_slice(&body);

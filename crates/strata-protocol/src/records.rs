@@ -7,7 +7,9 @@
 
 use std::io::Read;
 
-use crate::batch::{self, BatchError, BatchHeader, Compression, HEADER_LEN, LOG_OVERHEAD};
+use crate::batch::{
+    self, BatchError, BatchHeader, Compression, ControlType, HEADER_LEN, LOG_OVERHEAD,
+};
 
 /// Upper bound on the decompressed size of one batch's records.
 pub const MAX_DECOMPRESSED_BYTES: u64 = 256 * 1024 * 1024;
@@ -67,6 +69,27 @@ pub fn record_positions(batch: &[u8]) -> Result<Vec<RecordPosition>, RecordsErro
         });
     }
     Ok(out)
+}
+
+/// What the transaction marker at the start of `batch` (a control batch) says, or `None`
+/// if its first record's key is not a marker's (`[i16 version][i16 type]`, type 0 or 1)
+/// or the batch is damaged. Markers are never compressed.
+pub fn control_type(batch: &[u8]) -> Option<ControlType> {
+    let header = BatchHeader::parse(batch).ok()?;
+    if !header.is_control() || header.compression().ok()? != Compression::None {
+        return None;
+    }
+    let mut cur = batch.get(HEADER_LEN..header.total_len().min(batch.len()))?;
+    let len = usize::try_from(read_varint(&mut cur)?).ok()?;
+    let mut rec = cur.get(..len)?;
+    rec = rec.get(1..)?; // attributes
+    read_varint(&mut rec)?; // timestamp delta
+    read_varint(&mut rec)?; // offset delta
+    let key_len = usize::try_from(read_varint(&mut rec)?).ok()?;
+    match rec.get(..key_len)? {
+        [_, _, hi, lo, ..] => ControlType::from_code(i16::from_be_bytes([*hi, *lo])),
+        _ => None,
+    }
 }
 
 /// Reads a zig-zag varint (Kafka's `varint`/`varlong`), or `None` if malformed.
@@ -451,5 +474,28 @@ mod tests {
             decompress(Compression::Gzip, &gz, 1 << 20).unwrap().len(),
             1 << 20
         );
+    }
+
+    #[test]
+    fn markers_say_what_they_are_and_other_batches_do_not() {
+        for control in [ControlType::Commit, ControlType::Abort] {
+            let marker = batch::encode_marker(42, 3, control, 7, 1_000);
+            let h = batch::validate(&marker).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!(
+                (h.producer_id, h.producer_epoch, h.record_count),
+                (42, 3, 1)
+            );
+            assert_eq!(control_type(&marker), Some(control));
+            // Cut anywhere, it says nothing rather than something wrong.
+            for cut in 0..marker.len() {
+                assert_eq!(control_type(&marker[..cut]), None, "cut at {cut}");
+            }
+        }
+        assert_eq!(control_type(&simple_batch(2, 0)), None);
+        let mut unknown = batch::encode_marker(1, 0, ControlType::Commit, 0, 0);
+        let key_type_at = HEADER_LEN + 1 + 1 + 1 + 1 + 1 + 2;
+        unknown[key_type_at] = 9;
+        assert_eq!(control_type(&unknown), None);
     }
 }

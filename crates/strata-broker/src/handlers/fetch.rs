@@ -7,9 +7,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::select_all;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
 use strata_log::{LogError, Partition, PartitionKey};
+use strata_protocol::batch::HeaderIter;
 use tokio::time::Instant;
 use tracing::{Instrument, warn};
 use uuid::Uuid;
@@ -47,6 +50,8 @@ struct Readable {
     max_bytes: usize,
     /// A follower copying the log (reads up to the durable end, not the high watermark).
     replica: bool,
+    /// A read_committed consumer (reads up to the last stable offset).
+    committed: bool,
 }
 
 /// The broker that sent a replica fetch, if this is one.
@@ -162,6 +167,8 @@ fn read_all(targets: &[Readable], max_bytes: usize) -> (Vec<Found>, usize) {
         let budget = t.max_bytes.min(max_bytes.saturating_sub(total));
         let read = if t.replica {
             t.log.read_replica(t.offset, budget)
+        } else if t.committed {
+            t.log.read_committed(t.offset, budget, total == 0)
         } else {
             t.log.read(t.offset, budget, total == 0)
         };
@@ -241,6 +248,13 @@ async fn read_remote_all(
                 })
             }
             Ok(records) => {
+                // Tiered data lies below the last stable offset but for a transaction
+                // left open since: read_committed stops there too.
+                let records = if targets[i].committed {
+                    below(records, offsets.last_stable)
+                } else {
+                    records
+                };
                 *total += records.len();
                 Found::Data(strata_log::ReadResult {
                     records,
@@ -251,6 +265,15 @@ async fn read_remote_all(
             Err(code) => Found::Error(code),
         };
     }
+}
+
+/// The whole batches at the start of `records` that end at or before `end`.
+fn below(records: Bytes, end: i64) -> Bytes {
+    let keep = HeaderIter::new(&records)
+        .take_while(|(_, h)| h.next_offset() <= end)
+        .last()
+        .map_or(0, |(at, h)| at + h.total_len());
+    records.slice(..keep)
 }
 
 /// Serves a Fetch: a full fetch (which may open a fetch session, KIP-227), or an
@@ -294,6 +317,7 @@ pub(super) async fn handle(
 async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchResponse {
     let (topics, targets) = resolve(broker, req, version);
     let replica = replica_of(req, version).is_some();
+    let committed = !replica && req.isolation_level == 1;
     // A partition whose consumer is sent to another replica is answered without data.
     let readable: Vec<Readable> = targets
         .iter()
@@ -305,6 +329,7 @@ async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchR
                 offset: t.offset,
                 max_bytes: t.max_bytes,
                 replica,
+                committed,
             })
         })
         .collect();
@@ -376,6 +401,22 @@ async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchR
     build(broker, topics, targets, found, req.isolation_level)
 }
 
+/// The aborted transactions a read_committed consumer needs to skip in `records`, read
+/// from `offset` (Kafka lists those that overlap the fetched range).
+fn aborted_in(log: &Partition, offset: i64, records: &Bytes) -> Vec<AbortedTransaction> {
+    let Some((_, last)) = HeaderIter::new(records).last() else {
+        return Vec::new();
+    };
+    log.aborted_transactions(offset, last.next_offset())
+        .into_iter()
+        .map(|a| {
+            AbortedTransaction::default()
+                .with_producer_id(ProducerId(a.producer_id))
+                .with_first_offset(a.first_offset)
+        })
+        .collect()
+}
+
 fn build(
     broker: &Broker,
     topics: Vec<(TopicName, Uuid)>,
@@ -392,17 +433,18 @@ fn build(
         })
         .collect();
     let mut found = found.into_iter();
+    let committed = isolation_level == 1;
     for t in targets {
         let part = PartitionData::default()
             .with_partition_index(t.partition)
-            .with_aborted_transactions((isolation_level == 1).then(Vec::new));
+            .with_aborted_transactions(committed.then(Vec::new));
         if let (Some(preferred), Ok(log)) = (t.preferred, &t.log) {
             let o = log.offsets();
             if let Some(topic) = responses.get_mut(t.topic) {
                 topic.partitions.push(
                     part.with_preferred_read_replica(BrokerId(preferred))
                         .with_high_watermark(o.high_watermark)
-                        .with_last_stable_offset(o.high_watermark)
+                        .with_last_stable_offset(o.last_stable)
                         .with_log_start_offset(o.log_start)
                         .with_records(Some(Bytes::new())),
                 );
@@ -427,8 +469,14 @@ fn build(
                     .kafka
                     .fetch_records_bytes_total
                     .inc_by(r.records.len() as u64);
+                let part = match &t.log {
+                    Ok(log) if committed => {
+                        part.with_aborted_transactions(Some(aborted_in(log, t.offset, &r.records)))
+                    }
+                    _ => part,
+                };
                 part.with_high_watermark(r.offsets.high_watermark)
-                    .with_last_stable_offset(r.offsets.high_watermark)
+                    .with_last_stable_offset(r.offsets.last_stable)
                     .with_log_start_offset(r.offsets.log_start)
                     .with_records(Some(r.records))
             }

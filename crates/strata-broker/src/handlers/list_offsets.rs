@@ -60,9 +60,12 @@ async fn lookup(
     log: &Arc<Partition>,
     timestamp: i64,
     version: i16,
+    read_committed: bool,
 ) -> Result<(i64, i64), ResponseError> {
     let o = log.offsets();
     match timestamp {
+        // A read_committed consumer starts at (and lags by) the last stable offset.
+        LATEST if read_committed => Ok((o.last_stable, -1)),
         LATEST => Ok((o.high_watermark, -1)),
         EARLIEST => Ok((o.log_start, -1)),
         EARLIEST_LOCAL if version >= 8 => Ok((o.local_start, -1)),
@@ -122,7 +125,8 @@ pub(super) async fn handle(
                         topic_id: meta.as_ref().map_or(uuid::Uuid::nil(), |m| m.id),
                         partition: p.partition_index,
                     };
-                    lookup(broker, key, &log, p.timestamp, version).await
+                    let committed = version >= 2 && req.isolation_level == 1;
+                    lookup(broker, key, &log, p.timestamp, version, committed).await
                 }
             };
             parts.push(match result {
