@@ -28,7 +28,6 @@ from strata_helpers import consume_all, now_ms, partition_dirs, unique, wait_unt
 # Kafka error codes
 NONE = 0
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
-INVALID_REQUEST = 42
 INVALID_PRODUCER_EPOCH = 47
 
 # -- CRC-32C (Castagnoli), table driven ----------------------------------------------
@@ -570,9 +569,13 @@ def test_init_producer_id_hands_out_fresh_ids(broker):
             assert pid >= 0
             ids.append(pid)
         assert len(set(ids)) == 5, f"producer ids repeated: {ids}"
-        # transactions are not supported
-        error, pid, epoch = k.init_producer_id("some-transactional-id")
-        assert (error, pid, epoch) == (INVALID_REQUEST, -1, -1)
+        # A transactional id keeps its producer id; each init bumps its epoch (fencing the
+        # instance before).
+        error, tpid, epoch = k.init_producer_id("some-transactional-id")
+        assert (error, epoch) == (NONE, 0) and tpid not in ids, (error, tpid, epoch)
+        error, again, epoch = k.init_producer_id("some-transactional-id")
+        assert (error, again, epoch) == (NONE, tpid, 1)
+        ids.append(tpid)
     # ids are reserved in metadata: none is handed out again after a restart, or after kill -9
     broker.stop()
     broker.restart()

@@ -26,6 +26,16 @@ fn s(v: &str) -> StrBytes {
 }
 
 /// A valid request of `api` at `version`, about `topic` (whose id is `id`).
+/// The transactional id the transaction APIs' samples use, and its producer id and
+/// epoch (set up by the test before they are sent).
+const TXN_ID: &str = "every-txn";
+static TXN_PRODUCER: std::sync::OnceLock<(i64, i16)> = std::sync::OnceLock::new();
+
+fn txn_producer() -> (ProducerId, i16) {
+    let (id, epoch) = TXN_PRODUCER.get().copied().unwrap_or((-1, -1));
+    (ProducerId(id), epoch)
+}
+
 fn sample(api: ApiKey, version: i16, topic: &str, id: Uuid) -> RequestKind {
     match api {
         ApiKey::ApiVersions => RequestKind::ApiVersions(
@@ -307,6 +317,95 @@ fn sample(api: ApiKey, version: i16, topic: &str, id: Uuid) -> RequestKind {
                         ]),
                 ]),
         ),
+        // The transaction APIs, in this order: partitions and a group are added (v4+:
+        // checked, as brokers do), offsets recorded, the transaction committed (then
+        // committed again: retries are accepted), a marker written, the id described
+        // and listed.
+        ApiKey::AddPartitionsToTxn => {
+            let (pid, epoch) = txn_producer();
+            let topics = vec![
+                add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                    .with_name(name(topic))
+                    .with_partitions(vec![0]),
+            ];
+            RequestKind::AddPartitionsToTxn(if version <= 3 {
+                AddPartitionsToTxnRequest::default()
+                    .with_v3_and_below_transactional_id(TransactionalId(s(TXN_ID)))
+                    .with_v3_and_below_producer_id(pid)
+                    .with_v3_and_below_producer_epoch(epoch)
+                    .with_v3_and_below_topics(topics)
+            } else {
+                AddPartitionsToTxnRequest::default().with_transactions(vec![
+                    add_partitions_to_txn_request::AddPartitionsToTxnTransaction::default()
+                        .with_transactional_id(TransactionalId(s(TXN_ID)))
+                        .with_producer_id(pid)
+                        .with_producer_epoch(epoch)
+                        .with_verify_only(true)
+                        .with_topics(topics),
+                ])
+            })
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let (pid, epoch) = txn_producer();
+            RequestKind::AddOffsetsToTxn(
+                AddOffsetsToTxnRequest::default()
+                    .with_transactional_id(TransactionalId(s(TXN_ID)))
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_group_id(GroupId(s("txn-group"))),
+            )
+        }
+        ApiKey::TxnOffsetCommit => {
+            let (pid, epoch) = txn_producer();
+            RequestKind::TxnOffsetCommit(
+                TxnOffsetCommitRequest::default()
+                    .with_transactional_id(TransactionalId(s(TXN_ID)))
+                    .with_group_id(GroupId(s("txn-group")))
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_generation_id(-1)
+                    .with_topics(vec![
+                        txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                            .with_name(name(topic))
+                            .with_partitions(vec![
+                                txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                                    .with_partition_index(0)
+                                    .with_committed_offset(1 + i64::from(version)),
+                            ]),
+                    ]),
+            )
+        }
+        ApiKey::EndTxn => {
+            let (pid, epoch) = txn_producer();
+            RequestKind::EndTxn(
+                EndTxnRequest::default()
+                    .with_transactional_id(TransactionalId(s(TXN_ID)))
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_committed(true),
+            )
+        }
+        ApiKey::WriteTxnMarkers => {
+            let (pid, epoch) = txn_producer();
+            RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
+                write_txn_markers_request::WritableTxnMarker::default()
+                    .with_producer_id(pid)
+                    .with_producer_epoch(epoch)
+                    .with_transaction_result(false)
+                    .with_topics(vec![
+                        write_txn_markers_request::WritableTxnMarkerTopic::default()
+                            .with_name(name(topic))
+                            .with_partition_indexes(vec![0]),
+                    ]),
+            ]))
+        }
+        ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(
+            DescribeTransactionsRequest::default()
+                .with_transactional_ids(vec![TransactionalId(s(TXN_ID))]),
+        ),
+        ApiKey::ListTransactions => RequestKind::ListTransactions(
+            ListTransactionsRequest::default().with_duration_filter(-1),
+        ),
         other => panic!("the broker advertises {other:?}: add a sample request for it here"),
     }
 }
@@ -466,6 +565,36 @@ fn check(resp: &ResponseKind, api: ApiKey, version: i16) {
             assert_eq!(p.error_code, 0, "{ctx}");
             assert_eq!(p.low_watermark, 1 + i64::from(version), "{ctx}");
         }
+        ResponseKind::AddPartitionsToTxn(r) if version >= 4 => {
+            let t = &r.results_by_transaction[0].topic_results[0];
+            assert_eq!(t.results_by_partition[0].partition_error_code, 0, "{ctx}");
+        }
+        ResponseKind::AddPartitionsToTxn(r) => {
+            let t = &r.results_by_topic_v3_and_below[0];
+            assert_eq!(t.results_by_partition[0].partition_error_code, 0, "{ctx}");
+        }
+        ResponseKind::AddOffsetsToTxn(r) => assert_eq!(r.error_code, 0, "{ctx}"),
+        ResponseKind::TxnOffsetCommit(r) => {
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{ctx}")
+        }
+        ResponseKind::EndTxn(r) => assert_eq!(r.error_code, 0, "{ctx}"),
+        ResponseKind::WriteTxnMarkers(r) => {
+            assert_eq!(r.markers[0].topics[0].partitions[0].error_code, 0, "{ctx}")
+        }
+        ResponseKind::DescribeTransactions(r) => {
+            let t = &r.transaction_states[0];
+            assert_eq!(t.error_code, 0, "{ctx}");
+            assert_eq!(t.transaction_state.as_str(), "CompleteCommit", "{ctx}");
+        }
+        ResponseKind::ListTransactions(r) => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert!(
+                r.transaction_states
+                    .iter()
+                    .any(|t| t.transactional_id.as_str() == TXN_ID),
+                "{ctx}"
+            );
+        }
         other => panic!("{ctx}: unexpected {other:?}"),
     }
 }
@@ -504,6 +633,22 @@ fn every_advertised_version_answers() {
     };
     let id = created.topics[0].topic_id;
     assert_ne!(id, Uuid::nil());
+    // A transactional producer for the transaction APIs.
+    let ResponseKind::InitProducerId(init) = c.request(
+        ApiKey::InitProducerId,
+        4,
+        &InitProducerIdRequest::default()
+            .with_transactional_id(Some(TransactionalId(s(TXN_ID))))
+            .with_transaction_timeout_ms(60_000)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    ) else {
+        panic!()
+    };
+    assert_eq!(init.error_code, 0);
+    TXN_PRODUCER
+        .set((init.producer_id.0, init.producer_epoch))
+        .unwrap();
     // Produce first so that fetches and offset lookups have data; create before delete.
     let order = [
         ApiKey::ApiVersions,
@@ -533,6 +678,13 @@ fn every_advertised_version_answers() {
         ApiKey::ElectLeaders,
         ApiKey::AlterConfigs,
         ApiKey::IncrementalAlterConfigs,
+        ApiKey::AddPartitionsToTxn,
+        ApiKey::AddOffsetsToTxn,
+        ApiKey::TxnOffsetCommit,
+        ApiKey::EndTxn,
+        ApiKey::WriteTxnMarkers,
+        ApiKey::DescribeTransactions,
+        ApiKey::ListTransactions,
         ApiKey::CreatePartitions,
         ApiKey::DeleteRecords,
     ];

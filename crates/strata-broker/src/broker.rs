@@ -47,7 +47,9 @@ pub struct Broker {
     pub(crate) shutdown: CancellationToken,
     pub(crate) groups: GroupCoordinator,
     pub(crate) offsets: OffsetWriter,
-    pub(crate) producer_ids: crate::handlers::producers::ProducerIds,
+    pub(crate) producer_ids: Arc<crate::producer_ids::ProducerIds>,
+    /// The transaction coordinator of the transactional ids this broker coordinates.
+    pub(crate) txn: crate::txn::TxnCoordinator,
     pub(crate) tier: crate::tiering::Tier,
     /// The topics epoch of metadata the local logs were last reconciled with.
     pub(crate) reconciled_epoch: std::sync::atomic::AtomicU64,
@@ -802,6 +804,22 @@ impl Broker {
                 Ok(_) => self.lease.renewed(sent),
                 Err(e) => debug!(error = %e, "heartbeat not answered"),
             }
+        }
+    }
+
+    /// The transaction coordinator's background work (see [`crate::txn`]) for the ids
+    /// this broker coordinates, every
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
+    pub(crate) async fn run_transactions(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.transaction_check_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let mine = |id: &str| self.not_coordinator(id).is_none();
+            self.txn.tick(&mine, &self, self.now_ms()).await;
         }
     }
 

@@ -272,6 +272,20 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Which replica a consumer should fetch from: the rack-aware selector sends a consumer with client.rack to an in-sync replica in its rack (KIP-392); empty: always the leader. (Kafka's default is empty.)",
     ),
     def(
+        "transaction.max.timeout.ms",
+        ConfigType::Int,
+        "900000",
+        Check::AtLeast(1),
+        "The longest transaction.timeout.ms a transactional producer may ask for; longer requests get INVALID_TRANSACTION_TIMEOUT.",
+    ),
+    def(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        ConfigType::Int,
+        "10000",
+        Check::AtLeast(1),
+        "How often the transaction coordinator aborts transactions past their timeout and finishes transactions whose markers a failed coordinator left unwritten.",
+    ),
+    def(
         "broker.session.timeout.ms",
         ConfigType::Int,
         "9000",
@@ -1219,6 +1233,19 @@ impl BrokerConfig {
     pub fn rack_aware_fetch(&self) -> bool {
         self.get("replica.selector.class")
             .is_some_and(|(v, _)| !v.is_empty())
+    }
+
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask.
+    pub fn transaction_max_timeout_ms(&self) -> i32 {
+        i32::try_from(self.number("transaction.max.timeout.ms")).unwrap_or(i32::MAX)
+    }
+
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`: how often the
+    /// coordinator looks for transactions to abort or finish.
+    pub fn transaction_check_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.number("transaction.abort.timed.out.transaction.cleanup.interval.ms") as u64,
+        )
     }
 
     pub fn broker_session_timeout(&self) -> std::time::Duration {

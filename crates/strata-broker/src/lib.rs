@@ -17,10 +17,13 @@ mod fetch_sessions;
 mod groups;
 pub(crate) mod handlers;
 mod lease;
+mod markers;
+mod producer_ids;
 mod server;
 #[cfg(test)]
 mod tests;
 mod tiering;
+mod txn;
 
 pub use broker::Endpoint;
 pub use clock::{Clock, SystemClock};

@@ -408,6 +408,12 @@ impl RunningBroker {
             (Arc::new(tokio::sync::Semaphore::new(bytes)), bytes)
         });
         let fetch_sessions = crate::fetch_sessions::FetchSessions::new(opts.metrics.kafka.clone());
+        let producer_ids = Arc::new(crate::producer_ids::ProducerIds::default());
+        let txn = crate::txn::TxnCoordinator::new(
+            meta.clone(),
+            producer_ids.clone(),
+            opts.config.transaction_max_timeout_ms(),
+        );
         let broker = Arc::new(Broker {
             node_id: opts.node_id,
             endpoint,
@@ -421,7 +427,8 @@ impl RunningBroker {
             shutdown: CancellationToken::new(),
             groups,
             offsets,
-            producer_ids: Default::default(),
+            producer_ids: producer_ids.clone(),
+            txn,
             tier,
             reconciled_epoch: std::sync::atomic::AtomicU64::new(0),
             request_budget,
@@ -467,6 +474,10 @@ impl RunningBroker {
             spawn("garbage collector", Box::pin(broker.clone().run_gc())),
             spawn("scrubber", Box::pin(broker.clone().run_scrub())),
             spawn("heartbeat", Box::pin(broker.clone().run_heartbeats())),
+            spawn(
+                "transaction coordinator",
+                Box::pin(broker.clone().run_transactions()),
+            ),
             spawn(
                 "replication",
                 Box::pin(broker.replication.clone().run(broker.shutdown.clone())),

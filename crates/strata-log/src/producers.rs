@@ -767,7 +767,10 @@ mod tests {
     #[test]
     fn version_1_snapshots_are_still_read_and_transactions_round_trip() {
         let s = sample();
-        assert_eq!(ProducerState::decode_snapshot(&encode_v1(&s, 20), 20).unwrap(), s);
+        assert_eq!(
+            ProducerState::decode_snapshot(&encode_v1(&s, 20), 20).unwrap(),
+            s
+        );
 
         let mut t = sample();
         let mut h = header(7, 0, 0, 2, 12);

@@ -32,6 +32,7 @@ mod raft;
 mod rpc;
 mod state_machine;
 mod sync;
+mod txn;
 mod types;
 
 #[cfg(test)]
@@ -74,6 +75,7 @@ pub use node::MetaConfig;
 pub use node::MetaNode;
 pub use node::Quorum;
 pub use rpc::connect_from;
+pub use txn::{TxnCommand, TxnMeta, TxnRefusal, TxnState};
 pub use types::BrokerHeartbeat;
 pub use types::BrokerInfo;
 pub use types::ClusterState;

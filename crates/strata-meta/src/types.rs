@@ -49,6 +49,9 @@ pub struct ClusterState {
     /// lost its disk and must be re-added rather than counted as it was.
     #[serde(default)]
     pub voter_incarnations: BTreeMap<NodeId, String>,
+    /// Transactional producers by `transactional.id` (see the `txn` module).
+    #[serde(default)]
+    pub transactions: BTreeMap<String, crate::txn::TxnMeta>,
 }
 
 /// A consumer group's committed position in one partition.
@@ -278,6 +281,10 @@ pub enum Command {
         leader: i32,
         unclean: bool,
     },
+    /// A step of a transaction (see the `txn` module). Result:
+    /// [`CommandResult::Transaction`] with the new state, or
+    /// [`CommandResult::TransactionRefused`].
+    Transaction(crate::txn::TxnCommand),
 }
 
 /// What applying a [`Command`] produced; returned to the writer once committed.
@@ -320,6 +327,10 @@ pub enum CommandResult {
         leader_epoch: i32,
         partition_epoch: i32,
     },
+    /// A transaction's state after a [`Command::Transaction`].
+    Transaction(crate::txn::TxnMeta),
+    /// Why a [`Command::Transaction`] was not applied.
+    TransactionRefused(crate::txn::TxnRefusal),
 }
 
 impl ClusterState {
@@ -362,6 +373,25 @@ impl ClusterState {
     /// Brokers that are registered and not fenced, by id.
     pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerInfo> {
         self.brokers.values().filter(|b| !b.fenced)
+    }
+
+    /// Stores committed offsets; those of topics that no longer exist are skipped.
+    pub(crate) fn commit_offsets(&mut self, commits: Vec<OffsetCommit>) {
+        for c in commits {
+            if !self.topics.contains_key(&c.topic) {
+                continue;
+            }
+            if !c.protocol_type.is_empty() {
+                self.group_protocol_types
+                    .insert(c.group.clone(), c.protocol_type);
+            }
+            self.groups
+                .entry(c.group)
+                .or_default()
+                .entry(c.topic)
+                .or_default()
+                .insert(c.partition, c.committed);
+        }
     }
 
     fn forget_groups_without_offsets(&mut self) {
@@ -560,23 +590,10 @@ impl ClusterState {
                 }
             },
             Command::CommitOffsets { commits } => {
-                for c in commits {
-                    if !self.topics.contains_key(&c.topic) {
-                        continue;
-                    }
-                    if !c.protocol_type.is_empty() {
-                        self.group_protocol_types
-                            .insert(c.group.clone(), c.protocol_type);
-                    }
-                    self.groups
-                        .entry(c.group)
-                        .or_default()
-                        .entry(c.topic)
-                        .or_default()
-                        .insert(c.partition, c.committed);
-                }
+                self.commit_offsets(commits);
                 CommandResult::Ok
             }
+            Command::Transaction(cmd) => self.apply_txn(cmd),
             Command::DeleteOffsets { group, partitions } => {
                 if let Some(offsets) = self.groups.get_mut(&group) {
                     for (topic, partition) in partitions {

@@ -231,16 +231,24 @@ pub fn check_crc(buf: &[u8]) -> Result<BatchHeader, BatchError> {
     Ok(header)
 }
 
-/// Splits `buf` into validated batches, as a produce request's records field must be.
-/// Fails on the first invalid batch or trailing partial bytes.
+/// Splits `buf` into validated batches, as a produce request's records field must be:
+/// no control batches (only partition leaders write those). Fails on the first invalid
+/// batch or trailing partial bytes.
 pub fn validate_all(buf: &[u8]) -> Result<Vec<BatchHeader>, BatchError> {
+    let headers = validate_log(buf)?;
+    if headers.iter().any(BatchHeader::is_control) {
+        return Err(BatchError::ControlBatch);
+    }
+    Ok(headers)
+}
+
+/// Splits `buf` into validated batches as a log holds them, transaction markers
+/// included: what a follower copies from its leader.
+pub fn validate_log(buf: &[u8]) -> Result<Vec<BatchHeader>, BatchError> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < buf.len() {
         let header = validate(&buf[pos..])?;
-        if header.is_control() {
-            return Err(BatchError::ControlBatch);
-        }
         pos += header.total_len();
         out.push(header);
     }

@@ -493,6 +493,14 @@ mod tests {
             }
         }
         assert_eq!(control_type(&simple_batch(2, 0)), None);
+        // Producers may not send markers; a follower copies them with the rest.
+        let mut log = simple_batch(2, 0);
+        log.extend(batch::encode_marker(42, 3, ControlType::Commit, 7, 0));
+        assert!(matches!(
+            batch::validate_all(&log),
+            Err(BatchError::ControlBatch)
+        ));
+        assert_eq!(batch::validate_log(&log).unwrap().len(), 2);
         let mut unknown = batch::encode_marker(1, 0, ControlType::Commit, 0, 0);
         let key_type_at = HEADER_LEN + 1 + 1 + 1 + 1 + 1 + 2;
         unknown[key_type_at] = 9;

@@ -405,7 +405,7 @@ fn mark_unaligned(s: &Shared, key: &PartitionKey) {
 /// high watermark.
 async fn append(s: &Shared, f: &Follow, records: Bytes, leader_hw: i64) -> Result<(), String> {
     if !records.is_empty() {
-        let headers = batch::validate_all(&records)
+        let headers = batch::validate_log(&records)
             .map_err(|e| format!("the leader sent a bad batch for {}: {e}", f.topic))?;
         let (log, data, now) = (f.log.clone(), records.clone(), (s.now_ms)());
         tokio::task::spawn_blocking(move || log.append_replicated(&data, &headers, now))

@@ -59,10 +59,11 @@ pub(super) fn find_coordinator(
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
-    // Key type 0 is a consumer group; transactions (1) and share groups (2) do not exist here.
+    // Key type 0 is a consumer group, 1 a transactional id (both placed by the same hash
+    // over the live brokers); share groups (2) do not exist here.
     let answer = |key: &StrBytes| -> Coordinator {
         let c = Coordinator::default().with_key(key.clone());
-        if req.key_type == 0 {
+        if req.key_type == 0 || req.key_type == 1 {
             match broker.coordinator_of(key) {
                 Some((id, host, port)) => c
                     .with_node_id(BrokerId(id))
@@ -76,7 +77,7 @@ pub(super) fn find_coordinator(
             c.with_node_id(BrokerId(-1))
                 .with_error_code(ResponseError::InvalidRequest.code())
                 .with_error_message(Some(s(
-                    "only consumer-group coordinators exist: transactions are not supported",
+                    "only consumer-group and transaction coordinators exist",
                 )))
         }
     };

@@ -16,6 +16,7 @@ mod produce;
 pub(crate) mod producers;
 mod spans;
 mod topics;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -226,6 +227,25 @@ pub(crate) async fn handle(
         )),
         RequestKind::ElectLeaders(r) => Some(ResponseKind::ElectLeaders(
             elect::elect_leaders(broker, r, version).await,
+        )),
+        RequestKind::AddPartitionsToTxn(r) => Some(ResponseKind::AddPartitionsToTxn(
+            txn::add_partitions(broker, r, version).await,
+        )),
+        RequestKind::AddOffsetsToTxn(r) => Some(ResponseKind::AddOffsetsToTxn(
+            txn::add_offsets(broker, r).await,
+        )),
+        RequestKind::TxnOffsetCommit(r) => Some(ResponseKind::TxnOffsetCommit(
+            txn::txn_offset_commit(broker, r).await,
+        )),
+        RequestKind::EndTxn(r) => Some(ResponseKind::EndTxn(txn::end_txn(broker, r).await)),
+        RequestKind::WriteTxnMarkers(r) => Some(ResponseKind::WriteTxnMarkers(
+            txn::write_txn_markers(broker, r).await,
+        )),
+        RequestKind::DescribeTransactions(r) => Some(ResponseKind::DescribeTransactions(
+            txn::describe_transactions(broker, r),
+        )),
+        RequestKind::ListTransactions(r) => Some(ResponseKind::ListTransactions(
+            txn::list_transactions(broker, r),
         )),
         other => return close("unsupported_api", format!("{other:?} has no handler")),
     };

@@ -14,7 +14,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::StrBytes;
 use strata_log::{Partition, PartitionKey};
-use strata_meta::TopicMeta;
+use strata_meta::{TopicMeta, TxnState};
 use strata_protocol::batch::{self, BatchHeader};
 use tracing::warn;
 
@@ -105,11 +105,10 @@ fn append(
             ),
         ));
     };
-    if header.is_transactional() {
-        return Err(Failure(
-            ResponseError::InvalidTxnState,
-            "transactions are not supported".into(),
-        ));
+    if header.is_transactional()
+        && let Some(refused) = txn_refusal(broker, &topic.name, data.index, header)
+    {
+        return Err(refused);
     }
     let config = broker.topic_config(topic);
     let placement = usize::try_from(data.index)
@@ -241,6 +240,72 @@ fn prepare<'a>(
     Ok((out, None))
 }
 
+/// Why a transactional batch may not be written to `topic`-`partition`: its producer
+/// must be the current one of a transactional id whose open transaction added this
+/// partition (KIP-890's check, made against the state the coordinator committed).
+fn txn_refusal(broker: &Broker, topic: &str, partition: i32, h: &BatchHeader) -> Option<Failure> {
+    broker.meta.read(|s| match s.transaction_of(h.producer_id) {
+        None => Some(Failure(
+            ResponseError::InvalidTxnState,
+            format!("producer {} has no transactional id", h.producer_id),
+        )),
+        Some((id, t)) if h.producer_epoch < t.producer_epoch => Some(Failure(
+            ResponseError::ProducerFenced,
+            format!(
+                "epoch {} of transactional id {id:?} is fenced by epoch {}",
+                h.producer_epoch, t.producer_epoch
+            ),
+        )),
+        Some((id, t))
+            if t.state != TxnState::Ongoing
+                || t.producer_epoch != h.producer_epoch
+                || !t.has_partition(topic, partition) =>
+        {
+            Some(Failure(
+                ResponseError::InvalidTxnState,
+                format!("{topic}-{partition} is not part of an open transaction of {id:?}"),
+            ))
+        }
+        Some(_) => None,
+    })
+}
+
+/// Waits (briefly) until every transactional batch of `req` is allowed by this broker's
+/// copy of metadata: the coordinator committed the partition to the transaction before
+/// it answered the producer, but the commit may reach this broker a moment later.
+async fn await_txn_partitions(broker: &Broker, req: &ProduceRequest, topics: &[Option<TopicMeta>]) {
+    let checks: Vec<(&str, i32, BatchHeader)> = req
+        .topic_data
+        .iter()
+        .zip(topics)
+        .filter_map(|(t, meta)| meta.as_ref().map(|m| (t, m)))
+        .flat_map(|(t, meta)| {
+            t.partition_data.iter().filter_map(move |d| {
+                let h = BatchHeader::parse(d.records.as_deref()?).ok()?;
+                h.is_transactional()
+                    .then_some((meta.name.as_str(), d.index, h))
+            })
+        })
+        .collect();
+    if checks.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + TXN_METADATA_WAIT;
+    let mut applied = broker.meta.subscribe();
+    while checks
+        .iter()
+        .any(|(t, p, h)| txn_refusal(broker, t, *p, h).is_some())
+    {
+        match tokio::time::timeout_at(deadline, applied.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
+
+/// How long a transactional batch waits for its partition's addition to arrive here.
+const TXN_METADATA_WAIT: Duration = Duration::from_secs(2);
+
 fn failed(index: i32, f: Failure) -> PartitionProduceResponse {
     PartitionProduceResponse::default()
         .with_index(index)
@@ -316,6 +381,7 @@ pub(super) async fn handle(
         let refused = ProduceResponse::default().with_responses(responses);
         return Ok(Some(future::ready(refused).boxed()));
     }
+    await_txn_partitions(broker, &req, &topics).await;
     let mut responses = Vec::with_capacity(req.topic_data.len());
     let mut pending = Vec::new();
     let mut first_error = None;

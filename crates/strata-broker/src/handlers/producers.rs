@@ -1,4 +1,4 @@
-//! InitProducerId (idempotent producers) and DescribeProducers.
+//! InitProducerId and DescribeProducers.
 
 use std::sync::Arc;
 
@@ -8,54 +8,8 @@ use kafka_protocol::messages::describe_producers_response::{
 };
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use strata_meta::{Command, CommandResult};
-use tracing::info;
 
 use crate::broker::Broker;
-use crate::errors;
-
-/// Producer ids reserved from metadata at a time: one Raft write per block, not per
-/// producer.
-const PRODUCER_ID_BLOCK: u32 = 1000;
-
-/// Hands out producer ids from blocks reserved in metadata.
-#[derive(Default)]
-pub(crate) struct ProducerIds {
-    /// The next id to hand out and the end of the current block.
-    block: tokio::sync::Mutex<(i64, i64)>,
-}
-
-impl ProducerIds {
-    async fn next(&self, broker: &Broker) -> Result<i64, ResponseError> {
-        let mut block = self.block.lock().await;
-        if block.0 >= block.1 {
-            match broker
-                .meta
-                .write(Command::AllocateProducerIds {
-                    count: PRODUCER_ID_BLOCK,
-                })
-                .await
-            {
-                Ok(CommandResult::ProducerIds { first }) => {
-                    info!(
-                        first,
-                        count = PRODUCER_ID_BLOCK,
-                        "reserved a block of producer ids"
-                    );
-                    *block = (first, first + i64::from(PRODUCER_ID_BLOCK));
-                }
-                Ok(other) => {
-                    tracing::error!(result = ?other, "unexpected answer to a producer id allocation");
-                    return Err(ResponseError::UnknownServerError);
-                }
-                Err(e) => return Err(errors::meta_error(&e)),
-            }
-        }
-        let id = block.0;
-        block.0 += 1;
-        Ok(id)
-    }
-}
 
 pub(super) async fn init_producer_id(
     broker: &Arc<Broker>,
@@ -67,15 +21,20 @@ pub(super) async fn init_producer_id(
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     };
-    if req.transactional_id.as_ref().is_some_and(|t| !t.is_empty()) {
-        return fail(ResponseError::InvalidRequest);
-    }
     if (req.producer_id.0 < 0) != (req.producer_epoch < 0) {
         return fail(ResponseError::InvalidRequest);
     }
+    if let Some(id) = req.transactional_id.as_ref().filter(|t| !t.is_empty()) {
+        return match super::txn::init_producer_id(broker, id, &req).await {
+            Ok((producer_id, epoch)) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(producer_id))
+                .with_producer_epoch(epoch),
+            Err(code) => fail(code),
+        };
+    }
     // An idempotent (non-transactional) producer always gets a fresh id with epoch 0,
     // also when it asks to bump the epoch of its old one (Kafka does the same).
-    match broker.producer_ids.next(broker).await {
+    match broker.producer_ids.next(&broker.meta).await {
         Ok(id) => InitProducerIdResponse::default()
             .with_producer_id(ProducerId(id))
             .with_producer_epoch(0),

@@ -1,0 +1,359 @@
+//! The transaction coordinator (Kafka's `TransactionCoordinator`): InitProducerId for a
+//! `transactional.id`, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit and EndTxn,
+//! and the background work that finishes decided transactions and aborts timed-out ones.
+//!
+//! Every step is a checked transition of the transaction's state in the metadata quorum
+//! (`strata_meta::TxnCommand`), so the state survives the coordinator, and whichever
+//! broker coordinates the id next (FindCoordinator hashes the id over the live brokers,
+//! as for groups) finishes what was decided. Ending a transaction is two steps, as in
+//! Kafka: the decision (`Prepare*`) is committed first, then the markers are written to
+//! every partition of the transaction through a [`MarkerWriter`] (the broker: locally,
+//! or with WriteTxnMarkers to the partition's leader), then the transaction is complete
+//! (and its offsets, if it committed, are committed to their groups at that moment).
+//!
+//! This module owns the protocol of those steps and the error codes clients see; it does
+//! not touch partition logs or sockets (the [`MarkerWriter`] does) and keeps no state of
+//! its own beyond a lock per transactional id that orders this broker's steps on it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kafka_protocol::ResponseError;
+use strata_meta::{
+    Command, CommandResult, MetaNode, OffsetCommit, TxnCommand, TxnMeta, TxnRefusal, TxnState,
+};
+use tracing::{info, warn};
+
+use crate::errors;
+use crate::producer_ids::ProducerIds;
+
+/// What a transaction marker says, for one producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Marker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+}
+
+/// Writes transaction markers to the leaders of partitions.
+pub(crate) trait MarkerWriter: Send + Sync {
+    /// Writes `marker` to every partition of `partitions` (topic name, then partitions)
+    /// and returns once each is acknowledged as acks=all data is; partitions of deleted
+    /// topics count as done. The error says which partitions are missing.
+    fn write_markers<'a>(
+        &'a self,
+        marker: Marker,
+        partitions: &'a BTreeMap<String, BTreeSet<i32>>,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// How long EndTxn waits for the markers before answering (the decision is durable by
+/// then; what is left is finished in the background).
+const MARKER_WAIT: Duration = Duration::from_secs(10);
+
+pub(crate) struct TxnCoordinator {
+    meta: MetaNode,
+    producer_ids: Arc<ProducerIds>,
+    /// `transaction.max.timeout.ms`.
+    max_timeout_ms: i32,
+    /// Orders this broker's steps on one transactional id.
+    locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Kafka's error code for a refused step.
+fn refusal_code(r: TxnRefusal) -> ResponseError {
+    match r {
+        TxnRefusal::UnknownProducer => ResponseError::InvalidProducerIdMapping,
+        TxnRefusal::Fenced => ResponseError::ProducerFenced,
+        TxnRefusal::Concurrent => ResponseError::ConcurrentTransactions,
+        TxnRefusal::InvalidState | TxnRefusal::GroupNotAdded => ResponseError::InvalidTxnState,
+    }
+}
+
+impl TxnCoordinator {
+    pub(crate) fn new(meta: MetaNode, producer_ids: Arc<ProducerIds>, max_timeout_ms: i32) -> Self {
+        Self {
+            meta,
+            producer_ids,
+            max_timeout_ms,
+            locks: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// Applies one step, mapping a refusal to Kafka's error code.
+    async fn step(&self, cmd: TxnCommand) -> Result<TxnMeta, ResponseError> {
+        match self.meta.write(Command::Transaction(cmd)).await {
+            Ok(CommandResult::Transaction(t)) => Ok(t),
+            Ok(CommandResult::TransactionRefused(r)) => Err(refusal_code(r)),
+            Ok(other) => {
+                tracing::error!(result = ?other, "unexpected answer to a transaction step");
+                Err(ResponseError::UnknownServerError)
+            }
+            Err(e) => Err(errors::meta_error(&e)),
+        }
+    }
+
+    fn lock(&self, transactional_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock();
+        // Forget the locks nobody holds, so the map stays as small as the work in hand.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks
+            .entry(transactional_id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn current(&self, transactional_id: &str) -> Option<TxnMeta> {
+        self.meta
+            .read(|s| s.transactions.get(transactional_id).cloned())
+    }
+
+    /// InitProducerId with a `transactional.id`: the id's producer id with a new epoch
+    /// (fencing every earlier instance), after aborting (or finishing) the transaction
+    /// an earlier instance left open. `given` is the producer id and epoch a client
+    /// that already has one sends (KIP-360), checked against the id's.
+    pub(crate) async fn init_producer(
+        &self,
+        transactional_id: &str,
+        timeout_ms: i32,
+        given: Option<(i64, i16)>,
+        markers: &dyn MarkerWriter,
+        now_ms: i64,
+    ) -> Result<(i64, i16), ResponseError> {
+        if timeout_ms <= 0 || timeout_ms > self.max_timeout_ms {
+            return Err(ResponseError::InvalidTransactionTimeout);
+        }
+        let lock = self.lock(transactional_id);
+        let _held = lock.lock().await;
+        // An open transaction is aborted and a decided one finished first; then the
+        // epoch is bumped. Each pass makes progress, so three suffice.
+        for _ in 0..3 {
+            let current = self.current(transactional_id);
+            if let (Some(t), Some((pid, epoch))) = (&current, given) {
+                if t.producer_id != pid {
+                    return Err(ResponseError::InvalidProducerIdMapping);
+                }
+                if epoch != t.producer_epoch {
+                    return Err(ResponseError::ProducerFenced);
+                }
+            }
+            let (producer_id, producer_epoch) = match &current {
+                Some(t) if t.state == TxnState::Ongoing => {
+                    info!(
+                        transactional_id,
+                        "a new producer instance aborts its predecessor's open transaction"
+                    );
+                    let t = self
+                        .step(TxnCommand::Prepare {
+                            transactional_id: transactional_id.to_string(),
+                            producer_id: t.producer_id,
+                            producer_epoch: t.producer_epoch,
+                            commit: false,
+                            bump_epoch: true,
+                            now_ms,
+                        })
+                        .await?;
+                    self.finish(transactional_id, &t, markers, now_ms).await?;
+                    continue;
+                }
+                Some(t) if t.state.preparing() => {
+                    self.finish(transactional_id, t, markers, now_ms).await?;
+                    continue;
+                }
+                // Epochs run out: a new producer id starts again at 0.
+                Some(t) if t.producer_epoch < i16::MAX - 1 => (t.producer_id, t.producer_epoch + 1),
+                _ => (self.producer_ids.next(&self.meta).await?, 0),
+            };
+            let t = self
+                .step(TxnCommand::Init {
+                    transactional_id: transactional_id.to_string(),
+                    producer_id,
+                    producer_epoch,
+                    timeout_ms,
+                    expect: current.map(|t| (t.producer_id, t.producer_epoch)),
+                    now_ms,
+                })
+                .await?;
+            return Ok((t.producer_id, t.producer_epoch));
+        }
+        Err(ResponseError::ConcurrentTransactions)
+    }
+
+    /// AddPartitionsToTxn and AddOffsetsToTxn: adds to the current transaction, opening
+    /// one if none is.
+    pub(crate) async fn add(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: Vec<(String, i32)>,
+        groups: Vec<String>,
+        now_ms: i64,
+    ) -> Result<(), ResponseError> {
+        self.step(TxnCommand::Add {
+            transactional_id: transactional_id.to_string(),
+            producer_id,
+            producer_epoch,
+            partitions,
+            groups,
+            now_ms,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// TxnOffsetCommit: offsets committed to `group` if the transaction commits.
+    pub(crate) async fn add_offsets(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        group: &str,
+        offsets: Vec<OffsetCommit>,
+    ) -> Result<(), ResponseError> {
+        self.step(TxnCommand::AddOffsets {
+            transactional_id: transactional_id.to_string(),
+            producer_id,
+            producer_epoch,
+            group: group.to_string(),
+            offsets,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// EndTxn: decides the transaction, then writes its markers and completes it (within
+    /// [`MARKER_WAIT`]; after that the decision stands and the background finishes it).
+    pub(crate) async fn end(
+        &self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        markers: &dyn MarkerWriter,
+        now_ms: i64,
+    ) -> Result<(), ResponseError> {
+        let lock = self.lock(transactional_id);
+        let _held = lock.lock().await;
+        let t = self
+            .step(TxnCommand::Prepare {
+                transactional_id: transactional_id.to_string(),
+                producer_id,
+                producer_epoch,
+                commit,
+                bump_epoch: false,
+                now_ms,
+            })
+            .await?;
+        if !t.state.preparing() {
+            return Ok(());
+        }
+        match tokio::time::timeout(
+            MARKER_WAIT,
+            self.finish(transactional_id, &t, markers, now_ms),
+        )
+        .await
+        {
+            Ok(Err(code)) => {
+                warn!(transactional_id, error = %code, "transaction decided; its markers are retried in the background");
+            }
+            Err(_) => {
+                warn!(
+                    transactional_id,
+                    "transaction decided; its markers are still being written"
+                );
+            }
+            Ok(Ok(())) => {}
+        }
+        Ok(())
+    }
+
+    /// Writes the markers of decided transaction `t` and completes it.
+    async fn finish(
+        &self,
+        transactional_id: &str,
+        t: &TxnMeta,
+        markers: &dyn MarkerWriter,
+        now_ms: i64,
+    ) -> Result<(), ResponseError> {
+        let marker = Marker {
+            producer_id: t.producer_id,
+            producer_epoch: t.producer_epoch,
+            commit: t.state == TxnState::PrepareCommit,
+        };
+        if let Err(e) = markers.write_markers(marker, &t.partitions).await {
+            warn!(transactional_id, error = %e, "transaction markers not written yet");
+            return Err(ResponseError::CoordinatorLoadInProgress);
+        }
+        self.step(TxnCommand::Complete {
+            transactional_id: transactional_id.to_string(),
+            producer_id: t.producer_id,
+            producer_epoch: t.producer_epoch,
+            now_ms,
+        })
+        .await?;
+        info!(
+            transactional_id,
+            producer_id = t.producer_id,
+            commit = marker.commit,
+            partitions = t.partitions.values().map(BTreeSet::len).sum::<usize>(),
+            "transaction complete"
+        );
+        Ok(())
+    }
+
+    /// One pass of the coordinator's background work over the ids this broker
+    /// coordinates (`mine`): decided transactions left unfinished (a coordinator died, a
+    /// leader was away) are finished, and open ones past their timeout are aborted, which
+    /// fences the producer that opened them (Kafka's epoch bump on timeout).
+    pub(crate) async fn tick(
+        &self,
+        mine: &(dyn Fn(&str) -> bool + Send + Sync),
+        markers: &dyn MarkerWriter,
+        now_ms: i64,
+    ) {
+        let work: Vec<(String, TxnMeta)> = self.meta.read(|s| {
+            s.transactions
+                .iter()
+                .filter(|(id, t)| {
+                    mine(id)
+                        && (t.state.preparing()
+                            || (t.state == TxnState::Ongoing
+                                && now_ms - t.started_ms > i64::from(t.timeout_ms)))
+                })
+                .map(|(id, t)| (id.clone(), t.clone()))
+                .collect()
+        });
+        for (id, t) in work {
+            let lock = self.lock(&id);
+            let Ok(_held) = lock.try_lock() else {
+                continue; // a client's step is under way on this id
+            };
+            let decided = if t.state == TxnState::Ongoing {
+                warn!(transactional_id = %id, timeout_ms = t.timeout_ms, "transaction timed out: aborting it");
+                self.step(TxnCommand::Prepare {
+                    transactional_id: id.clone(),
+                    producer_id: t.producer_id,
+                    producer_epoch: t.producer_epoch,
+                    commit: false,
+                    bump_epoch: true,
+                    now_ms,
+                })
+                .await
+            } else {
+                Ok(t)
+            };
+            match decided {
+                Ok(t) if t.state.preparing() => {
+                    let _ = self.finish(&id, &t, markers, now_ms).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(transactional_id = %id, error = %e, "could not abort a timed-out transaction")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,508 @@
+//! Transactions as the metadata quorum keeps them: one [`TxnMeta`] per
+//! `transactional.id` (Kafka's `TransactionMetadata`, which Kafka keeps in
+//! `__transaction_state`), changed only by the [`TxnCommand`]s below, each a checked
+//! state transition applied atomically by every replica.
+//!
+//! Because the state is committed here, any broker can act as a transaction's
+//! coordinator and finish what another one started: a transaction found in a `Prepare*`
+//! state has had its outcome decided, and the markers only need writing (again). This
+//! module decides nothing about markers, partitions or time: the broker's coordinator
+//! does, and records each step here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ClusterState, CommandResult, OffsetCommit};
+
+/// Where a transaction is (Kafka's `TransactionState`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TxnState {
+    /// No transaction since the producer was initialized.
+    Empty,
+    /// Partitions or groups were added; records may be written.
+    Ongoing,
+    /// The producer asked to commit; markers are being written.
+    PrepareCommit,
+    /// The producer (or a timeout, or a new instance) aborted; markers are being written.
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+}
+
+impl TxnState {
+    /// Kafka's name for the state (DescribeTransactions, ListTransactions).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Empty => "Empty",
+            Self::Ongoing => "Ongoing",
+            Self::PrepareCommit => "PrepareCommit",
+            Self::PrepareAbort => "PrepareAbort",
+            Self::CompleteCommit => "CompleteCommit",
+            Self::CompleteAbort => "CompleteAbort",
+        }
+    }
+
+    /// Markers are being written: the outcome is decided.
+    pub fn preparing(self) -> bool {
+        matches!(self, Self::PrepareCommit | Self::PrepareAbort)
+    }
+}
+
+/// One transactional producer and its current transaction.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TxnMeta {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// `transaction.timeout.ms` as the producer asked (within the broker's maximum).
+    pub timeout_ms: i32,
+    pub state: TxnState,
+    /// Partitions of the current transaction: topic name, then partitions.
+    pub partitions: BTreeMap<String, BTreeSet<i32>>,
+    /// Consumer groups whose offsets the transaction commits (AddOffsetsToTxn).
+    pub groups: BTreeSet<String>,
+    /// Offsets sent with TxnOffsetCommit: committed to their groups with the transaction.
+    pub offsets: Vec<OffsetCommit>,
+    /// Broker time the current transaction began (-1: none), for its timeout.
+    pub started_ms: i64,
+    /// Broker time of the last change.
+    pub updated_ms: i64,
+}
+
+impl TxnMeta {
+    /// Whether `(topic, partition)` is part of the current transaction.
+    pub fn has_partition(&self, topic: &str, partition: i32) -> bool {
+        self.partitions
+            .get(topic)
+            .is_some_and(|p| p.contains(&partition))
+    }
+}
+
+/// Why a [`TxnCommand`] was not applied (the broker answers with Kafka's error code).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum TxnRefusal {
+    /// No such transactional id, or it has another producer id (INVALID_PRODUCER_ID_MAPPING).
+    UnknownProducer,
+    /// An older epoch than the transactional id's current one (PRODUCER_FENCED).
+    Fenced,
+    /// The previous transaction's markers are still being written (CONCURRENT_TRANSACTIONS).
+    Concurrent,
+    /// Not allowed in the current state (INVALID_TXN_STATE).
+    InvalidState,
+    /// TxnOffsetCommit for a group the transaction did not add (INVALID_TXN_STATE too).
+    GroupNotAdded,
+}
+
+/// A change to one transactional id's state.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum TxnCommand {
+    /// Starts the id with `producer_id`/`producer_epoch` (InitProducerId), as of the id's
+    /// current producer `expect` (`None`: the id is new). Only between transactions.
+    Init {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        timeout_ms: i32,
+        expect: Option<(i64, i16)>,
+        now_ms: i64,
+    },
+    /// Adds partitions and groups to the current transaction, starting one if none is
+    /// open (AddPartitionsToTxn, AddOffsetsToTxn).
+    Add {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: Vec<(String, i32)>,
+        groups: Vec<String>,
+        now_ms: i64,
+    },
+    /// Records offsets to commit with the transaction (TxnOffsetCommit); an offset for a
+    /// partition sent before is replaced.
+    AddOffsets {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        group: String,
+        offsets: Vec<OffsetCommit>,
+    },
+    /// Decides the open transaction's outcome (EndTxn, or an abort by the coordinator:
+    /// then `bump_epoch` fences the producer instance that opened it). Retrying the
+    /// same decision is accepted; an abort with no transaction open changes nothing.
+    Prepare {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        bump_epoch: bool,
+        now_ms: i64,
+    },
+    /// Every marker is written: the transaction is complete, and its offsets (if it
+    /// committed) are committed to their groups.
+    Complete {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        now_ms: i64,
+    },
+}
+
+impl ClusterState {
+    /// The transactional id whose producer is `producer_id`, with its state.
+    pub fn transaction_of(&self, producer_id: i64) -> Option<(&String, &TxnMeta)> {
+        self.transactions
+            .iter()
+            .find(|(_, t)| t.producer_id == producer_id)
+    }
+
+    pub(crate) fn apply_txn(&mut self, cmd: TxnCommand) -> CommandResult {
+        match self.txn_step(cmd) {
+            Ok(meta) => CommandResult::Transaction(meta),
+            Err(refusal) => CommandResult::TransactionRefused(refusal),
+        }
+    }
+
+    fn txn_step(&mut self, cmd: TxnCommand) -> Result<TxnMeta, TxnRefusal> {
+        use TxnState::*;
+        match cmd {
+            TxnCommand::Init {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                timeout_ms,
+                expect,
+                now_ms,
+            } => {
+                let current = self.transactions.get(&transactional_id);
+                if current.map(|t| (t.producer_id, t.producer_epoch)) != expect {
+                    return Err(TxnRefusal::Concurrent);
+                }
+                if current
+                    .is_some_and(|t| matches!(t.state, Ongoing | PrepareCommit | PrepareAbort))
+                {
+                    return Err(TxnRefusal::Concurrent);
+                }
+                let meta = TxnMeta {
+                    producer_id,
+                    producer_epoch,
+                    timeout_ms,
+                    state: Empty,
+                    partitions: BTreeMap::new(),
+                    groups: BTreeSet::new(),
+                    offsets: Vec::new(),
+                    started_ms: -1,
+                    updated_ms: now_ms,
+                };
+                self.transactions.insert(transactional_id, meta.clone());
+                Ok(meta)
+            }
+            TxnCommand::Add {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                partitions,
+                groups,
+                now_ms,
+            } => {
+                let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
+                match t.state {
+                    PrepareCommit | PrepareAbort => return Err(TxnRefusal::Concurrent),
+                    Empty | CompleteCommit | CompleteAbort => {
+                        t.state = Ongoing;
+                        t.started_ms = now_ms;
+                        t.partitions.clear();
+                        t.groups.clear();
+                        t.offsets.clear();
+                    }
+                    Ongoing => {}
+                }
+                for (topic, partition) in partitions {
+                    t.partitions.entry(topic).or_default().insert(partition);
+                }
+                t.groups.extend(groups);
+                t.updated_ms = now_ms;
+                Ok(t.clone())
+            }
+            TxnCommand::AddOffsets {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                group,
+                offsets,
+            } => {
+                let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
+                if t.state != Ongoing {
+                    return Err(TxnRefusal::InvalidState);
+                }
+                if !t.groups.contains(&group) {
+                    return Err(TxnRefusal::GroupNotAdded);
+                }
+                for o in offsets {
+                    t.offsets.retain(|x| {
+                        (&x.group, &x.topic, x.partition) != (&o.group, &o.topic, o.partition)
+                    });
+                    t.offsets.push(o);
+                }
+                Ok(t.clone())
+            }
+            TxnCommand::Prepare {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                commit,
+                bump_epoch,
+                now_ms,
+            } => {
+                let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
+                let decided = if commit { PrepareCommit } else { PrepareAbort };
+                let done = if commit {
+                    CompleteCommit
+                } else {
+                    CompleteAbort
+                };
+                match t.state {
+                    Ongoing => {
+                        t.state = decided;
+                        if bump_epoch {
+                            t.producer_epoch = t.producer_epoch.saturating_add(1);
+                        }
+                        t.updated_ms = now_ms;
+                        Ok(t.clone())
+                    }
+                    // A retried EndTxn after the decision (or after the markers).
+                    s if s == decided || s == done => Ok(t.clone()),
+                    // Nothing open to abort.
+                    Empty | CompleteCommit | CompleteAbort if !commit => Ok(t.clone()),
+                    PrepareCommit | PrepareAbort => Err(TxnRefusal::Concurrent),
+                    _ => Err(TxnRefusal::InvalidState),
+                }
+            }
+            TxnCommand::Complete {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                now_ms,
+            } => {
+                let t = self
+                    .transactions
+                    .get_mut(&transactional_id)
+                    .filter(|t| t.producer_id == producer_id)
+                    .ok_or(TxnRefusal::UnknownProducer)?;
+                if t.producer_epoch != producer_epoch {
+                    return Err(TxnRefusal::Fenced);
+                }
+                let offsets = match t.state {
+                    PrepareCommit => {
+                        t.state = CompleteCommit;
+                        std::mem::take(&mut t.offsets)
+                    }
+                    PrepareAbort => {
+                        t.state = CompleteAbort;
+                        Vec::new()
+                    }
+                    _ => return Err(TxnRefusal::InvalidState),
+                };
+                t.partitions.clear();
+                t.groups.clear();
+                t.offsets.clear();
+                t.started_ms = -1;
+                t.updated_ms = now_ms;
+                let meta = t.clone();
+                self.commit_offsets(offsets);
+                Ok(meta)
+            }
+        }
+    }
+
+    /// The state of `transactional_id` if `producer_id` at `producer_epoch` is its
+    /// current producer.
+    fn current_txn(
+        &mut self,
+        transactional_id: &str,
+        producer_id: i64,
+        producer_epoch: i16,
+    ) -> Result<&mut TxnMeta, TxnRefusal> {
+        let t = self
+            .transactions
+            .get_mut(transactional_id)
+            .filter(|t| t.producer_id == producer_id)
+            .ok_or(TxnRefusal::UnknownProducer)?;
+        if producer_epoch < t.producer_epoch {
+            return Err(TxnRefusal::Fenced);
+        }
+        if producer_epoch > t.producer_epoch {
+            return Err(TxnRefusal::UnknownProducer);
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::types::CommittedOffset;
+
+    fn apply(s: &mut ClusterState, cmd: TxnCommand) -> Result<TxnMeta, TxnRefusal> {
+        match s.apply(crate::Command::Transaction(cmd)) {
+            CommandResult::Transaction(t) => Ok(t),
+            CommandResult::TransactionRefused(r) => Err(r),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn init(id: &str, epoch: i16, expect: Option<(i64, i16)>) -> TxnCommand {
+        TxnCommand::Init {
+            transactional_id: id.into(),
+            producer_id: 7,
+            producer_epoch: epoch,
+            timeout_ms: 60_000,
+            expect,
+            now_ms: 1,
+        }
+    }
+
+    fn add(epoch: i16, partitions: &[(&str, i32)], groups: &[&str]) -> TxnCommand {
+        TxnCommand::Add {
+            transactional_id: "t".into(),
+            producer_id: 7,
+            producer_epoch: epoch,
+            partitions: partitions
+                .iter()
+                .map(|(t, p)| (t.to_string(), *p))
+                .collect(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            now_ms: 5,
+        }
+    }
+
+    fn prepare(epoch: i16, commit: bool, bump: bool) -> TxnCommand {
+        TxnCommand::Prepare {
+            transactional_id: "t".into(),
+            producer_id: 7,
+            producer_epoch: epoch,
+            commit,
+            bump_epoch: bump,
+            now_ms: 9,
+        }
+    }
+
+    fn complete(epoch: i16) -> TxnCommand {
+        TxnCommand::Complete {
+            transactional_id: "t".into(),
+            producer_id: 7,
+            producer_epoch: epoch,
+            now_ms: 10,
+        }
+    }
+
+    fn offset(group: &str, offset: i64) -> OffsetCommit {
+        OffsetCommit {
+            group: group.into(),
+            topic: "in".into(),
+            partition: 0,
+            committed: CommittedOffset {
+                offset,
+                leader_epoch: -1,
+                metadata: String::new(),
+                commit_timestamp_ms: 3,
+            },
+            protocol_type: String::new(),
+        }
+    }
+
+    /// A state with topic `in`, for offsets to land in.
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        s.apply(crate::Command::CreateTopic {
+            name: "in".into(),
+            id: uuid::Uuid::from_u128(1),
+            partitions: Vec::new(),
+            configs: BTreeMap::new(),
+        });
+        s
+    }
+
+    #[test]
+    fn a_committed_transaction_commits_its_offsets_and_an_aborted_one_does_not() {
+        let mut s = state();
+        apply(&mut s, init("t", 0, None)).unwrap();
+        let t = apply(&mut s, add(0, &[("out", 1), ("out", 0)], &["g"])).unwrap();
+        assert_eq!((t.state, t.started_ms), (TxnState::Ongoing, 5));
+        assert!(t.has_partition("out", 0) && !t.has_partition("out", 2));
+        apply(&mut s, add_offsets(0, vec![offset("g", 10)])).unwrap();
+        // Not visible before the commit completes.
+        apply(&mut s, prepare(0, true, false)).unwrap();
+        assert!(!s.groups.contains_key("g"));
+        // A retried EndTxn is accepted; the other decision is not.
+        apply(&mut s, prepare(0, true, false)).unwrap();
+        assert_eq!(
+            apply(&mut s, prepare(0, false, false)),
+            Err(TxnRefusal::Concurrent)
+        );
+        assert_eq!(
+            apply(&mut s, add(0, &[("out", 2)], &[])),
+            Err(TxnRefusal::Concurrent)
+        );
+        let t = apply(&mut s, complete(0)).unwrap();
+        assert_eq!(t.state, TxnState::CompleteCommit);
+        assert!(t.partitions.is_empty() && t.offsets.is_empty());
+        assert_eq!(s.groups["g"]["in"][&0].offset, 10);
+
+        // The next transaction aborts: its offsets are dropped.
+        apply(&mut s, add(0, &[("out", 0)], &["g"])).unwrap();
+        apply(&mut s, add_offsets(0, vec![offset("g", 20)])).unwrap();
+        apply(&mut s, prepare(0, false, false)).unwrap();
+        assert_eq!(
+            apply(&mut s, complete(0)).unwrap().state,
+            TxnState::CompleteAbort
+        );
+        assert_eq!(s.groups["g"]["in"][&0].offset, 10);
+    }
+
+    fn add_offsets(epoch: i16, offsets: Vec<OffsetCommit>) -> TxnCommand {
+        TxnCommand::AddOffsets {
+            transactional_id: "t".into(),
+            producer_id: 7,
+            producer_epoch: epoch,
+            group: "g".into(),
+            offsets,
+        }
+    }
+
+    #[test]
+    fn epochs_fence_old_producers_and_init_waits_for_open_transactions() {
+        let mut s = state();
+        apply(&mut s, init("t", 0, None)).unwrap();
+        assert_eq!(
+            apply(&mut s, init("t", 0, None)),
+            Err(TxnRefusal::Concurrent)
+        );
+        apply(&mut s, add(0, &[("out", 0)], &[])).unwrap();
+        // A new instance cannot take over while the transaction is open...
+        assert_eq!(
+            apply(&mut s, init("t", 1, Some((7, 0)))),
+            Err(TxnRefusal::Concurrent)
+        );
+        // ...so the coordinator aborts it, fencing the old epoch.
+        let t = apply(&mut s, prepare(0, false, true)).unwrap();
+        assert_eq!((t.state, t.producer_epoch), (TxnState::PrepareAbort, 1));
+        assert_eq!(apply(&mut s, complete(0)), Err(TxnRefusal::Fenced));
+        apply(&mut s, complete(1)).unwrap();
+        apply(&mut s, init("t", 2, Some((7, 1)))).unwrap();
+        assert_eq!(
+            apply(&mut s, add(1, &[("out", 0)], &[])),
+            Err(TxnRefusal::Fenced)
+        );
+        assert_eq!(
+            apply(&mut s, add(3, &[("out", 0)], &[])),
+            Err(TxnRefusal::UnknownProducer)
+        );
+        // Offsets for a group the transaction did not add are refused.
+        apply(&mut s, add(2, &[("out", 0)], &[])).unwrap();
+        assert_eq!(
+            apply(&mut s, add_offsets(2, vec![offset("g", 1)])),
+            Err(TxnRefusal::GroupNotAdded)
+        );
+        assert_eq!(s.transaction_of(7).map(|(id, _)| id.as_str()), Some("t"));
+    }
+}
