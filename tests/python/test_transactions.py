@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from strata_helpers import unique, wait_until
+from strata_helpers import metric_values, unique, wait_until
 
 
 def create(broker, *topics: tuple[str, int]) -> None:
@@ -87,6 +87,9 @@ def test_committed_and_aborted_transactions_across_topics(broker):
     def values(topic, part, tags):
         return [f"{tag}-{part}-{i}".encode() for tag, n in tags for i in range(n)]
 
+    metrics = broker.metrics()  # every node's, on a cluster
+    assert sum(metric_values(metrics, "strata_txn_completed_total", result="commit")) == 2
+    assert sum(metric_values(metrics, "strata_txn_completed_total", result="abort")) == 1
     for topic, parts in [(a, 3), (b, 2)]:
         committed = read(broker, topic, parts, "read_committed")
         uncommitted = read(broker, topic, parts, "read_uncommitted")
@@ -200,5 +203,6 @@ def test_a_transaction_left_open_is_aborted_after_its_timeout(broker_factory):
     finally:
         c.close()
     assert read(broker, topic, 1, "read_committed")[0] == [f"later-0-{i}".encode() for i in range(4)]
+    assert metric_values(broker.metrics(), "strata_txn_timed_out_total") == [1]
     with pytest.raises(KafkaException):
         stuck.commit_transaction(10)

@@ -413,6 +413,7 @@ impl RunningBroker {
             meta.clone(),
             producer_ids.clone(),
             opts.config.transaction_max_timeout_ms(),
+            opts.metrics.txn.clone(),
         );
         let broker = Arc::new(Broker {
             node_id: opts.node_id,

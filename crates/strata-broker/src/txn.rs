@@ -24,6 +24,7 @@ use kafka_protocol::ResponseError;
 use strata_meta::{
     Command, CommandResult, MetaNode, OffsetCommit, TxnCommand, TxnMeta, TxnRefusal, TxnState,
 };
+use strata_telemetry::TxnMetrics;
 use tracing::{info, warn};
 
 use crate::errors;
@@ -60,6 +61,7 @@ pub(crate) struct TxnCoordinator {
     max_timeout_ms: i32,
     /// Orders this broker's steps on one transactional id.
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    metrics: TxnMetrics,
 }
 
 /// Kafka's error code for a refused step.
@@ -73,12 +75,18 @@ fn refusal_code(r: TxnRefusal) -> ResponseError {
 }
 
 impl TxnCoordinator {
-    pub(crate) fn new(meta: MetaNode, producer_ids: Arc<ProducerIds>, max_timeout_ms: i32) -> Self {
+    pub(crate) fn new(
+        meta: MetaNode,
+        producer_ids: Arc<ProducerIds>,
+        max_timeout_ms: i32,
+        metrics: TxnMetrics,
+    ) -> Self {
         Self {
             meta,
             producer_ids,
             max_timeout_ms,
             locks: parking_lot::Mutex::default(),
+            metrics,
         }
     }
 
@@ -294,6 +302,11 @@ impl TxnCoordinator {
             now_ms,
         })
         .await?;
+        let result = if marker.commit { "commit" } else { "abort" };
+        self.metrics
+            .completed_total
+            .with_label_values(&[result])
+            .inc();
         info!(
             transactional_id,
             producer_id = t.producer_id,
@@ -314,18 +327,29 @@ impl TxnCoordinator {
         markers: &dyn MarkerWriter,
         now_ms: i64,
     ) {
-        let work: Vec<(String, TxnMeta)> = self.meta.read(|s| {
-            s.transactions
+        let (work, open, oldest) = self.meta.read(|s| {
+            let ours: Vec<(&String, &TxnMeta)> =
+                s.transactions.iter().filter(|(id, _)| mine(id)).collect();
+            let open: Vec<i64> = ours
                 .iter()
-                .filter(|(id, t)| {
-                    mine(id)
-                        && (t.state.preparing()
-                            || (t.state == TxnState::Ongoing
-                                && now_ms - t.started_ms > i64::from(t.timeout_ms)))
+                .filter(|(_, t)| t.state == TxnState::Ongoing)
+                .map(|(_, t)| t.started_ms)
+                .collect();
+            let work: Vec<(String, TxnMeta)> = ours
+                .into_iter()
+                .filter(|(_, t)| {
+                    t.state.preparing()
+                        || (t.state == TxnState::Ongoing
+                            && now_ms - t.started_ms > i64::from(t.timeout_ms))
                 })
                 .map(|(id, t)| (id.clone(), t.clone()))
-                .collect()
+                .collect();
+            (work, open.len(), open.into_iter().min())
         });
+        self.metrics.open.set(open as i64);
+        self.metrics
+            .oldest_open_seconds
+            .set(oldest.map_or(0, |started| (now_ms - started).max(0) / 1000));
         for (id, t) in work {
             let lock = self.lock(&id);
             let Ok(_held) = lock.try_lock() else {
@@ -333,6 +357,7 @@ impl TxnCoordinator {
             };
             let decided = if t.state == TxnState::Ongoing {
                 warn!(transactional_id = %id, timeout_ms = t.timeout_ms, "transaction timed out: aborting it");
+                self.metrics.timed_out_total.inc();
                 self.step(TxnCommand::Prepare {
                     transactional_id: id.clone(),
                     producer_id: t.producer_id,

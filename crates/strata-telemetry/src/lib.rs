@@ -98,6 +98,15 @@ pub struct GroupMetrics {
     pub expired_offsets_total: IntCounter,
 }
 
+/// Transaction coordinator metrics (of the transactional ids this broker coordinates).
+#[derive(Clone)]
+pub struct TxnMetrics {
+    pub completed_total: IntCounterVec,
+    pub timed_out_total: IntCounter,
+    pub open: IntGauge,
+    pub oldest_open_seconds: IntGauge,
+}
+
 /// Replication and cluster metrics.
 #[derive(Clone)]
 pub struct ReplicationMetrics {
@@ -189,6 +198,7 @@ pub struct Metrics {
     pub group: GroupMetrics,
     pub tier: TierMetrics,
     pub replication: ReplicationMetrics,
+    pub txn: TxnMetrics,
 }
 
 /// Creates and registers metrics, remembering their names.
@@ -545,6 +555,25 @@ impl Metrics {
                 "Produce requests refused because strata.wal.max-unuploaded-bytes was reached",
             )?,
         };
+        let txn = TxnMetrics {
+            completed_total: r.counter_vec(
+                "strata_txn_completed_total",
+                "Transactions completed by this coordinator, by result (commit, abort)",
+                &[RESULT],
+            )?,
+            timed_out_total: r.counter(
+                "strata_txn_timed_out_total",
+                "Transactions this coordinator aborted because they outlived transaction.timeout.ms",
+            )?,
+            open: r.gauge(
+                "strata_txn_open",
+                "Open transactions of the transactional ids this broker coordinates",
+            )?,
+            oldest_open_seconds: r.gauge(
+                "strata_txn_oldest_open_seconds",
+                "Age of the oldest open transaction this broker coordinates (0: none)",
+            )?,
+        };
         Ok(Self {
             registry: r.registry,
             names: r.names,
@@ -553,6 +582,7 @@ impl Metrics {
             group,
             tier,
             replication,
+            txn,
         })
     }
 
