@@ -1,6 +1,7 @@
 //! librdkafka (through the `rdkafka` crate) against the real broker: produce with keys,
 //! headers and timestamps under every acks setting, consume back, offsets, topic
-//! lifecycle, restarts and crashes.
+//! lifecycle, restarts and crashes, and transactions seen by read_committed and
+//! read_uncommitted consumers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -464,4 +465,86 @@ async fn kill_9_during_produce_loses_nothing_acknowledged() {
             "acknowledged message at {part}:{offset} is missing after kill -9"
         );
     }
+}
+
+/// Every message a consumer with `isolation` reads from the partitions of `topic`, up to
+/// the end offset such a consumer is told (the last stable offset for read_committed).
+fn read_isolated(bootstrap: &str, topic: &str, partitions: i32, isolation: &str) -> Vec<Msg> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "strata-e2e-unused")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut open = std::collections::BTreeSet::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+        if c.fetch_watermarks(topic, p, TIMEOUT).unwrap().1 > 0 {
+            open.insert(p);
+        }
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + TIMEOUT;
+    while !open.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: partitions {open:?} never ended"
+        );
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(to_msg(&m)),
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+            }
+            Some(Err(e)) => panic!("consume: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn transactions_commit_and_abort_as_read_committed_consumers_see_them() {
+    let s = Strata::start();
+    let bootstrap = s.bootstrap();
+    create_topic(&bootstrap, "txn", 2, &[]).await;
+    let d = Deliveries::default();
+    let p: BaseProducer<Deliveries> = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("transactional.id", "rdkafka-txn")
+        .create_with_context(d.clone())
+        .unwrap();
+    p.init_transactions(TIMEOUT).unwrap();
+    let base = recent_ms();
+    let mut committed = Vec::new();
+    let mut all = Vec::new();
+    for (tag, commit) in [("first", true), ("aborted", false), ("last", true)] {
+        let msgs: Vec<Msg> = (0..10).map(|i| sample(i, tag, base)).collect();
+        p.begin_transaction().unwrap();
+        let reports = produce_all(&p, &d, "txn", 2, &msgs);
+        assert!(reports.iter().all(|(_, r)| r.is_ok()), "{reports:?}");
+        if commit {
+            p.commit_transaction(TIMEOUT).unwrap();
+            committed.extend(msgs.iter().cloned());
+        } else {
+            p.abort_transaction(TIMEOUT).unwrap();
+        }
+        all.extend(msgs);
+    }
+    let sorted = |mut v: Vec<Msg>| {
+        v.sort_by(|a, b| a.value.cmp(&b.value));
+        v
+    };
+    assert_eq!(
+        sorted(read_isolated(&bootstrap, "txn", 2, "read_committed")),
+        sorted(committed)
+    );
+    assert_eq!(
+        sorted(read_isolated(&bootstrap, "txn", 2, "read_uncommitted")),
+        sorted(all)
+    );
 }

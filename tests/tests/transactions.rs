@@ -1,0 +1,116 @@
+//! The broker's side of transactions over raw frames, where clients never go: a
+//! transactional batch for a partition its transaction did not add is refused (KIP-890),
+//! a fenced epoch is refused, and WriteTxnMarkers from an old epoch is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use strata_e2e::{RawClient, Strata};
+use strata_protocol::batch::{self, test_util::simple_batch};
+
+fn s(v: &str) -> StrBytes {
+    StrBytes::from_string(v.to_string())
+}
+
+fn init(c: &mut RawClient, id: &str) -> (i64, i16) {
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(s(id))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    match c.request(ApiKey::InitProducerId, 4, &req) {
+        ResponseKind::InitProducerId(r) => {
+            assert_eq!(r.error_code, 0, "{r:?}");
+            (r.producer_id.0, r.producer_epoch)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn add(c: &mut RawClient, id: &str, (pid, epoch): (i64, i16), topic: &str, partition: i32) -> i16 {
+    let req = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(s(id)))
+        .with_v3_and_below_producer_id(ProducerId(pid))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(s(topic)))
+                .with_partitions(vec![partition]),
+        ]);
+    match c.request(ApiKey::AddPartitionsToTxn, 3, &req) {
+        ResponseKind::AddPartitionsToTxn(r) => {
+            r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A transactional batch of `n` records from `pid` at `epoch`, sequence `seq`.
+fn txn_batch((pid, epoch): (i64, i16), seq: i32, n: usize) -> Vec<u8> {
+    let mut b = simple_batch(n, 1000);
+    b[21..23].copy_from_slice(&batch::TRANSACTIONAL.to_be_bytes());
+    b[43..51].copy_from_slice(&pid.to_be_bytes());
+    b[51..53].copy_from_slice(&epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&seq.to_be_bytes());
+    batch::update_crc(&mut b);
+    b
+}
+
+#[test]
+fn only_partitions_added_to_the_open_transaction_take_its_batches() {
+    let broker = Strata::start();
+    let mut c = RawClient::connect(broker.kafka);
+    assert_eq!(c.create_topic("t", 2, 1, &[]), 0);
+    let producer = init(&mut c, "raw-txn");
+
+    // Nothing added yet: refused, and nothing is written.
+    let (code, _) = c.produce_with("t", 0, txn_batch(producer, 0, 2), -1, 5000);
+    assert_eq!(code, ResponseError::InvalidTxnState.code());
+    assert_eq!(add(&mut c, "raw-txn", producer, "t", 0), 0);
+    let (code, base) = c.produce_with("t", 0, txn_batch(producer, 0, 2), -1, 5000);
+    assert_eq!((code, base), (0, 0));
+    // Partition 1 was not added to this transaction.
+    let (code, _) = c.produce_with("t", 1, txn_batch(producer, 0, 2), -1, 5000);
+    assert_eq!(code, ResponseError::InvalidTxnState.code());
+
+    // A second instance fences the first: its epoch is refused from then on.
+    let newer = init(&mut c, "raw-txn");
+    assert_eq!(
+        newer,
+        (producer.0, producer.1 + 2),
+        "abort bump, then init bump"
+    );
+    let (code, _) = c.produce_with("t", 0, txn_batch(producer, 2, 1), -1, 5000);
+    assert_eq!(code, ResponseError::ProducerFenced.code());
+    assert_eq!(
+        add(&mut c, "raw-txn", producer, "t", 0),
+        ResponseError::ProducerFenced.code()
+    );
+    // The old instance's transaction was aborted: a marker at offset 2 ends it.
+    let fetched = c.fetch("t", 0, 0, 1 << 20);
+    let headers: Vec<_> = batch::HeaderIter::new(fetched.records.as_deref().unwrap())
+        .map(|(_, h)| (h.base_offset, h.is_control()))
+        .collect();
+    assert_eq!(headers, vec![(0, false), (2, true)]);
+
+    // A marker from the fenced epoch is refused by the partition.
+    let stale = WriteTxnMarkersRequest::default().with_markers(vec![
+        write_txn_markers_request::WritableTxnMarker::default()
+            .with_producer_id(ProducerId(producer.0))
+            .with_producer_epoch(producer.1)
+            .with_transaction_result(true)
+            .with_topics(vec![
+                write_txn_markers_request::WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(s("t")))
+                    .with_partition_indexes(vec![0]),
+            ]),
+    ]);
+    match c.request(ApiKey::WriteTxnMarkers, 1, &stale) {
+        ResponseKind::WriteTxnMarkers(r) => assert_eq!(
+            r.markers[0].topics[0].partitions[0].error_code,
+            ResponseError::InvalidProducerEpoch.code()
+        ),
+        other => panic!("{other:?}"),
+    }
+}
