@@ -7,13 +7,12 @@ past its timeout so that the last stable offset moves on.
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from strata_helpers import metric_values, unique, wait_until
+from strata_helpers import assign_consumer, consume_all, metric_values, unique, wait_until
 
 
 def create(broker, *topics: tuple[str, int]) -> None:
@@ -29,38 +28,17 @@ def txn_producer(broker, tid: str, **extra) -> Producer:
     return p
 
 
-def read(broker, topic: str, partitions: int, isolation: str, timeout: float = 60) -> dict[int, list[bytes]]:
+def read(broker, topic: str, partitions: int, isolation: str) -> dict[int, list[bytes]]:
     """Every record of `topic` a consumer with `isolation` sees, up to the end offset such
     a consumer is told (the last stable offset for read_committed)."""
-    c = Consumer(
-        {
-            "bootstrap.servers": broker.bootstrap,
-            "group.id": unique("reader"),
-            "isolation.level": isolation,
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-        }
-    )
+    level = {"isolation.level": isolation}
+    probe = assign_consumer(broker, **level)
     try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
-        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-        got: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
-        done: set[int] = {p for p, end in ends.items() if end == 0}
-        deadline = time.monotonic() + timeout
-        while len(done) < partitions:
-            assert time.monotonic() < deadline, f"reading {topic}: {ends}, have { {p: len(v) for p, v in got.items()} }"
-            for m in c.consume(num_messages=500, timeout=0.5):
-                if m.error() is None:
-                    got[m.partition()].append(m.value())
-                elif m.error().code() == KafkaError._PARTITION_EOF:
-                    if m.offset() >= ends[m.partition()]:
-                        done.add(m.partition())
-                else:
-                    raise AssertionError(f"consumer error: {m.error()}")
-        return got
+        ends = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
     finally:
-        c.close()
+        probe.close()
+    got = consume_all(broker, topic, ends, **level)
+    return {p: [m.value() for m in msgs] for p, msgs in got.items()}
 
 
 def send(p: Producer, topic: str, partitions: int, tag: str, n: int) -> None:

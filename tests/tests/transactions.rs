@@ -7,7 +7,7 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use strata_e2e::{RawClient, Strata};
-use strata_protocol::batch::{self, test_util::simple_batch};
+use strata_protocol::batch::{self, test_util};
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -46,15 +46,9 @@ fn add(c: &mut RawClient, id: &str, (pid, epoch): (i64, i16), topic: &str, parti
     }
 }
 
-/// A transactional batch of `n` records from `pid` at `epoch`, sequence `seq`.
+/// A transactional batch of `n` records from `producer`, starting at sequence `seq`.
 fn txn_batch((pid, epoch): (i64, i16), seq: i32, n: usize) -> Vec<u8> {
-    let mut b = simple_batch(n, 1000);
-    b[21..23].copy_from_slice(&batch::TRANSACTIONAL.to_be_bytes());
-    b[43..51].copy_from_slice(&pid.to_be_bytes());
-    b[51..53].copy_from_slice(&epoch.to_be_bytes());
-    b[53..57].copy_from_slice(&seq.to_be_bytes());
-    batch::update_crc(&mut b);
-    b
+    test_util::txn_batch(pid, epoch, seq, n)
 }
 
 #[test]

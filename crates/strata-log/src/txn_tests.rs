@@ -3,22 +3,11 @@
 //! rebuilt after a restart (from the segments, and from the sealed segments' snapshots).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use strata_protocol::batch::test_util::simple_batch;
+use strata_protocol::batch::test_util::{simple_batch, txn_batch};
 use strata_protocol::batch::{self, ControlType, HeaderIter};
 
 use crate::tests::{open, small, sync};
 use crate::{AbortedTxn, LogConfig, LogError, Partition, ProducerError};
-
-/// A transactional batch of `n` records from producer `pid` at `epoch`, sequence `seq`.
-fn txn_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Vec<u8> {
-    let mut b = simple_batch(n, 1000);
-    b[21..23].copy_from_slice(&batch::TRANSACTIONAL.to_be_bytes());
-    b[43..51].copy_from_slice(&pid.to_be_bytes());
-    b[51..53].copy_from_slice(&epoch.to_be_bytes());
-    b[53..57].copy_from_slice(&seq.to_be_bytes());
-    batch::update_crc(&mut b);
-    b
-}
 
 fn append(p: &Partition, records: &[u8]) -> i64 {
     let headers = batch::validate_all(records).unwrap();

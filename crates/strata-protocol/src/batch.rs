@@ -451,6 +451,18 @@ pub mod test_util {
     //! Builds valid batches for tests without a Kafka client.
     pub use super::{Record as TestRecord, encode as build_batch};
 
+    /// A transactional batch of `n` records (as [`simple_batch`] at timestamp 1000) from
+    /// producer `pid` at `epoch`, starting at sequence `seq`.
+    pub fn txn_batch(pid: i64, epoch: i16, seq: i32, n: usize) -> Vec<u8> {
+        let mut b = simple_batch(n, 1000);
+        b[21..23].copy_from_slice(&super::TRANSACTIONAL.to_be_bytes());
+        b[43..51].copy_from_slice(&pid.to_be_bytes());
+        b[51..53].copy_from_slice(&epoch.to_be_bytes());
+        b[53..57].copy_from_slice(&seq.to_be_bytes());
+        super::update_crc(&mut b);
+        b
+    }
+
     /// A batch of `n` records with values `value-<i>` and timestamps `ts + i`.
     pub fn simple_batch(n: usize, ts: i64) -> Vec<u8> {
         let values: Vec<Vec<u8>> = (0..n).map(|i| format!("value-{i}").into_bytes()).collect();

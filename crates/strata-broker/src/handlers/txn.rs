@@ -2,6 +2,7 @@
 //! (to the coordinator, `crate::txn`), WriteTxnMarkers (to a partition leader,
 //! `crate::markers`), DescribeTransactions and ListTransactions (from metadata).
 
+use std::future::Future;
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
@@ -28,9 +29,16 @@ fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
 }
 
-/// `NOT_COORDINATOR` if another broker coordinates `transactional_id`.
-fn misdirected(broker: &Broker, transactional_id: &str) -> Option<ResponseError> {
-    broker.not_coordinator(transactional_id)
+/// `NOT_COORDINATOR` if another broker coordinates `transactional_id`, else `step`.
+async fn at_coordinator<T>(
+    broker: &Broker,
+    transactional_id: &str,
+    step: impl Future<Output = Result<T, ResponseError>>,
+) -> Result<T, ResponseError> {
+    match broker.not_coordinator(transactional_id) {
+        Some(code) => Err(code),
+        None => step.await,
+    }
 }
 
 /// The transactional InitProducerId (the idempotent one is in `producers`).
@@ -39,20 +47,15 @@ pub(super) async fn init_producer_id(
     transactional_id: &str,
     req: &InitProducerIdRequest,
 ) -> Result<(i64, i16), ResponseError> {
-    if let Some(code) = misdirected(broker, transactional_id) {
-        return Err(code);
-    }
     let given = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
-    broker
-        .txn
-        .init_producer(
-            transactional_id,
-            req.transaction_timeout_ms,
-            given,
-            broker,
-            broker.now_ms(),
-        )
-        .await
+    let step = broker.txn.init_producer(
+        transactional_id,
+        req.transaction_timeout_ms,
+        given,
+        broker,
+        broker.now_ms(),
+    );
+    at_coordinator(broker, transactional_id, step).await
 }
 
 /// The partitions named in `topics`, as (topic, partition) pairs.
@@ -133,20 +136,16 @@ async fn add_one(
         } else {
             Err(ResponseError::InvalidTxnState)
         }
-    } else if let Some(code) = misdirected(broker, transactional_id) {
-        Err(code)
     } else {
-        broker
-            .txn
-            .add(
-                transactional_id,
-                producer_id,
-                producer_epoch,
-                pairs(topics),
-                Vec::new(),
-                broker.now_ms(),
-            )
-            .await
+        let step = broker.txn.add(
+            transactional_id,
+            producer_id,
+            producer_epoch,
+            pairs(topics),
+            Vec::new(),
+            broker.now_ms(),
+        );
+        at_coordinator(broker, transactional_id, step).await
     };
     topic_results(broker, topics, result.err())
 }
@@ -193,22 +192,15 @@ pub(super) async fn add_offsets(
     req: AddOffsetsToTxnRequest,
 ) -> AddOffsetsToTxnResponse {
     let id = &req.transactional_id.0;
-    let result = match misdirected(broker, id) {
-        Some(code) => Err(code),
-        None => {
-            broker
-                .txn
-                .add(
-                    id,
-                    req.producer_id.0,
-                    req.producer_epoch,
-                    Vec::new(),
-                    vec![req.group_id.0.to_string()],
-                    broker.now_ms(),
-                )
-                .await
-        }
-    };
+    let step = broker.txn.add(
+        id,
+        req.producer_id.0,
+        req.producer_epoch,
+        Vec::new(),
+        vec![req.group_id.0.to_string()],
+        broker.now_ms(),
+    );
+    let result = at_coordinator(broker, id, step).await;
     AddOffsetsToTxnResponse::default().with_error_code(result.err().map_or(0, |c| c.code()))
 }
 
@@ -280,22 +272,15 @@ pub(super) async fn txn_offset_commit(
 
 pub(super) async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest) -> EndTxnResponse {
     let id = &req.transactional_id.0;
-    let result = match misdirected(broker, id) {
-        Some(code) => Err(code),
-        None => {
-            broker
-                .txn
-                .end(
-                    id,
-                    req.producer_id.0,
-                    req.producer_epoch,
-                    req.committed,
-                    broker,
-                    broker.now_ms(),
-                )
-                .await
-        }
-    };
+    let step = broker.txn.end(
+        id,
+        req.producer_id.0,
+        req.producer_epoch,
+        req.committed,
+        broker,
+        broker.now_ms(),
+    );
+    let result = at_coordinator(broker, id, step).await;
     EndTxnResponse::default()
         .with_error_code(result.err().map_or(0, |c| c.code()))
         .with_producer_id(req.producer_id)
