@@ -46,6 +46,7 @@ from confluent_kafka.admin import (
 from strata_helpers import (
     HOUR_MS,
     assign_consumer,
+    consume_all,
     metric_values,
     now_ms,
     parse_metrics,
@@ -688,6 +689,45 @@ def test_large_segments_are_uploaded_in_parts(broker_factory, objstore):
     before = metric(broker, "strata_tier_read_bytes_total", source="object_store")
     consume_and_compare(broker, topic, size, produced.ends)
     assert metric(broker, "strata_tier_read_bytes_total", source="object_store") > before
+
+
+def test_read_committed_replays_from_the_store_skip_aborted_transactions(broker_factory, objstore):
+    """Transactions committed and aborted, uploaded, their local copies deleted and the
+    broker restarted (so nothing local remembers them): a read_committed replay from
+    offset 0 out of the object store returns exactly the committed records, because
+    each segment's manifest entry carries the transactions its abort markers ended."""
+    broker = broker_factory(env={**objstore.env(), **FAST_RETENTION})
+    topic = unique("tieredtxn")
+    create_topic(broker, topic, 1, {"segment.bytes": str(64 * 1024), "segment.ms": "1000"})
+    p = Producer({"bootstrap.servers": broker.bootstrap, "transactional.id": unique("tid"), "linger.ms": 5})
+    p.init_transactions(60)
+    committed = []
+    for t in range(6):
+        p.begin_transaction()
+        values = [b"txn%d-%03d-" % (t, i) + b"x" * 500 for i in range(60)]
+        for v in values:
+            p.produce(topic, value=v, partition=0)
+        assert p.flush(30) == 0
+        if t % 2 == 0:
+            p.commit_transaction(30)
+            committed += values
+        else:
+            p.abort_transaction(30)
+    end = watermarks(broker, topic, 0)[1]
+    wait_uploaded_to(broker, topic, {0: end}, timeout=60)
+    set_topic_config(broker, topic, "local.retention.bytes", "0")
+    wait_until(lambda: local_segments(broker, topic, 0)[0][0] == end, 30,
+               "every uploaded segment to be deleted locally", interval=0.5)
+    broker.restart()
+
+    before = metric(broker, "strata_tier_read_bytes_total", source="object_store")
+    level = {"isolation.level": "read_committed"}
+    got = consume_all(broker, topic, {0: end}, **level)[0]
+    assert [m.value() for m in got] == committed
+    assert metric(broker, "strata_tier_read_bytes_total", source="object_store") > before
+    # read_uncommitted sees the aborted records too.
+    everything = consume_all(broker, topic, {0: end}, **{"isolation.level": "read_uncommitted"})[0]
+    assert len(everything) == 6 * 60
 
 
 @pytest.mark.parametrize("restart", ["sigterm", "kill"])

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from strata_helpers import assign_consumer, consume_all, metric_values, unique, wait_until
@@ -110,17 +117,24 @@ def test_offsets_sent_to_a_transaction_commit_with_it(broker):
             p.send_offsets_to_transaction(
                 consumer.position(consumer.assignment()), consumer.consumer_group_metadata(), 30
             )
-            # Until the transaction ends, the group's committed offset has not moved.
+            # Until the transaction ends, the group's committed offset has not moved, and a
+            # read_committed consumer asking for it (require_stable, KIP-447) is told to wait.
             assert committed() == (seen if seen else None)
+            with pytest.raises(KafkaException):
+                consumer.committed([TopicPartition(src, 0)], timeout=3)
             if commit:
                 p.commit_transaction(30)
                 seen += taken
             else:
                 p.abort_transaction(30)
 
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+
         def committed():
-            [tp] = consumer.committed([TopicPartition(src, 0)], timeout=10)
-            return tp.offset if tp.offset >= 0 else None
+            # The admin client does not ask for stable offsets: it sees what is committed.
+            [f] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)]).values()
+            offsets = {tp.partition: tp.offset for tp in f.result(10).topic_partitions if tp.topic == src}
+            return offsets.get(0) if offsets.get(0, -1) >= 0 else None
 
         transform(25, commit=True)
         assert committed() == 25

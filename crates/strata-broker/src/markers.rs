@@ -16,6 +16,7 @@ use kafka_protocol::messages::{
     ApiKey, ProducerId, ResponseKind, TopicName, WriteTxnMarkersRequest,
 };
 use kafka_protocol::protocol::StrBytes;
+use strata_meta::TxnState;
 use strata_protocol::batch::ControlType;
 
 use crate::broker::Broker;
@@ -24,6 +25,9 @@ use crate::txn::{Marker, MarkerWriter};
 
 /// The client id of a coordinator's WriteTxnMarkers requests.
 const MARKER_CLIENT_ID: &str = "strata-txn-markers";
+
+/// How long a leader waits for the coordinator's decision to reach its metadata.
+const DECISION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Broker {
     /// Appends `marker` to `topic`'s `partitions`, which this broker must lead, and
@@ -39,6 +43,7 @@ impl Broker {
         } else {
             ControlType::Abort
         };
+        self.await_decision(marker).await;
         let meta = self.topic(topic);
         let writes = partitions.iter().map(|&p| {
             let meta = meta.clone();
@@ -73,6 +78,28 @@ impl Broker {
             }
         });
         join_all(writes).await
+    }
+
+    /// Waits (briefly) until this broker's copy of metadata shows the decision behind
+    /// `marker`: the coordinator committed it before sending the marker, and from then on
+    /// produce here refuses the producer's batches at that epoch. Without the wait, a
+    /// late batch of the ended transaction could open a transaction no marker would end.
+    async fn await_decision(&self, marker: Marker) {
+        let open = || {
+            self.meta.read(|s| {
+                s.transaction_of(marker.producer_id).is_some_and(|(_, t)| {
+                    t.state == TxnState::Ongoing && t.producer_epoch == marker.producer_epoch
+                })
+            })
+        };
+        let deadline = tokio::time::Instant::now() + DECISION_WAIT;
+        let mut applied = self.meta.subscribe();
+        while open() {
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
     }
 
     /// Sends `marker` for `partitions` to broker `leader` (WriteTxnMarkers).

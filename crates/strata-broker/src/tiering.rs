@@ -17,7 +17,9 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
 use strata_log::{Partition, PartitionKey, SealedSegment, SegmentInfo, plan_retention};
-use strata_meta::{Command, CommandResult, PartitionMeta, RemoteSegmentMeta, TopicMeta};
+use strata_meta::{
+    Command, CommandResult, PartitionMeta, RemoteAbortedTxn, RemoteSegmentMeta, TopicMeta,
+};
 use strata_protocol::batch::HeaderIter;
 use strata_tier::layout::{Kind, ObjectName};
 use strata_tier::{BlockCache, RemoteSegment, Store, TierError, layout};
@@ -106,6 +108,21 @@ fn jitter(ms: i64) -> i64 {
 
 impl Broker {
     /// Runs `f` on a partition's metadata, without copying it (a manifest may be long).
+    /// The aborted transactions the manifest's segments record that overlap offsets
+    /// `from..to`: (producer id, first offset).
+    pub(crate) fn remote_aborted(&self, key: PartitionKey, from: i64, to: i64) -> Vec<(i64, i64)> {
+        self.with_partition_meta(key.topic_id, key.partition, |pm| {
+            pm.remote_segments
+                .iter()
+                .filter(|s| s.next_offset > from)
+                .flat_map(|s| s.aborted.iter())
+                .filter(|a| a.last_offset >= from && a.first_offset < to)
+                .map(|a| (a.producer_id, a.first_offset))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
     fn with_partition_meta<R>(
         &self,
         topic_id: Uuid,
@@ -464,6 +481,17 @@ impl Broker {
             discard().await;
             return Err(e.to_string());
         }
+        // The transactions this segment's abort markers ended go with its entry.
+        let aborted = log
+            .aborted_transactions(seg.base_offset, seg.next_offset)
+            .into_iter()
+            .filter(|a| (seg.base_offset..seg.next_offset).contains(&a.last_offset))
+            .map(|a| RemoteAbortedTxn {
+                producer_id: a.producer_id,
+                first_offset: a.first_offset,
+                last_offset: a.last_offset,
+            })
+            .collect();
         let entry = RemoteSegmentMeta {
             base_offset: seg.base_offset,
             next_offset: seg.next_offset,
@@ -472,6 +500,7 @@ impl Broker {
             leader_epoch: epoch,
             key: seg_key.clone(),
             index_key: idx_key.clone(),
+            aborted,
         };
         let cmd = Command::AddRemoteSegment {
             topic_id: key.topic_id,

@@ -27,7 +27,6 @@ use strata_meta::{
 use strata_telemetry::TxnMetrics;
 use tracing::{info, warn};
 
-use crate::errors;
 use crate::producer_ids::ProducerIds;
 
 /// What a transaction marker says, for one producer.
@@ -62,6 +61,13 @@ pub(crate) struct TxnCoordinator {
     /// Orders this broker's steps on one transactional id.
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     metrics: TxnMetrics,
+}
+
+/// Whether the coordinator's background work has something to do with `t`: finish its
+/// decided transaction, or abort its open one past the timeout.
+fn due(t: &TxnMeta, now_ms: i64) -> bool {
+    t.state.preparing()
+        || (t.state == TxnState::Ongoing && now_ms - t.started_ms > i64::from(t.timeout_ms))
 }
 
 /// Kafka's error code for a refused step.
@@ -99,7 +105,12 @@ impl TxnCoordinator {
                 tracing::error!(result = ?other, "unexpected answer to a transaction step");
                 Err(ResponseError::UnknownServerError)
             }
-            Err(e) => Err(errors::meta_error(&e)),
+            // The quorum is electing a leader, or unreachable: the coordinator is not
+            // available for now, which every client retries (Kafka's mapping too).
+            Err(e) => {
+                warn!(error = %e, "transaction step not committed");
+                Err(ResponseError::CoordinatorNotAvailable)
+            }
         }
     }
 
@@ -255,30 +266,16 @@ impl TxnCoordinator {
                 now_ms,
             })
             .await?;
-        if !t.state.preparing() {
-            return Ok(());
-        }
-        match tokio::time::timeout(
-            MARKER_WAIT,
-            self.finish(transactional_id, &t, markers, now_ms),
-        )
-        .await
+        if t.state.preparing()
+            && let Err(code) = self.finish(transactional_id, &t, markers, now_ms).await
         {
-            Ok(Err(code)) => {
-                warn!(transactional_id, error = %code, "transaction decided; its markers are retried in the background");
-            }
-            Err(_) => {
-                warn!(
-                    transactional_id,
-                    "transaction decided; its markers are still being written"
-                );
-            }
-            Ok(Ok(())) => {}
+            warn!(transactional_id, error = %code, "transaction decided; its markers are retried in the background");
         }
         Ok(())
     }
 
-    /// Writes the markers of decided transaction `t` and completes it.
+    /// Writes the markers of decided transaction `t` (within [`MARKER_WAIT`]) and
+    /// completes it.
     async fn finish(
         &self,
         transactional_id: &str,
@@ -291,9 +288,13 @@ impl TxnCoordinator {
             producer_epoch: t.producer_epoch,
             commit: t.state == TxnState::PrepareCommit,
         };
-        if let Err(e) = markers.write_markers(marker, &t.partitions).await {
+        let written =
+            tokio::time::timeout(MARKER_WAIT, markers.write_markers(marker, &t.partitions))
+                .await
+                .unwrap_or_else(|_| Err(format!("not all written within {MARKER_WAIT:?}")));
+        if let Err(e) = written {
             warn!(transactional_id, error = %e, "transaction markers not written yet");
-            return Err(ResponseError::CoordinatorLoadInProgress);
+            return Err(ResponseError::ConcurrentTransactions);
         }
         self.step(TxnCommand::Complete {
             transactional_id: transactional_id.to_string(),
@@ -335,14 +336,10 @@ impl TxnCoordinator {
                 .filter(|(_, t)| t.state == TxnState::Ongoing)
                 .map(|(_, t)| t.started_ms)
                 .collect();
-            let work: Vec<(String, TxnMeta)> = ours
+            let work: Vec<String> = ours
                 .into_iter()
-                .filter(|(_, t)| {
-                    t.state.preparing()
-                        || (t.state == TxnState::Ongoing
-                            && now_ms - t.started_ms > i64::from(t.timeout_ms))
-                })
-                .map(|(id, t)| (id.clone(), t.clone()))
+                .filter(|(_, t)| due(t, now_ms))
+                .map(|(id, _)| id.clone())
                 .collect();
             (work, open.len(), open.into_iter().min())
         });
@@ -350,10 +347,15 @@ impl TxnCoordinator {
         self.metrics
             .oldest_open_seconds
             .set(oldest.map_or(0, |started| (now_ms - started).max(0) / 1000));
-        for (id, t) in work {
+        for id in work {
             let lock = self.lock(&id);
             let Ok(_held) = lock.try_lock() else {
                 continue; // a client's step is under way on this id
+            };
+            // Looked at again under the lock: the transaction seen above may have ended
+            // and a new one begun since, which must not be ended in its place.
+            let Some(t) = self.current(&id).filter(|t| due(t, now_ms)) else {
+                continue;
             };
             let decided = if t.state == TxnState::Ongoing {
                 warn!(transactional_id = %id, timeout_ms = t.timeout_ms, "transaction timed out: aborting it");

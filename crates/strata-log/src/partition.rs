@@ -212,10 +212,14 @@ impl Inner {
             local_start: self.local_start(),
             remote_end: self.remote_end,
             high_watermark: self.consumer_hw(),
+            // An open transaction whose start retention already deleted holds the LSO at
+            // the log start, never below it (Kafka's first unstable offset does the same).
             last_stable: self
                 .producers
                 .first_unstable()
-                .map_or(self.consumer_hw(), |o| o.min(self.consumer_hw())),
+                .map_or(self.consumer_hw(), |o| {
+                    o.max(self.log_start).min(self.consumer_hw())
+                }),
             durable_end: self.hw,
             log_end: self.log_end(),
         }

@@ -156,6 +156,18 @@ async fn a_marker_from_an_older_epoch_is_refused_and_a_newer_one_restarts_sequen
 }
 
 #[tokio::test]
+async fn the_last_stable_offset_never_falls_below_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), small(150));
+    append(&p, &txn_batch(1, 0, 0, 3)); // 0-2, left open
+    append(&p, &simple_batch(4, 0)); // 3-6
+    sync(&p).await;
+    assert_eq!(p.offsets().last_stable, 0);
+    p.advance_log_start(5, 1000).unwrap();
+    assert_eq!(p.offsets().last_stable, 5);
+}
+
+#[tokio::test]
 async fn aborted_transactions_below_the_log_start_are_forgotten() {
     let dir = tempfile::tempdir().unwrap();
     let p = open(dir.path(), small(150));

@@ -86,5 +86,6 @@ pub use types::HeartbeatReply;
 pub use types::NodeId;
 pub use types::OffsetCommit;
 pub use types::PartitionMeta;
+pub use types::RemoteAbortedTxn;
 pub use types::RemoteSegmentMeta;
 pub use types::TopicMeta;

@@ -271,8 +271,9 @@ impl ClusterState {
                     // A retried EndTxn after the decision (or after the markers).
                     s if s == decided || s == done => Ok(t.clone()),
                     // Nothing open to abort.
-                    Empty | CompleteCommit | CompleteAbort if !commit => Ok(t.clone()),
-                    PrepareCommit | PrepareAbort => Err(TxnRefusal::Concurrent),
+                    Empty if !commit => Ok(t.clone()),
+                    // The other decision was taken: a client told "aborted" after a commit
+                    // (or the reverse) would process its input again.
                     _ => Err(TxnRefusal::InvalidState),
                 }
             }
@@ -437,7 +438,7 @@ mod tests {
         apply(&mut s, prepare(0, true, false)).unwrap();
         assert_eq!(
             apply(&mut s, prepare(0, false, false)),
-            Err(TxnRefusal::Concurrent)
+            Err(TxnRefusal::InvalidState)
         );
         assert_eq!(
             apply(&mut s, add(0, &[("out", 2)], &[])),
@@ -445,6 +446,11 @@ mod tests {
         );
         let t = apply(&mut s, complete(0)).unwrap();
         assert_eq!(t.state, TxnState::CompleteCommit);
+        assert_eq!(
+            apply(&mut s, prepare(0, false, false)),
+            Err(TxnRefusal::InvalidState),
+            "an abort after the commit is not answered as done"
+        );
         assert!(t.partitions.is_empty() && t.offsets.is_empty());
         assert_eq!(s.groups["g"]["in"][&0].offset, 10);
 

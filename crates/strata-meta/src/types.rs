@@ -170,6 +170,21 @@ pub struct RemoteSegmentMeta {
     pub key: String,
     /// Object key of its offset and time indexes.
     pub index_key: String,
+    /// The transactions an abort marker in this segment ended, so that read_committed
+    /// replays from the object store skip their records on any broker, also one that never
+    /// held the segment (Kafka's aborted-transaction index, kept with the segment's entry).
+    #[serde(default)]
+    pub aborted: Vec<RemoteAbortedTxn>,
+}
+
+/// An aborted transaction of a remote segment: the producer's records from
+/// `first_offset` up to the abort marker at `last_offset` are not for read_committed
+/// consumers.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemoteAbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: i64,
+    pub last_offset: i64,
 }
 
 /// A change to the cluster metadata, proposed through Raft.
@@ -887,6 +902,7 @@ mod tests {
                 leader_epoch: epoch,
                 key: format!("{base}-{epoch}.seg"),
                 index_key: format!("{base}-{epoch}.idx"),
+                aborted: Vec::new(),
             },
         };
         assert_eq!(s.apply(seg(0, 10, 3)), CommandResult::Ok);

@@ -402,17 +402,36 @@ async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchR
 }
 
 /// The aborted transactions a read_committed consumer needs to skip in `records`, read
-/// from `offset` (Kafka lists those that overlap the fetched range).
-fn aborted_in(log: &Partition, offset: i64, records: &Bytes) -> Vec<AbortedTransaction> {
+/// from `offset` (Kafka lists those that overlap the fetched range): those the log knows,
+/// and those the manifest records for uploaded segments (which this broker may never have
+/// held, or whose local copies and snapshots are gone).
+fn aborted_in(
+    broker: &Broker,
+    key: PartitionKey,
+    log: &Partition,
+    offset: i64,
+    records: &Bytes,
+) -> Vec<AbortedTransaction> {
     let Some((_, last)) = HeaderIter::new(records).last() else {
         return Vec::new();
     };
-    log.aborted_transactions(offset, last.next_offset())
+    let end = last.next_offset();
+    let mut found: Vec<(i64, i64)> = log
+        .aborted_transactions(offset, end)
         .into_iter()
-        .map(|a| {
+        .map(|a| (a.producer_id, a.first_offset))
+        .collect();
+    if offset < log.offsets().remote_end {
+        found.extend(broker.remote_aborted(key, offset, end));
+        found.sort_unstable();
+        found.dedup();
+    }
+    found
+        .into_iter()
+        .map(|(producer_id, first_offset)| {
             AbortedTransaction::default()
-                .with_producer_id(ProducerId(a.producer_id))
-                .with_first_offset(a.first_offset)
+                .with_producer_id(ProducerId(producer_id))
+                .with_first_offset(first_offset)
         })
         .collect()
 }
@@ -470,9 +489,9 @@ fn build(
                     .fetch_records_bytes_total
                     .inc_by(r.records.len() as u64);
                 let part = match &t.log {
-                    Ok(log) if committed => {
-                        part.with_aborted_transactions(Some(aborted_in(log, t.offset, &r.records)))
-                    }
+                    Ok(log) if committed => part.with_aborted_transactions(Some(aborted_in(
+                        broker, t.key, log, t.offset, &r.records,
+                    ))),
                     _ => part,
                 };
                 part.with_high_watermark(r.offsets.high_watermark)

@@ -396,11 +396,34 @@ fn committed_fields(c: &Option<CommittedOffset>) -> (i64, i32, StrBytes) {
     }
 }
 
+/// For a fetch with `require_stable` (KIP-447): `UNSTABLE_OFFSET_COMMIT` while an open or
+/// committing transaction holds an offset of `group` for `topic`-`partition`, which the
+/// consumer retries until the transaction ends (else it would start from the offset the
+/// transaction is replacing, and process its records again).
+fn stability(broker: &Broker, required: bool, group: &str, topic: &str, partition: i32) -> i16 {
+    use strata_meta::TxnState::{Ongoing, PrepareCommit};
+    let pending = required
+        && broker.meta.read(|s| {
+            s.transactions.values().any(|t| {
+                matches!(t.state, Ongoing | PrepareCommit)
+                    && t.offsets
+                        .iter()
+                        .any(|o| o.group == group && o.topic == topic && o.partition == partition)
+            })
+        });
+    if pending {
+        ResponseError::UnstableOffsetCommit.code()
+    } else {
+        0
+    }
+}
+
 pub(super) fn offset_fetch(
     broker: &Arc<Broker>,
     req: OffsetFetchRequest,
     version: i16,
 ) -> OffsetFetchResponse {
+    let stable = req.require_stable;
     if version >= 8 {
         let groups = req
             .groups
@@ -413,7 +436,7 @@ pub(super) fn offset_fetch(
                 });
                 let fetched = fetch_offsets(broker, &g.group_id, topics);
                 OffsetFetchResponseGroup::default()
-                    .with_group_id(g.group_id)
+                    .with_group_id(g.group_id.clone())
                     .with_topics(
                         fetched
                             .into_iter()
@@ -425,8 +448,16 @@ pub(super) fn offset_fetch(
                                             .map(|(p, c)| {
                                                 let (offset, epoch, metadata) =
                                                     committed_fields(&c);
+                                                let code = stability(
+                                                    broker,
+                                                    stable,
+                                                    &g.group_id,
+                                                    &topic,
+                                                    p,
+                                                );
                                                 OffsetFetchResponsePartitions::default()
                                                     .with_partition_index(p)
+                                                    .with_error_code(code)
                                                     .with_committed_offset(offset)
                                                     .with_committed_leader_epoch(epoch)
                                                     .with_metadata(Some(metadata))
@@ -456,8 +487,10 @@ pub(super) fn offset_fetch(
                         rows.into_iter()
                             .map(|(p, c)| {
                                 let (offset, epoch, metadata) = committed_fields(&c);
+                                let code = stability(broker, stable, &req.group_id, &topic, p);
                                 let part = OffsetFetchResponsePartition::default()
                                     .with_partition_index(p)
+                                    .with_error_code(code)
                                     .with_committed_offset(offset)
                                     .with_metadata(Some(metadata));
                                 if version >= 5 {
