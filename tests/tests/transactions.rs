@@ -14,16 +14,21 @@ fn s(v: &str) -> StrBytes {
 }
 
 fn init(c: &mut RawClient, id: &str) -> (i64, i16) {
+    let (code, producer) = init_from(c, id, (-1, -1));
+    assert_eq!(code, 0);
+    producer
+}
+
+/// InitProducerId for `id` by a client that has `(producer id, epoch)` already (KIP-360;
+/// `(-1, -1)`: a new client). The error code and the producer id and epoch answered.
+fn init_from(c: &mut RawClient, id: &str, (pid, epoch): (i64, i16)) -> (i16, (i64, i16)) {
     let req = InitProducerIdRequest::default()
         .with_transactional_id(Some(TransactionalId(s(id))))
         .with_transaction_timeout_ms(60_000)
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1);
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch);
     match c.request(ApiKey::InitProducerId, 4, &req) {
-        ResponseKind::InitProducerId(r) => {
-            assert_eq!(r.error_code, 0, "{r:?}");
-            (r.producer_id.0, r.producer_epoch)
-        }
+        ResponseKind::InitProducerId(r) => (r.error_code, (r.producer_id.0, r.producer_epoch)),
         other => panic!("{other:?}"),
     }
 }
@@ -107,4 +112,30 @@ fn only_partitions_added_to_the_open_transaction_take_its_batches() {
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_client_bumping_its_epoch_may_retry_and_others_are_fenced() {
+    let broker = Strata::start();
+    let mut c = RawClient::connect(broker.kafka);
+    let (pid, epoch) = init(&mut c, "bumper");
+    // The client bumps its own epoch (KIP-360)...
+    assert_eq!(
+        init_from(&mut c, "bumper", (pid, epoch)),
+        (0, (pid, epoch + 1))
+    );
+    // ...and, its answer lost, asks again with the epoch it had: the same answer.
+    assert_eq!(
+        init_from(&mut c, "bumper", (pid, epoch)),
+        (0, (pid, epoch + 1))
+    );
+    assert_eq!(
+        init_from(&mut c, "bumper", (pid, epoch + 1)),
+        (0, (pid, epoch + 2))
+    );
+    // An epoch from before that is fenced; another producer id is not this id's.
+    let fenced = ResponseError::ProducerFenced.code();
+    assert_eq!(init_from(&mut c, "bumper", (pid, epoch)).0, fenced);
+    let mapping = ResponseError::InvalidProducerIdMapping.code();
+    assert_eq!(init_from(&mut c, "bumper", (pid + 1, epoch + 2)).0, mapping);
 }

@@ -58,6 +58,15 @@ impl Broker {
                 let placement = usize::try_from(p).ok().and_then(|i| meta.partitions.get(i));
                 let leader_epoch = placement.map_or(0, |pm| pm.leader_epoch);
                 let replicated = placement.is_some_and(|pm| pm.replicas.len() > 1);
+                // As for produce: a replicated partition takes writes once this broker
+                // acts as its leader (tracks its followers).
+                let key = strata_log::PartitionKey {
+                    topic_id: meta.id,
+                    partition: p,
+                };
+                if replicated && self.replication.isr(key).is_none() {
+                    return (p, Err(ResponseError::NotLeaderOrFollower));
+                }
                 let written = log.append_marker(
                     marker.producer_id,
                     marker.producer_epoch,

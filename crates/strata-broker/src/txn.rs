@@ -154,6 +154,11 @@ impl TxnCoordinator {
                 if t.producer_id != pid {
                     return Err(ResponseError::InvalidProducerIdMapping);
                 }
+                // A retry whose first answer was lost: it already bumped the epoch.
+                if t.state == TxnState::Empty && i32::from(epoch) + 1 == i32::from(t.producer_epoch)
+                {
+                    return Ok((t.producer_id, t.producer_epoch));
+                }
                 if epoch != t.producer_epoch {
                     return Err(ResponseError::ProducerFenced);
                 }
