@@ -69,6 +69,20 @@ fn only_partitions_added_to_the_open_transaction_take_its_batches() {
     assert_eq!(add(&mut c, "raw-txn", producer, "t", 0), 0);
     let (code, base) = c.produce_with("t", 0, txn_batch(producer, 0, 2), -1, 5000);
     assert_eq!((code, base), (0, 0));
+    // DescribeProducers shows the open transaction's first offset.
+    let describe = DescribeProducersRequest::default().with_topics(vec![
+        describe_producers_request::TopicRequest::default()
+            .with_name(TopicName(s("t")))
+            .with_partition_indexes(vec![0]),
+    ]);
+    match c.request(ApiKey::DescribeProducers, 0, &describe) {
+        ResponseKind::DescribeProducers(r) => {
+            let active = &r.topics[0].partitions[0].active_producers;
+            assert_eq!(active.len(), 1, "{active:?}");
+            assert_eq!(active[0].current_txn_start_offset, 0);
+        }
+        other => panic!("{other:?}"),
+    }
     // Partition 1 was not added to this transaction.
     let (code, _) = c.produce_with("t", 1, txn_batch(producer, 0, 2), -1, 5000);
     assert_eq!(code, ResponseError::InvalidTxnState.code());
