@@ -339,6 +339,20 @@ impl Broker {
         self.replica_log(topic, partition)
     }
 
+    /// Waits until `done` holds on this broker's copy of metadata, looking again as each
+    /// commit is applied, for at most `within` (then it returns all the same: the caller
+    /// checks again and answers with what it finds).
+    pub(crate) async fn await_metadata(&self, within: Duration, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut applied = self.meta.subscribe();
+        while !done() {
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+
     /// Whether the controller may have fenced this broker and moved its leadership,
     /// though metadata here still says otherwise (see [`crate::lease`]). The controller
     /// never fences the last live broker, so neither does this.

@@ -94,21 +94,14 @@ impl Broker {
     /// produce here refuses the producer's batches at that epoch. Without the wait, a
     /// late batch of the ended transaction could open a transaction no marker would end.
     async fn await_decision(&self, marker: Marker) {
-        let open = || {
+        let decided = || {
             self.meta.read(|s| {
-                s.transaction_of(marker.producer_id).is_some_and(|(_, t)| {
+                !s.transaction_of(marker.producer_id).is_some_and(|(_, t)| {
                     t.state == TxnState::Ongoing && t.producer_epoch == marker.producer_epoch
                 })
             })
         };
-        let deadline = tokio::time::Instant::now() + DECISION_WAIT;
-        let mut applied = self.meta.subscribe();
-        while open() {
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
+        self.await_metadata(DECISION_WAIT, decided).await;
     }
 
     /// Sends `marker` for `partitions` to broker `leader` (WriteTxnMarkers).

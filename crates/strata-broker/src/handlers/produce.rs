@@ -290,17 +290,12 @@ async fn await_txn_partitions(broker: &Broker, req: &ProduceRequest, topics: &[O
     if checks.is_empty() {
         return;
     }
-    let deadline = tokio::time::Instant::now() + TXN_METADATA_WAIT;
-    let mut applied = broker.meta.subscribe();
-    while checks
-        .iter()
-        .any(|(t, p, h)| txn_refusal(broker, t, *p, h).is_some())
-    {
-        match tokio::time::timeout_at(deadline, applied.changed()).await {
-            Ok(Ok(())) => {}
-            _ => return,
-        }
-    }
+    let allowed = || {
+        checks
+            .iter()
+            .all(|(t, p, h)| txn_refusal(broker, t, *p, h).is_none())
+    };
+    broker.await_metadata(TXN_METADATA_WAIT, allowed).await;
 }
 
 /// How long a transactional batch waits for its partition's addition to arrive here.
