@@ -47,3 +47,5 @@ def release_clients() -> None:
                 client.close()
         except (RuntimeError, TypeError):
             pass  # already closed
+        except confluent_kafka.KafkaException:
+            pass  # a producer in a fatal state (fenced) reports it on close: it is closed

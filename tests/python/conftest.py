@@ -329,11 +329,13 @@ def broker_factory(strata_binary, tmp_path, request):
         return b
 
     yield make
-    for b in brokers:
-        b.clients.clear()
-    release_clients()
-    for b in brokers:
-        b.cleanup()
+    try:
+        for b in brokers:
+            b.clients.clear()
+        release_clients()
+    finally:
+        for b in brokers:
+            b.cleanup()
 
 
 @pytest.fixture
@@ -354,11 +356,13 @@ def cluster_factory(strata_binary, tmp_path, request):
         return c.start()
 
     yield make
-    for c in clusters:
-        c.stop_workloads()
-    release_clients()
-    for c in clusters:
-        c.cleanup()
+    try:
+        for c in clusters:
+            c.stop_workloads()
+        release_clients()
+    finally:
+        for c in clusters:
+            c.cleanup()
 
 
 CLUSTER_PARAM = "3-node-cluster"

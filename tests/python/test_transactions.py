@@ -1,15 +1,22 @@
 """Transactions end to end with confluent-kafka (librdkafka): commits and aborts across
 topics and partitions seen by read_committed and read_uncommitted consumers, offsets
 committed with a transaction (consume-transform-produce), zombie fencing by a second
-producer with the same transactional.id, and the coordinator aborting a transaction
-past its timeout so that the last stable offset moves on.
+producer with the same transactional.id, the coordinator aborting a transaction past
+its timeout so that the last stable offset moves on, and a consume-transform-produce
+pipeline on a 3-node cluster copying every record exactly once while the coordinator's
+node, then a partition leader's, is killed with kill -9.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
+import traceback
 
 import pytest
 from confluent_kafka import (
+    OFFSET_BEGINNING,
     Consumer,
     ConsumerGroupTopicPartitions,
     KafkaError,
@@ -198,3 +205,246 @@ def test_a_transaction_left_open_is_aborted_after_its_timeout(broker_factory):
     assert metric_values(broker.metrics(), "strata_txn_timed_out_total") == [1]
     with pytest.raises(KafkaException):
         stuck.commit_transaction(10)
+
+
+class Pipeline:
+    """A consume-transform-produce service as Kafka's exactly-once guide writes one:
+    copies each record of `src` to the same partition of `dst` in transactions of up to
+    `batch` records, committing the consumed offsets with them. After an abortable error
+    it aborts and rewinds the consumer to the group's committed offsets; after a fatal
+    one (fenced, or a producer that lost track) it starts over with a new producer of the
+    same transactional.id, which fences the old one. Runs in a thread until `drain()`."""
+
+    def __init__(self, bootstrap: str, src: str, dst: str, partitions: int, batch: int = 20):
+        self.bootstrap, self.src, self.dst, self.partitions, self.batch = bootstrap, src, dst, partitions, batch
+        self.tid, self.group = unique("eos-tid"), unique("eos-group")
+        self.copied = 0  # records in committed transactions
+        self.aborted = 0  # transactions aborted after an error
+        self.restarts = 0  # producers replaced after a fatal error
+        self.failure: BaseException | None = None
+        self._until: dict[int, int] | None = None
+        self._quit = False
+        self._thread = threading.Thread(target=self._guarded, daemon=True)
+
+    def start(self) -> "Pipeline":
+        self._thread.start()
+        return self
+
+    def wait_copied(self, more: int, timeout: float = 60) -> None:
+        target = self.copied + more
+        try:
+            wait_until(lambda: self.failure or self.copied >= target, timeout, f"{more} more records copied")
+        except AssertionError:
+            frame = sys._current_frames().get(self._thread.ident)
+            print("pipeline stack:\n" + "".join(traceback.format_stack(frame)) if frame else "no pipeline thread", flush=True)
+            raise
+        assert self.failure is None, self.failure
+
+    def drain(self, until: dict[int, int], timeout: float = 120) -> None:
+        """Stops once every partition's committed position has reached `until`."""
+        self._until = until
+        self._thread.join(timeout)
+        alive = self._thread.is_alive()
+        self._quit = True
+        assert not alive, f"the pipeline did not drain in {timeout}s ({self.copied} copied)"
+        assert self.failure is None, self.failure
+
+    def stop(self) -> None:
+        self._quit = True
+        self._thread.join(30)
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:  # reported to the test by wait_copied/drain
+            self.failure = e
+
+    def _producer(self) -> Producer:
+        conf = {
+            "bootstrap.servers": self.bootstrap,
+            "transactional.id": self.tid,
+            "linger.ms": 5,
+            "transaction.timeout.ms": 20000,
+            "socket.timeout.ms": 5000,
+            "reconnect.backoff.max.ms": 500,
+            "topic.metadata.refresh.interval.ms": 2000,
+        }
+        for _ in range(10):
+            p = Producer(conf)
+            try:
+                p.init_transactions(60)
+                return p
+            except KafkaException as e:
+                self._event(f"init_transactions: {e.args[0]}")
+                if not e.args[0].retriable() and not e.args[0].fatal():
+                    raise
+                self.restarts += 1
+        raise AssertionError("init_transactions kept failing")
+
+    def _rewind(self, consumer: Consumer) -> None:
+        """Assigns every partition at the group's committed offset (the start if none)."""
+        parts = [TopicPartition(self.src, p) for p in range(self.partitions)]
+        for _ in range(60):
+            try:
+                at = consumer.committed(parts, timeout=10)
+                break
+            except KafkaException as e:  # the group's coordinator failing over, or unstable
+                self._event(f"committed: {e.args[0]}")
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the group's committed offsets stayed unreadable")
+        consumer.assign([TopicPartition(self.src, t.partition, t.offset if t.offset >= 0 else OFFSET_BEGINNING) for t in at])
+        self._position = {t.partition: max(t.offset, 0) for t in at}
+
+    def _commit(self, p: Producer) -> None:
+        """commit_transaction, retried while librdkafka says a retry may succeed."""
+        for _ in range(10):
+            try:
+                p.commit_transaction(30)
+                return
+            except KafkaException as e:
+                self._event(f"commit_transaction: {e.args[0]}")
+                if not e.args[0].retriable():
+                    raise
+        raise AssertionError("commit_transaction kept failing")
+
+    def _event(self, what: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} pipeline: {what}", flush=True)
+
+    def _run(self) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "socket.timeout.ms": 5000,
+                "reconnect.backoff.max.ms": 500,
+                "topic.metadata.refresh.interval.ms": 2000,
+            }
+        )
+        producer = self._producer()
+        self._rewind(consumer)
+        try:
+            while not self._quit:
+                if self._until is not None and all(self._position[p] >= n for p, n in self._until.items()):
+                    return
+                msgs = [m for m in consumer.consume(self.batch, timeout=0.2) if m.error() is None]
+                if not msgs:
+                    continue
+                try:
+                    producer.begin_transaction()
+                    for m in msgs:
+                        producer.produce(self.dst, value=m.value(), partition=m.partition())
+                    positions = [TopicPartition(self.src, p, o) for p, o in self._advanced(msgs).items()]
+                    producer.send_offsets_to_transaction(positions, consumer.consumer_group_metadata(), 30)
+                    self._commit(producer)
+                except KafkaException as e:
+                    self._event(f"transaction failed: {e.args[0]}")
+                    if e.args[0].fatal():
+                        self.restarts += 1
+                        producer = self._producer()
+                    else:
+                        try:
+                            producer.abort_transaction(30)
+                            self.aborted += 1
+                        except KafkaException:
+                            self.restarts += 1
+                            producer = self._producer()
+                    self._rewind(consumer)
+                    continue
+                self._position.update(self._advanced(msgs))
+                self.copied += len(msgs)
+        finally:
+            consumer.close()
+
+    def _advanced(self, msgs) -> dict[int, int]:
+        """Each partition's position after `msgs`."""
+        out = dict(self._position)
+        for m in msgs:
+            out[m.partition()] = m.offset() + 1
+        return out
+
+
+def coordinators(c, pipe: Pipeline) -> tuple[int, int]:
+    """The nodes coordinating the pipeline's transactional id and its consumer group."""
+    from kafka import KafkaAdminClient
+
+    ka = KafkaAdminClient(bootstrap_servers=c.bootstrap.split(","))
+    try:
+        txn = ka.describe_transactions([pipe.tid])[pipe.tid].coordinator_id
+    finally:
+        ka.close()
+    admin = AdminClient({"bootstrap.servers": c.bootstrap})
+    [f] = admin.describe_consumer_groups([pipe.group]).values()
+    return txn, f.result(10).coordinator.id
+
+
+def test_exactly_once_when_the_coordinator_then_a_partition_leader_is_killed(cluster_factory):
+    """A pipeline copies a topic that a producer keeps writing to while the transaction
+    coordinator's node, then the node leading an output partition, dies by kill -9 (and
+    comes back); the output read with read_committed holds every input record exactly
+    once, in order.
+
+    Neither victim is the node coordinating the pipeline's consumer group: librdkafka
+    (2.16) can wait forever in send_offsets_to_transaction, past its timeout, when the
+    group's coordinator is a broker that left the cluster's metadata
+    (confluentinc/librdkafka#5511 and #5456). The transactional id and group are drawn
+    again until their coordinators differ."""
+    from cluster import high_watermarks
+    from test_cluster import new_topic
+
+    c = cluster_factory()
+    src = new_topic(c, [1, 2])
+    feed = c.workload(src, 2, rate=200)
+    pipes: list[Pipeline] = []
+    try:
+        for _ in range(8):
+            # Output partitions led by two different nodes: one of them is not the group's
+            # coordinator.
+            dst = new_topic(c, [2, 3])
+            pipe = Pipeline(c.bootstrap, src, dst, 2).start()
+            pipes.append(pipe)
+            pipe.wait_copied(100)
+            txn_node, group_node = coordinators(c, pipe)
+            if txn_node != group_node:
+                break
+            pipe.stop()
+        else:
+            raise AssertionError("no transactional id whose coordinator is not its group's")
+
+        def outage(node: int) -> None:
+            c.kill(node)
+            wait_until(
+                lambda: not any(b["id"] == node and b["alive"] for b in c.view()["brokers"]),
+                30,
+                f"node {node} to be fenced",
+            )
+            pipe.wait_copied(200)
+            c.restart(node)
+            for t in (src, dst):
+                c.wait_isr(t, 2, 3)
+            pipe.wait_copied(200)
+
+        outage(txn_node)
+        # Leadership back where it was placed (the preferred leaders are restored).
+        wait_until(lambda: [c.leader_of(dst, p) for p in range(2)] == [2, 3], 30, "preferred leaders")
+        outage(next(n for n in (2, 3) if n != group_node))
+
+        feed.finish()
+        feed.verify()
+        ends = high_watermarks(c.bootstrap, src, 2)
+        pipe.drain(ends)
+    finally:
+        for p in pipes:
+            p.stop()
+    inp = read(c, src, 2, "read_uncommitted")
+    out = read(c, dst, 2, "read_committed")
+    for p in range(2):
+        assert len(inp[p]) == ends[p]
+        dupes = len(out[p]) - len(set(out[p]))
+        assert dupes == 0, f"partition {p}: {dupes} records copied twice"
+        missing = set(inp[p]) - set(out[p])
+        assert not missing, f"partition {p}: {len(missing)} records never copied, e.g. {sorted(missing)[:5]}"
+        assert out[p] == inp[p], f"partition {p}: copied out of order"
+    print(f"{len(pipes)} pipeline(s); copied {pipe.copied}, {pipe.aborted} transactions aborted, {pipe.restarts} producers replaced")

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Transactional produce beside plain idempotent produce, measured in one run with the same
+# client (confluent-kafka, i.e. librdkafka; acks=all, linger.ms=5, 4 partitions), ROUNDS
+# times interleaved:
+#   idempotent   enable.idempotence, no transactions;
+#   txn-1000     a transaction per 1,000 records (begin, produce, commit);
+#   txn-100ms    a transaction per 100 ms of producing.
+#
+#   scripts/bench-txn.sh [MESSAGES] [SIZE] [ROUNDS]     defaults: 200000, 1024 bytes, 2
+#
+# Needs the test dependencies (the README's second command installs them: .venv).
+# Environment: BENCH_DIR (the data directory's file system, default /tmp), STRATA_BIN
+# (default: a release build). Measures, asserts nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MESSAGES=${1:-200000}
+SIZE=${2:-1024}
+ROUNDS=${3:-2}
+if [[ -z "${STRATA_BIN:-}" ]]; then
+  cargo build --release --bin strata
+  STRATA_BIN="$PWD/target/release/strata"
+fi
+root=$(mktemp -d "${BENCH_DIR:-/tmp}/strata-txn.XXXXXX")
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$root"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+port=$(free_port) http=$(free_port) meta=$(free_port)
+env -u STRATA_BIN "$STRATA_BIN" serve --data-dir "$root/data" --kafka-listen "127.0.0.1:$port" \
+  --http-listen "127.0.0.1:$http" --meta-listen "127.0.0.1:$meta" >"$root/broker.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do curl -sf "127.0.0.1:$http/readyz" >/dev/null && break; sleep 0.1; done
+curl -sf "127.0.0.1:$http/readyz" >/dev/null || { echo "the broker did not become ready: $root/broker.log" >&2; exit 1; }
+
+echo "$MESSAGES messages of $SIZE bytes per mode, $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round"
+  for mode in idempotent txn-1000 txn-100ms; do
+    .venv/bin/python scripts/bench_txn.py "127.0.0.1:$port" "$MESSAGES" "$SIZE" "$mode"
+  done
+done
