@@ -1,6 +1,7 @@
 //! The broker's side of transactions over raw frames, where clients never go: a
 //! transactional batch for a partition its transaction did not add is refused (KIP-890),
-//! a fenced epoch is refused, and WriteTxnMarkers from an old epoch is refused.
+//! a fenced epoch is refused, and WriteTxnMarkers from an old epoch is refused; and
+//! transaction version 2 (KIP-890 part 2), which none of the test clients speaks yet.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kafka_protocol::ResponseError;
@@ -152,4 +153,175 @@ fn a_client_bumping_its_epoch_may_retry_and_others_are_fenced() {
     assert_eq!(init_from(&mut c, "bumper", (pid, epoch)).0, fenced);
     let mapping = ResponseError::InvalidProducerIdMapping.code();
     assert_eq!(init_from(&mut c, "bumper", (pid + 1, epoch + 2)).0, mapping);
+}
+
+/// Produce v12 (transaction version 2) of `records` for `transactional_id`.
+fn produce_v12(c: &mut RawClient, id: &str, partition: i32, records: Vec<u8>) -> i16 {
+    use produce_request::{PartitionProduceData, TopicProduceData};
+    let req = ProduceRequest::default()
+        .with_transactional_id(Some(TransactionalId(s(id))))
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(s("t")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(partition)
+                        .with_records(Some(records.into())),
+                ]),
+        ]);
+    match c.request(ApiKey::Produce, 12, &req) {
+        ResponseKind::Produce(r) => r.responses[0].partition_responses[0].error_code,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// EndTxn v5: the error code and the producer id and epoch to go on with.
+fn end_v5(
+    c: &mut RawClient,
+    id: &str,
+    (pid, epoch): (i64, i16),
+    commit: bool,
+) -> (i16, (i64, i16)) {
+    let req = EndTxnRequest::default()
+        .with_transactional_id(TransactionalId(s(id)))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_committed(commit);
+    match c.request(ApiKey::EndTxn, 5, &req) {
+        ResponseKind::EndTxn(r) => (r.error_code, (r.producer_id.0, r.producer_epoch)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Records of partition `p` of `t` a read_committed consumer gets, from offset 0.
+fn committed_records(c: &mut RawClient, p: i32) -> usize {
+    use fetch_request::{FetchPartition, FetchTopic};
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(1)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(TopicName(s("t")))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(p)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let r = match c.request(ApiKey::Fetch, 12, &req) {
+        ResponseKind::Fetch(r) => r.responses[0].partitions[0].clone(),
+        other => panic!("{other:?}"),
+    };
+    // As a client does: an aborted transaction's batches run from its first offset to its
+    // producer's next control batch.
+    let mut aborted: Vec<(i64, i64)> = r
+        .aborted_transactions
+        .unwrap_or_default()
+        .iter()
+        .map(|a| (a.first_offset, a.producer_id.0))
+        .collect();
+    aborted.sort();
+    let mut aborting = std::collections::HashSet::new();
+    let mut count = 0;
+    for (_, h) in batch::HeaderIter::new(r.records.as_deref().unwrap_or_default()) {
+        while let Some(&(first, pid)) = aborted.first().filter(|(first, _)| *first <= h.base_offset)
+        {
+            aborting.insert(pid);
+            aborted.retain(|a| *a != (first, pid));
+        }
+        if h.is_control() {
+            aborting.remove(&h.producer_id);
+        } else if !aborting.contains(&h.producer_id) {
+            count += h.last_offset_delta as usize + 1;
+        }
+    }
+    count
+}
+
+#[test]
+fn transaction_version_2_adds_partitions_with_produce_and_bumps_the_epoch_at_every_end() {
+    let broker = Strata::start();
+    let mut c = RawClient::connect(broker.kafka);
+    let versions = ApiVersionsRequest::default()
+        .with_client_software_name(s("raw"))
+        .with_client_software_version(s("1"));
+    match c.request(ApiKey::ApiVersions, 3, &versions) {
+        ResponseKind::ApiVersions(r) => {
+            let tv = r
+                .finalized_features
+                .iter()
+                .find(|f| f.name.as_str() == "transaction.version");
+            assert_eq!(tv.map(|f| f.max_version_level), Some(2), "{r:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.create_topic("t", 2, 1, &[]), 0);
+    let first = init(&mut c, "tv2");
+
+    // No AddPartitionsToTxn and no AddOffsetsToTxn: the batch and the offsets join.
+    assert_eq!(produce_v12(&mut c, "tv2", 0, txn_batch(first, 0, 3)), 0);
+    let offsets = TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(s("tv2")))
+        .with_group_id(GroupId(s("g")))
+        .with_producer_id(ProducerId(first.0))
+        .with_producer_epoch(first.1)
+        .with_generation_id(-1)
+        .with_topics(vec![
+            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partitions(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(1)
+                        .with_committed_offset(42),
+                ]),
+        ]);
+    match c.request(ApiKey::TxnOffsetCommit, 5, &offsets) {
+        ResponseKind::TxnOffsetCommit(r) => {
+            assert_eq!(r.topics[0].partitions[0].error_code, 0, "{r:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The commit bumps the epoch; a retry from the old one gets the same answer.
+    let second = (first.0, first.1 + 1);
+    assert_eq!(end_v5(&mut c, "tv2", first, true), (0, second));
+    assert_eq!(end_v5(&mut c, "tv2", first, true), (0, second));
+    assert_eq!(committed_records(&mut c, 0), 3);
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(GroupId(s("g")))
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(TopicName(s("t")))
+                .with_partition_indexes(vec![1]),
+        ]));
+    match c.request(ApiKey::OffsetFetch, 7, &fetch) {
+        ResponseKind::OffsetFetch(r) => {
+            assert_eq!(r.topics[0].partitions[0].committed_offset, 42);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A batch of the ended transaction arriving late cannot start or join another one:
+    // the hanging transaction KIP-890 is about.
+    let fenced = ResponseError::ProducerFenced.code();
+    assert_eq!(
+        produce_v12(&mut c, "tv2", 1, txn_batch(first, 3, 1)),
+        fenced
+    );
+
+    // The next transaction goes on at the new epoch, from sequence 0, and aborts.
+    assert_eq!(produce_v12(&mut c, "tv2", 0, txn_batch(second, 0, 2)), 0);
+    assert_eq!(
+        end_v5(&mut c, "tv2", second, false),
+        (0, (first.0, first.1 + 2))
+    );
+    assert_eq!(
+        committed_records(&mut c, 0),
+        3,
+        "the aborted records stay hidden"
+    );
+    assert_eq!(end_v5(&mut c, "tv2", first, true).0, fenced);
 }

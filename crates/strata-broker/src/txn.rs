@@ -22,7 +22,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use kafka_protocol::ResponseError;
 use strata_meta::{
-    Command, CommandResult, MetaNode, OffsetCommit, TxnCommand, TxnMeta, TxnRefusal, TxnState,
+    Command, CommandResult, LAST_EPOCH, MetaNode, OffsetCommit, TxnCommand, TxnMeta, TxnRefusal,
+    TxnState,
 };
 use strata_telemetry::TxnMetrics;
 use tracing::{info, warn};
@@ -99,7 +100,7 @@ impl TxnCoordinator {
     /// Applies one step, mapping a refusal to Kafka's error code.
     async fn step(&self, cmd: TxnCommand) -> Result<TxnMeta, ResponseError> {
         match self.meta.write(Command::Transaction(cmd)).await {
-            Ok(CommandResult::Transaction(t)) => Ok(t),
+            Ok(CommandResult::Transaction(t)) => Ok(*t),
             Ok(CommandResult::TransactionRefused(r)) => Err(refusal_code(r)),
             Ok(other) => {
                 tracing::error!(result = ?other, "unexpected answer to a transaction step");
@@ -176,6 +177,8 @@ impl TxnCoordinator {
                             producer_epoch: t.producer_epoch,
                             commit: false,
                             bump_epoch: true,
+                            client_bump: false,
+                            next_producer_id: None,
                             now_ms,
                         })
                         .await?;
@@ -250,17 +253,29 @@ impl TxnCoordinator {
 
     /// EndTxn: decides the transaction, then writes its markers and completes it (within
     /// [`MARKER_WAIT`]; after that the decision stands and the background finishes it).
+    /// With `client_bump` (EndTxn v5, KIP-890 transaction version 2) the epoch is bumped
+    /// at every end, so nothing the client sent before can join a later transaction.
+    /// Returns the producer id and epoch the client goes on with.
     pub(crate) async fn end(
         &self,
         transactional_id: &str,
-        producer_id: i64,
-        producer_epoch: i16,
+        (producer_id, producer_epoch): (i64, i16),
         commit: bool,
+        client_bump: bool,
         markers: &dyn MarkerWriter,
         now_ms: i64,
-    ) -> Result<(), ResponseError> {
+    ) -> Result<(i64, i16), ResponseError> {
         let lock = self.lock(transactional_id);
         let _held = lock.lock().await;
+        // Epochs run out: the next producer id is taken now, used once this completes.
+        let out_of_epochs = client_bump
+            && self.current(transactional_id).is_some_and(|t| {
+                t.producer_id == producer_id && t.producer_epoch.saturating_add(1) >= LAST_EPOCH
+            });
+        let next_producer_id = match out_of_epochs {
+            true => Some(self.producer_ids.next(&self.meta).await?),
+            false => None,
+        };
         let t = self
             .step(TxnCommand::Prepare {
                 transactional_id: transactional_id.to_string(),
@@ -268,6 +283,8 @@ impl TxnCoordinator {
                 producer_epoch,
                 commit,
                 bump_epoch: false,
+                client_bump,
+                next_producer_id,
                 now_ms,
             })
             .await?;
@@ -276,7 +293,10 @@ impl TxnCoordinator {
         {
             warn!(transactional_id, error = %code, "transaction decided; its markers are retried in the background");
         }
-        Ok(())
+        Ok(match client_bump {
+            true => t.continues_as(),
+            false => (producer_id, producer_epoch),
+        })
     }
 
     /// Writes the markers of decided transaction `t` (within [`MARKER_WAIT`]) and
@@ -371,6 +391,8 @@ impl TxnCoordinator {
                     producer_epoch: t.producer_epoch,
                     commit: false,
                     bump_epoch: true,
+                    client_bump: false,
+                    next_producer_id: None,
                     now_ms,
                 })
                 .await

@@ -75,7 +75,7 @@ pub use node::MetaConfig;
 pub use node::MetaNode;
 pub use node::Quorum;
 pub use rpc::connect_from;
-pub use txn::{TxnCommand, TxnMeta, TxnRefusal, TxnState};
+pub use txn::{LAST_EPOCH, TxnCommand, TxnMeta, TxnRefusal, TxnState};
 pub use types::BrokerHeartbeat;
 pub use types::BrokerInfo;
 pub use types::ClusterState;

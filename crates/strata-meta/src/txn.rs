@@ -67,6 +67,16 @@ pub struct TxnMeta {
     pub started_ms: i64,
     /// Broker time of the last change.
     pub updated_ms: i64,
+    /// KIP-890 transaction version 2: the producer id and epoch the client ended the
+    /// current transaction with, when that end bumped the epoch. A retried EndTxn from
+    /// them gets the same answer until the next transaction begins.
+    #[serde(default)]
+    pub ended_by: Option<(i64, i16)>,
+    /// The producer id this transactional id moves to (at epoch 0) once the decided
+    /// transaction completes: its epochs ran out (transaction version 2 bumps one per
+    /// transaction).
+    #[serde(default)]
+    pub next_producer_id: Option<i64>,
 }
 
 impl TxnMeta {
@@ -76,7 +86,18 @@ impl TxnMeta {
             .get(topic)
             .is_some_and(|p| p.contains(&partition))
     }
+
+    /// The producer id and epoch the client goes on with after the current transaction.
+    pub fn continues_as(&self) -> (i64, i16) {
+        match self.next_producer_id {
+            Some(next) => (next, 0),
+            None => (self.producer_id, self.producer_epoch),
+        }
+    }
 }
+
+/// The last epoch a producer id may reach before a new producer id takes over.
+pub const LAST_EPOCH: i16 = i16::MAX - 1;
 
 /// Why a [`TxnCommand`] was not applied (the broker answers with Kafka's error code).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -128,12 +149,19 @@ pub enum TxnCommand {
     /// Decides the open transaction's outcome (EndTxn, or an abort by the coordinator:
     /// then `bump_epoch` fences the producer instance that opened it). Retrying the
     /// same decision is accepted; an abort with no transaction open changes nothing.
+    /// `client_bump` (EndTxn v5, transaction version 2) bumps the epoch for the client
+    /// to go on with, moving to `next_producer_id` when the epochs run out; a retry
+    /// from the epoch before the bump is answered as the first one was.
     Prepare {
         transactional_id: String,
         producer_id: i64,
         producer_epoch: i16,
         commit: bool,
         bump_epoch: bool,
+        #[serde(default)]
+        client_bump: bool,
+        #[serde(default)]
+        next_producer_id: Option<i64>,
         now_ms: i64,
     },
     /// Every marker is written: the transaction is complete, and its offsets (if it
@@ -156,7 +184,7 @@ impl ClusterState {
 
     pub(crate) fn apply_txn(&mut self, cmd: TxnCommand) -> CommandResult {
         match self.txn_step(cmd) {
-            Ok(meta) => CommandResult::Transaction(meta),
+            Ok(meta) => CommandResult::Transaction(Box::new(meta)),
             Err(refusal) => CommandResult::TransactionRefused(refusal),
         }
     }
@@ -191,6 +219,8 @@ impl ClusterState {
                     offsets: Vec::new(),
                     started_ms: -1,
                     updated_ms: now_ms,
+                    ended_by: None,
+                    next_producer_id: None,
                 };
                 self.transactions.insert(transactional_id, meta.clone());
                 Ok(meta)
@@ -208,6 +238,7 @@ impl ClusterState {
                     PrepareCommit | PrepareAbort => return Err(TxnRefusal::Concurrent),
                     Empty | CompleteCommit | CompleteAbort => {
                         t.state = Ongoing;
+                        t.ended_by = None;
                         t.started_ms = now_ms;
                         t.partitions.clear();
                         t.groups.clear();
@@ -250,20 +281,34 @@ impl ClusterState {
                 producer_epoch,
                 commit,
                 bump_epoch,
+                client_bump,
+                next_producer_id,
                 now_ms,
             } => {
-                let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
                 let decided = if commit { PrepareCommit } else { PrepareAbort };
                 let done = if commit {
                     CompleteCommit
                 } else {
                     CompleteAbort
                 };
+                if let Some(t) = self.transactions.get(&transactional_id)
+                    && client_bump
+                    && t.ended_by == Some((producer_id, producer_epoch))
+                    && (t.state == decided || t.state == done)
+                {
+                    return Ok(t.clone()); // a retried EndTxn v5
+                }
+                let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
                 match t.state {
                     Ongoing => {
                         t.state = decided;
-                        if bump_epoch {
+                        if bump_epoch || client_bump {
                             t.producer_epoch = t.producer_epoch.saturating_add(1);
+                        }
+                        if client_bump {
+                            t.ended_by = Some((producer_id, producer_epoch));
+                            t.next_producer_id =
+                                next_producer_id.filter(|_| t.producer_epoch >= LAST_EPOCH);
                         }
                         t.updated_ms = now_ms;
                         Ok(t.clone())
@@ -307,6 +352,9 @@ impl ClusterState {
                 t.offsets.clear();
                 t.started_ms = -1;
                 t.updated_ms = now_ms;
+                if let Some(next) = t.next_producer_id.take() {
+                    (t.producer_id, t.producer_epoch) = (next, 0);
+                }
                 let meta = t.clone();
                 self.commit_offsets(offsets);
                 Ok(meta)
@@ -325,8 +373,15 @@ impl ClusterState {
         let t = self
             .transactions
             .get_mut(transactional_id)
-            .filter(|t| t.producer_id == producer_id)
             .ok_or(TxnRefusal::UnknownProducer)?;
+        // The producer id the client was told to go on with, before its predecessor's
+        // transaction completed.
+        if t.next_producer_id == Some(producer_id) {
+            return Err(TxnRefusal::Concurrent);
+        }
+        if t.producer_id != producer_id {
+            return Err(TxnRefusal::UnknownProducer);
+        }
         if producer_epoch < t.producer_epoch {
             return Err(TxnRefusal::Fenced);
         }
@@ -345,7 +400,7 @@ mod tests {
 
     fn apply(s: &mut ClusterState, cmd: TxnCommand) -> Result<TxnMeta, TxnRefusal> {
         match s.apply(crate::Command::Transaction(cmd)) {
-            CommandResult::Transaction(t) => Ok(t),
+            CommandResult::Transaction(t) => Ok(*t),
             CommandResult::TransactionRefused(r) => Err(r),
             other => panic!("unexpected {other:?}"),
         }
@@ -383,6 +438,22 @@ mod tests {
             producer_epoch: epoch,
             commit,
             bump_epoch: bump,
+            client_bump: false,
+            next_producer_id: None,
+            now_ms: 9,
+        }
+    }
+
+    /// EndTxn v5 (transaction version 2) from producer 7 or `pid`.
+    fn end_v2(pid: i64, epoch: i16, commit: bool, next: Option<i64>) -> TxnCommand {
+        TxnCommand::Prepare {
+            transactional_id: "t".into(),
+            producer_id: pid,
+            producer_epoch: epoch,
+            commit,
+            bump_epoch: false,
+            client_bump: true,
+            next_producer_id: next,
             now_ms: 9,
         }
     }
@@ -510,5 +581,64 @@ mod tests {
             Err(TxnRefusal::GroupNotAdded)
         );
         assert_eq!(s.transaction_of(7).map(|(id, _)| id.as_str()), Some("t"));
+    }
+
+    #[test]
+    fn transaction_version_2_bumps_the_epoch_at_every_end_and_answers_retries() {
+        let mut s = state();
+        apply(&mut s, init("t", 0, None)).unwrap();
+        apply(&mut s, add(0, &[("out", 0)], &[])).unwrap();
+        let t = apply(&mut s, end_v2(7, 0, true, None)).unwrap();
+        assert_eq!(
+            (t.state, t.continues_as()),
+            (TxnState::PrepareCommit, (7, 1))
+        );
+        // The markers carry the bumped epoch; a retry from epoch 0 gets the same answer.
+        apply(&mut s, complete(1)).unwrap();
+        let retry = apply(&mut s, end_v2(7, 0, true, None)).unwrap();
+        assert_eq!(
+            (retry.state, retry.continues_as()),
+            (TxnState::CompleteCommit, (7, 1))
+        );
+        assert_eq!(
+            apply(&mut s, end_v2(7, 0, false, None)),
+            Err(TxnRefusal::Fenced),
+            "the other decision from the old epoch"
+        );
+        // The next transaction, at epoch 1: from then on epoch 0 is fenced everywhere.
+        apply(&mut s, add(1, &[("out", 1)], &[])).unwrap();
+        assert_eq!(
+            apply(&mut s, end_v2(7, 0, true, None)),
+            Err(TxnRefusal::Fenced)
+        );
+        assert_eq!(
+            apply(&mut s, add(0, &[("out", 0)], &[])),
+            Err(TxnRefusal::Fenced)
+        );
+    }
+
+    #[test]
+    fn a_producer_out_of_epochs_moves_to_the_next_producer_id_when_its_transaction_completes() {
+        let mut s = state();
+        apply(&mut s, init("t", LAST_EPOCH - 1, None)).unwrap();
+        apply(&mut s, add(LAST_EPOCH - 1, &[("out", 0)], &[])).unwrap();
+        let t = apply(&mut s, end_v2(7, LAST_EPOCH - 1, false, Some(8))).unwrap();
+        assert_eq!((t.producer_epoch, t.continues_as()), (LAST_EPOCH, (8, 0)));
+        // Until the markers are written, the new producer id waits.
+        let early = TxnCommand::Add {
+            transactional_id: "t".into(),
+            producer_id: 8,
+            producer_epoch: 0,
+            partitions: vec![("out".into(), 0)],
+            groups: Vec::new(),
+            now_ms: 11,
+        };
+        assert_eq!(apply(&mut s, early.clone()), Err(TxnRefusal::Concurrent));
+        let done = apply(&mut s, complete(LAST_EPOCH)).unwrap();
+        assert_eq!((done.producer_id, done.producer_epoch), (8, 0));
+        assert_eq!(s.transaction_of(7), None);
+        let retry = apply(&mut s, end_v2(7, LAST_EPOCH - 1, false, None)).unwrap();
+        assert_eq!(retry.continues_as(), (8, 0));
+        assert_eq!(apply(&mut s, early).unwrap().state, TxnState::Ongoing);
     }
 }

@@ -343,7 +343,7 @@ pub enum CommandResult {
         partition_epoch: i32,
     },
     /// A transaction's state after a [`Command::Transaction`].
-    Transaction(crate::txn::TxnMeta),
+    Transaction(Box<crate::txn::TxnMeta>),
     /// Why a [`Command::Transaction`] was not applied.
     TransactionRefused(crate::txn::TxnRefusal),
 }

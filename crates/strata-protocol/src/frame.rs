@@ -13,7 +13,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 /// versions Kafka 4 still accepts; maximums are the newest whose every field the broker
 /// honours.
 pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
+    (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 0, 12),

@@ -235,9 +235,11 @@ pub(crate) async fn handle(
             txn::add_offsets(broker, r).await,
         )),
         RequestKind::TxnOffsetCommit(r) => Some(ResponseKind::TxnOffsetCommit(
-            txn::txn_offset_commit(broker, r).await,
+            txn::txn_offset_commit(broker, r, version).await,
         )),
-        RequestKind::EndTxn(r) => Some(ResponseKind::EndTxn(txn::end_txn(broker, r).await)),
+        RequestKind::EndTxn(r) => {
+            Some(ResponseKind::EndTxn(txn::end_txn(broker, r, version).await))
+        }
         RequestKind::WriteTxnMarkers(r) => Some(ResponseKind::WriteTxnMarkers(
             txn::write_txn_markers(broker, r).await,
         )),

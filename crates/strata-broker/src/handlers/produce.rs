@@ -23,6 +23,7 @@ use crate::config::TopicConfig;
 use crate::errors;
 
 /// A partition-level failure: the code and a message for the client (v8+) and the log.
+#[derive(Clone)]
 struct Failure(ResponseError, String);
 
 /// An append that must become durable (for acks=all: on every in-sync replica) before
@@ -77,6 +78,7 @@ fn append(
     topic: Option<&TopicMeta>,
     data: &PartitionProduceData,
     acks: i16,
+    txn_failure: Option<&Failure>,
 ) -> Result<Appended, Failure> {
     if !matches!(acks, -1..=1) {
         return Err(Failure(
@@ -106,7 +108,9 @@ fn append(
         ));
     };
     if header.is_transactional()
-        && let Some(refused) = txn_refusal(broker, &topic.name, data.index, header)
+        && let Some(refused) = txn_failure
+            .cloned()
+            .or_else(|| txn_refusal(broker, &topic.name, data.index, header))
     {
         return Err(refused);
     }
@@ -272,8 +276,16 @@ fn txn_refusal(broker: &Broker, topic: &str, partition: i32, h: &BatchHeader) ->
 
 /// Waits (briefly) until every transactional batch of `req` is allowed by this broker's
 /// copy of metadata: the coordinator committed the partition to the transaction before
-/// it answered the producer, but the commit may reach this broker a moment later.
-async fn await_txn_partitions(broker: &Broker, req: &ProduceRequest, topics: &[Option<TopicMeta>]) {
+/// it answered the producer, but the commit may reach this broker a moment later. From
+/// v12 (KIP-890 transaction version 2) the producer sends no AddPartitionsToTxn: the
+/// batches add their partitions here, and a refusal (CONCURRENT_TRANSACTIONS while the
+/// previous transaction's markers are written, a fenced epoch) is every one's answer.
+async fn await_txn_partitions(
+    broker: &Broker,
+    req: &ProduceRequest,
+    topics: &[Option<TopicMeta>],
+    version: i16,
+) -> Option<Failure> {
     let checks: Vec<(&str, i32, BatchHeader)> = req
         .topic_data
         .iter()
@@ -288,7 +300,20 @@ async fn await_txn_partitions(broker: &Broker, req: &ProduceRequest, topics: &[O
         })
         .collect();
     if checks.is_empty() {
-        return;
+        return None;
+    }
+    if version >= 12 {
+        let missing: Vec<(String, i32)> = checks
+            .iter()
+            .filter(|(t, p, h)| txn_refusal(broker, t, *p, h).is_some())
+            .map(|(t, p, _)| (t.to_string(), *p))
+            .collect();
+        let h = &checks[0].2;
+        if let Err(f) =
+            add_partitions(broker, req, (h.producer_id, h.producer_epoch), missing).await
+        {
+            return Some(f);
+        }
     }
     let allowed = || {
         checks
@@ -296,6 +321,31 @@ async fn await_txn_partitions(broker: &Broker, req: &ProduceRequest, topics: &[O
             .all(|(t, p, h)| txn_refusal(broker, t, *p, h).is_none())
     };
     broker.await_metadata(TXN_METADATA_WAIT, allowed).await;
+    None
+}
+
+/// Adds `partitions` to the open transaction of `req`'s transactional id (opening one).
+async fn add_partitions(
+    broker: &Broker,
+    req: &ProduceRequest,
+    (producer_id, epoch): (i64, i16),
+    partitions: Vec<(String, i32)>,
+) -> Result<(), Failure> {
+    if partitions.is_empty() {
+        return Ok(());
+    }
+    let Some(id) = req.transactional_id.as_ref().map(|t| t.0.to_string()) else {
+        return Err(Failure(
+            ResponseError::InvalidTxnState,
+            "a transactional batch in a request without a transactional id".into(),
+        ));
+    };
+    let now = broker.now_ms();
+    broker
+        .txn
+        .add(&id, producer_id, epoch, partitions, Vec::new(), now)
+        .await
+        .map_err(|code| Failure(code, format!("adding to the transaction of {id:?}: {code}")))
 }
 
 /// How long a transactional batch waits for its partition's addition to arrive here.
@@ -376,14 +426,14 @@ pub(super) async fn handle(
         let refused = ProduceResponse::default().with_responses(responses);
         return Ok(Some(future::ready(refused).boxed()));
     }
-    await_txn_partitions(broker, &req, &topics).await;
+    let txn_failure = await_txn_partitions(broker, &req, &topics, version).await;
     let mut responses = Vec::with_capacity(req.topic_data.len());
     let mut pending = Vec::new();
     let mut first_error = None;
     for (ti, (t, topic)) in req.topic_data.into_iter().zip(topics).enumerate() {
         let mut parts = Vec::with_capacity(t.partition_data.len());
         for (pi, data) in t.partition_data.iter().enumerate() {
-            match append(broker, topic.as_ref(), data, acks) {
+            match append(broker, topic.as_ref(), data, acks, txn_failure.as_ref()) {
                 Ok(a) => {
                     pending.push(Pending {
                         topic: ti,

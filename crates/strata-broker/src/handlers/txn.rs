@@ -207,6 +207,7 @@ pub(super) async fn add_offsets(
 pub(super) async fn txn_offset_commit(
     broker: &Arc<Broker>,
     req: TxnOffsetCommitRequest,
+    version: i16,
 ) -> TxnOffsetCommitResponse {
     let group = req.group_id.0.to_string();
     let now = broker.now_ms();
@@ -233,19 +234,35 @@ pub(super) async fn txn_offset_commit(
             })
         })
         .collect();
+    let (id, pid, epoch) = (
+        &req.transactional_id.0,
+        req.producer_id.0,
+        req.producer_epoch,
+    );
     let result = match broker.not_coordinator(&group) {
         Some(code) => Err(code),
         None => {
-            broker
-                .txn
-                .add_offsets(
-                    &req.transactional_id.0,
-                    req.producer_id.0,
-                    req.producer_epoch,
-                    &group,
-                    offsets,
-                )
-                .await
+            // v5 (transaction version 2): the group joins the transaction here, the
+            // producer sends no AddOffsetsToTxn.
+            let joined = match version >= 5 {
+                true => {
+                    let groups = vec![group.clone()];
+                    broker
+                        .txn
+                        .add(id, pid, epoch, Vec::new(), groups, now)
+                        .await
+                }
+                false => Ok(()),
+            };
+            match joined {
+                Ok(()) => {
+                    broker
+                        .txn
+                        .add_offsets(id, pid, epoch, &group, offsets)
+                        .await
+                }
+                Err(code) => Err(code),
+            }
         }
     };
     let code = result.err().map_or(0, |c| c.code());
@@ -270,21 +287,31 @@ pub(super) async fn txn_offset_commit(
     )
 }
 
-pub(super) async fn end_txn(broker: &Arc<Broker>, req: EndTxnRequest) -> EndTxnResponse {
+/// EndTxn; from v5 (KIP-890 transaction version 2) every end bumps the producer's epoch
+/// and the answer carries the producer id and epoch to go on with.
+pub(super) async fn end_txn(
+    broker: &Arc<Broker>,
+    req: EndTxnRequest,
+    version: i16,
+) -> EndTxnResponse {
     let id = &req.transactional_id.0;
+    let given = (req.producer_id.0, req.producer_epoch);
     let step = broker.txn.end(
         id,
-        req.producer_id.0,
-        req.producer_epoch,
+        given,
         req.committed,
+        version >= 5,
         broker,
         broker.now_ms(),
     );
-    let result = at_coordinator(broker, id, step).await;
+    let (code, (producer_id, producer_epoch)) = match at_coordinator(broker, id, step).await {
+        Ok(next) => (0, next),
+        Err(c) => (c.code(), (-1, -1)),
+    };
     EndTxnResponse::default()
-        .with_error_code(result.err().map_or(0, |c| c.code()))
-        .with_producer_id(req.producer_id)
-        .with_producer_epoch(req.producer_epoch)
+        .with_error_code(code)
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(producer_epoch)
 }
 
 pub(super) async fn write_txn_markers(
