@@ -305,11 +305,10 @@ fn transaction_version_2_adds_partitions_with_produce_and_bumps_the_epoch_at_eve
     }
 
     // A batch of the ended transaction arriving late cannot start or join another one:
-    // the hanging transaction KIP-890 is about.
-    let fenced = ResponseError::ProducerFenced.code();
+    // the hanging transaction KIP-890 is about (an abortable error for the producer).
     assert_eq!(
         produce_v12(&mut c, "tv2", 1, txn_batch(first, 3, 1)),
-        fenced
+        ResponseError::InvalidProducerEpoch.code()
     );
 
     // The next transaction goes on at the new epoch, from sequence 0, and aborts.
@@ -323,5 +322,13 @@ fn transaction_version_2_adds_partitions_with_produce_and_bumps_the_epoch_at_eve
         3,
         "the aborted records stay hidden"
     );
+    let fenced = ResponseError::ProducerFenced.code();
     assert_eq!(end_v5(&mut c, "tv2", first, true).0, fenced);
+    // An abort with nothing sent still moves the epoch on (the client may have begun a
+    // transaction whose records it dropped).
+    let third = (first.0, first.1 + 2);
+    assert_eq!(
+        end_v5(&mut c, "tv2", third, false),
+        (0, (first.0, first.1 + 3))
+    );
 }

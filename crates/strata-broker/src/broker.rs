@@ -161,6 +161,19 @@ impl Broker {
         self.clock.now_ms()
     }
 
+    /// Kafka's `transaction.version` finalized for the cluster: the lowest any registered
+    /// broker supports, so that no client speaks version 2 to a broker (or a metadata
+    /// state machine) from before it during a rolling upgrade.
+    pub(crate) fn transaction_version(&self) -> i16 {
+        self.meta.read(|s| {
+            s.brokers
+                .values()
+                .map(|b| b.transaction_version)
+                .min()
+                .unwrap_or(0)
+        })
+    }
+
     /// The coordinator of consumer group `group`: one of the live brokers, by a hash of
     /// the group id, so groups spread over brokers and move when one dies (their
     /// committed offsets are in the metadata service, so the new one has them at once).
@@ -762,6 +775,7 @@ impl Broker {
                 rack,
                 epoch: 0,
                 fenced: false,
+                transaction_version: crate::txn::TRANSACTION_VERSION,
             }))
             .await?
         {

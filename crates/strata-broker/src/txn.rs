@@ -50,6 +50,11 @@ pub(crate) trait MarkerWriter: Send + Sync {
     ) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// The highest Kafka `transaction.version` this software supports (KIP-890 part 2:
+/// an epoch bump at every EndTxn v5, partitions and groups added by Produce v12 and
+/// TxnOffsetCommit v5). ApiVersions finalizes it once every registered broker has it.
+pub(crate) const TRANSACTION_VERSION: i16 = 2;
+
 /// How long EndTxn waits for the markers before answering (the decision is durable by
 /// then; what is left is finished in the background).
 const MARKER_WAIT: Duration = Duration::from_secs(10);
@@ -151,6 +156,12 @@ impl TxnCoordinator {
         // epoch is bumped. Each pass makes progress, so three suffice.
         for _ in 0..3 {
             let current = self.current(transactional_id);
+            // A decided transaction is finished first (it may move the id to its next
+            // producer id, which a client sending that one then matches).
+            if let Some(t) = current.as_ref().filter(|t| t.state.preparing()) {
+                self.finish(transactional_id, t, markers, now_ms).await?;
+                continue;
+            }
             if let (Some(t), Some((pid, epoch))) = (&current, given) {
                 if t.producer_id != pid {
                     return Err(ResponseError::InvalidProducerIdMapping);
@@ -183,10 +194,6 @@ impl TxnCoordinator {
                         })
                         .await?;
                     self.finish(transactional_id, &t, markers, now_ms).await?;
-                    continue;
-                }
-                Some(t) if t.state.preparing() => {
-                    self.finish(transactional_id, t, markers, now_ms).await?;
                     continue;
                 }
                 // Epochs run out: a new producer id starts again at 0.
@@ -267,10 +274,12 @@ impl TxnCoordinator {
     ) -> Result<(i64, i16), ResponseError> {
         let lock = self.lock(transactional_id);
         let _held = lock.lock().await;
-        // Epochs run out: the next producer id is taken now, used once this completes.
+        // Epochs run out: the next producer id is taken now, used once this completes
+        // (not for a retry from the epoch before the bump, which has its answer).
         let out_of_epochs = client_bump
             && self.current(transactional_id).is_some_and(|t| {
-                t.producer_id == producer_id && t.producer_epoch.saturating_add(1) >= LAST_EPOCH
+                (t.producer_id, t.producer_epoch) == (producer_id, producer_epoch)
+                    && producer_epoch.saturating_add(1) >= LAST_EPOCH
             });
         let next_producer_id = match out_of_epochs {
             true => Some(self.producer_ids.next(&self.meta).await?),

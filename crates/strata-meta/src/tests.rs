@@ -96,6 +96,7 @@ async fn state_and_results_survive_restart() {
         rack: Some("r1".into()),
         epoch: 1,
         fenced: false,
+        transaction_version: 2,
     };
     assert_eq!(
         node.write(Command::RegisterBroker(broker.clone()))

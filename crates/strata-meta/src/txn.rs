@@ -299,28 +299,39 @@ impl ClusterState {
                     return Ok(t.clone()); // a retried EndTxn v5
                 }
                 let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
+                // Transaction version 2 aborts even with nothing open (the client may have
+                // begun one it never sent a batch of): the epoch moves on all the same.
+                let empty_abort = client_bump
+                    && !commit
+                    && matches!(t.state, Empty | CompleteCommit | CompleteAbort);
                 match t.state {
-                    Ongoing => {
-                        t.state = decided;
-                        if bump_epoch || client_bump {
-                            t.producer_epoch = t.producer_epoch.saturating_add(1);
-                        }
-                        if client_bump {
-                            t.ended_by = Some((producer_id, producer_epoch));
-                            t.next_producer_id =
-                                next_producer_id.filter(|_| t.producer_epoch >= LAST_EPOCH);
-                        }
-                        t.updated_ms = now_ms;
-                        Ok(t.clone())
+                    Ongoing => {}
+                    _ if empty_abort => {
+                        t.partitions.clear();
+                        t.groups.clear();
+                        t.offsets.clear();
                     }
                     // A retried EndTxn after the decision (or after the markers).
-                    s if s == decided || s == done => Ok(t.clone()),
+                    s if s == decided || s == done => return Ok(t.clone()),
                     // Nothing open to abort.
-                    Empty if !commit => Ok(t.clone()),
+                    Empty if !commit => return Ok(t.clone()),
                     // The other decision was taken: a client told "aborted" after a commit
                     // (or the reverse) would process its input again.
-                    _ => Err(TxnRefusal::InvalidState),
+                    _ => return Err(TxnRefusal::InvalidState),
                 }
+                t.state = decided;
+                if bump_epoch || client_bump {
+                    t.producer_epoch = t.producer_epoch.saturating_add(1);
+                    // A version-2 client's EndTxn from the epoch before is answered with
+                    // this decision (after a timeout abort too, which it can recover from).
+                    t.ended_by = Some((producer_id, producer_epoch));
+                }
+                if client_bump {
+                    t.next_producer_id =
+                        next_producer_id.filter(|_| t.producer_epoch >= LAST_EPOCH);
+                }
+                t.updated_ms = now_ms;
+                Ok(t.clone())
             }
             TxnCommand::Complete {
                 transactional_id,
@@ -613,6 +624,37 @@ mod tests {
         );
         assert_eq!(
             apply(&mut s, add(0, &[("out", 0)], &[])),
+            Err(TxnRefusal::Fenced)
+        );
+    }
+
+    #[test]
+    fn a_version_2_abort_moves_the_epoch_on_with_nothing_open_and_after_a_timeout() {
+        let mut s = state();
+        apply(&mut s, init("t", 0, None)).unwrap();
+        // Nothing open (the client began a transaction it never sent a batch of).
+        let t = apply(&mut s, end_v2(7, 0, false, None)).unwrap();
+        assert_eq!((t.state, t.producer_epoch), (TxnState::PrepareAbort, 1));
+        assert!(t.partitions.is_empty());
+        apply(&mut s, complete(1)).unwrap();
+
+        // The coordinator aborts a transaction past its timeout, bumping the epoch: the
+        // version-2 client's own abort from epoch 1 is then answered as done, with the
+        // epoch to go on with; a commit from it, or a version-1 client's end, is fenced.
+        apply(&mut s, add(1, &[("out", 0)], &[])).unwrap();
+        apply(&mut s, prepare(1, false, true)).unwrap();
+        apply(&mut s, complete(2)).unwrap();
+        let t = apply(&mut s, end_v2(7, 1, false, None)).unwrap();
+        assert_eq!(
+            (t.state, t.continues_as()),
+            (TxnState::CompleteAbort, (7, 2))
+        );
+        assert_eq!(
+            apply(&mut s, end_v2(7, 1, true, None)),
+            Err(TxnRefusal::Fenced)
+        );
+        assert_eq!(
+            apply(&mut s, prepare(1, false, false)),
             Err(TxnRefusal::Fenced)
         );
     }

@@ -90,6 +90,10 @@ pub struct BrokerInfo {
     /// it could be removed from, until it registers again.
     #[serde(default)]
     pub fenced: bool,
+    /// The highest Kafka `transaction.version` the broker's software supports (0: a
+    /// version from before the field). The cluster finalizes the lowest of its brokers'.
+    #[serde(default)]
+    pub transaction_version: i16,
 }
 
 /// A broker's liveness lease renewal, sent to the controller.

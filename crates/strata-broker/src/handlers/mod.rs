@@ -118,7 +118,10 @@ pub(crate) async fn handle(
     };
     let response = match request {
         RequestKind::ApiVersions(r) => {
-            Some(ResponseKind::ApiVersions(api_versions::handle(&r, version)))
+            let finalized = broker.transaction_version();
+            Some(ResponseKind::ApiVersions(api_versions::handle(
+                &r, version, finalized,
+            )))
         }
         RequestKind::Metadata(r) => Some(ResponseKind::Metadata(
             metadata::handle(broker, r, version).await,

@@ -286,19 +286,20 @@ async fn await_txn_partitions(
     topics: &[Option<TopicMeta>],
     version: i16,
 ) -> Option<Failure> {
-    let checks: Vec<(&str, i32, BatchHeader)> = req
-        .topic_data
-        .iter()
-        .zip(topics)
-        .filter_map(|(t, meta)| meta.as_ref().map(|m| (t, m)))
-        .flat_map(|(t, meta)| {
-            t.partition_data.iter().filter_map(move |d| {
-                let h = BatchHeader::parse(d.records.as_deref()?).ok()?;
-                h.is_transactional()
-                    .then_some((meta.name.as_str(), d.index, h))
+    let checks: Vec<(&str, i32, BatchHeader)> =
+        req.topic_data
+            .iter()
+            .zip(topics)
+            .filter_map(|(t, meta)| meta.as_ref().map(|m| (t, m)))
+            .flat_map(|(t, meta)| {
+                t.partition_data.iter().filter_map(move |d| {
+                    let h = BatchHeader::parse(d.records.as_deref()?).ok()?;
+                    // Only where this broker leads: elsewhere the append fails at once.
+                    (h.is_transactional() && broker.partition_log(meta, d.index).is_ok())
+                        .then_some((meta.name.as_str(), d.index, h))
+                })
             })
-        })
-        .collect();
+            .collect();
     if checks.is_empty() {
         return None;
     }
@@ -341,11 +342,19 @@ async fn add_partitions(
         ));
     };
     let now = broker.now_ms();
-    broker
+    let added = broker
         .txn
         .add(&id, producer_id, epoch, partitions, Vec::new(), now)
-        .await
-        .map_err(|code| Failure(code, format!("adding to the transaction of {id:?}: {code}")))
+        .await;
+    added.map_err(|code| {
+        // As Kafka answers a version-2 producer: an old epoch's batch is an abortable
+        // error (its EndTxn from that epoch then learns the current one), not a fatal one.
+        let code = match code {
+            ResponseError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+            other => other,
+        };
+        Failure(code, format!("adding to the transaction of {id:?}: {code}"))
+    })
 }
 
 /// How long a transactional batch waits for its partition's addition to arrive here.
