@@ -455,6 +455,12 @@ mod tests {
         }
     }
 
+    /// Applies `cmd` and checks the state it leaves and the producer to go on with.
+    fn ends(s: &mut ClusterState, cmd: TxnCommand, state: TxnState, continues: (i64, i16)) {
+        let t = apply(s, cmd).unwrap();
+        assert_eq!((t.state, t.continues_as()), (state, continues));
+    }
+
     /// EndTxn v5 (transaction version 2) from producer 7 or `pid`.
     fn end_v2(pid: i64, epoch: i16, commit: bool, next: Option<i64>) -> TxnCommand {
         TxnCommand::Prepare {
@@ -599,18 +605,11 @@ mod tests {
         let mut s = state();
         apply(&mut s, init("t", 0, None)).unwrap();
         apply(&mut s, add(0, &[("out", 0)], &[])).unwrap();
-        let t = apply(&mut s, end_v2(7, 0, true, None)).unwrap();
-        assert_eq!(
-            (t.state, t.continues_as()),
-            (TxnState::PrepareCommit, (7, 1))
-        );
+        let first = end_v2(7, 0, true, None);
+        ends(&mut s, first.clone(), TxnState::PrepareCommit, (7, 1));
         // The markers carry the bumped epoch; a retry from epoch 0 gets the same answer.
         apply(&mut s, complete(1)).unwrap();
-        let retry = apply(&mut s, end_v2(7, 0, true, None)).unwrap();
-        assert_eq!(
-            (retry.state, retry.continues_as()),
-            (TxnState::CompleteCommit, (7, 1))
-        );
+        ends(&mut s, first, TxnState::CompleteCommit, (7, 1));
         assert_eq!(
             apply(&mut s, end_v2(7, 0, false, None)),
             Err(TxnRefusal::Fenced),
@@ -644,10 +643,11 @@ mod tests {
         apply(&mut s, add(1, &[("out", 0)], &[])).unwrap();
         apply(&mut s, prepare(1, false, true)).unwrap();
         apply(&mut s, complete(2)).unwrap();
-        let t = apply(&mut s, end_v2(7, 1, false, None)).unwrap();
-        assert_eq!(
-            (t.state, t.continues_as()),
-            (TxnState::CompleteAbort, (7, 2))
+        ends(
+            &mut s,
+            end_v2(7, 1, false, None),
+            TxnState::CompleteAbort,
+            (7, 2),
         );
         assert_eq!(
             apply(&mut s, end_v2(7, 1, true, None)),
