@@ -107,7 +107,6 @@ fn jitter(ms: i64) -> i64 {
 }
 
 impl Broker {
-    /// Runs `f` on a partition's metadata, without copying it (a manifest may be long).
     /// The aborted transactions the manifest's segments record that overlap offsets
     /// `from..to`: (producer id, first offset).
     pub(crate) fn remote_aborted(&self, key: PartitionKey, from: i64, to: i64) -> Vec<(i64, i64)> {
@@ -123,6 +122,7 @@ impl Broker {
         .unwrap_or_default()
     }
 
+    /// Runs `f` on a partition's metadata, without copying it (a manifest may be long).
     fn with_partition_meta<R>(
         &self,
         topic_id: Uuid,

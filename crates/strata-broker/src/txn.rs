@@ -197,7 +197,7 @@ impl TxnCoordinator {
                     continue;
                 }
                 // Epochs run out: a new producer id starts again at 0.
-                Some(t) if t.producer_epoch < i16::MAX - 1 => (t.producer_id, t.producer_epoch + 1),
+                Some(t) if t.producer_epoch < LAST_EPOCH => (t.producer_id, t.producer_epoch + 1),
                 _ => (self.producer_ids.next(&self.meta).await?, 0),
             };
             let t = self

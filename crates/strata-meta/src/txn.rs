@@ -306,11 +306,8 @@ impl ClusterState {
                     && matches!(t.state, Empty | CompleteCommit | CompleteAbort);
                 match t.state {
                     Ongoing => {}
-                    _ if empty_abort => {
-                        t.partitions.clear();
-                        t.groups.clear();
-                        t.offsets.clear();
-                    }
+                    // (An ended transaction left no partitions, groups or offsets behind.)
+                    _ if empty_abort => {}
                     // A retried EndTxn after the decision (or after the markers).
                     s if s == decided || s == done => return Ok(t.clone()),
                     // Nothing open to abort.

@@ -239,32 +239,25 @@ pub(super) async fn txn_offset_commit(
         req.producer_id.0,
         req.producer_epoch,
     );
-    let result = match broker.not_coordinator(&group) {
-        Some(code) => Err(code),
-        None => {
-            // v5 (transaction version 2): the group joins the transaction here, the
-            // producer sends no AddOffsetsToTxn.
-            let joined = match version >= 5 {
-                true => {
-                    let groups = vec![group.clone()];
-                    broker
-                        .txn
-                        .add(id, pid, epoch, Vec::new(), groups, now)
-                        .await
-                }
-                false => Ok(()),
-            };
-            match joined {
-                Ok(()) => {
-                    broker
-                        .txn
-                        .add_offsets(id, pid, epoch, &group, offsets)
-                        .await
-                }
-                Err(code) => Err(code),
-            }
+    let step = async {
+        if let Some(code) = broker.not_coordinator(&group) {
+            return Err(code);
         }
+        // v5 (transaction version 2): the group joins the transaction here, the producer
+        // sends no AddOffsetsToTxn.
+        if version >= 5 {
+            let groups = vec![group.clone()];
+            broker
+                .txn
+                .add(id, pid, epoch, Vec::new(), groups, now)
+                .await?;
+        }
+        broker
+            .txn
+            .add_offsets(id, pid, epoch, &group, offsets)
+            .await
     };
+    let result = step.await;
     let code = result.err().map_or(0, |c| c.code());
     TxnOffsetCommitResponse::default().with_topics(
         req.topics
