@@ -14,10 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 messages="${1:-300000}"
 rounds="${2:-2}"
-if [[ -z "${STRATA_BIN:-}" ]]; then
-  cargo build --release --bin strata
-  export STRATA_BIN="$PWD/target/release/strata"
-fi
+source scripts/bench-common.sh
+strata_binary
+export STRATA_BIN
 dir="$(mktemp -d -p "${BENCH_DIR:-/tmp}")"
 trap 'scripts/cluster.sh stop "$dir" >/dev/null || true; rm -rf "$dir"' EXIT
 scripts/cluster.sh start "$dir"

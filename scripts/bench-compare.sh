@@ -53,21 +53,9 @@ if [ ! -x "$perf" ]; then
   rm -rf "$build"
 fi
 
-if [[ -z "${STRATA_BIN:-}" ]]; then
-  cargo build --release --bin strata
-  STRATA_BIN="$PWD/target/release/strata"
-fi
-root=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/strata-compare.XXXXXX")
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$root"
-}
-trap cleanup EXIT
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+source scripts/bench-common.sh
+strata_binary
+scratch compare
 wait_port() {
   for _ in $(seq 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0

@@ -18,19 +18,10 @@ cd "$(dirname "$0")/.."
 MESSAGES=${1:-20000}
 ROUNDS=${2:-2}
 RATE=${RATE:-1000}
-if [[ -z "${STRATA_BIN:-}" ]]; then
-  cargo build --release --bin strata
-  STRATA_BIN="$PWD/target/release/strata"
-fi
+source scripts/bench-common.sh
+strata_binary
 perf=.tools/bench-compare/rdkafka_performance
-root=$(mktemp -d "${BENCH_DIR:-/tmp}/strata-latency.XXXXXX")
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$root"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+scratch latency
 
 # Percentiles of a file of microsecond samples, in bench's format.
 percentiles() {
@@ -63,21 +54,6 @@ os.close(fd)
 os.unlink(path)
 PY
   echo "disk (append + fdatasync)   $(percentiles "$root/disk.txt")"
-}
-
-start_broker() {
-  port=$(free_port) http=$(free_port) meta=$(free_port)
-  env -u STRATA_BIN "$STRATA_BIN" serve --data-dir "$root/data" --kafka-listen "127.0.0.1:$port" \
-    --http-listen "127.0.0.1:$http" --meta-listen "127.0.0.1:$meta" >"$root/broker.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do curl -sf "127.0.0.1:$http/readyz" >/dev/null && return; sleep 0.1; done
-  echo "the broker did not become ready: see $root/broker.log" >&2
-  exit 1
-}
-
-stop_broker() {
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-  rm -rf "$root/data"
 }
 
 strata() {

@@ -24,14 +24,8 @@ if [ $# -eq 0 ]; then
   set -- target/release/strata
 fi
 bench_bin=$(realpath "$1")
-pid=""
-root=$(mktemp -d "${BENCH_DIR:-/tmp}/strata-memory.XXXXXX")
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$root"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+source scripts/bench-common.sh
+scratch memory
 rss_mb() { awk -v f="$2" '$1 == f":" { printf "%.0f", $2 / 1024 }' "/proc/$1/status"; }
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 

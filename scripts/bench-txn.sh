@@ -16,25 +16,10 @@ cd "$(dirname "$0")/.."
 MESSAGES=${1:-200000}
 SIZE=${2:-1024}
 ROUNDS=${3:-2}
-if [[ -z "${STRATA_BIN:-}" ]]; then
-  cargo build --release --bin strata
-  STRATA_BIN="$PWD/target/release/strata"
-fi
-root=$(mktemp -d "${BENCH_DIR:-/tmp}/strata-txn.XXXXXX")
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$root"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-port=$(free_port) http=$(free_port) meta=$(free_port)
-env -u STRATA_BIN "$STRATA_BIN" serve --data-dir "$root/data" --kafka-listen "127.0.0.1:$port" \
-  --http-listen "127.0.0.1:$http" --meta-listen "127.0.0.1:$meta" >"$root/broker.log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do curl -sf "127.0.0.1:$http/readyz" >/dev/null && break; sleep 0.1; done
-curl -sf "127.0.0.1:$http/readyz" >/dev/null || { echo "the broker did not become ready: $root/broker.log" >&2; exit 1; }
+source scripts/bench-common.sh
+strata_binary
+scratch txn
+start_broker
 
 echo "$MESSAGES messages of $SIZE bytes per mode, $ROUNDS rounds"
 for round in $(seq "$ROUNDS"); do
