@@ -152,11 +152,15 @@ impl Strata {
                 cmd.env_remove(k);
             }
         }
+        // With Kafka's `listeners` setting the broker binds those instead.
+        let named = self.env.iter().any(|(k, _)| k == "STRATA_KAFKA_LISTENERS");
         let settings = [
             ("data-dir", self.data_dir.display().to_string()),
             ("kafka-listen", format!("127.0.0.1:{kafka_port}")),
             ("http-listen", "127.0.0.1:0".to_string()),
-        ];
+        ]
+        .into_iter()
+        .filter(|(flag, _)| !(named && *flag == "kafka-listen"));
         if self.settings_in_env {
             for (flag, value) in settings {
                 cmd.env(
@@ -496,6 +500,10 @@ pub fn api_key_of(req: &RequestKind) -> ApiKey {
         RequestKind::WriteTxnMarkers(_) => ApiKey::WriteTxnMarkers,
         RequestKind::DescribeTransactions(_) => ApiKey::DescribeTransactions,
         RequestKind::ListTransactions(_) => ApiKey::ListTransactions,
+        RequestKind::SaslHandshake(_) => ApiKey::SaslHandshake,
+        RequestKind::SaslAuthenticate(_) => ApiKey::SaslAuthenticate,
+        RequestKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
+        RequestKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
         other => panic!("add {other:?} to api_key_of"),
     }
 }

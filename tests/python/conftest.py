@@ -33,6 +33,10 @@ BINARY_WAIT_S = 90.0
 LOG_TAIL_LINES = 80
 
 KAFKA_READY = re.compile(r"kafka listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+)")
+# With Kafka's `listeners` setting, one line per listener, with its name.
+NAMED_LISTENER = re.compile(
+    r"kafka listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+) listener=(\w+)"
+)
 HTTP_READY = re.compile(r"http listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+)")
 META_READY = re.compile(r"metadata listener ready addr=(\d+\.\d+\.\d+\.\d+):(\d+)")
 
@@ -118,6 +122,9 @@ class StrataBroker:
         self.on_listen = on_listen
         self.proc: subprocess.Popen | None = None
         self.kafka_port: int | None = None
+        # Port of each named listener (the first is `kafka_port`); with STRATA_KAFKA_LISTENERS
+        # in `env` the broker binds those instead of --kafka-listen.
+        self.listener_ports: dict[str, int] = {}
         self.http_port: int | None = None
         self.starts = 0
         self._log_file = None
@@ -179,14 +186,15 @@ class StrataBroker:
         env.setdefault("RUST_BACKTRACE", "1")
         env["NO_COLOR"] = "1"
         env.update(self.extra_env)
+        named = "STRATA_KAFKA_LISTENERS" in env
+        listeners = len(env.get("STRATA_KAFKA_LISTENERS", "").split(","))
         self.proc = subprocess.Popen(
             [
                 str(self.binary),
                 "serve",
                 "--data-dir",
                 str(self.data_dir),
-                "--kafka-listen",
-                kafka_listen,
+                *([] if named else ["--kafka-listen", kafka_listen]),
                 "--http-listen",
                 f"{self.host}:0",
                 *self.args,
@@ -209,9 +217,11 @@ class StrataBroker:
             if kafka is None and (kafka := KAFKA_READY.search(text)) and self.on_listen:
                 self.on_listen("kafka", int(kafka.group(2)))
             http = http or HTTP_READY.search(text)
-            if (kafka or not self.kafka) and http:
+            listening = not named or len(NAMED_LISTENER.findall(text)) >= listeners
+            if (kafka or not self.kafka) and http and listening:
                 if kafka:
                     self.kafka_port = int(kafka.group(2))
+                self.listener_ports = {m[2]: int(m[1]) for m in NAMED_LISTENER.findall(text)}
                 self.http_port = int(http.group(2))
                 return
             if self.proc.poll() is not None:

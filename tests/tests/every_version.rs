@@ -406,6 +406,25 @@ fn sample(api: ApiKey, version: i16, topic: &str, id: Uuid) -> RequestKind {
         ApiKey::ListTransactions => RequestKind::ListTransactions(
             ListTransactionsRequest::default().with_duration_filter(-1),
         ),
+        ApiKey::SaslHandshake => RequestKind::SaslHandshake(
+            SaslHandshakeRequest::default().with_mechanism(s("SCRAM-SHA-256")),
+        ),
+        ApiKey::SaslAuthenticate => RequestKind::SaslAuthenticate(
+            SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(b"n,,n=u,r=x")),
+        ),
+        ApiKey::DescribeUserScramCredentials => {
+            RequestKind::DescribeUserScramCredentials(DescribeUserScramCredentialsRequest::default())
+        }
+        ApiKey::AlterUserScramCredentials => RequestKind::AlterUserScramCredentials(
+            AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+                alter_user_scram_credentials_request::ScramCredentialUpsertion::default()
+                    .with_name(s("every-user"))
+                    .with_mechanism(1)
+                    .with_iterations(4096)
+                    .with_salt(Bytes::from_static(b"salt"))
+                    .with_salted_password(Bytes::from(vec![7u8; 32])),
+            ]),
+        ),
         other => panic!("the broker advertises {other:?}: add a sample request for it here"),
     }
 }
@@ -595,6 +614,34 @@ fn check(resp: &ResponseKind, api: ApiKey, version: i16) {
                 "{ctx}"
             );
         }
+        // This listener is PLAINTEXT: Kafka answers the SASL APIs with ILLEGAL_SASL_STATE
+        // (and keeps the connection) there.
+        ResponseKind::SaslHandshake(r) => {
+            assert_eq!(
+                r.error_code,
+                ResponseError::IllegalSaslState.code(),
+                "{ctx}"
+            );
+            assert!(!r.mechanisms.is_empty(), "{ctx}");
+        }
+        ResponseKind::SaslAuthenticate(r) => {
+            assert_eq!(
+                r.error_code,
+                ResponseError::IllegalSaslState.code(),
+                "{ctx}"
+            )
+        }
+        ResponseKind::DescribeUserScramCredentials(r) => {
+            assert_eq!(r.error_code, 0, "{ctx}");
+            assert!(
+                r.results.iter().any(|u| u.user.as_str() == "every-user"),
+                "{ctx}"
+            );
+        }
+        ResponseKind::AlterUserScramCredentials(r) => {
+            assert_eq!(r.results.len(), 1, "{ctx}");
+            assert_eq!(r.results[0].error_code, 0, "{ctx}");
+        }
         other => panic!("{ctx}: unexpected {other:?}"),
     }
 }
@@ -687,6 +734,10 @@ fn every_advertised_version_answers() {
         ApiKey::ListTransactions,
         ApiKey::CreatePartitions,
         ApiKey::DeleteRecords,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+        ApiKey::AlterUserScramCredentials,
+        ApiKey::DescribeUserScramCredentials,
     ];
     let mut advertised: Vec<ApiKey> = versions
         .api_keys

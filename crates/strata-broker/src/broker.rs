@@ -37,7 +37,10 @@ pub struct Endpoint {
 
 pub struct Broker {
     pub(crate) node_id: i32,
+    /// The inter-broker listener's advertised address.
     pub(crate) endpoint: Endpoint,
+    /// Every listener's advertised address (registered with the controller).
+    pub(crate) listeners: Vec<strata_meta::ListenerEndpoint>,
     pub(crate) cluster_id: String,
     pub(crate) config: BrokerConfig,
     pub(crate) meta: MetaNode,
@@ -177,21 +180,21 @@ impl Broker {
     /// The coordinator of consumer group `group`: one of the live brokers, by a hash of
     /// the group id, so groups spread over brokers and move when one dies (their
     /// committed offsets are in the metadata service, so the new one has them at once).
-    pub(crate) fn coordinator_of(&self, group: &str) -> Option<(i32, String, u16)> {
+    pub(crate) fn coordinator_of(&self, group: &str) -> Option<strata_meta::BrokerInfo> {
         self.meta.read(|s| {
             let live: Vec<&strata_meta::BrokerInfo> = s.live_brokers().collect();
             if live.is_empty() {
                 return None;
             }
             let b = live[crc32c::crc32c(group.as_bytes()) as usize % live.len()];
-            Some((b.node_id, b.host.clone(), b.port))
+            Some(b.clone())
         })
     }
 
     /// `NOT_COORDINATOR` if another broker coordinates `group`.
     pub(crate) fn not_coordinator(&self, group: &str) -> Option<ResponseError> {
         match self.coordinator_of(group) {
-            Some((id, _, _)) if id != self.node_id => Some(ResponseError::NotCoordinator),
+            Some(b) if b.node_id != self.node_id => Some(ResponseError::NotCoordinator),
             _ => None,
         }
     }
@@ -765,6 +768,7 @@ impl Broker {
         meta: &MetaNode,
         node_id: i32,
         endpoint: &Endpoint,
+        listeners: &[strata_meta::ListenerEndpoint],
         rack: Option<String>,
     ) -> Result<i64, strata_meta::MetaError> {
         match meta
@@ -776,6 +780,7 @@ impl Broker {
                 epoch: 0,
                 fenced: false,
                 transaction_version: crate::txn::TRANSACTION_VERSION,
+                listeners: listeners.to_vec(),
             }))
             .await?
         {
@@ -817,6 +822,7 @@ impl Broker {
                         &self.meta,
                         self.node_id,
                         &self.endpoint,
+                        &self.listeners,
                         self.rack.clone(),
                     )
                     .await

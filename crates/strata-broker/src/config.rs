@@ -129,6 +129,104 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Bytes of request frames all connections together may hold in memory; a connection whose next frame does not fit waits (and stops reading its socket) until others are handled. -1: no limit (Kafka's default; Strata's is 256 MiB).",
     ),
     def(
+        "listeners",
+        ConfigType::List,
+        "",
+        Check::Any,
+        "Listeners as NAME://HOST:PORT (e.g. INTERNAL://0.0.0.0:9092,EXTERNAL://0.0.0.0:9094); empty: the one PLAINTEXT listener of kafka_listen. Read at start-up.",
+    ),
+    def(
+        "advertised.listeners",
+        ConfigType::List,
+        "",
+        Check::Any,
+        "Addresses clients of each listener are told to use, as NAME://HOST:PORT; a listener not named here advertises its bound address. Read at start-up.",
+    ),
+    def(
+        "listener.security.protocol.map",
+        ConfigType::List,
+        strata_security::listeners::DEFAULT_PROTOCOL_MAP,
+        Check::Any,
+        "Each listener's security protocol, NAME:PROTOCOL with PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. Read at start-up.",
+    ),
+    def(
+        "inter.broker.listener.name",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "The listener other brokers reach this one on (replication, transaction markers); empty: the first of listeners. Read at start-up.",
+    ),
+    def(
+        "sasl.enabled.mechanisms",
+        ConfigType::List,
+        "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+        Check::OneOf(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+        "SASL mechanisms SASL listeners offer. PLAIN checks the password against the user's SCRAM credential, so one set of users serves all three.",
+    ),
+    def(
+        "ssl.keystore.type",
+        ConfigType::String,
+        "PEM",
+        Check::OneOf(&["PEM"]),
+        "Format of ssl.keystore.location: PEM only (Kafka's PEM keystore).",
+    ),
+    def(
+        "ssl.keystore.location",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "PEM file with the private key (unencrypted) and the certificate chain of SSL and SASL_SSL listeners; re-read when it changes.",
+    ),
+    def(
+        "ssl.truststore.type",
+        ConfigType::String,
+        "PEM",
+        Check::OneOf(&["PEM"]),
+        "Format of ssl.truststore.location: PEM only.",
+    ),
+    def(
+        "ssl.truststore.location",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "PEM bundle of the CA certificates client certificates are checked against (ssl.client.auth).",
+    ),
+    def(
+        "ssl.client.auth",
+        ConfigType::String,
+        "none",
+        Check::OneOf(&[
+            "none",
+            "requested",
+            "required",
+            "NONE",
+            "REQUESTED",
+            "REQUIRED",
+        ]),
+        "Client certificates on SSL listeners: none, requested or required. A verified certificate's subject is the connection's principal (User:CN=...,O=...).",
+    ),
+    def(
+        "connections.max.reauth.ms",
+        ConfigType::Long,
+        "0",
+        Check::AtLeast(0),
+        "Longest a SASL session lasts before the client must re-authenticate (KIP-368); a request after it closes the connection. 0: sessions do not expire.",
+    ),
+    def(
+        "strata.ssl.reload-interval-ms",
+        ConfigType::Long,
+        "5000",
+        Check::AtLeast(100),
+        "How often ssl.keystore.location is checked for a new certificate. Read at start-up.",
+    ),
+    def(
+        "strata.scram.bootstrap",
+        ConfigType::List,
+        "",
+        Check::Any,
+        "SCRAM users created when the cluster is formed, in kafka-storage format --add-scram syntax: SCRAM-SHA-512=[name=admin,password=admin-secret]. Applied once; later changes of users go through AlterUserScramCredentials. Sensitive: never shown.",
+    ),
+    def(
         "connections.max.idle.ms",
         ConfigType::Long,
         "600000",
@@ -934,6 +1032,11 @@ impl KafkaName {
 }
 
 impl ConfigDef {
+    /// Whether the value is a secret: never shown by DescribeConfigs or logged.
+    pub fn is_sensitive(&self) -> bool {
+        self.name == "strata.scram.bootstrap" || self.name.contains("password")
+    }
+
     /// Checks `value` against the type and constraint; returns it normalised.
     pub fn validate(&self, value: &str) -> Result<String, ConfigError> {
         let invalid = |reason: String| ConfigError::Invalid {
@@ -1097,6 +1200,39 @@ impl BrokerConfig {
     /// `queued.max.request.bytes`, `None` for no limit.
     pub fn queued_max_request_bytes(&self) -> Option<usize> {
         usize::try_from(self.number("queued.max.request.bytes")).ok()
+    }
+
+    /// `sasl.enabled.mechanisms`.
+    pub fn sasl_enabled_mechanisms(&self) -> Vec<strata_security::Mechanism> {
+        self.text("sasl.enabled.mechanisms")
+            .split(',')
+            .filter_map(|m| strata_security::Mechanism::parse(m.trim()))
+            .collect()
+    }
+
+    /// `connections.max.reauth.ms`, `None` when sessions do not expire.
+    pub fn connections_max_reauth(&self) -> Option<std::time::Duration> {
+        match self.number("connections.max.reauth.ms") {
+            n if n > 0 => Some(std::time::Duration::from_millis(n as u64)),
+            _ => None,
+        }
+    }
+
+    /// `strata.ssl.reload-interval-ms`.
+    pub fn ssl_reload_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.number("strata.ssl.reload-interval-ms").max(100) as u64
+        )
+    }
+
+    /// `strata.scram.bootstrap`, parsed (errors never repeat a password).
+    pub fn scram_bootstrap(&self) -> Result<Vec<strata_security::scram::BootstrapUser>, String> {
+        strata_security::scram::parse_bootstrap(self.text("strata.scram.bootstrap"))
+    }
+
+    /// A string setting's value.
+    pub fn text(&self, name: &str) -> &str {
+        self.get(name).map_or("", |(v, _)| v)
     }
 
     /// `connections.max.idle.ms`, `None` for never.

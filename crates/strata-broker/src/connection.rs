@@ -8,20 +8,24 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::future::{self, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
 use strata_telemetry::KafkaMetrics;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::broker::Broker;
 use crate::handlers::{self, Outcome};
+use crate::session::{ListenerInfo, Session};
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Decrements the active-connection gauge however the connection ends.
 struct Active(prometheus::IntGauge);
@@ -75,26 +79,70 @@ async fn read_body<R: AsyncRead + Unpin>(
 /// reads no further until the oldest is written.
 const PIPELINED: usize = 16;
 
-pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr) {
+/// Serves one accepted connection of `listener`: the TLS handshake first if it has
+/// one (`tls`), then requests until the client goes away.
+pub(crate) async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerInfo>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let m = broker.metrics.kafka.clone();
     m.connections_total.inc();
     m.connections_active.inc();
     let _active = Active(m.connections_active.clone());
     let _ = stream.set_nodelay(true);
-    let (rd, mut wr) = stream.into_split();
     let closing = |reason: &'static str, detail: &str| {
         // A misbehaving client can cause thousands of these a second: all are counted,
         // at most one a second per reason is logged.
         if let Some(held_back) = broker.log_throttle.allow(reason) {
-            warn!(%peer, reason, detail, held_back, "closing client connection");
+            warn!(%peer, listener = %listener.name, reason, detail, held_back, "closing client connection");
         }
         m.connection_errors_total.with_label_values(&[reason]).inc();
     };
+    let Some(acceptor) = tls else {
+        let session = Session::new(peer, listener.clone(), None);
+        let (rd, wr) = stream.into_split();
+        return serve_session(&broker, rd, wr, session, &closing).await;
+    };
+    // A plaintext client on a TLS port fails here, as does an untrusted certificate.
+    let stream = tokio::select! {
+        () = broker.shutdown.cancelled() => return,
+        r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match r {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return closing("tls_handshake_failed", &e.to_string()),
+            Err(_) => return closing("tls_handshake_timeout", "no TLS handshake within 10 s"),
+        },
+    };
+    let principal = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| strata_security::tls::certificate_principal(cert));
+    let session = Session::new(peer, listener.clone(), principal);
+    let (rd, wr) = tokio::io::split(stream);
+    serve_session(&broker, rd, wr, session, &closing).await;
+}
+
+async fn serve_session<R, W>(
+    broker: &Arc<Broker>,
+    rd: R,
+    mut wr: W,
+    mut session: Session,
+    closing: &impl Fn(&'static str, &str),
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let m = &broker.metrics.kafka;
+    let peer = session.peer;
     // Reading and answering run side by side in this task: a frame read while earlier
     // produce requests wait for their sync is appended at once and shares the next one.
     let (frames, mut arrived) = mpsc::channel(1);
     let stop = CancellationToken::new();
-    let reader = read_frames(&broker, rd, frames, &stop, &closing);
+    let reader = read_frames(broker, rd, frames, &stop, closing);
     let answerer = async {
         let mut waiting = FuturesOrdered::new();
         let mut reading = true;
@@ -111,12 +159,12 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                     // answers before it are written, as if the connection were serial.
                     if !handlers::may_overlap(&frame) {
                         while let Some(outcome) = waiting.next().await {
-                            if !respond(&mut wr, outcome, peer, &m, &closing).await {
+                            if !respond(&mut wr, outcome, peer, m, closing).await {
                                 return;
                             }
                         }
                     }
-                    match handlers::handle(&broker, frame, peer).await {
+                    match handlers::handle(broker, frame, &mut session).await {
                         // Its own task: the wait holds the partition's sync turn and
                         // must finish (the high watermark depends on it) even if this
                         // connection stops polling it, or ends.
@@ -136,7 +184,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                         outcome => {
                             // Nothing after a request that closes the connection is
                             // read, let alone appended.
-                            if matches!(outcome, Outcome::Close { .. }) {
+                            if matches!(outcome, Outcome::Close { .. } | Outcome::Last { .. }) {
                                 reading = false;
                                 stop.cancel();
                             }
@@ -151,7 +199,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
                 }
                 else => return,
             };
-            if !respond(&mut wr, outcome, peer, &m, &closing).await {
+            if !respond(&mut wr, outcome, peer, m, closing).await {
                 return;
             }
         }
@@ -165,8 +213,8 @@ pub(crate) async fn serve(broker: Arc<Broker>, stream: TcpStream, peer: SocketAd
 }
 
 /// Writes one outcome; `false` once the connection is done.
-async fn respond(
-    wr: &mut OwnedWriteHalf,
+async fn respond<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     mut outcome: Outcome,
     peer: SocketAddr,
     m: &KafkaMetrics,
@@ -177,7 +225,12 @@ async fn respond(
             Outcome::Later(answer) => outcome = answer.await,
             Outcome::Respond(mut resp) => {
                 let len = resp.remaining() as u64;
-                if let Err(e) = wr.write_all_buf(&mut resp).await {
+                // Flushing matters for TLS, whose records may wait in the session.
+                let written = match wr.write_all_buf(&mut resp).await {
+                    Ok(()) => wr.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     debug!(%peer, error = %e, "client went away before its response was written");
                     return false;
                 }
@@ -185,6 +238,15 @@ async fn respond(
                 return true;
             }
             Outcome::Silent => return true,
+            Outcome::Last { mut frame, reason } => {
+                let len = frame.remaining() as u64;
+                if wr.write_all_buf(&mut frame).await.is_ok() {
+                    m.bytes_out_total.inc_by(len);
+                    let _ = wr.flush().await;
+                }
+                closing(reason, "after answering the request");
+                return false;
+            }
             Outcome::Close { reason, detail } => {
                 closing(reason, &detail);
                 return false;
@@ -196,9 +258,9 @@ async fn respond(
 /// Reads request frames and passes them on, each with its share of the request memory
 /// budget, until the client goes away, sends something unacceptable, the broker shuts
 /// down or `stop` is cancelled.
-async fn read_frames(
+async fn read_frames<R: AsyncRead + Unpin>(
     broker: &Broker,
-    rd: OwnedReadHalf,
+    rd: R,
     frames: mpsc::Sender<(Bytes, InMemory)>,
     stop: &CancellationToken,
     closing: &impl Fn(&'static str, &str),

@@ -6,6 +6,9 @@
 //! retention scheduling, and orderly shutdown. Wire structs from `kafka-protocol` stop
 //! at the handlers: the log and the metadata service only see plain values.
 //!
+//! Who a connection is (TLS, SASL, principals) is `strata-security`'s to establish;
+//! this crate keeps each connection's state and refuses requests before it is known.
+//!
 //! It must not write segment files itself, decide Raft membership, or serve HTTP.
 
 mod broker;
@@ -20,6 +23,7 @@ mod lease;
 mod markers;
 mod producer_ids;
 mod server;
+mod session;
 #[cfg(test)]
 mod tests;
 mod tiering;
@@ -28,4 +32,6 @@ mod txn;
 pub use broker::Endpoint;
 pub use clock::{Clock, SystemClock};
 pub use config::{BROKER_CONFIGS, BrokerConfig, ConfigDef, ConfigError, TOPIC_CONFIGS, closest};
-pub use server::{BrokerOptions, BrokerView, Health, PartitionStatus, RunningBroker, StartError};
+pub use server::{
+    BrokerOptions, BrokerView, Health, KafkaListener, PartitionStatus, RunningBroker, StartError,
+};

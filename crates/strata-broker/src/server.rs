@@ -22,16 +22,32 @@ use crate::clock::Clock;
 use crate::config::BrokerConfig;
 use crate::groups::coordinator::{GroupConfig, GroupCoordinator};
 use crate::groups::offsets::OffsetWriter;
+use crate::session::ListenerInfo;
 use crate::tiering::Tier;
+use strata_meta::ListenerEndpoint;
+use strata_security::SecurityProtocol;
+use strata_security::tls::TlsServer;
 use strata_tier::{BlockCache, CacheConfig, Store, StoreConfig};
 
-/// Everything a broker needs besides its metadata node and listener.
+/// One bound Kafka listener (Kafka's `listeners` entry).
+pub struct KafkaListener {
+    pub socket: TcpListener,
+    /// Upper case, as in `listener.security.protocol.map`.
+    pub name: String,
+    pub protocol: SecurityProtocol,
+    /// What its clients are told to connect to; defaults to the bound address.
+    pub advertised: Option<Endpoint>,
+}
+
+/// Everything a broker needs besides its metadata node and listeners.
 pub struct BrokerOptions {
     pub node_id: i32,
     /// Root of the partition logs (`<data-dir>/log`).
     pub log_dir: PathBuf,
-    /// Where clients should connect; defaults to the listener's address.
-    pub advertised: Option<Endpoint>,
+    /// The listener other brokers use (`inter.broker.listener.name`).
+    pub inter_broker_listener: String,
+    /// The certificate of SSL and SASL_SSL listeners (the `ssl.*` settings).
+    pub tls: Option<TlsServer>,
     pub config: BrokerConfig,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
@@ -52,6 +68,8 @@ pub enum StartError {
     Log(#[from] strata_log::LogError),
     #[error("kafka listener: {0}")]
     Listener(std::io::Error),
+    #[error("listener or security settings: {0}")]
+    Security(String),
     #[error("metadata returned {0:?} when initialising the cluster id")]
     ClusterId(CommandResult),
     #[error("tiered storage: {0}")]
@@ -64,6 +82,40 @@ pub enum StartError {
         owner: String,
         ours: String,
     },
+}
+
+/// Creates the `strata.scram.bootstrap` users if the cluster never had any: applied
+/// once, as Kafka's `kafka-storage format --add-scram` is.
+async fn bootstrap_users(meta: &MetaNode, config: &BrokerConfig) -> Result<(), StartError> {
+    let users = config.scram_bootstrap().map_err(StartError::Security)?;
+    if users.is_empty() || meta.read(|s| s.scram_bootstrapped) {
+        return Ok(());
+    }
+    let mut upserts = Vec::new();
+    for u in users {
+        let credential =
+            strata_security::scram::Credential::from_password(u.hash, &u.password, u.iterations)
+                .map_err(|e| {
+                    StartError::Security(format!("scram.bootstrap user {}: {e}", u.name))
+                })?;
+        upserts.push((
+            u.name,
+            u.hash.mechanism().to_string(),
+            crate::handlers::sasl::stored(credential),
+        ));
+    }
+    let count = upserts.len();
+    meta.write(Command::AlterScram {
+        upserts,
+        deletions: Vec::new(),
+        bootstrap: true,
+    })
+    .await?;
+    info!(
+        users = count,
+        "scram.bootstrap applied (if no credential existed yet)"
+    );
+    Ok(())
 }
 
 /// The object that names the cluster a bucket prefix belongs to.
@@ -100,7 +152,7 @@ pub struct RunningBroker {
     health: Health,
     kafka_addr: SocketAddr,
     connections: TaskTracker,
-    accept: JoinHandle<()>,
+    accept: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -307,9 +359,50 @@ impl RunningBroker {
     pub async fn start(
         opts: BrokerOptions,
         meta: MetaNode,
-        listener: TcpListener,
+        listeners: Vec<KafkaListener>,
     ) -> Result<Self, StartError> {
-        let kafka_addr = listener.local_addr().map_err(StartError::Listener)?;
+        let mut bound = Vec::new();
+        for l in listeners {
+            let addr = l.socket.local_addr().map_err(StartError::Listener)?;
+            let advertised = l.advertised.clone().unwrap_or_else(|| Endpoint {
+                host: if addr.ip().is_unspecified() {
+                    host_name()
+                } else {
+                    addr.ip().to_string()
+                },
+                port: addr.port(),
+            });
+            let tls = match (l.protocol.tls(), &opts.tls) {
+                (false, _) => None,
+                (true, Some(tls)) => Some(tls.acceptor(!l.protocol.sasl())),
+                (true, None) => {
+                    return Err(StartError::Security(format!(
+                        "listener {} is {} but ssl.keystore.location is not set",
+                        l.name,
+                        l.protocol.name()
+                    )));
+                }
+            };
+            bound.push((l, addr, advertised, tls));
+        }
+        let Some((kafka_addr, endpoint)) = bound
+            .iter()
+            .find(|(l, ..)| l.name == opts.inter_broker_listener)
+            .map(|(_, addr, advertised, _)| (*addr, advertised.clone()))
+        else {
+            return Err(StartError::Security(format!(
+                "inter.broker.listener.name {} is not one of the listeners",
+                opts.inter_broker_listener
+            )));
+        };
+        let advertised_listeners: Vec<ListenerEndpoint> = bound
+            .iter()
+            .map(|(l, _, a, _)| ListenerEndpoint {
+                name: l.name.clone(),
+                host: a.host.clone(),
+                port: a.port,
+            })
+            .collect();
         // The object store first: a store that cannot be used fails the start at once,
         // before a possibly long log recovery.
         let store = Store::open(&opts.object_store, opts.metrics.tier.clone())?;
@@ -330,6 +423,7 @@ impl RunningBroker {
             other => return Err(StartError::ClusterId(other)),
         };
         claim_store(&store, &cluster_id).await?;
+        bootstrap_users(&meta, &opts.config).await?;
         let now = opts.clock.now_ms();
         let log_dir = opts.log_dir.clone();
         let metrics = opts.metrics.log.clone();
@@ -338,16 +432,15 @@ impl RunningBroker {
             tokio::task::spawn_blocking(move || LogManager::open(log_dir, metrics, tail, now))
                 .await
                 .map_err(|e| StartError::Listener(std::io::Error::other(e)))??;
-        let endpoint = opts.advertised.unwrap_or_else(|| Endpoint {
-            host: if kafka_addr.ip().is_unspecified() {
-                host_name()
-            } else {
-                kafka_addr.ip().to_string()
-            },
-            port: kafka_addr.port(),
-        });
         let registering = tokio::time::Instant::now();
-        let epoch = Broker::register(&meta, opts.node_id, &endpoint, opts.rack.clone()).await?;
+        let epoch = Broker::register(
+            &meta,
+            opts.node_id,
+            &endpoint,
+            &advertised_listeners,
+            opts.rack.clone(),
+        )
+        .await?;
         let lease = Arc::new(crate::lease::Lease::new(
             opts.config.broker_session_timeout(),
             registering,
@@ -418,6 +511,7 @@ impl RunningBroker {
         let broker = Arc::new(Broker {
             node_id: opts.node_id,
             endpoint,
+            listeners: advertised_listeners,
             cluster_id,
             config: opts.config,
             meta,
@@ -489,6 +583,18 @@ impl RunningBroker {
             ),
             spawn("metadata node watch", Box::pin(meta_watch)),
         ];
+        let mut background = background;
+        if let Some(tls) = opts.tls {
+            let reloads = broker.metrics.kafka.tls_reloads_total.clone();
+            let every = broker.config.ssl_reload_interval();
+            background.push(spawn(
+                "TLS keystore watch",
+                Box::pin(tls.watch(every, broker.shutdown.clone(), move |ok| {
+                    let result = if ok { "reloaded" } else { "failed" };
+                    reloads.with_label_values(&[result]).inc();
+                })),
+            ));
+        }
         let connections = TaskTracker::new();
         let health = Health {
             node_id: broker.node_id,
@@ -498,19 +604,30 @@ impl RunningBroker {
             lease: broker.lease.clone(),
             failed,
         };
-        let accept = tokio::spawn(accept_loop(
-            broker.clone(),
-            listener,
-            connections.clone(),
-            health.listening.clone(),
-        ));
-        info!(
-            addr = %kafka_addr,
-            advertised = %format!("{}:{}", broker.endpoint.host, broker.endpoint.port),
-            node_id = broker.node_id,
-            cluster_id = %broker.cluster_id,
-            "kafka listener ready"
-        );
+        let mut accept = Vec::new();
+        for (l, addr, advertised, tls) in bound {
+            let info = Arc::new(ListenerInfo {
+                name: l.name,
+                protocol: l.protocol,
+            });
+            info!(
+                addr = %addr,
+                listener = %info.name,
+                protocol = info.protocol.name(),
+                advertised = %format!("{}:{}", advertised.host, advertised.port),
+                node_id = broker.node_id,
+                cluster_id = %broker.cluster_id,
+                "kafka listener ready"
+            );
+            accept.push(tokio::spawn(accept_loop(
+                broker.clone(),
+                l.socket,
+                info,
+                tls,
+                connections.clone(),
+                health.listening.clone(),
+            )));
+        }
         info!(object_store = %broker.tier.store.description(), "tiered storage ready");
         Ok(Self {
             broker,
@@ -561,7 +678,9 @@ impl RunningBroker {
         );
         self.broker.hand_off_leadership().await;
         self.broker.shutdown.cancel();
-        let _ = self.accept.await;
+        for accept in self.accept {
+            let _ = accept.await;
+        }
         self.connections.close();
         if tokio::time::timeout(grace, self.connections.wait())
             .await
@@ -592,6 +711,8 @@ impl RunningBroker {
 async fn accept_loop(
     broker: Arc<Broker>,
     listener: TcpListener,
+    info: Arc<ListenerInfo>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     connections: TaskTracker,
     listening: Arc<AtomicBool>,
 ) {
@@ -610,7 +731,13 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                connections.spawn(crate::connection::serve(broker.clone(), stream, peer));
+                connections.spawn(crate::connection::serve(
+                    broker.clone(),
+                    stream,
+                    peer,
+                    info.clone(),
+                    tls.clone(),
+                ));
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning (and log once a second).

@@ -37,7 +37,8 @@ async fn start(dir: &Path, clock: Arc<ManualClock>, config: &[(&str, &str)]) -> 
         BrokerOptions {
             node_id: 0,
             log_dir: dir.join("log"),
-            advertised: None,
+            inter_broker_listener: "PLAINTEXT".into(),
+            tls: None,
             config: BrokerConfig::from_pairs(config.iter().copied()).unwrap(),
             metrics: Metrics::new().unwrap(),
             clock,
@@ -49,7 +50,12 @@ async fn start(dir: &Path, clock: Arc<ManualClock>, config: &[(&str, &str)]) -> 
             rack: None,
         },
         meta,
-        listener,
+        vec![crate::KafkaListener {
+            socket: listener,
+            name: "PLAINTEXT".into(),
+            protocol: strata_security::SecurityProtocol::Plaintext,
+            advertised: None,
+        }],
     )
     .await
     .unwrap()

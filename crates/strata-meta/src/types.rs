@@ -52,6 +52,31 @@ pub struct ClusterState {
     /// Transactional producers by `transactional.id` (see the `txn` module).
     #[serde(default)]
     pub transactions: BTreeMap<String, crate::txn::TxnMeta>,
+    /// SCRAM credentials: user, then mechanism (`SCRAM-SHA-256`, `SCRAM-SHA-512`).
+    #[serde(default)]
+    pub scram: BTreeMap<String, BTreeMap<String, ScramCredential>>,
+    /// Whether `scram.bootstrap` was applied (or credentials were managed otherwise), so
+    /// that it is applied once, when the cluster is formed.
+    #[serde(default)]
+    pub scram_bootstrapped: bool,
+}
+
+/// What is kept of a SCRAM user's password: the salt, the iteration count and the two
+/// keys derived from the salted password (the password itself never is).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ScramCredential {
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+    pub iterations: u32,
+}
+
+/// A listener of a broker as clients of that listener are told to reach it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ListenerEndpoint {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
 }
 
 /// A consumer group's committed position in one partition.
@@ -94,6 +119,25 @@ pub struct BrokerInfo {
     /// version from before the field). The cluster finalizes the lowest of its brokers'.
     #[serde(default)]
     pub transaction_version: i16,
+    /// Every listener's advertised address; `host`/`port` above are the inter-broker
+    /// listener's. Empty in registrations from before listeners were named: then
+    /// `host`/`port` serve every client.
+    #[serde(default)]
+    pub listeners: Vec<ListenerEndpoint>,
+}
+
+impl BrokerInfo {
+    /// Where a client that came in on `listener` reaches this broker; `None` if the
+    /// broker has no such listener (Kafka leaves it out of that client's metadata).
+    pub fn endpoint_for(&self, listener: &str) -> Option<(&str, u16)> {
+        if self.listeners.is_empty() {
+            return Some((&self.host, self.port));
+        }
+        self.listeners
+            .iter()
+            .find(|l| l.name == listener)
+            .map(|l| (l.host.as_str(), l.port))
+    }
 }
 
 /// A broker's liveness lease renewal, sent to the controller.
@@ -304,6 +348,16 @@ pub enum Command {
     /// [`CommandResult::Transaction`] with the new state, or
     /// [`CommandResult::TransactionRefused`].
     Transaction(crate::txn::TxnCommand),
+    /// Sets and removes SCRAM credentials (AlterUserScramCredentials), as
+    /// `(user, mechanism, credential)` and `(user, mechanism)`. With `bootstrap`, only if
+    /// no credential was ever set (`scram.bootstrap` at the first start). Result:
+    /// [`CommandResult::Ok`].
+    AlterScram {
+        upserts: Vec<(String, String, ScramCredential)>,
+        deletions: Vec<(String, String)>,
+        #[serde(default)]
+        bootstrap: bool,
+    },
 }
 
 /// What applying a [`Command`] produced; returned to the writer once committed.
@@ -447,6 +501,31 @@ impl ClusterState {
                 }
                 self.topics_epoch += 1;
                 CommandResult::BrokerEpoch(epoch)
+            }
+            Command::AlterScram {
+                upserts,
+                deletions,
+                bootstrap,
+            } => {
+                if bootstrap && self.scram_bootstrapped {
+                    return CommandResult::Ok;
+                }
+                self.scram_bootstrapped = true;
+                for (user, mechanism) in deletions {
+                    if let Some(creds) = self.scram.get_mut(&user) {
+                        creds.remove(&mechanism);
+                        if creds.is_empty() {
+                            self.scram.remove(&user);
+                        }
+                    }
+                }
+                for (user, mechanism, credential) in upserts {
+                    self.scram
+                        .entry(user)
+                        .or_default()
+                        .insert(mechanism, credential);
+                }
+                CommandResult::Ok
             }
             Command::RegisterVoter {
                 node_id,
@@ -926,5 +1005,74 @@ mod tests {
             manifest,
             vec![(0, "0-3.seg".to_string()), (10, "10-4.seg".to_string())]
         );
+    }
+
+    #[test]
+    fn scram_bootstrap_applies_once_and_alterations_replace_and_delete() {
+        let cred = |n: u8| ScramCredential {
+            salt: vec![n],
+            stored_key: vec![n; 32],
+            server_key: vec![n; 32],
+            iterations: 4096,
+        };
+        let alter = |upserts: Vec<(&str, &str, ScramCredential)>,
+                     deletions: Vec<(&str, &str)>,
+                     bootstrap| {
+            Command::AlterScram {
+                upserts: upserts
+                    .into_iter()
+                    .map(|(u, m, c)| (u.to_string(), m.to_string(), c))
+                    .collect(),
+                deletions: deletions
+                    .into_iter()
+                    .map(|(u, m)| (u.to_string(), m.to_string()))
+                    .collect(),
+                bootstrap,
+            }
+        };
+        let mut s = ClusterState::default();
+        s.apply(alter(
+            vec![("admin", "SCRAM-SHA-512", cred(1))],
+            vec![],
+            true,
+        ));
+        // A second bootstrap (every later start of a node with scram.bootstrap) changes nothing.
+        s.apply(alter(
+            vec![("admin", "SCRAM-SHA-512", cred(2))],
+            vec![],
+            true,
+        ));
+        assert_eq!(s.scram["admin"]["SCRAM-SHA-512"], cred(1));
+        s.apply(alter(
+            vec![
+                ("admin", "SCRAM-SHA-512", cred(3)),
+                ("bob", "SCRAM-SHA-256", cred(4)),
+            ],
+            vec![],
+            false,
+        ));
+        assert_eq!(s.scram["admin"]["SCRAM-SHA-512"], cred(3));
+        s.apply(alter(
+            vec![],
+            vec![("bob", "SCRAM-SHA-256"), ("nobody", "SCRAM-SHA-256")],
+            false,
+        ));
+        assert!(
+            !s.scram.contains_key("bob"),
+            "a user with no credential left is gone"
+        );
+        // Managing users before any bootstrap also counts as formed.
+        let mut t = ClusterState::default();
+        t.apply(alter(
+            vec![("carol", "SCRAM-SHA-256", cred(5))],
+            vec![],
+            false,
+        ));
+        t.apply(alter(
+            vec![("admin", "SCRAM-SHA-512", cred(6))],
+            vec![],
+            true,
+        ));
+        assert!(!t.scram.contains_key("admin"));
     }
 }

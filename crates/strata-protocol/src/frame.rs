@@ -49,6 +49,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    // After version 0 of the handshake the SASL tokens follow as bare size-prefixed
+    // frames; after version 1, in SaslAuthenticate requests.
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -56,6 +62,14 @@ pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
         .iter()
         .find(|(k, _, _)| *k == api)
         .map(|&(_, min, max)| (min, max))
+}
+
+/// `payload` with its i32 size in front: a bare SASL token after SaslHandshake v0.
+pub fn size_prefixed(payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + payload.len());
+    out.put_i32(i32::try_from(payload.len()).unwrap_or(i32::MAX));
+    out.put_slice(payload);
+    out.freeze()
 }
 
 /// What went wrong with a frame. None of these may take the broker down: the caller

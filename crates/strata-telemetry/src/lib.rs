@@ -68,6 +68,8 @@ pub struct KafkaMetrics {
     pub fetch_session_partitions: IntGauge,
     pub fetch_session_evictions_total: IntCounter,
     pub incremental_fetches_total: IntCounter,
+    pub authentications_total: IntCounterVec,
+    pub tls_reloads_total: IntCounterVec,
 }
 
 /// Partition log metrics.
@@ -356,6 +358,16 @@ impl Metrics {
             incremental_fetches_total: r.counter(
                 "strata_kafka_incremental_fetches_total",
                 "Fetch requests served incrementally, from a fetch session",
+            )?,
+            authentications_total: r.counter_vec(
+                "strata_kafka_authentications_total",
+                "SASL authentications (re-authentications included) by mechanism and result (success, failure)",
+                &["mechanism", "result"],
+            )?,
+            tls_reloads_total: r.counter_vec(
+                "strata_kafka_tls_reloads_total",
+                "Changes of the TLS keystore file on disk, by result (reloaded, failed: the previous certificate stays)",
+                &["result"],
             )?,
         };
         let log = LogMetrics {

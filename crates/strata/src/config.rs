@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use strata_broker::{BROKER_CONFIGS, BrokerConfig, ConfigError, Endpoint, closest};
+use strata_security::listeners::Listeners;
+use strata_security::tls::{ClientAuth, TlsSettings};
 use strata_tier::StoreConfig;
 
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
@@ -157,8 +159,11 @@ fn parse_voters(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
 pub struct ServeConfig {
     pub node_id: i32,
     pub data_dir: PathBuf,
-    pub kafka_listen: String,
-    pub advertised: Option<Endpoint>,
+    /// The Kafka listeners: Kafka's `listeners` settings, or the one PLAINTEXT listener
+    /// of `--kafka-listen`/`--advertised-listener`.
+    pub listeners: Listeners,
+    /// The keystore and client-certificate settings of SSL and SASL_SSL listeners.
+    pub tls: Option<TlsSettings>,
     pub http_listen: String,
     pub log_level: Option<String>,
     pub object_store: StoreConfig,
@@ -476,27 +481,21 @@ impl ServeConfig {
             request_timeout: kafka.tier_request_timeout(),
         };
         object_store.validate()?;
-        let kafka_listen = overrides
-            .kafka_listen
-            .clone()
-            .or(file.kafka_listen)
-            .unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.into());
+        let kafka_listen = overrides.kafka_listen.clone().or(file.kafka_listen);
         let http_listen = overrides
             .http_listen
             .clone()
             .or(file.http_listen)
             .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.into());
-        for (what, addr) in [
-            ("--kafka-listen", &kafka_listen),
-            ("--http-listen", &http_listen),
-        ] {
-            check_listen(what, addr)?;
-        }
+        check_listen("--http-listen", &http_listen)?;
+        let listeners = listeners(&kafka, kafka_listen, advertised)?;
+        let clustered = voters.len() > 1 || !voters.contains_key(&me);
+        let tls = security(&kafka, &listeners, clustered)?;
         Ok(Self {
             node_id,
             data_dir,
-            kafka_listen,
-            advertised,
+            listeners,
+            tls,
             http_listen,
             log_level: overrides.log_level.clone().or(file.log_level),
             object_store,
@@ -509,6 +508,75 @@ impl ServeConfig {
             otlp_endpoint: overrides.otlp_endpoint.clone().or(file.otlp_endpoint),
         })
     }
+}
+
+/// Kafka's `listeners` settings, or the one-listener shorthand (not both).
+fn listeners(
+    kafka: &BrokerConfig,
+    kafka_listen: Option<String>,
+    advertised: Option<Endpoint>,
+) -> anyhow::Result<Listeners> {
+    let named = kafka.text("listeners");
+    if named.trim().is_empty() {
+        let bind = kafka_listen.unwrap_or_else(|| DEFAULT_KAFKA_LISTEN.into());
+        check_listen("--kafka-listen", &bind)?;
+        return Ok(Listeners::single(
+            &bind,
+            advertised.map(|e| (e.host, e.port)),
+        ));
+    }
+    if kafka_listen.is_some() || advertised.is_some() {
+        bail!(
+            "both listeners and --kafka-listen/--advertised-listener are set: name every listener in listeners (and advertised.listeners) instead"
+        );
+    }
+    Ok(Listeners::resolve(
+        named,
+        kafka.text("advertised.listeners"),
+        kafka.text("listener.security.protocol.map"),
+        kafka.text("inter.broker.listener.name"),
+    )?)
+}
+
+/// Checks the TLS and SASL settings against the listeners that need them.
+fn security(
+    kafka: &BrokerConfig,
+    listeners: &Listeners,
+    clustered: bool,
+) -> anyhow::Result<Option<TlsSettings>> {
+    kafka.scram_bootstrap().map_err(anyhow::Error::msg)?;
+    let sasl = listeners.listeners.iter().any(|l| l.protocol.sasl());
+    if sasl && kafka.sasl_enabled_mechanisms().is_empty() {
+        bail!("a listener uses SASL but sasl.enabled.mechanisms is empty");
+    }
+    let inter = listeners
+        .listeners
+        .iter()
+        .find(|l| l.name == listeners.inter_broker);
+    if let Some(l) =
+        inter.filter(|l| clustered && l.protocol != strata_security::SecurityProtocol::Plaintext)
+    {
+        bail!(
+            "inter.broker.listener.name {} is {}: brokers replicate and send transaction markers over PLAINTEXT only so far; give them a PLAINTEXT listener on the internal network",
+            l.name,
+            l.protocol.name()
+        );
+    }
+    if !listeners.any_tls() {
+        return Ok(None);
+    }
+    let keystore = kafka.text("ssl.keystore.location");
+    if keystore.is_empty() {
+        bail!(
+            "a listener uses SSL or SASL_SSL but ssl.keystore.location is not set (a PEM file with the private key and certificate chain)"
+        );
+    }
+    let truststore = kafka.text("ssl.truststore.location");
+    Ok(Some(TlsSettings {
+        keystore: PathBuf::from(keystore),
+        truststore: (!truststore.is_empty()).then(|| PathBuf::from(truststore)),
+        client_auth: ClientAuth::parse(kafka.text("ssl.client.auth")).unwrap_or(ClientAuth::None),
+    }))
 }
 
 /// A listener address must be HOST:PORT (a host name is resolved when binding).
@@ -538,10 +606,11 @@ mod tests {
     fn defaults_run_a_local_broker() {
         let c = ServeConfig::resolve(&Overrides::default(), env(&[("PATH", "/bin")])).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("./data"));
-        assert_eq!(c.kafka_listen, DEFAULT_KAFKA_LISTEN);
+        assert_eq!(c.listeners.listeners[0].bind, DEFAULT_KAFKA_LISTEN);
         assert_eq!(c.http_listen, DEFAULT_HTTP_LISTEN);
         assert_eq!(c.node_id, 0);
-        assert!(c.advertised.is_none());
+        assert!(c.listeners.listeners[0].advertised.is_none());
+        assert!(c.tls.is_none());
         assert_eq!(c.kafka.num_partitions(), 1);
         assert!(
             c.object_store.url.starts_with("file:///"),

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use strata_admin::AdminState;
-use strata_broker::{BrokerOptions, BrokerView, Health, RunningBroker, SystemClock};
+use strata_broker::{
+    BrokerOptions, BrokerView, Endpoint, Health, KafkaListener, RunningBroker, SystemClock,
+};
 use strata_meta::{ControllerConfig, MetaConfig, MetaNode, Quorum};
+use strata_security::tls::TlsServer;
 use strata_telemetry::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -171,6 +174,29 @@ fn check_voters(cfg: &ServeConfig, meta: &MetaNode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Binds every Kafka listener.
+async fn bind_kafka(cfg: &ServeConfig) -> anyhow::Result<Vec<KafkaListener>> {
+    let mut bound = Vec::new();
+    for l in &cfg.listeners.listeners {
+        let socket = TcpListener::bind(&l.bind).await.with_context(|| {
+            match cfg.listeners.listeners.len() {
+                1 => format!("binding the Kafka listener to {}", l.bind),
+                _ => format!("binding the Kafka listener {} to {}", l.name, l.bind),
+            }
+        })?;
+        bound.push(KafkaListener {
+            socket,
+            name: l.name.clone(),
+            protocol: l.protocol,
+            advertised: l
+                .advertised
+                .clone()
+                .map(|(host, port)| Endpoint { host, port }),
+        });
+    }
+    Ok(bound)
+}
+
 pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
     raise_open_file_limit();
     for (name, value, why) in cfg.kafka.ignored() {
@@ -179,13 +205,16 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
     let kafka = match cfg.roles.broker {
-        true => Some(
-            TcpListener::bind(&cfg.kafka_listen)
-                .await
-                .with_context(|| format!("binding the Kafka listener to {}", cfg.kafka_listen))?,
-        ),
+        true => Some(bind_kafka(&cfg).await?),
         false => None,
     };
+    // Loaded before anything starts, so a bad keystore fails the start at once.
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(TlsServer::load)
+        .transpose()
+        .context("loading the TLS keystore (ssl.keystore.location)")?;
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", cfg.http_listen))?;
@@ -269,7 +298,8 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
         BrokerOptions {
             node_id: cfg.node_id,
             log_dir: cfg.data_dir.join("log"),
-            advertised: cfg.advertised.clone(),
+            inter_broker_listener: cfg.listeners.inter_broker.clone(),
+            tls,
             config: cfg.kafka.clone(),
             metrics: metrics.clone(),
             clock: Arc::new(SystemClock),

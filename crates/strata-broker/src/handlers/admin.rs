@@ -480,6 +480,7 @@ pub(super) fn describe_cluster(
     broker: &Arc<Broker>,
     req: DescribeClusterRequest,
     version: i16,
+    ctx: &super::RequestCtx,
 ) -> DescribeClusterResponse {
     // Endpoint type 2 asks for controllers; Strata's metadata nodes are not Kafka endpoints.
     if version >= 1 && req.endpoint_type != 1 {
@@ -490,12 +491,15 @@ pub(super) fn describe_cluster(
     }
     let brokers = broker.meta.read(|st| {
         st.live_brokers()
-            .map(|b| {
-                DescribeClusterBroker::default()
-                    .with_broker_id(BrokerId(b.node_id))
-                    .with_host(s(&b.host))
-                    .with_port(i32::from(b.port))
-                    .with_rack(b.rack.as_deref().map(s))
+            .filter_map(|b| {
+                let (host, port) = b.endpoint_for(&ctx.listener.name)?;
+                Some(
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(b.node_id))
+                        .with_host(s(host))
+                        .with_port(i32::from(port))
+                        .with_rack(b.rack.as_deref().map(s)),
+                )
             })
             .collect()
     });

@@ -33,9 +33,12 @@ fn entry(
     read_only: bool,
     doc: bool,
 ) -> DescribeConfigsResourceResult {
+    // Kafka never shows a sensitive value, set or not.
+    let sensitive = d.is_sensitive();
     DescribeConfigsResourceResult::default()
         .with_name(StrBytes::from_static_str(d.name))
-        .with_value(Some(s(value)))
+        .with_value((!sensitive).then(|| s(value)))
+        .with_is_sensitive(sensitive)
         .with_read_only(read_only)
         .with_config_source(source as i8)
         .with_config_type(d.ty as i8)
@@ -146,7 +149,7 @@ pub(super) fn describe(
                         .filter(|(d, _, _)| wanted(&r.configuration_keys, d.name))
                         .map(|(d, value, source)| {
                             let mut e = entry(d, value, source, true, req.include_documentation);
-                            if req.include_synonyms {
+                            if req.include_synonyms && !d.is_sensitive() {
                                 e.synonyms.push(synonym(d.name, value, source));
                             }
                             e

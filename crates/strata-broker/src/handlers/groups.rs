@@ -58,13 +58,18 @@ pub(super) fn find_coordinator(
     broker: &Arc<Broker>,
     req: FindCoordinatorRequest,
     version: i16,
+    ctx: &RequestCtx,
 ) -> FindCoordinatorResponse {
     // Key type 0 is a consumer group, 1 a transactional id (both placed by the same hash
     // over the live brokers); share groups (2) do not exist here.
     let answer = |key: &StrBytes| -> Coordinator {
         let c = Coordinator::default().with_key(key.clone());
         if req.key_type == 0 || req.key_type == 1 {
-            match broker.coordinator_of(key) {
+            let found = broker.coordinator_of(key).and_then(|b| {
+                let (host, port) = b.endpoint_for(&ctx.listener.name)?;
+                Some((b.node_id, host.to_string(), port))
+            });
+            match found {
                 Some((id, host, port)) => c
                     .with_node_id(BrokerId(id))
                     .with_host(s(&host))

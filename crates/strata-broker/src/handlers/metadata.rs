@@ -87,6 +87,7 @@ pub(super) async fn handle(
     broker: &Arc<Broker>,
     req: MetadataRequest,
     version: i16,
+    ctx: &super::RequestCtx,
 ) -> MetadataResponse {
     // Live brokers only: a fenced one leads nothing, and clients should not wait on it.
     // That includes this broker once its lease lapsed (see `crate::lease`): metadata here
@@ -95,12 +96,15 @@ pub(super) async fn handle(
     let brokers = broker.meta.read(|s| {
         s.live_brokers()
             .filter(|b| !(fenced && b.node_id == broker.node_id))
-            .map(|b| {
-                MetadataResponseBroker::default()
-                    .with_node_id(BrokerId(b.node_id))
-                    .with_host(StrBytes::from_string(b.host.clone()))
-                    .with_port(i32::from(b.port))
-                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            .filter_map(|b| {
+                let (host, port) = b.endpoint_for(&ctx.listener.name)?;
+                Some(
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(b.node_id))
+                        .with_host(StrBytes::from_string(host.to_string()))
+                        .with_port(i32::from(port))
+                        .with_rack(b.rack.clone().map(StrBytes::from_string)),
+                )
             })
             .collect::<Vec<_>>()
     });

@@ -14,6 +14,7 @@ mod list_offsets;
 mod metadata;
 mod produce;
 pub(crate) mod producers;
+pub(crate) mod sasl;
 mod spans;
 mod topics;
 mod txn;
@@ -32,11 +33,15 @@ use strata_protocol::vectored::{self, Frame};
 use tracing::{Instrument, debug};
 
 use crate::broker::Broker;
+use crate::session::{ListenerInfo, Session};
 
 /// Who sent a request.
 pub(crate) struct RequestCtx {
     pub client_id: String,
     pub client_host: String,
+    /// The listener it came in on: the broker addresses it is answered with are that
+    /// listener's.
+    pub listener: Arc<ListenerInfo>,
 }
 
 /// What the connection should do with a request.
@@ -49,6 +54,8 @@ pub(crate) enum Outcome {
     Later(BoxFuture<'static, Outcome>),
     /// Nothing to send (Produce with acks=0).
     Silent,
+    /// Write this frame back, then close the connection (a failed authentication).
+    Last { frame: Frame, reason: &'static str },
     /// Close the connection; `reason` is a metric label, `detail` goes to the log.
     Close {
         reason: &'static str,
@@ -70,11 +77,16 @@ pub(crate) fn may_overlap(frame: &[u8]) -> bool {
 }
 
 /// Handles one request frame (without its size prefix).
-pub(crate) async fn handle(
-    broker: &Arc<Broker>,
-    frame: Bytes,
-    peer: std::net::SocketAddr,
-) -> Outcome {
+pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Session) -> Outcome {
+    if matches!(session.sasl, crate::session::Sasl::Bare(..)) {
+        return match sasl::bare_token(broker, &frame, session) {
+            Some(token) => Outcome::Respond(vectored::Frame::from(frame::size_prefixed(&token))),
+            None => close(
+                "authentication_failed",
+                "SASL exchange after SaslHandshake v0 failed",
+            ),
+        };
+    }
     let prefix = match RequestPrefix::parse(&frame) {
         Ok(p) => p,
         Err(e) => return close("malformed_header", e),
@@ -83,6 +95,9 @@ pub(crate) async fn handle(
         Ok(api) => api,
         Err(e) => return close("unknown_api_key", e),
     };
+    if let Err((reason, detail)) = session.admits(api, Instant::now()) {
+        return close(reason, detail);
+    }
     let version = prefix.api_version;
     let Some((min, max)) = frame::supported(api) else {
         return close("unsupported_api", format!("{api:?} is not implemented"));
@@ -114,7 +129,8 @@ pub(crate) async fn handle(
     let ctx = RequestCtx {
         client_id: client.to_string(),
         // Kafka shows the client's address as "/<ip>".
-        client_host: format!("/{}", peer.ip()),
+        client_host: format!("/{}", session.peer.ip()),
+        listener: session.listener.clone(),
     };
     let response = match request {
         RequestKind::ApiVersions(r) => {
@@ -124,7 +140,28 @@ pub(crate) async fn handle(
             )))
         }
         RequestKind::Metadata(r) => Some(ResponseKind::Metadata(
-            metadata::handle(broker, r, version).await,
+            metadata::handle(broker, r, version, &ctx).await,
+        )),
+        RequestKind::SaslHandshake(r) => Some(ResponseKind::SaslHandshake(sasl::handshake(
+            broker, &r, version, session,
+        ))),
+        RequestKind::SaslAuthenticate(r) => {
+            let (resp, failed) = sasl::authenticate(broker, &r, version, session);
+            let body = Some(ResponseKind::SaslAuthenticate(resp));
+            let outcome = finish(broker, prefix.correlation_id, api, version, started, body);
+            return match (failed, outcome) {
+                (true, Outcome::Respond(frame)) => Outcome::Last {
+                    frame,
+                    reason: "authentication_failed",
+                },
+                (_, outcome) => outcome,
+            };
+        }
+        RequestKind::DescribeUserScramCredentials(r) => Some(
+            ResponseKind::DescribeUserScramCredentials(sasl::describe_scram(broker, &r)),
+        ),
+        RequestKind::AlterUserScramCredentials(r) => Some(ResponseKind::AlterUserScramCredentials(
+            sasl::alter_scram(broker, r).await,
         )),
         RequestKind::CreateTopics(r) => Some(ResponseKind::CreateTopics(
             topics::create(broker, r, version).await,
@@ -171,7 +208,7 @@ pub(crate) async fn handle(
             broker, &r, version,
         ))),
         RequestKind::FindCoordinator(r) => Some(ResponseKind::FindCoordinator(
-            groups::find_coordinator(broker, r, version),
+            groups::find_coordinator(broker, r, version, &ctx),
         )),
         RequestKind::JoinGroup(r) => Some(ResponseKind::JoinGroup(
             groups::join(broker, r, version, &ctx).await,
@@ -220,7 +257,7 @@ pub(crate) async fn handle(
             admin::incremental_alter_configs(broker, r).await,
         )),
         RequestKind::DescribeCluster(r) => Some(ResponseKind::DescribeCluster(
-            admin::describe_cluster(broker, r, version),
+            admin::describe_cluster(broker, r, version, &ctx),
         )),
         RequestKind::OffsetForLeaderEpoch(r) => Some(ResponseKind::OffsetForLeaderEpoch(
             admin::offset_for_leader_epoch(broker, r),
@@ -354,6 +391,10 @@ fn api_label(api: ApiKey) -> &'static str {
         ApiKey::OffsetForLeaderEpoch => "OffsetForLeaderEpoch",
         ApiKey::DescribeLogDirs => "DescribeLogDirs",
         ApiKey::ElectLeaders => "ElectLeaders",
+        ApiKey::SaslHandshake => "SaslHandshake",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate",
+        ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
+        ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
         _ => "Other",
     }
 }
@@ -433,6 +474,14 @@ fn error_codes(body: &ResponseKind) -> Vec<i16> {
             r.responses.iter().map(|x| x.error_code).collect()
         }
         ResponseKind::DescribeCluster(r) => vec![r.error_code],
+        ResponseKind::SaslHandshake(r) => vec![r.error_code],
+        ResponseKind::SaslAuthenticate(r) => vec![r.error_code],
+        ResponseKind::DescribeUserScramCredentials(r) => std::iter::once(r.error_code)
+            .chain(r.results.iter().map(|x| x.error_code))
+            .collect(),
+        ResponseKind::AlterUserScramCredentials(r) => {
+            r.results.iter().map(|x| x.error_code).collect()
+        }
         ResponseKind::OffsetForLeaderEpoch(r) => r
             .topics
             .iter()
