@@ -504,6 +504,9 @@ pub fn api_key_of(req: &RequestKind) -> ApiKey {
         RequestKind::SaslAuthenticate(_) => ApiKey::SaslAuthenticate,
         RequestKind::DescribeUserScramCredentials(_) => ApiKey::DescribeUserScramCredentials,
         RequestKind::AlterUserScramCredentials(_) => ApiKey::AlterUserScramCredentials,
+        RequestKind::CreateAcls(_) => ApiKey::CreateAcls,
+        RequestKind::DescribeAcls(_) => ApiKey::DescribeAcls,
+        RequestKind::DeleteAcls(_) => ApiKey::DeleteAcls,
         other => panic!("add {other:?} to api_key_of"),
     }
 }

@@ -425,6 +425,34 @@ fn sample(api: ApiKey, version: i16, topic: &str, id: Uuid) -> RequestKind {
                     .with_salted_password(Bytes::from(vec![7u8; 32])),
             ]),
         ),
+        ApiKey::CreateAcls => {
+            RequestKind::CreateAcls(CreateAclsRequest::default().with_creations(vec![
+            create_acls_request::AclCreation::default()
+                .with_resource_type(2)
+                .with_resource_name(s(topic))
+                .with_resource_pattern_type(3)
+                .with_principal(s("User:alice"))
+                .with_host(s("*"))
+                .with_operation(3)
+                .with_permission_type(3),
+        ]))
+        }
+        ApiKey::DescribeAcls => RequestKind::DescribeAcls(
+            DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ),
+        ApiKey::DeleteAcls => {
+            RequestKind::DeleteAcls(DeleteAclsRequest::default().with_filters(vec![
+            delete_acls_request::DeleteAclsFilter::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ]))
+        }
         other => panic!("the broker advertises {other:?}: add a sample request for it here"),
     }
 }
@@ -642,6 +670,26 @@ fn check(resp: &ResponseKind, api: ApiKey, version: i16) {
             assert_eq!(r.results.len(), 1, "{ctx}");
             assert_eq!(r.results[0].error_code, 0, "{ctx}");
         }
+        // No authorizer here: Kafka's answer is SECURITY_DISABLED.
+        ResponseKind::CreateAcls(r) => {
+            assert_eq!(
+                r.results[0].error_code,
+                ResponseError::SecurityDisabled.code(),
+                "{ctx}"
+            )
+        }
+        ResponseKind::DescribeAcls(r) => {
+            assert_eq!(
+                r.error_code,
+                ResponseError::SecurityDisabled.code(),
+                "{ctx}"
+            )
+        }
+        ResponseKind::DeleteAcls(r) => assert_eq!(
+            r.filter_results[0].error_code,
+            ResponseError::SecurityDisabled.code(),
+            "{ctx}"
+        ),
         other => panic!("{ctx}: unexpected {other:?}"),
     }
 }
@@ -667,19 +715,7 @@ fn every_advertised_version_answers() {
         panic!()
     };
     // A topic every request can talk about, with data in it.
-    let ResponseKind::CreateTopics(created) = c.request_kind(
-        7,
-        &RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
-                CreatableTopic::default()
-                    .with_name(name("every"))
-                    .with_num_partitions(1)
-                    .with_replication_factor(1),
-            ])),
-    ) else {
-        panic!()
-    };
-    let id = created.topics[0].topic_id;
-    assert_ne!(id, Uuid::nil());
+    let id = create_every(&mut c);
     // A transactional producer for the transaction APIs.
     let ResponseKind::InitProducerId(init) = c.request(
         ApiKey::InitProducerId,
@@ -738,6 +774,9 @@ fn every_advertised_version_answers() {
         ApiKey::SaslAuthenticate,
         ApiKey::AlterUserScramCredentials,
         ApiKey::DescribeUserScramCredentials,
+        ApiKey::CreateAcls,
+        ApiKey::DescribeAcls,
+        ApiKey::DeleteAcls,
     ];
     let mut advertised: Vec<ApiKey> = versions
         .api_keys
@@ -868,4 +907,135 @@ fn batched_group_requests_answer_each_entry() {
             ("g2".to_string(), 0, port, 0)
         ]
     );
+}
+
+/// Creates the topic "every" (one partition); its id.
+fn create_every(c: &mut RawClient) -> Uuid {
+    let ResponseKind::CreateTopics(created) = c.request_kind(
+        7,
+        &RequestKind::CreateTopics(CreateTopicsRequest::default().with_topics(vec![
+            CreatableTopic::default()
+                .with_name(name("every"))
+                .with_num_partitions(1)
+                .with_replication_factor(1),
+        ])),
+    ) else {
+        panic!()
+    };
+    assert_eq!(created.topics[0].error_code, 0);
+    let id = created.topics[0].topic_id;
+    assert_ne!(id, Uuid::nil());
+    id
+}
+
+/// A SASL/PLAIN login over raw frames.
+fn login(addr: std::net::SocketAddr, user: &str, password: &str) -> RawClient {
+    let mut c = RawClient::connect(addr);
+    let ResponseKind::SaslHandshake(h) = c.request(
+        ApiKey::SaslHandshake,
+        1,
+        &SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
+    ) else {
+        panic!("SaslHandshake")
+    };
+    assert_eq!(h.error_code, 0);
+    let token = format!("\0{user}\0{password}");
+    let ResponseKind::SaslAuthenticate(a) = c.request(
+        ApiKey::SaslAuthenticate,
+        2,
+        &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(token)),
+    ) else {
+        panic!("SaslAuthenticate")
+    };
+    assert_eq!(a.error_code, 0, "{user} logs in");
+    c
+}
+
+#[test]
+fn every_api_checks_its_acl_for_a_principal_without_any() {
+    let broker = Strata::with(Options {
+        env: [
+            ("STRATA_KAFKA_LISTENERS", "SASL_PLAINTEXT://127.0.0.1:0"),
+            ("STRATA_KAFKA_AUTHORIZER_CLASS_NAME", "org.apache.kafka.metadata.authorizer.StandardAuthorizer"),
+            ("STRATA_KAFKA_SUPER_USERS", "User:admin"),
+            (
+                "STRATA_SCRAM_BOOTSTRAP",
+                "SCRAM-SHA-256=[name=admin,password=admin-pw],SCRAM-SHA-256=[name=nobody,password=nobody-pw]",
+            ),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..Options::default()
+    });
+    let mut admin = login(broker.kafka, "admin", "admin-pw");
+    // A super user creates topics.
+    let id = create_every(&mut admin);
+
+    let mut nobody = login(broker.kafka, "nobody", "nobody-pw");
+    let ResponseKind::ApiVersions(versions) =
+        nobody.request(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+    else {
+        panic!()
+    };
+    let skip = [
+        ApiKey::ApiVersions,
+        ApiKey::SaslHandshake,
+        ApiKey::SaslAuthenticate,
+        // Listings: what nobody may not see is left out, not refused.
+        ApiKey::ListGroups,
+        ApiKey::ListTransactions,
+    ];
+    let mut checked = Vec::new();
+    for k in &versions.api_keys {
+        let api = ApiKey::try_from(k.api_key).unwrap();
+        if skip.contains(&api) {
+            continue;
+        }
+        let req = sample(api, k.max_version, "every", id);
+        let _ = nobody.request_kind(k.max_version, &req);
+        checked.push(api);
+    }
+    let (_, metrics) = broker.http_get("/metrics");
+    for api in &checked {
+        let label = format!("api=\"{api:?}\"");
+        let denied: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("strata_kafka_authorization_denied_total{") && l.contains(&label)
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        assert!(
+            denied >= 1.0,
+            "{api:?} was not refused an ACL check:\n{metrics}"
+        );
+    }
+    assert!(checked.len() >= 35, "{} APIs checked", checked.len());
+
+    // Nothing nobody sent changed anything: the topic is there, no ACL was made.
+    let ResponseKind::Metadata(m) = admin.request_kind(
+        12,
+        &RequestKind::Metadata(MetadataRequest::default().with_topics(None)),
+    ) else {
+        panic!()
+    };
+    assert!(
+        m.topics
+            .iter()
+            .any(|t| t.name.as_deref().map(|n| n.as_str()) == Some("every"))
+    );
+    let ResponseKind::DescribeAcls(acls) = admin.request_kind(
+        3,
+        &RequestKind::DescribeAcls(
+            DescribeAclsRequest::default()
+                .with_resource_type_filter(1)
+                .with_pattern_type_filter(1)
+                .with_operation(1)
+                .with_permission_type(1),
+        ),
+    ) else {
+        panic!()
+    };
+    assert_eq!((acls.error_code, acls.resources.len()), (0, 0));
 }

@@ -43,6 +43,8 @@ pub struct Broker {
     pub(crate) listeners: Vec<strata_meta::ListenerEndpoint>,
     pub(crate) cluster_id: String,
     pub(crate) config: BrokerConfig,
+    /// The ACL authorizer (`authorizer.class.name`), if on.
+    pub(crate) authorizer: Option<Arc<strata_security::acl::Authorizer>>,
     pub(crate) meta: MetaNode,
     pub(crate) logs: LogManager,
     pub(crate) metrics: Metrics,

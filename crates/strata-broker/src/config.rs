@@ -213,6 +213,27 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "Longest a SASL session lasts before the client must re-authenticate (KIP-368); a request after it closes the connection. 0: sessions do not expire.",
     ),
     def(
+        "authorizer.class.name",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "Any non-empty value (Kafka's org.apache.kafka.metadata.authorizer.StandardAuthorizer included) turns on ACL authorization of every request.",
+    ),
+    def(
+        "super.users",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "Principals allowed everything whatever the ACLs say, separated by semicolons: User:admin;User:CN=broker,O=Example.",
+    ),
+    def(
+        "allow.everyone.if.no.acl.found",
+        ConfigType::Boolean,
+        "false",
+        Check::Any,
+        "With the authorizer on: whether a resource no ACL names is open to everyone (Kafka's default, false: closed).",
+    ),
+    def(
         "strata.ssl.reload-interval-ms",
         ConfigType::Long,
         "5000",
@@ -1223,6 +1244,16 @@ impl BrokerConfig {
         std::time::Duration::from_millis(
             self.number("strata.ssl.reload-interval-ms").max(100) as u64
         )
+    }
+
+    /// The ACL authorizer, if `authorizer.class.name` turns it on.
+    pub fn authorizer(&self) -> Option<strata_security::acl::Authorizer> {
+        (!self.text("authorizer.class.name").trim().is_empty()).then(|| {
+            strata_security::acl::Authorizer::new(
+                self.text("super.users"),
+                self.flag("allow.everyone.if.no.acl.found"),
+            )
+        })
     }
 
     /// `strata.scram.bootstrap`, parsed (errors never repeat a password).

@@ -11,6 +11,7 @@
 //!
 //! It must not write segment files itself, decide Raft membership, or serve HTTP.
 
+mod authz;
 mod broker;
 mod clock;
 mod config;

@@ -513,6 +513,7 @@ impl RunningBroker {
             endpoint,
             listeners: advertised_listeners,
             cluster_id,
+            authorizer: opts.config.authorizer().map(Arc::new),
             config: opts.config,
             meta,
             logs,

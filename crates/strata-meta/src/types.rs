@@ -59,6 +59,10 @@ pub struct ClusterState {
     /// that it is applied once, when the cluster is formed.
     #[serde(default)]
     pub scram_bootstrapped: bool,
+    /// ACL bindings (CreateAcls, DeleteAcls), shared so a request's authorization reads
+    /// them without copying.
+    #[serde(default)]
+    pub acls: std::sync::Arc<Vec<strata_security::acl::Acl>>,
 }
 
 /// What is kept of a SCRAM user's password: the salt, the iteration count and the two
@@ -358,6 +362,16 @@ pub enum Command {
         #[serde(default)]
         bootstrap: bool,
     },
+    /// Adds ACL bindings (one already present is not added twice). Result:
+    /// [`CommandResult::Ok`].
+    CreateAcls {
+        acls: Vec<strata_security::acl::Acl>,
+    },
+    /// Removes exactly these ACL bindings (DeleteAcls resolves its filters first).
+    /// Result: [`CommandResult::Ok`].
+    DeleteAcls {
+        acls: Vec<strata_security::acl::Acl>,
+    },
 }
 
 /// What applying a [`Command`] produced; returned to the writer once committed.
@@ -525,6 +539,19 @@ impl ClusterState {
                         .or_default()
                         .insert(mechanism, credential);
                 }
+                CommandResult::Ok
+            }
+            Command::CreateAcls { acls } => {
+                let all = std::sync::Arc::make_mut(&mut self.acls);
+                for acl in acls {
+                    if !all.contains(&acl) {
+                        all.push(acl);
+                    }
+                }
+                CommandResult::Ok
+            }
+            Command::DeleteAcls { acls } => {
+                std::sync::Arc::make_mut(&mut self.acls).retain(|a| !acls.contains(a));
                 CommandResult::Ok
             }
             Command::RegisterVoter {

@@ -1,13 +1,16 @@
 //! How a Kafka connection proves who it is: the listeners and their security protocols
 //! (Kafka's `listeners`, `advertised.listeners`, `listener.security.protocol.map`), TLS
 //! with certificates reloaded from PEM files, SASL (PLAIN, SCRAM-SHA-256/512) and the
-//! SCRAM credentials it checks, and the principal a connection ends up with.
+//! SCRAM credentials it checks, the principal a connection ends up with, and Kafka's
+//! ACL model with the standard authorizer's decisions (`acl`).
 //!
 //! This crate owns the byte-level exchanges and the cryptography. It does not touch the
 //! metadata quorum (credentials are looked up through a function the caller passes), the
 //! broker's state or Kafka's wire structs: the broker's handlers convert between those and
-//! the calls here, and the metadata service stores what [`scram::Credential`] derives.
+//! the calls here, and the metadata service stores what [`scram::Credential`] derives
+//! and the [`acl::Acl`] bindings.
 
+pub mod acl;
 pub mod listeners;
 pub mod sasl;
 pub mod scram;

@@ -70,6 +70,7 @@ pub struct KafkaMetrics {
     pub incremental_fetches_total: IntCounter,
     pub authentications_total: IntCounterVec,
     pub tls_reloads_total: IntCounterVec,
+    pub authorization_denied_total: IntCounterVec,
 }
 
 /// Partition log metrics.
@@ -368,6 +369,11 @@ impl Metrics {
                 "strata_kafka_tls_reloads_total",
                 "Changes of the TLS keystore file on disk, by result (reloaded, failed: the previous certificate stays)",
                 &["result"],
+            )?,
+            authorization_denied_total: r.counter_vec(
+                "strata_kafka_authorization_denied_total",
+                "Authorization checks an ACL denied, by API, operation and resource type (each also logged under the strata::audit target)",
+                &["api", "operation", "resource_type"],
             )?,
         };
         let log = LogMetrics {

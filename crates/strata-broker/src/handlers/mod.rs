@@ -4,8 +4,10 @@
 //! Each handler converts between Kafka's wire structs and the log/metadata calls at this
 //! boundary; nothing below it sees wire types.
 
+mod acls;
 mod admin;
 mod api_versions;
+mod authorize;
 mod configs;
 mod elect;
 mod fetch;
@@ -32,6 +34,7 @@ use strata_protocol::frame::{self, RequestPrefix};
 use strata_protocol::vectored::{self, Frame};
 use tracing::{Instrument, debug};
 
+use crate::authz::Authz;
 use crate::broker::Broker;
 use crate::session::{ListenerInfo, Session};
 
@@ -132,7 +135,22 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
         client_host: format!("/{}", session.peer.ip()),
         listener: session.listener.clone(),
     };
-    let response = match request {
+    let authz = Authz::new(broker, session, api_label(api));
+    let (request, after) = match authorize::gate(broker, &authz, request, version) {
+        Ok(gated) => gated,
+        Err(authorize::Refused::Respond(resp)) => {
+            return finish(
+                broker,
+                prefix.correlation_id,
+                api,
+                version,
+                started,
+                Some(*resp),
+            );
+        }
+        Err(authorize::Refused::Close(detail)) => return close("acks0_produce_error", detail),
+    };
+    let mut response = match request {
         RequestKind::ApiVersions(r) => {
             let finalized = broker.transaction_version();
             Some(ResponseKind::ApiVersions(api_versions::handle(
@@ -181,8 +199,11 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
                         async move {
                             let resp = answer.instrument(span.clone()).await;
                             spans::produce_done(&span, Some(&resp));
-                            let body = Some(ResponseKind::Produce(resp));
-                            finish(&broker, correlation_id, api, version, started, body)
+                            let mut body = ResponseKind::Produce(resp);
+                            if let Some(after) = after {
+                                after(&mut body);
+                            }
+                            finish(&broker, correlation_id, api, version, started, Some(body))
                         }
                         .boxed(),
                     );
@@ -289,8 +310,20 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
         RequestKind::ListTransactions(r) => Some(ResponseKind::ListTransactions(
             txn::list_transactions(broker, r),
         )),
+        RequestKind::CreateAcls(r) => Some(ResponseKind::CreateAcls(
+            acls::create(broker, &authz, r).await,
+        )),
+        RequestKind::DescribeAcls(r) => Some(ResponseKind::DescribeAcls(acls::describe(
+            broker, &authz, &r,
+        ))),
+        RequestKind::DeleteAcls(r) => Some(ResponseKind::DeleteAcls(
+            acls::delete(broker, &authz, r).await,
+        )),
         other => return close("unsupported_api", format!("{other:?} has no handler")),
     };
+    if let (Some(after), Some(resp)) = (after, response.as_mut()) {
+        after(resp);
+    }
     finish(
         broker,
         prefix.correlation_id,
@@ -395,6 +428,16 @@ fn api_label(api: ApiKey) -> &'static str {
         ApiKey::SaslAuthenticate => "SaslAuthenticate",
         ApiKey::DescribeUserScramCredentials => "DescribeUserScramCredentials",
         ApiKey::AlterUserScramCredentials => "AlterUserScramCredentials",
+        ApiKey::AddPartitionsToTxn => "AddPartitionsToTxn",
+        ApiKey::AddOffsetsToTxn => "AddOffsetsToTxn",
+        ApiKey::TxnOffsetCommit => "TxnOffsetCommit",
+        ApiKey::EndTxn => "EndTxn",
+        ApiKey::WriteTxnMarkers => "WriteTxnMarkers",
+        ApiKey::DescribeTransactions => "DescribeTransactions",
+        ApiKey::ListTransactions => "ListTransactions",
+        ApiKey::CreateAcls => "CreateAcls",
+        ApiKey::DescribeAcls => "DescribeAcls",
+        ApiKey::DeleteAcls => "DeleteAcls",
         _ => "Other",
     }
 }
@@ -482,6 +525,9 @@ fn error_codes(body: &ResponseKind) -> Vec<i16> {
         ResponseKind::AlterUserScramCredentials(r) => {
             r.results.iter().map(|x| x.error_code).collect()
         }
+        ResponseKind::CreateAcls(r) => r.results.iter().map(|x| x.error_code).collect(),
+        ResponseKind::DescribeAcls(r) => vec![r.error_code],
+        ResponseKind::DeleteAcls(r) => r.filter_results.iter().map(|x| x.error_code).collect(),
         ResponseKind::OffsetForLeaderEpoch(r) => r
             .topics
             .iter()
