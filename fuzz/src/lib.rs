@@ -241,6 +241,113 @@ pub fn meta_rpc(data: &[u8]) {
     strata_meta::fuzzing::decode_rpc(data);
 }
 
+/// SASL tokens as a client sends them in SaslAuthenticate: the first byte picks the
+/// mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER); the rest is one token,
+/// or for SCRAM the client-first and client-final messages split at the first 0xff.
+/// Every user exists (with password "pw"), so the exchange gets past the lookup; the
+/// OAUTHBEARER tokens are checked against a fixed JWKS with an RSA and an EC key.
+pub fn sasl_exchange(data: &[u8]) {
+    use strata_security::Mechanism;
+    use strata_security::sasl::{Exchange, Verifiers};
+    use strata_security::scram::{Credential, ScramHash};
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let mechanism = match pick % 4 {
+        0 => Mechanism::Plain,
+        1 => Mechanism::Scram(ScramHash::Sha256),
+        2 => Mechanism::Scram(ScramHash::Sha512),
+        _ => Mechanism::OauthBearer,
+    };
+    static CREDS: OnceLock<(Credential, Credential)> = OnceLock::new();
+    let creds = CREDS.get_or_init(|| {
+        let make = |h| match Credential::from_password(h, "pw", 4096) {
+            Ok(c) => c,
+            Err(e) => panic!("credential: {e}"),
+        };
+        (make(ScramHash::Sha256), make(ScramHash::Sha512))
+    });
+    let lookup = |_: &str, h: ScramHash| {
+        Some(match h {
+            ScramHash::Sha256 => creds.0.clone(),
+            ScramHash::Sha512 => creds.1.clone(),
+        })
+    };
+    let with = Verifiers {
+        credentials: &lookup,
+        tokens: Some(jwt_validator()),
+        now_s: 1_800_000_000,
+    };
+    let mut exchange = Exchange::new(mechanism);
+    for token in rest.splitn(2, |&b| b == 0xff) {
+        if !matches!(
+            exchange.step(token, &with),
+            strata_security::sasl::Step::Challenge(_)
+        ) {
+            break;
+        }
+    }
+}
+
+/// A validator over a fixed JWKS (written once to a temporary file).
+fn jwt_validator() -> &'static strata_security::oauth::JwtValidator {
+    static V: OnceLock<strata_security::oauth::JwtValidator> = OnceLock::new();
+    V.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("strata-fuzz-jwks-{}", std::process::id()));
+        let path = dir.join("jwks.json");
+        let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, JWKS));
+        if let Err(e) = written {
+            panic!("writing the JWKS: {e}");
+        }
+        match strata_security::oauth::JwtValidator::load(strata_security::oauth::OauthSettings {
+            jwks: path,
+            issuer: Some("https://idp.example".into()),
+            audience: vec!["kafka".into()],
+            subject_claim: "sub".into(),
+            clock_skew_s: 30,
+        }) {
+            Ok(v) => v,
+            Err(e) => panic!("JWKS: {e}"),
+        }
+    })
+}
+
+const JWKS: &str = r#"{"keys":[
+{"kty":"RSA","kid":"r1","use":"sig","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"},
+{"kty":"EC","crv":"P-256","kid":"e1","use":"sig","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}
+]}"#;
+
+/// Security settings read from the config file or environment (which an operator,
+/// not a client, writes, but which must not crash the broker either): Kafka's listener
+/// settings, `scram.bootstrap`, a JWKS document and a client certificate (DER). The
+/// first byte picks which; the rest is the input.
+pub fn security_settings(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match pick % 4 {
+        0 => {
+            let mut parts = text.split('\n');
+            let _ = strata_security::listeners::Listeners::resolve(
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(strata_security::listeners::DEFAULT_PROTOCOL_MAP),
+                parts.next().unwrap_or(""),
+            );
+        }
+        1 => {
+            let _ = strata_security::scram::parse_bootstrap(&text);
+        }
+        2 => {
+            let _ = strata_security::oauth::jwks_keys(rest);
+        }
+        _ => {
+            let _ = strata_security::tls::certificate_principal(rest);
+        }
+    }
+}
+
 fn write_files(dir: &Path, data: &[u8]) -> std::io::Result<()> {
     write_named(dir, data, FILES)
 }

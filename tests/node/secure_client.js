@@ -15,7 +15,11 @@ async function main() {
     clientId: 'strata-secure-kafkajs',
     brokers: cfg.bootstrap.split(','),
     ssl: cfg.ca ? { ca: [fs.readFileSync(cfg.ca, 'utf8')] } : false,
-    sasl: cfg.sasl || undefined,
+    sasl: !cfg.sasl
+      ? undefined
+      : cfg.sasl.token
+        ? { mechanism: 'oauthbearer', oauthBearerProvider: async () => ({ value: cfg.sasl.token }) }
+        : cfg.sasl,
     logLevel: logLevel.NOTHING,
     connectionTimeout: 5000,
     retry: { retries: cfg.retries ?? 5, initialRetryTime: 100, maxRetryTime: 1000 },

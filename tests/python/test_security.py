@@ -496,3 +496,116 @@ def test_sasl_sessions_are_reauthenticated_without_reconnecting(broker_factory, 
     assert metric(b, "strata_kafka_authentications_total", mechanism="SCRAM-SHA-512", result="success") >= logins + 2
     assert metric(b, "strata_kafka_connection_errors_total", reason="reauthentication_required") == 0
     assert metric(b, "strata_kafka_connections_total") == connections, "a connection was replaced"
+
+
+# --- OAUTHBEARER -------------------------------------------------------------------
+
+ISSUER = "https://idp.strata.test"
+AUDIENCE = "strata-kafka"
+
+
+class IdP:
+    """An identity provider of the test's own: an RSA key, its JWKS, and RS256 JWTs."""
+
+    def __init__(self, root: Path, kid: str = "test-key"):
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.kid = kid
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        root.mkdir(parents=True, exist_ok=True)
+        self.jwks = root / "jwks.json"
+        self.jwks.write_text(json.dumps({"keys": [self.jwk()]}))
+
+    def jwk(self) -> dict:
+        nums = self.key.public_key().public_numbers()
+
+        def b64int(v: int) -> str:
+            return _b64url(v.to_bytes((v.bit_length() + 7) // 8, "big"))
+
+        return {"kty": "RSA", "kid": self.kid, "use": "sig", "alg": "RS256", "n": b64int(nums.n), "e": b64int(nums.e)}
+
+    def token(self, sub: str, lifetime_s: int = 300, **claims) -> str:
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        now = int(time.time())
+        body = {"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + lifetime_s, **claims}
+        head = {"alg": "RS256", "kid": self.kid, "typ": "JWT"}
+        signed = f"{_b64url(json.dumps(head).encode())}.{_b64url(json.dumps(body).encode())}"
+        sig = self.key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signed}.{_b64url(sig)}"
+
+
+def _b64url(b: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def oauth_conf(b, pki: Pki, token_fn) -> dict:
+    return {
+        "bootstrap.servers": addr(b, "SASLTLS"),
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(pki.ca_pem),
+        "sasl.mechanism": "OAUTHBEARER",
+        # librdkafka refuses to hand over a token it knows to be expired: it is told the
+        # token lasts five minutes, whatever the token itself says.
+        "oauth_cb": lambda _config: (token_fn(), time.time() + 300),
+    }
+
+
+def test_oauthbearer_tokens_from_our_own_idp_are_checked(broker_factory, pki, tmp_path):
+    """OAUTHBEARER with RS256 JWTs against a JWKS file: a valid token logs in (and
+    becomes the principal ACLs would see) with confluent-kafka, kafka-python and
+    KafkaJS; expired tokens, another issuer or audience, and a key the JWKS does not
+    hold are refused; a rotated JWKS is picked up."""
+    idp = IdP(tmp_path)
+    b = broker_factory(env=secure_env(
+        pki,
+        STRATA_KAFKA_SASL_ENABLED_MECHANISMS="SCRAM-SHA-512,OAUTHBEARER",
+        STRATA_KAFKA_SASL_OAUTHBEARER_JWKS_ENDPOINT_URL=f"file://{idp.jwks}",
+        STRATA_KAFKA_SASL_OAUTHBEARER_JWKS_ENDPOINT_REFRESH_MS="200",
+        STRATA_KAFKA_SASL_OAUTHBEARER_EXPECTED_ISSUER=ISSUER,
+        STRATA_KAFKA_SASL_OAUTHBEARER_EXPECTED_AUDIENCE=AUDIENCE,
+    ))
+    confluent_roundtrip(oauth_conf(b, pki, lambda: idp.token("svc-orders")), unique("oauth"))
+    assert "principal=User:svc-orders" in b.log_text()
+
+    for bad in [
+        lambda: idp.token("late", lifetime_s=-120),
+        lambda: idp.token("elsewhere", iss="https://evil.test"),
+        lambda: idp.token("wrong-aud", aud="another-service"),
+        lambda: IdP(tmp_path / "other", kid="test-key").token("forged"),
+    ]:
+        err = auth_error(oauth_conf(b, pki, bad))
+        assert err.code() == KafkaError._AUTHENTICATION, err
+    assert metric(b, "strata_kafka_authentications_total", mechanism="OAUTHBEARER", result="failure") >= 4
+
+    # kafka-python
+    from kafka import KafkaProducer
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    class Provider(AbstractTokenProvider):
+        def token(self):
+            return idp.token("kpy-svc")
+
+    p = KafkaProducer(bootstrap_servers=addr(b, "SASLTLS"), security_protocol="SASL_SSL",
+                      sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=Provider(),
+                      ssl_cafile=str(pki.ca_pem))
+    p.send(unique("kpy-oauth"), b"v").get(timeout=30)
+    p.close()
+
+    # KafkaJS
+    node = shutil.which("node")
+    assert node, "node is not installed: run scripts/install-test-deps.sh"
+    cfg = {"bootstrap": addr(b, "SASLTLS"), "topic": unique("kjs-oauth"), "count": 2, "ca": str(pki.ca_pem),
+           "sasl": {"token": idp.token("kjs-svc")}}
+    r = subprocess.run([node, str(NODE_DIR / "secure_client.js"), json.dumps(cfg)], cwd=str(NODE_DIR),
+                       capture_output=True, text=True, timeout=90)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["ok"], (out, r.stderr[-2000:])
+
+    # The IdP rotates to a new key: tokens signed by it work once the JWKS lists it.
+    new = IdP(tmp_path / "rotated", kid="next-key")
+    idp.jwks.write_text(json.dumps({"keys": [idp.jwk(), new.jwk()]}))
+    wait_until(lambda: "JWKS reloaded" in b.log_text(), 15, "the rotated JWKS read")
+    confluent_roundtrip(oauth_conf(b, pki, lambda: new.token("svc-next")), unique("oauth-next"))

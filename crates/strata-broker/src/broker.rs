@@ -45,6 +45,8 @@ pub struct Broker {
     pub(crate) config: BrokerConfig,
     /// The ACL authorizer (`authorizer.class.name`), if on.
     pub(crate) authorizer: Option<Arc<strata_security::acl::Authorizer>>,
+    /// OAUTHBEARER's token validator, if configured.
+    pub(crate) oauth: Option<Arc<strata_security::oauth::JwtValidator>>,
     pub(crate) meta: MetaNode,
     pub(crate) logs: LogManager,
     pub(crate) metrics: Metrics,

@@ -160,8 +160,50 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "sasl.enabled.mechanisms",
         ConfigType::List,
         "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
-        Check::OneOf(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
-        "SASL mechanisms SASL listeners offer. PLAIN checks the password against the user's SCRAM credential, so one set of users serves all three.",
+        Check::OneOf(&["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]),
+        "SASL mechanisms SASL listeners offer. PLAIN checks the password against the user's SCRAM credential, so one set of users serves PLAIN and SCRAM; OAUTHBEARER needs sasl.oauthbearer.jwks.endpoint.url.",
+    ),
+    def(
+        "sasl.oauthbearer.jwks.endpoint.url",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "The JWKS OAUTHBEARER tokens are checked against: a file path or file:// URL, re-read every sasl.oauthbearer.jwks.endpoint.refresh.ms.",
+    ),
+    def(
+        "sasl.oauthbearer.jwks.endpoint.refresh.ms",
+        ConfigType::Long,
+        "3600000",
+        Check::AtLeast(100),
+        "How often the JWKS is read again for rotated keys.",
+    ),
+    def(
+        "sasl.oauthbearer.expected.issuer",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "The iss claim OAUTHBEARER tokens must carry; empty: not checked.",
+    ),
+    def(
+        "sasl.oauthbearer.expected.audience",
+        ConfigType::List,
+        "",
+        Check::Any,
+        "Audiences of which a token's aud claim must name one; empty: not checked.",
+    ),
+    def(
+        "sasl.oauthbearer.sub.claim.name",
+        ConfigType::String,
+        "sub",
+        Check::Any,
+        "The claim that names the principal (User:<claim>).",
+    ),
+    def(
+        "sasl.oauthbearer.clock.skew.seconds",
+        ConfigType::Int,
+        "30",
+        Check::AtLeast(0),
+        "Leeway for the exp and nbf claims.",
     ),
     def(
         "ssl.keystore.type",
@@ -1254,6 +1296,37 @@ impl BrokerConfig {
                 self.flag("allow.everyone.if.no.acl.found"),
             )
         })
+    }
+
+    /// OAUTHBEARER's token checks, if `sasl.oauthbearer.jwks.endpoint.url` is set.
+    pub fn oauth(&self) -> Result<Option<strata_security::oauth::OauthSettings>, String> {
+        let url = self.text("sasl.oauthbearer.jwks.endpoint.url").trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let issuer = self.text("sasl.oauthbearer.expected.issuer").trim();
+        Ok(Some(strata_security::oauth::OauthSettings {
+            jwks: strata_security::oauth::OauthSettings::jwks_path(url)
+                .map_err(|e| e.to_string())?,
+            issuer: (!issuer.is_empty()).then(|| issuer.to_string()),
+            audience: self
+                .text("sasl.oauthbearer.expected.audience")
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect(),
+            subject_claim: self.text("sasl.oauthbearer.sub.claim.name").to_string(),
+            clock_skew_s: self.number("sasl.oauthbearer.clock.skew.seconds"),
+        }))
+    }
+
+    /// `sasl.oauthbearer.jwks.endpoint.refresh.ms`.
+    pub fn jwks_refresh(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.number("sasl.oauthbearer.jwks.endpoint.refresh.ms")
+                .max(100) as u64,
+        )
     }
 
     /// `strata.scram.bootstrap`, parsed (errors never repeat a password).

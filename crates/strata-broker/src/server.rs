@@ -48,6 +48,8 @@ pub struct BrokerOptions {
     pub inter_broker_listener: String,
     /// The certificate of SSL and SASL_SSL listeners (the `ssl.*` settings).
     pub tls: Option<TlsServer>,
+    /// OAUTHBEARER's token validator (the `sasl.oauthbearer.*` settings).
+    pub oauth: Option<Arc<strata_security::oauth::JwtValidator>>,
     pub config: BrokerConfig,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
@@ -514,6 +516,7 @@ impl RunningBroker {
             listeners: advertised_listeners,
             cluster_id,
             authorizer: opts.config.authorizer().map(Arc::new),
+            oauth: opts.oauth.clone(),
             config: opts.config,
             meta,
             logs,
@@ -585,6 +588,14 @@ impl RunningBroker {
             spawn("metadata node watch", Box::pin(meta_watch)),
         ];
         let mut background = background;
+        if let Some(oauth) = opts.oauth {
+            let every = broker.config.jwks_refresh();
+            let stop = broker.shutdown.clone();
+            background.push(spawn(
+                "JWKS watch",
+                Box::pin(async move { oauth.watch(every, stop).await }),
+            ));
+        }
         if let Some(tls) = opts.tls {
             let reloads = broker.metrics.kafka.tls_reloads_total.clone();
             let every = broker.config.ssl_reload_interval();

@@ -39,6 +39,7 @@ async fn start(dir: &Path, clock: Arc<ManualClock>, config: &[(&str, &str)]) -> 
             log_dir: dir.join("log"),
             inter_broker_listener: "PLAINTEXT".into(),
             tls: None,
+            oauth: None,
             config: BrokerConfig::from_pairs(config.iter().copied()).unwrap(),
             metrics: Metrics::new().unwrap(),
             clock,

@@ -1,6 +1,7 @@
 //! How a Kafka connection proves who it is: the listeners and their security protocols
 //! (Kafka's `listeners`, `advertised.listeners`, `listener.security.protocol.map`), TLS
-//! with certificates reloaded from PEM files, SASL (PLAIN, SCRAM-SHA-256/512) and the
+//! with certificates reloaded from PEM files, SASL (PLAIN, SCRAM-SHA-256/512,
+//! OAUTHBEARER with JWTs checked against a JWKS) and the
 //! SCRAM credentials it checks, the principal a connection ends up with, and Kafka's
 //! ACL model with the standard authorizer's decisions (`acl`).
 //!
@@ -12,6 +13,7 @@
 
 pub mod acl;
 pub mod listeners;
+pub mod oauth;
 pub mod sasl;
 pub mod scram;
 pub mod tls;

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use crate::oauth::{JwtValidator, bearer_token};
 use crate::scram::{Credential, ScramError, ScramHash, ServerExchange};
 
 /// The SASL mechanisms Strata serves.
@@ -10,18 +11,14 @@ use crate::scram::{Credential, ScramError, ScramHash, ServerExchange};
 pub enum Mechanism {
     Plain,
     Scram(ScramHash),
+    OauthBearer,
 }
 
 impl Mechanism {
-    pub const ALL: [Self; 3] = [
-        Self::Plain,
-        Self::Scram(ScramHash::Sha256),
-        Self::Scram(ScramHash::Sha512),
-    ];
-
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "PLAIN" => Some(Self::Plain),
+            "OAUTHBEARER" => Some(Self::OauthBearer),
             other => ScramHash::from_mechanism(other).map(Self::Scram),
         }
     }
@@ -30,6 +27,7 @@ impl Mechanism {
         match self {
             Self::Plain => "PLAIN",
             Self::Scram(h) => h.mechanism(),
+            Self::OauthBearer => "OAUTHBEARER",
         }
     }
 }
@@ -73,15 +71,26 @@ impl<F: Fn(&str, ScramHash) -> Option<Credential>> CredentialStore for F {
     }
 }
 
+/// What an exchange checks logins against.
+pub struct Verifiers<'a> {
+    pub credentials: &'a dyn CredentialStore,
+    /// OAUTHBEARER's token validator, if that mechanism is configured.
+    pub tokens: Option<&'a JwtValidator>,
+    /// The time tokens are checked at, in seconds since the epoch.
+    pub now_s: i64,
+}
+
 /// What one SaslAuthenticate token led to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     /// Send this back and wait for the client's next token.
     Challenge(Vec<u8>),
-    /// Authenticated: send `answer` (possibly empty) back.
+    /// Authenticated: send `answer` (possibly empty) back. `expires_s`: when the
+    /// credential itself expires (an OAUTHBEARER token's `exp`).
     Done {
         principal: Principal,
         answer: Vec<u8>,
+        expires_s: Option<i64>,
     },
     /// Authentication failed; the reason is for the log only.
     Failed(String),
@@ -93,6 +102,7 @@ pub enum Exchange {
     Plain,
     ScramFirst(ScramHash),
     ScramFinal(Box<ServerExchange>),
+    OauthBearer,
     Finished,
 }
 
@@ -101,13 +111,28 @@ impl Exchange {
         match mechanism {
             Mechanism::Plain => Self::Plain,
             Mechanism::Scram(h) => Self::ScramFirst(h),
+            Mechanism::OauthBearer => Self::OauthBearer,
         }
     }
 
     /// Takes the client's next token.
-    pub fn step(&mut self, token: &[u8], store: &dyn CredentialStore) -> Step {
+    pub fn step(&mut self, token: &[u8], with: &Verifiers<'_>) -> Step {
+        let store = with.credentials;
         match std::mem::replace(self, Self::Finished) {
             Self::Plain => plain(token, store),
+            Self::OauthBearer => {
+                let Some(tokens) = with.tokens else {
+                    return Step::Failed("OAUTHBEARER is not configured".to_string());
+                };
+                match bearer_token(token).and_then(|t| tokens.validate(t, with.now_s)) {
+                    Ok(claims) => Step::Done {
+                        principal: Principal::user(claims.subject),
+                        answer: Vec::new(),
+                        expires_s: Some(claims.expires_s),
+                    },
+                    Err(e) => Step::Failed(e.to_string()),
+                }
+            }
             Self::ScramFirst(hash) => {
                 match ServerExchange::start(token, |user| store.scram(user, hash)) {
                     Ok((exchange, answer)) => {
@@ -121,6 +146,7 @@ impl Exchange {
                 Ok((user, answer)) => Step::Done {
                     principal: Principal::user(user),
                     answer,
+                    expires_s: None,
                 },
                 Err(e) => failed(&e),
             },
@@ -158,6 +184,7 @@ fn plain(token: &[u8], store: &dyn CredentialStore) -> Step {
         Some(c) if c.verifies(password) => Step::Done {
             principal: Principal::user(user),
             answer: Vec::new(),
+            expires_s: None,
         },
         Some(_) => Step::Failed("wrong password".to_string()),
         None => Step::Failed("unknown user".to_string()),
@@ -175,19 +202,26 @@ mod tests {
         let store = move |u: &str, h: ScramHash| {
             (u == "alice" && h == ScramHash::Sha256).then(|| cred.clone())
         };
-        let run = |token: &[u8]| Exchange::new(Mechanism::Plain).step(token, &store);
+        let with = Verifiers {
+            credentials: &store,
+            tokens: None,
+            now_s: 0,
+        };
+        let run = |token: &[u8]| Exchange::new(Mechanism::Plain).step(token, &with);
         assert_eq!(
             run(b"\0alice\0s3cret"),
             Step::Done {
                 principal: Principal::user("alice"),
-                answer: vec![]
+                answer: vec![],
+                expires_s: None,
             }
         );
         assert_eq!(
             run(b"alice\0alice\0s3cret"),
             Step::Done {
                 principal: Principal::user("alice"),
-                answer: vec![]
+                answer: vec![],
+                expires_s: None,
             }
         );
         for bad in [

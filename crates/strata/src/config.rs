@@ -549,6 +549,16 @@ fn security(
     if sasl && kafka.sasl_enabled_mechanisms().is_empty() {
         bail!("a listener uses SASL but sasl.enabled.mechanisms is empty");
     }
+    let oauth = kafka.oauth().map_err(anyhow::Error::msg)?;
+    if kafka
+        .sasl_enabled_mechanisms()
+        .contains(&strata_security::Mechanism::OauthBearer)
+        && oauth.is_none()
+    {
+        bail!(
+            "sasl.enabled.mechanisms names OAUTHBEARER but sasl.oauthbearer.jwks.endpoint.url is not set (the keys tokens are checked against)"
+        );
+    }
     let inter = listeners
         .listeners
         .iter()

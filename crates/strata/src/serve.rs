@@ -215,6 +215,14 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
         .map(TlsServer::load)
         .transpose()
         .context("loading the TLS keystore (ssl.keystore.location)")?;
+    let oauth = cfg
+        .kafka
+        .oauth()
+        .map_err(anyhow::Error::msg)?
+        .map(strata_security::oauth::JwtValidator::load)
+        .transpose()
+        .context("loading the JWKS (sasl.oauthbearer.jwks.endpoint.url)")?
+        .map(Arc::new);
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", cfg.http_listen))?;
@@ -300,6 +308,7 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
             log_dir: cfg.data_dir.join("log"),
             inter_broker_listener: cfg.listeners.inter_broker.clone(),
             tls,
+            oauth,
             config: cfg.kafka.clone(),
             metrics: metrics.clone(),
             clock: Arc::new(SystemClock),

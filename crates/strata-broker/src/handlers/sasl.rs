@@ -152,12 +152,24 @@ fn step(
             .with_label_values(&[mechanism.name(), result])
             .inc();
     };
-    match exchange.step(token, &lookup) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let verifiers = strata_security::sasl::Verifiers {
+        credentials: &lookup,
+        tokens: broker.oauth.as_deref(),
+        now_s: now,
+    };
+    match exchange.step(token, &verifiers) {
         Step::Challenge(token) => {
             session.sasl = Sasl::Exchanging(mechanism, exchange);
             Ok((token, None))
         }
-        Step::Done { principal, answer } => {
+        Step::Done {
+            principal,
+            answer,
+            expires_s,
+        } => {
             // Re-authentication (KIP-368) may renew the session, not change who it is.
             if let Some(before) = &session.principal
                 && *before != principal
@@ -168,7 +180,12 @@ fn step(
             }
             counter("success");
             info!(peer = %session.peer, %principal, mechanism = mechanism.name(), "authenticated");
-            let lifetime = broker.config.connections_max_reauth();
+            // With re-authentication on, a session also ends when its token does (KIP-368).
+            let lifetime = broker.config.connections_max_reauth().map(|l| {
+                let left = expires_s
+                    .map(|e| std::time::Duration::from_secs(e.saturating_sub(now).max(0) as u64));
+                left.map_or(l, |left| l.min(left))
+            });
             session.expires = lifetime.map(|l| Instant::now() + l);
             session.principal = Some(principal);
             Ok((answer, lifetime))
