@@ -287,8 +287,12 @@ class StrataBroker:
     # -- HTTP --------------------------------------------------------------------------
 
     def http_get(self, path: str, timeout: float = 10.0) -> tuple[int, str]:
+        """GET on the HTTP port, with the admin token the broker was given, if any."""
+        req = urllib.request.Request(self.http + path)
+        if token := self.extra_env.get("STRATA_HTTP_ADMIN_TOKEN"):
+            req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(self.http + path, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(errors="replace")

@@ -137,6 +137,14 @@ def test_a_read_grant_on_a_topic_and_a_group_allows_that_and_nothing_else(acl_br
     assert alice.describe_acls(everything).result(timeout=20) == []
     assert 'api="DescribeAcls" operation="DESCRIBE" resource_type="CLUSTER"' in b.log_text()
 
+    # With the authorizer on, the HTTP port's detailed routes are closed (no token set);
+    # the probes and metrics stay open.
+    import urllib.request
+    with pytest.raises(urllib.error.HTTPError) as closed:
+        urllib.request.urlopen(b.http + "/api/v1/cluster", timeout=10)
+    assert closed.value.code == 403
+    assert b.http_get("/readyz")[0] == 200
+
     denied = sum(metric_values(b.metrics(), "strata_kafka_authorization_denied_total"))
     assert denied >= 4, denied
     assert "authorization denied" in b.log_text()
@@ -196,6 +204,8 @@ def test_acls_hold_on_every_broker_after_the_leader_is_killed(cluster_factory):
     c = cluster_factory(env={
         "STRATA_KAFKA_AUTHORIZER_CLASS_NAME": STANDARD,
         "STRATA_KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND": "true",
+        # The harness reads placements from /api/v1/cluster, closed without it.
+        "STRATA_HTTP_ADMIN_TOKEN": "cluster-token-4d1",
     })
     secret, open_ = unique("secret"), unique("open")
     c.create_topic(secret, 1)

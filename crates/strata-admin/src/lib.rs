@@ -5,14 +5,16 @@
 //! and remote log bounds, `/api/v1/partitions/{topic}/{partition}/remote-segments` one
 //! partition's manifest) and their status codes. It reads broker state only
 //! through the [`AdminState`] trait, so it depends on no other Strata crate, and the
-//! broker never depends on HTTP.
+//! broker never depends on HTTP. Who may read what is its [`Access`] policy: with
+//! security on, the detailed `/api/v1` routes want a bearer token.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -88,8 +90,53 @@ async fn remote_segments(
     }
 }
 
+/// Who may read which routes.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// The bearer token (`Authorization: Bearer ...`) that opens closed routes.
+    pub token: Option<String>,
+    /// Security is on: the detailed `/api/v1` routes are closed to requests without the
+    /// token (and to all, if no token is configured).
+    pub api_closed: bool,
+    /// `/healthz`, `/readyz` and `/metrics` are closed too.
+    pub probes_closed: bool,
+}
+
+/// Compares without an early exit, so the time taken says nothing about the token.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn guard(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    if !(api && access.api_closed || !api && access.probes_closed) {
+        return next.run(req).await;
+    }
+    let Some(token) = &access.token else {
+        return (
+            StatusCode::FORBIDDEN,
+            "closed: security is on and strata.http.admin-token is not set\n",
+        )
+            .into_response();
+    };
+    let offered = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if offered.is_some_and(|o| same(o.trim().as_bytes(), token.as_bytes())) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "a bearer token is required\n",
+    )
+        .into_response()
+}
+
 /// The routes, for serving or for tests.
-pub fn router(state: Shared) -> Router {
+pub fn router(state: Shared, access: Access) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -102,15 +149,17 @@ pub fn router(state: Shared) -> Router {
             get(remote_segments),
         )
         .with_state(state)
+        .layer(middleware::from_fn_with_state(Arc::new(access), guard))
 }
 
 /// Serves the routes on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     state: Shared,
+    access: Access,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, router(state, access))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
@@ -165,7 +214,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, state.clone(), stop.clone()));
+        let server = tokio::spawn(serve(
+            listener,
+            state.clone(),
+            Access::default(),
+            stop.clone(),
+        ));
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
         let r = get(addr, "/readyz").await;
         assert!(
@@ -207,5 +261,77 @@ mod tests {
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.0 404"));
         stop.cancel();
         server.await.unwrap().unwrap();
+    }
+
+    async fn get_with(addr: std::net::SocketAddr, path: &str, auth: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn with_security_on_the_api_wants_the_token_and_probes_stay_open() {
+        let state = Arc::new(Fake(AtomicBool::new(true)));
+        let start = |access: Access| {
+            let state = state.clone();
+            async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let stop = CancellationToken::new();
+                tokio::spawn(serve(listener, state, access, stop.clone()));
+                (addr, stop)
+            }
+        };
+        let (addr, stop) = start(Access {
+            token: Some("s3cret".into()),
+            api_closed: true,
+            probes_closed: false,
+        })
+        .await;
+        for (auth, status) in [
+            ("", "401"),
+            ("Authorization: Bearer wrong\r\n", "401"),
+            ("Authorization: Basic czNjcmV0\r\n", "401"),
+            ("Authorization: Bearer s3cret\r\n", "200"),
+        ] {
+            let r = get_with(addr, "/api/v1/cluster", auth).await;
+            assert!(
+                r.starts_with(&format!("HTTP/1.0 {status}")),
+                "{auth:?}: {r}"
+            );
+        }
+        assert!(get(addr, "/metrics").await.starts_with("HTTP/1.0 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+        stop.cancel();
+
+        // No token configured: closed to everyone, saying why.
+        let (addr, stop) = start(Access {
+            token: None,
+            api_closed: true,
+            probes_closed: false,
+        })
+        .await;
+        let r = get(addr, "/api/v1/partitions").await;
+        assert!(
+            r.starts_with("HTTP/1.0 403") && r.contains("strata.http.admin-token"),
+            "{r}"
+        );
+        stop.cancel();
+
+        // Probes closed too.
+        let (addr, stop) = start(Access {
+            token: Some("t".into()),
+            api_closed: true,
+            probes_closed: true,
+        })
+        .await;
+        assert!(get(addr, "/metrics").await.starts_with("HTTP/1.0 401"));
+        let r = get_with(addr, "/metrics", "Authorization: Bearer t\r\n").await;
+        assert!(r.starts_with("HTTP/1.0 200"), "{r}");
+        stop.cancel();
     }
 }

@@ -283,6 +283,20 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "How often ssl.keystore.location is checked for a new certificate. Read at start-up.",
     ),
     def(
+        "strata.http.admin-token",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "Bearer token of the HTTP port's /api/v1 routes, which are closed without it once any listener uses TLS or SASL or the authorizer is on. Sensitive: never shown.",
+    ),
+    def(
+        "strata.http.probes-require-token",
+        ConfigType::Boolean,
+        "false",
+        Check::Any,
+        "Close /healthz, /readyz and /metrics to requests without strata.http.admin-token too (with security on).",
+    ),
+    def(
         "strata.scram.bootstrap",
         ConfigType::List,
         "",
@@ -1097,7 +1111,9 @@ impl KafkaName {
 impl ConfigDef {
     /// Whether the value is a secret: never shown by DescribeConfigs or logged.
     pub fn is_sensitive(&self) -> bool {
-        self.name == "strata.scram.bootstrap" || self.name.contains("password")
+        self.name == "strata.scram.bootstrap"
+            || self.name.contains("password")
+            || self.name.ends_with("token")
     }
 
     /// Checks `value` against the type and constraint; returns it normalised.

@@ -174,6 +174,27 @@ fn check_voters(cfg: &ServeConfig, meta: &MetaNode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Who may read the HTTP port: with security on (a TLS or SASL listener, or the
+/// authorizer) the `/api/v1` routes want `strata.http.admin-token`.
+fn http_access(cfg: &ServeConfig) -> strata_admin::Access {
+    let secured = cfg
+        .listeners
+        .listeners
+        .iter()
+        .any(|l| l.protocol != strata_security::SecurityProtocol::Plaintext)
+        || cfg.kafka.authorizer().is_some();
+    let token = cfg.kafka.text("strata.http.admin-token").trim();
+    strata_admin::Access {
+        token: (!token.is_empty()).then(|| token.to_string()),
+        api_closed: secured,
+        probes_closed: secured
+            && cfg
+                .kafka
+                .get("strata.http.probes-require-token")
+                .is_some_and(|(v, _)| v == "true"),
+    }
+}
+
 /// Binds every Kafka listener.
 async fn bind_kafka(cfg: &ServeConfig) -> anyhow::Result<Vec<KafkaListener>> {
     let mut bound = Vec::new();
@@ -250,6 +271,7 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
     let admin = tokio::spawn(strata_admin::serve(
         http,
         admin_state.clone(),
+        http_access(&cfg),
         stop_http.clone(),
     ));
     info!(addr = %http_addr, "http listener ready");
