@@ -235,3 +235,35 @@ def test_acls_hold_on_every_broker_after_the_leader_is_killed(cluster_factory):
                                   AclOperation.ANY, AclPermissionType.ANY)
     wait_until(lambda: len(only.describe_acls(everything).result(timeout=20)) == 1, 30,
                "the restarted broker knows the binding")
+
+
+def test_a_client_certificate_subject_is_the_principal_acls_name(broker_factory, tmp_path):
+    """mTLS: the verified certificate's subject, as Kafka writes it
+    (User:CN=alice-client,O=Strata Tests), is what ACLs grant to."""
+    from test_security import Pki
+
+    pki = Pki(tmp_path / "pki")
+    b = broker_factory(env={
+        "STRATA_KAFKA_LISTENERS": "SSL://127.0.0.1:0",
+        "STRATA_KAFKA_SSL_KEYSTORE_LOCATION": str(pki.keystore),
+        "STRATA_KAFKA_SSL_TRUSTSTORE_LOCATION": str(pki.ca_pem),
+        "STRATA_KAFKA_SSL_CLIENT_AUTH": "required",
+        "STRATA_KAFKA_AUTHORIZER_CLASS_NAME": STANDARD,
+        "STRATA_KAFKA_SUPER_USERS": "User:CN=admin-client,O=Strata Tests",
+    })
+    admin_key, admin_cert = pki._client(pki.ca, "admin-client")
+    tls = {"bootstrap.servers": b.bootstrap, "security.protocol": "SSL", "ssl.ca.location": str(pki.ca_pem)}
+    admin = AdminClient({**tls, "ssl.certificate.location": str(admin_cert), "ssl.key.location": str(admin_key)})
+    mine, theirs = unique("mine"), unique("theirs")
+    for f in admin.create_topics([NewTopic(mine, 1, 1), NewTopic(theirs, 1, 1)]).values():
+        f.result(timeout=20)
+    create_acls(admin, [allow(ResourceType.TOPIC, mine, "User:CN=alice-client,O=Strata Tests", AclOperation.WRITE)])
+
+    alice = {**tls, "ssl.certificate.location": str(pki.client_cert), "ssl.key.location": str(pki.client_key)}
+    for topic, want in [(mine, None), (theirs, KafkaError.TOPIC_AUTHORIZATION_FAILED)]:
+        p = Producer({**alice, "message.timeout.ms": 10000, "retries": 0})
+        got: list = []
+        p.produce(topic, b"v", on_delivery=lambda err, msg: got.append(err))
+        p.flush(20)
+        assert [None if e is None else e.code() for e in got] == [want], topic
+    assert "principal=User:CN=alice-client,O=Strata Tests" in b.log_text()

@@ -41,7 +41,8 @@ impl ClientAuth {
 /// Where the certificates come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsSettings {
-    /// `ssl.keystore.location`: private key and certificate chain, PEM.
+    /// `ssl.keystore.location`: private key and certificate chain, PEM; or a directory
+    /// holding `tls.key` and `tls.crt` (a Kubernetes TLS Secret mounted as a volume).
     pub keystore: PathBuf,
     /// `ssl.truststore.location`: CA certificates client certificates must chain to.
     pub truststore: Option<PathBuf>,
@@ -85,6 +86,18 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A keystore's PEM: the file itself, or for a directory laid out as a Kubernetes TLS
+/// Secret (cert-manager's), its `tls.key` then `tls.crt`.
+fn read_keystore(path: &Path) -> Result<Vec<u8>, TlsError> {
+    if !path.is_dir() {
+        return read(path);
+    }
+    let mut pem = read(&path.join("tls.key"))?;
+    pem.push(b'\n');
+    pem.extend(read(&path.join("tls.crt"))?);
+    Ok(pem)
 }
 
 /// A PEM keystore's key and chain, checked to belong together.
@@ -140,7 +153,7 @@ pub struct TlsServer {
 
 impl TlsServer {
     pub fn load(settings: &TlsSettings) -> Result<Self, TlsError> {
-        let pem = read(&settings.keystore)?;
+        let pem = read_keystore(&settings.keystore)?;
         let key = certified_key(&settings.keystore, &pem)?;
         let keys = Arc::new(KeyStore {
             path: settings.keystore.clone(),
@@ -203,7 +216,7 @@ impl TlsServer {
     /// Reads the keystore again; `Ok(true)` if it changed and the new certificate is
     /// now served. A file that does not load leaves the previous certificate in force.
     pub fn reload(&self) -> Result<bool, TlsError> {
-        let pem = read(&self.keys.path)?;
+        let pem = read_keystore(&self.keys.path)?;
         let unchanged = match self.keys.current.read() {
             Ok(c) => c.0 == pem,
             Err(p) => p.into_inner().0 == pem,
@@ -367,6 +380,24 @@ mod tests {
             TlsServer::load(&settings),
             Err(TlsError::Pem { .. })
         ));
+        // A Kubernetes TLS Secret's layout: a directory with tls.key and tls.crt.
+        let secret = dir.path().join("secret");
+        std::fs::create_dir(&secret).unwrap();
+        let pem = keystore("six");
+        let split = pem.find("-----BEGIN CERTIFICATE").unwrap();
+        std::fs::write(secret.join("tls.key"), &pem[..split]).unwrap();
+        std::fs::write(secret.join("tls.crt"), &pem[split..]).unwrap();
+        let from_secret = TlsServer::load(&TlsSettings {
+            keystore: secret,
+            ..settings.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            certificate_principal(&served_subject(&from_secret))
+                .unwrap()
+                .to_string(),
+            "User:CN=six,O=Example\\, Inc"
+        );
         let needs_trust = TlsSettings {
             client_auth: ClientAuth::Required,
             ..settings
