@@ -676,6 +676,45 @@ def test_external_node_port_per_broker(renderings, tmp_path):
         sandbox.cleanup()
 
 
+def test_security_values_protect_the_client_listener(renderings):
+    """security.protocol=SASL_SSL: clients get the CLIENT listener on 9092 with TLS from
+    the Secret and SCRAM users from theirs; brokers replicate on the INTERNAL PLAINTEXT
+    listener, which the NetworkPolicy opens to the release's pods only; ACLs on, with the
+    internal principal among the super users; the admin token from its Secret."""
+    r = renderings["helm4-secure"]
+    [sts] = r.strata_sets()
+    c = strata_container(sts)
+    env = env_of(c)
+    fqdn = f"$(POD_NAME).{RELEASE}-headless.{NAMESPACE}.svc.{DOMAIN}"
+    assert "STRATA_KAFKA_LISTEN" not in env and "STRATA_ADVERTISED_LISTENER" not in env
+    assert env["STRATA_KAFKA_LISTENERS"]["value"] == "INTERNAL://0.0.0.0:9095,CLIENT://0.0.0.0:9092"
+    assert env["STRATA_KAFKA_ADVERTISED_LISTENERS"]["value"] == (
+        f"INTERNAL://{fqdn}:9095,CLIENT://{fqdn}:9092"
+    )
+    assert env["STRATA_KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"]["value"] == "INTERNAL:PLAINTEXT,CLIENT:SASL_SSL"
+    assert env["STRATA_KAFKA_INTER_BROKER_LISTENER_NAME"]["value"] == "INTERNAL"
+    assert env["STRATA_KAFKA_SSL_KEYSTORE_LOCATION"]["value"] == "/etc/strata/tls"
+    assert env["STRATA_KAFKA_SASL_ENABLED_MECHANISMS"]["value"] == "SCRAM-SHA-512,OAUTHBEARER"
+    assert env["STRATA_SCRAM_BOOTSTRAP"]["valueFrom"]["secretKeyRef"] == {
+        "name": "strata-users", "key": "scram-bootstrap"
+    }
+    assert env["STRATA_KAFKA_AUTHORIZER_CLASS_NAME"]["value"].endswith("StandardAuthorizer")
+    assert env["STRATA_KAFKA_SUPER_USERS"]["value"] == "User:ANONYMOUS;User:admin;User:CN=ops,O=Example"
+    assert env["STRATA_HTTP_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "strata-admin-token", "key": "admin-token"
+    }
+    assert {"name": "internal", "containerPort": 9095} in c["ports"]
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["tls"]["mountPath"] == "/etc/strata/tls" and mounts["tls"]["readOnly"]
+    vols = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    assert vols["tls"]["secret"]["secretName"] == "strata-tls"
+    assert {i["path"] for i in vols["tls"]["secret"]["items"]} == {"tls.key", "tls.crt"}
+    [policy] = r.all("NetworkPolicy")
+    own, clients = policy["spec"]["ingress"][0], policy["spec"]["ingress"][1]
+    assert {"port": 9095} in own["ports"] and "podSelector" in own["from"][0]
+    assert clients["ports"] == [{"port": 9092}], "clients never reach the internal listener"
+
+
 def test_notes_print_the_bootstrap_address_and_a_kcat_command(helm_env):
     r = helm(
         "helm4",

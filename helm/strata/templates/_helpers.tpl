@@ -201,6 +201,19 @@ true
 {{- if and .Values.external.enabled (eq .Values.external.type "LoadBalancer") (not .Values.external.domain) -}}
 {{- fail "external.domain is required with external.type=LoadBalancer: broker <pod> is advertised as <pod>.<external.domain>" -}}
 {{- end -}}
+{{- $sec := .Values.security -}}
+{{- if and (has $sec.protocol (list "SSL" "SASL_SSL")) (not $sec.tlsSecret) -}}
+{{- fail (printf "security.protocol=%s needs security.tlsSecret: a kubernetes.io/tls Secret (tls.key, tls.crt) for the brokers" $sec.protocol) -}}
+{{- end -}}
+{{- if and (ne $sec.clientAuth "none") (not $sec.truststoreSecret) -}}
+{{- fail "security.clientAuth needs security.truststoreSecret: a Secret whose ca.crt client certificates are checked against" -}}
+{{- end -}}
+{{- if and (ne $sec.protocol "PLAINTEXT") .Values.external.enabled (eq .Values.external.type "NodePort") -}}
+{{- fail "security.protocol other than PLAINTEXT does not work with external.type=NodePort yet: use external.type=LoadBalancer" -}}
+{{- end -}}
+{{- if and (ne $sec.protocol "PLAINTEXT") (has (int $sec.internalPort) (list 9092 9093 9644)) -}}
+{{- fail (printf "security.internalPort %d is taken (9092 Kafka, 9093 metadata, 9644 HTTP)" (int $sec.internalPort)) -}}
+{{- end -}}
 {{- if and .Values.rack.enabled .Values.configFile (regexMatch "(?m)^\\s*rack\\s*=" .Values.configFile) -}}
 {{- fail "configFile sets rack, and rack.enabled writes it from the node's zone: remove one" -}}
 {{- end -}}
