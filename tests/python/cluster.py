@@ -120,8 +120,11 @@ class Cluster:
         roles: list[str],
         env: dict[str, str] | None = None,
         racks: list[str] | None = None,
+        client_conf: dict | None = None,
     ):
         self.root = root
+        # Settings every client the harness makes gets (TLS, SASL: a secured cluster).
+        self.client_conf = dict(client_conf or {})
         root.mkdir(parents=True, exist_ok=True)
         self.proxy = NetProxy(root / "netproxy.log")
         self.nodes: dict[int, Node] = {}
@@ -211,7 +214,7 @@ class Cluster:
 
     def workload(self, topic: str, partitions: int, **kwargs) -> "Workload":
         """A started Workload on `topic`, stopped at cleanup if the test did not."""
-        w = Workload(self.bootstrap, topic, partitions, **kwargs)
+        w = Workload(self.bootstrap, topic, partitions, client_conf=self.client_conf, **kwargs)
         self.workloads.append(w)
         return w.start()
 
@@ -298,7 +301,7 @@ class Cluster:
         return self.nodes[i].process.metrics()
 
     def create_topic(self, topic: str, partitions: int, rf: int = 3, **config: str) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, **self.client_conf})
         futures = admin.create_topics(
             [NewTopic(topic, partitions, rf, config={"min.insync.replicas": "2", **config})],
             operation_timeout=30,
@@ -332,6 +335,7 @@ class Workload:
     errors: list[str] = field(default_factory=list)
     group_seen: dict[int, set[int]] = field(default_factory=dict)
     group_errors: list[str] = field(default_factory=list)
+    client_conf: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.acks = {p: [] for p in range(self.partitions)}
@@ -369,6 +373,7 @@ class Workload:
 
         producer = Producer(
             {
+                **self.client_conf,
                 "bootstrap.servers": self.bootstrap,
                 "enable.idempotence": True,
                 "acks": "all",
@@ -418,6 +423,7 @@ class Workload:
     def _consume(self) -> None:
         consumer = Consumer(
             {
+                **self.client_conf,
                 "bootstrap.servers": self.bootstrap,
                 "group.id": self.group,
                 "auto.offset.reset": "earliest",
@@ -480,8 +486,8 @@ class Workload:
         assert not self.errors, f"producer errors: {self.errors[:10]}"
         assert not self.failed, f"records the producer gave up on: {self.failed[:10]}"
         bootstrap = bootstrap or self.bootstrap
-        ends = high_watermarks(bootstrap, self.topic, self.partitions)
-        read = read_partitions(bootstrap, self.topic, self.partitions, ends)
+        ends = high_watermarks(bootstrap, self.topic, self.partitions, self.client_conf)
+        read = read_partitions(bootstrap, self.topic, self.partitions, ends, conf=self.client_conf)
         for p, acks in self.acks.items():
             at = {offset: seq for offset, seq in read[p]}
             seqs = [seq for _, seq in read[p]]
@@ -499,19 +505,22 @@ class Workload:
         return {p: len(a) for p, a in self.acks.items()}
 
 
-def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+def high_watermarks(bootstrap: str, topic: str, partitions: int, conf: dict | None = None) -> dict[int, int]:
     """Each partition's high watermark: where reading it back ends."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("watermarks")})
+    c = Consumer({**(conf or {}), "bootstrap.servers": bootstrap, "group.id": unique("watermarks")})
     try:
         return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(partitions)}
     finally:
         c.close()
 
 
-def read_partitions(bootstrap: str, topic: str, partitions: int, ends: dict[int, int], timeout: float = 60):
+def read_partitions(
+    bootstrap: str, topic: str, partitions: int, ends: dict[int, int], timeout: float = 60, conf: dict | None = None
+):
     """(offset, seq) of every record of each partition up to `ends[p]`."""
     c = Consumer(
         {
+            **(conf or {}),
             "bootstrap.servers": bootstrap,
             "group.id": unique("verify"),
             "enable.auto.commit": False,

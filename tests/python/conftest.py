@@ -362,9 +362,9 @@ def cluster_factory(strata_binary, tmp_path, request):
     clusters: list = []
     tails = request.node._strata_brokers = []
 
-    def make(roles=None, env=None, racks=None):
+    def make(roles=None, env=None, racks=None, client_conf=None):
         root = tmp_path / f"cluster{len(clusters)}"
-        c = Cluster(strata_binary, root, roles or ["broker,meta"] * 3, env, racks)
+        c = Cluster(strata_binary, root, roles or ["broker,meta"] * 3, env, racks, client_conf)
         clusters.append(c)
         tails.extend(n.process for n in c.nodes.values())
         return c.start()

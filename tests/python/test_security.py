@@ -100,8 +100,9 @@ class CA:
         )
 
     def issue(self, cn: str, server: bool) -> tuple[bytes, bytes, int]:
-        """(key PEM, certificate PEM, serial) of a leaf for a server (127.0.0.1 and
-        localhost) or a client."""
+        """(key PEM, certificate PEM, serial) of a leaf for a server (127.0.0.1, the
+        cluster harness's node addresses and localhost; usable as a client too, as a
+        broker's certificate is towards its peers) or a client."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         serial = x509.random_serial_number()
@@ -116,7 +117,9 @@ class CA:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                    if server
+                    else [ExtendedKeyUsageOID.CLIENT_AUTH]
                 ),
                 critical=False,
             )
@@ -124,10 +127,16 @@ class CA:
         if server:
             b = b.add_extension(
                 x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.DNSName("127.0.0.1"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    [x509.DNSName("localhost")]
+                    # 127.0.0.1 and the cluster harness's node addresses (127.0.0.11...),
+                    # as IP addresses and, for librdkafka's host name check, as names.
+                    + [
+                        san
+                        for last in [1, *range(11, 20)]
+                        for san in (
+                            x509.DNSName(f"127.0.0.{last}"),
+                            x509.IPAddress(ipaddress.ip_address(f"127.0.0.{last}")),
+                        )
                     ]
                 ),
                 critical=False,
@@ -166,11 +175,11 @@ class Pki:
         c.write_bytes(cert)
         return k, c
 
-    def served_serial(self, port: int) -> int:
-        """Serial of the certificate a new TLS connection to `port` is given."""
+    def served_serial(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serial of the certificate a new TLS connection to `host:port` is given."""
         ctx = ssl.create_default_context(cafile=str(self.ca_pem))
         ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with socket.create_connection((host, port), timeout=10) as raw:
             with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
                 der = tls.getpeercert(binary_form=True)
         return x509.load_der_x509_certificate(der).serial_number
@@ -609,3 +618,71 @@ def test_oauthbearer_tokens_from_our_own_idp_are_checked(broker_factory, pki, tm
     idp.jwks.write_text(json.dumps({"keys": [idp.jwk(), new.jwk()]}))
     wait_until(lambda: "JWKS reloaded" in b.log_text(), 15, "the rotated JWKS read")
     confluent_roundtrip(oauth_conf(b, pki, lambda: new.token("svc-next")), unique("oauth-next"))
+
+
+# --- a cluster on mTLS ------------------------------------------------------------------
+
+
+def test_a_cluster_on_mtls_replicates_and_rides_a_certificate_rotation(cluster_factory, pki):
+    """Three nodes with every connection on mTLS from one keystore: the Kafka listener
+    (Kafka's PLAINTEXT name mapped to SSL, client certificates required), replication
+    and transaction markers between brokers, and the metadata quorum's RPCs
+    (strata.meta.tls). A workload keeps producing while the certificate is rotated on
+    disk and a node is killed and restarted (it rejoins with the new certificate);
+    nothing acknowledged is lost, and a plaintext client gets nowhere."""
+    env = {
+        "STRATA_KAFKA_LISTENER_SECURITY_PROTOCOL_MAP": "PLAINTEXT:SSL",
+        "STRATA_KAFKA_SSL_KEYSTORE_LOCATION": str(pki.keystore),
+        "STRATA_KAFKA_SSL_TRUSTSTORE_LOCATION": str(pki.ca_pem),
+        "STRATA_KAFKA_SSL_CLIENT_AUTH": "required",
+        "STRATA_META_TLS": "true",
+        "STRATA_SSL_RELOAD_INTERVAL_MS": "300",
+        # The harness reads placements from /api/v1, closed without it once TLS is on.
+        "STRATA_HTTP_ADMIN_TOKEN": "mtls-token-77",
+    }
+    conf = {
+        "security.protocol": "SSL",
+        "ssl.ca.location": str(pki.ca_pem),
+        "ssl.certificate.location": str(pki.client_cert),
+        "ssl.key.location": str(pki.client_key),
+    }
+    c = cluster_factory(env=env, client_conf=conf)
+    topic = unique("mtls")
+    c.create_topic(topic, 2)
+    c.wait_isr(topic, 2, 3)
+    w = c.workload(topic, 2)
+    w.wait_acked(200)
+
+    new_serial = pki.rotate()
+    for i in c.nodes:
+        wait_until(
+            lambda i=i: sum(metric_values(c.metrics(i), "strata_kafka_tls_reloads_total", result="reloaded")) >= 1,
+            15,
+            f"node {i} reloaded its certificate",
+        )
+    assert pki.served_serial(c.nodes[1].kafka_port, c.nodes[1].host) == new_serial
+    victim = c.leader_of(topic, 0)
+    c.kill(victim)
+    c.wait_leader_moved(topic, 0, victim)
+    w.wait_acked(200)
+    c.restart(victim)
+    c.wait_isr(topic, 2, 3)
+    w.finish()
+    acked = w.verify()
+    assert sum(acked.values()) >= 400, acked
+
+    err = auth_error({"bootstrap.servers": c.bootstrap, "security.protocol": "PLAINTEXT"})
+    assert err.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN), err
+    # Nor does a plaintext peer of the metadata quorum.
+    n = c.nodes[2]
+    with socket.create_connection((n.host, n.meta_port), timeout=10) as s:
+        s.sendall(struct.pack(">I", 2) + b"{}")
+        try:
+            reply = s.recv(64)
+        except ConnectionResetError:
+            reply = b""
+        # Nothing, or a TLS alert record (content type 21): never a metadata frame.
+        assert reply == b"" or reply[0] == 0x15, f"the metadata port answered plaintext: {reply!r}"
+
+    wait_until(lambda: "metadata listener: handshake failed" in n.process.log_text(), 10,
+               "the plaintext peer refused")

@@ -171,7 +171,7 @@ fn security_settings_that_cannot_work_stop_the_start_with_the_reason() {
     let cases: [(&[(&str, &str)], &str); 5] = [
         (
             &[("STRATA_KAFKA_LISTENERS", "SSL://127.0.0.1:0")],
-            "ssl.keystore.location is not set",
+            "needs ssl.keystore.location",
         ),
         (
             &[

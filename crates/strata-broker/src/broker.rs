@@ -41,6 +41,8 @@ pub struct Broker {
     pub(crate) endpoint: Endpoint,
     /// Every listener's advertised address (registered with the controller).
     pub(crate) listeners: Vec<strata_meta::ListenerEndpoint>,
+    /// How this broker connects to others (the inter-broker listener's protocol).
+    pub(crate) inter_broker: strata_security::transport::Transport,
     pub(crate) cluster_id: String,
     pub(crate) config: BrokerConfig,
     /// The ACL authorizer (`authorizer.class.name`), if on.

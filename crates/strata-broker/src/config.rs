@@ -276,6 +276,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "With the authorizer on: whether a resource no ACL names is open to everyone (Kafka's default, false: closed).",
     ),
     def(
+        "strata.meta.tls",
+        ConfigType::Boolean,
+        "false",
+        Check::Any,
+        "The metadata quorum's RPCs over mTLS: each node presents ssl.keystore.location and accepts only peers whose certificates chain to ssl.truststore.location. Every node of the cluster must agree. Read at start-up.",
+    ),
+    def(
         "strata.ssl.reload-interval-ms",
         ConfigType::Long,
         "5000",

@@ -120,10 +120,14 @@ impl Broker {
             })
             .ok_or_else(|| format!("broker {leader} is not registered"))?;
         let source = self.endpoint.host.parse().ok();
-        let mut conn =
-            strata_replication::client::KafkaConn::connect_from(&addr, source, MARKER_CLIENT_ID)
-                .await
-                .map_err(|e| e.to_string())?;
+        let mut conn = strata_replication::client::KafkaConn::connect_from(
+            &addr,
+            source,
+            MARKER_CLIENT_ID,
+            &self.inter_broker,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let req = WriteTxnMarkersRequest::default().with_markers(vec![
             WritableTxnMarker::default()
                 .with_producer_id(ProducerId(marker.producer_id))

@@ -27,6 +27,7 @@ use crate::tiering::Tier;
 use strata_meta::ListenerEndpoint;
 use strata_security::SecurityProtocol;
 use strata_security::tls::TlsServer;
+use strata_security::transport::Transport;
 use strata_tier::{BlockCache, CacheConfig, Store, StoreConfig};
 
 /// One bound Kafka listener (Kafka's `listeners` entry).
@@ -387,15 +388,25 @@ impl RunningBroker {
             };
             bound.push((l, addr, advertised, tls));
         }
-        let Some((kafka_addr, endpoint)) = bound
+        let Some((kafka_addr, endpoint, inter_protocol)) = bound
             .iter()
             .find(|(l, ..)| l.name == opts.inter_broker_listener)
-            .map(|(_, addr, advertised, _)| (*addr, advertised.clone()))
+            .map(|(l, addr, advertised, _)| (*addr, advertised.clone(), l.protocol))
         else {
             return Err(StartError::Security(format!(
                 "inter.broker.listener.name {} is not one of the listeners",
                 opts.inter_broker_listener
             )));
+        };
+        // Brokers reach each other as the inter-broker listener expects: plain, or mTLS
+        // with this broker's own certificate. (SASL there cannot be spoken by brokers
+        // yet; the command line refuses it in a cluster, and a single node never dials
+        // itself; nor does it need the truststore, which the command line requires in a
+        // cluster with an SSL inter-broker listener.)
+        let inter_broker = match (inter_protocol.tls(), &opts.tls) {
+            (true, Some(tls)) if tls.has_truststore() => Transport::tls(tls)
+                .map_err(|e| StartError::Security(format!("inter-broker TLS: {e}")))?,
+            _ => Transport::Plain,
         };
         let advertised_listeners: Vec<ListenerEndpoint> = bound
             .iter()
@@ -492,6 +503,7 @@ impl RunningBroker {
                     fetch_response_bytes: response_bytes,
                     fetch_wait: opts.config.replica_fetch_wait(),
                     source: (!kafka_addr.ip().is_unspecified()).then_some(kafka_addr.ip()),
+                    transport: inter_broker.clone(),
                 },
                 opts.metrics.replication.clone(),
                 Arc::new(move || clock.now_ms()),
@@ -514,6 +526,7 @@ impl RunningBroker {
             node_id: opts.node_id,
             endpoint,
             listeners: advertised_listeners,
+            inter_broker,
             cluster_id,
             authorizer: opts.config.authorizer().map(Arc::new),
             oauth: opts.oauth.clone(),
@@ -594,17 +607,6 @@ impl RunningBroker {
             background.push(spawn(
                 "JWKS watch",
                 Box::pin(async move { oauth.watch(every, stop).await }),
-            ));
-        }
-        if let Some(tls) = opts.tls {
-            let reloads = broker.metrics.kafka.tls_reloads_total.clone();
-            let every = broker.config.ssl_reload_interval();
-            background.push(spawn(
-                "TLS keystore watch",
-                Box::pin(tls.watch(every, broker.shutdown.clone(), move |ok| {
-                    let result = if ok { "reloaded" } else { "failed" };
-                    reloads.with_label_values(&[result]).inc();
-                })),
             ));
         }
         let connections = TaskTracker::new();

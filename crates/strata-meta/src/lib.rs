@@ -74,7 +74,6 @@ pub use error::MetaError;
 pub use node::MetaConfig;
 pub use node::MetaNode;
 pub use node::Quorum;
-pub use rpc::connect_from;
 pub use txn::{LAST_EPOCH, TxnCommand, TxnMeta, TxnRefusal, TxnState};
 pub use types::BrokerHeartbeat;
 pub use types::BrokerInfo;

@@ -162,7 +162,7 @@ mod tests {
             }
         });
         let mut peer = PeerClient {
-            pool: Pool::new("c".into(), 1, None),
+            pool: Pool::new("c".into(), 1, None, Default::default()),
             target: 2,
             node: BasicNode::new(addr),
         };

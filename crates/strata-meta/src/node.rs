@@ -39,7 +39,6 @@ use openraft::error::Fatal;
 use openraft::error::InitializeError;
 use openraft::error::RaftError;
 use tokio::net::TcpListener;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -94,6 +93,8 @@ pub struct Quorum {
     pub advertised: String,
     /// The address to talk to peers from (the listener's, on a multi-homed host).
     pub source: Option<std::net::IpAddr>,
+    /// Plain TCP, or mTLS between the voters (`strata.meta.tls`).
+    pub transport: strata_security::transport::Transport,
 }
 
 impl Quorum {
@@ -256,6 +257,10 @@ impl MetaNode {
                 .map_or_else(String::new, Quorum::fingerprint),
             cfg.node_id,
             cfg.quorum.as_ref().and_then(|q| q.source),
+            cfg.quorum
+                .as_ref()
+                .map(|q| q.transport.clone())
+                .unwrap_or_default(),
         );
         let raft = Raft::new(
             cfg.node_id,
@@ -913,9 +918,27 @@ impl MetaNode {
                 a = listener.accept() => a,
             };
             match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(self.clone().serve_connection(stream));
+                Ok((stream, peer)) => {
+                    let node = self.clone();
+                    tokio::spawn(async move {
+                        let transport = node.inner.pool.transport.clone();
+                        // A peer that cannot finish its handshake (a stranger to the
+                        // cluster's CA, plaintext on a TLS port) is dropped.
+                        match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            transport.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(stream)) => node.serve_connection(stream).await,
+                            Ok(Err(e)) => {
+                                tracing::warn!(%peer, error = %e, "metadata listener: handshake failed")
+                            }
+                            Err(_) => {
+                                tracing::warn!(%peer, "metadata listener: no handshake within 10 s")
+                            }
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "metadata listener: accept failed");
@@ -925,7 +948,7 @@ impl MetaNode {
         }
     }
 
-    async fn serve_connection(self, mut stream: TcpStream) {
+    async fn serve_connection(self, mut stream: strata_security::transport::BoxStream) {
         loop {
             let req = tokio::select! {
                 () = self.inner.stop.cancelled() => return,

@@ -19,11 +19,9 @@ use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
 use serde::Deserialize;
 use serde::Serialize;
-use std::net::{IpAddr, SocketAddr};
-use tokio::io::AsyncReadExt;
-use tokio::io::AsyncWriteExt;
-
-use tokio::net::{TcpSocket, TcpStream};
+use std::net::IpAddr;
+use strata_security::transport::{BoxStream, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::raft::TypeConfig;
 use crate::types::BrokerHeartbeat;
@@ -126,7 +124,10 @@ pub(crate) enum CallError {
     Timeout { addr: String, after: Duration },
 }
 
-pub(crate) async fn write_frame(s: &mut TcpStream, body: &impl Serialize) -> std::io::Result<()> {
+pub(crate) async fn write_frame(
+    s: &mut (impl AsyncWrite + Unpin),
+    body: &impl Serialize,
+) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(body).map_err(std::io::Error::other)?;
     if bytes.len() > MAX_FRAME {
         return Err(std::io::Error::other(format!(
@@ -141,7 +142,7 @@ pub(crate) async fn write_frame(s: &mut TcpStream, body: &impl Serialize) -> std
 }
 
 pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
-    s: &mut TcpStream,
+    s: &mut (impl AsyncRead + Unpin),
 ) -> std::io::Result<T> {
     let len = s.read_u32().await? as usize;
     if len > MAX_FRAME {
@@ -154,33 +155,6 @@ pub(crate) async fn read_frame<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&buf).map_err(std::io::Error::other)
 }
 
-/// Connects to `addr` (`HOST:PORT`), from `source` when given: a node whose listeners
-/// are bound to one address of a multi-homed host talks to its peers from it too.
-pub async fn connect_from(addr: &str, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    let Some(source) = source else {
-        return TcpStream::connect(addr).await;
-    };
-    let mut last = None;
-    for target in tokio::net::lookup_host(addr).await? {
-        let socket = match target {
-            SocketAddr::V4(_) if source.is_ipv4() => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) if source.is_ipv6() => TcpSocket::new_v6()?,
-            _ => continue,
-        };
-        socket.bind(SocketAddr::new(source, 0))?;
-        match socket.connect(target).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::AddrNotAvailable,
-            format!("{addr} has no address reachable from {source}"),
-        )
-    }))
-}
-
 /// Idle connections per address, shared by every client of this node.
 #[derive(Debug, Clone)]
 pub(crate) struct Pool {
@@ -188,15 +162,23 @@ pub(crate) struct Pool {
     pub me: NodeId,
     /// The address outgoing connections are made from, if pinned.
     source: Option<IpAddr>,
-    idle: Arc<parking_lot::Mutex<HashMap<String, Vec<TcpStream>>>>,
+    /// Plain TCP or mTLS between the voters.
+    pub transport: Transport,
+    idle: Arc<parking_lot::Mutex<HashMap<String, Vec<BoxStream>>>>,
 }
 
 impl Pool {
-    pub(crate) fn new(cluster: String, me: NodeId, source: Option<IpAddr>) -> Self {
+    pub(crate) fn new(
+        cluster: String,
+        me: NodeId,
+        source: Option<IpAddr>,
+        transport: Transport,
+    ) -> Self {
         Self {
             cluster,
             me,
             source,
+            transport,
             idle: Arc::default(),
         }
     }
@@ -215,11 +197,8 @@ impl Pool {
             Some(s) => s,
             None => {
                 let limit = CONNECT_TIMEOUT.min(timeout);
-                match tokio::time::timeout(limit, connect_from(addr, self.source)).await {
-                    Ok(Ok(s)) => {
-                        let _ = s.set_nodelay(true);
-                        s
-                    }
+                match tokio::time::timeout(limit, self.transport.connect(addr, self.source)).await {
+                    Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         return Err(CallError::Unreachable {
                             addr: addr.to_string(),

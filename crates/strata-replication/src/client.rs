@@ -4,8 +4,8 @@
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
+use strata_security::transport::{BoxStream, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Largest response accepted.
 const MAX_RESPONSE: usize = 256 << 20;
@@ -32,29 +32,32 @@ pub enum ClientError {
 /// One connection to a Kafka broker.
 pub struct KafkaConn {
     addr: String,
-    stream: TcpStream,
+    stream: BoxStream,
     next: i32,
     client_id: &'static str,
 }
 
 impl KafkaConn {
     pub async fn connect(addr: &str, client_id: &'static str) -> Result<Self, ClientError> {
-        Self::connect_from(addr, None, client_id).await
+        Self::connect_from(addr, None, client_id, &Transport::Plain).await
     }
 
-    /// [`KafkaConn::connect`] from a given local address.
+    /// [`KafkaConn::connect`] from a given local address, over `transport` (the
+    /// inter-broker listener's: plain, or mTLS).
     pub async fn connect_from(
         addr: &str,
         source: Option<std::net::IpAddr>,
         client_id: &'static str,
+        transport: &Transport,
     ) -> Result<Self, ClientError> {
-        let stream = strata_meta::connect_from(addr, source)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_string(),
-                source,
-            })?;
-        let _ = stream.set_nodelay(true);
+        let stream =
+            transport
+                .connect(addr, source)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })?;
         Ok(Self {
             addr: addr.to_string(),
             stream,

@@ -117,7 +117,9 @@ async fn run(s: Arc<Shared>, leader: i32, wake: Arc<Notify>, stop: CancellationT
             }
         };
         if conn.as_ref().is_none_or(|c| c.addr() != addr) {
-            match KafkaConn::connect_from(&addr, s.cfg.source, FOLLOWER_CLIENT_ID).await {
+            match KafkaConn::connect_from(&addr, s.cfg.source, FOLLOWER_CLIENT_ID, &s.cfg.transport)
+                .await
+            {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     debug!(leader, error = %e, "cannot reach the leader");

@@ -43,6 +43,8 @@ pub struct ReplicationConfig {
     pub fetch_wait: Duration,
     /// The address to fetch from (the Kafka listener's, on a multi-homed host).
     pub source: Option<std::net::IpAddr>,
+    /// The inter-broker listener's transport: plain, or mTLS.
+    pub transport: strata_security::transport::Transport,
 }
 
 /// One partition this broker holds a replica of, as metadata describes it.

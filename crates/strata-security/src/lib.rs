@@ -3,7 +3,8 @@
 //! with certificates reloaded from PEM files, SASL (PLAIN, SCRAM-SHA-256/512,
 //! OAUTHBEARER with JWTs checked against a JWKS) and the
 //! SCRAM credentials it checks, the principal a connection ends up with, and Kafka's
-//! ACL model with the standard authorizer's decisions (`acl`).
+//! ACL model with the standard authorizer's decisions (`acl`), and the transport nodes
+//! use between themselves (plain TCP or mTLS, `transport`).
 //!
 //! This crate owns the byte-level exchanges and the cryptography. It does not touch the
 //! metadata quorum (credentials are looked up through a function the caller passes), the
@@ -17,6 +18,7 @@ pub mod oauth;
 pub mod sasl;
 pub mod scram;
 pub mod tls;
+pub mod transport;
 
 pub use listeners::{Listener, ListenerError, SecurityProtocol};
 pub use sasl::{Mechanism, Principal};

@@ -207,17 +207,27 @@ impl Listeners {
         })
     }
 
-    /// The one listener of `--kafka-listen`/`--advertised-listener`: PLAINTEXT.
-    pub fn single(bind: &str, advertised: Option<(String, u16)>) -> Self {
-        Self {
+    /// The one listener of `--kafka-listen`/`--advertised-listener`, named PLAINTEXT as
+    /// in Kafka, with the protocol `protocol_map` gives that name (PLAINTEXT unless
+    /// mapped otherwise, e.g. `PLAINTEXT:SSL`).
+    pub fn single(
+        bind: &str,
+        advertised: Option<(String, u16)>,
+        protocol_map: &str,
+    ) -> Result<Self, ListenerError> {
+        let protocol = parse_protocol_map(protocol_map)?
+            .get("PLAINTEXT")
+            .copied()
+            .unwrap_or(SecurityProtocol::Plaintext);
+        Ok(Self {
             listeners: vec![Listener {
                 name: "PLAINTEXT".to_string(),
-                protocol: SecurityProtocol::Plaintext,
+                protocol,
                 bind: bind.to_string(),
                 advertised,
             }],
             inter_broker: "PLAINTEXT".to_string(),
-        }
+        })
     }
 
     /// Whether any listener needs TLS (and so a keystore).
@@ -258,6 +268,10 @@ mod tests {
         .unwrap();
         assert_eq!(d.listeners[0].bind, "[::1]:9093");
         assert!(d.any_tls());
+        let single = Listeners::single("127.0.0.1:9092", None, "PLAINTEXT:SSL").unwrap();
+        assert_eq!(single.listeners[0].protocol, SecurityProtocol::Ssl);
+        let plain = Listeners::single("127.0.0.1:9092", None, DEFAULT_PROTOCOL_MAP).unwrap();
+        assert_eq!(plain.listeners[0].protocol, SecurityProtocol::Plaintext);
     }
 
     #[test]

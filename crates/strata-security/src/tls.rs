@@ -70,7 +70,7 @@ pub enum TlsError {
     Verifier(String),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -100,6 +100,19 @@ fn read_keystore(path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(pem)
 }
 
+/// The CA certificates of a PEM truststore.
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&read(path)?) {
+        let cert = cert.map_err(|e| pem_error(path, e))?;
+        roots.add(cert).map_err(|e| pem_error(path, e))?;
+    }
+    if roots.is_empty() {
+        return Err(pem_error(path, "no CA certificate"));
+    }
+    Ok(roots)
+}
+
 /// A PEM keystore's key and chain, checked to belong together.
 fn certified_key(path: &Path, pem: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
     if pem
@@ -125,23 +138,28 @@ fn certified_key(path: &Path, pem: &[u8]) -> Result<Arc<CertifiedKey>, TlsError>
 }
 
 /// The keystore in force, and the bytes it was read from (to notice a change).
-#[derive(Debug)]
-struct KeyStore {
+pub(crate) struct KeyStore {
     path: PathBuf,
     current: RwLock<(Vec<u8>, Arc<CertifiedKey>)>,
 }
 
-impl ResolvesServerCert for KeyStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+impl KeyStore {
+    pub(crate) fn current(&self) -> Arc<CertifiedKey> {
         match self.current.read() {
-            Ok(c) => Some(c.1.clone()),
-            Err(poisoned) => Some(poisoned.into_inner().1.clone()),
+            Ok(c) => c.1.clone(),
+            Err(poisoned) => poisoned.into_inner().1.clone(),
         }
     }
 }
 
+impl ResolvesServerCert for KeyStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
 /// A TLS server configuration whose certificate follows its file.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TlsServer {
     /// For SSL listeners: client certificates as `ssl.client.auth` says.
     config: Arc<ServerConfig>,
@@ -149,6 +167,16 @@ pub struct TlsServer {
     /// `ssl.client.auth` there only when it is set for that listener).
     sasl_config: Arc<ServerConfig>,
     keys: Arc<KeyStore>,
+    /// The truststore's CAs, if one is configured.
+    roots: Option<Arc<RootCertStore>>,
+}
+
+impl std::fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsServer")
+            .field("keystore", &self.keys.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsServer {
@@ -166,8 +194,12 @@ impl TlsServer {
         let sasl_config = builder()?
             .with_no_client_auth()
             .with_cert_resolver(keys.clone());
+        let roots = match &settings.truststore {
+            Some(path) => Some(Arc::new(load_roots(path)?)),
+            None => None,
+        };
         let builder = builder()?;
-        let builder = match (settings.client_auth, &settings.truststore) {
+        let builder = match (settings.client_auth, &roots) {
             (ClientAuth::None, _) => builder.with_no_client_auth(),
             (auth, None) => {
                 return Err(TlsError::NoTruststore(match auth {
@@ -175,17 +207,9 @@ impl TlsServer {
                     _ => "requested",
                 }));
             }
-            (auth, Some(path)) => {
-                let mut roots = RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(&read(path)?) {
-                    let cert = cert.map_err(|e| pem_error(path, e))?;
-                    roots.add(cert).map_err(|e| pem_error(path, e))?;
-                }
-                if roots.is_empty() {
-                    return Err(pem_error(path, "no CA certificate"));
-                }
+            (auth, Some(roots)) => {
                 let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider());
                 let verifier = match auth {
                     ClientAuth::Requested => verifier.allow_unauthenticated(),
                     _ => verifier,
@@ -202,7 +226,21 @@ impl TlsServer {
             config: Arc::new(config),
             sasl_config: Arc::new(sasl_config),
             keys,
+            roots,
         })
+    }
+
+    pub(crate) fn keys(&self) -> Arc<KeyStore> {
+        self.keys.clone()
+    }
+
+    /// Whether `ssl.truststore.location` is set (TLS between nodes needs it).
+    pub fn has_truststore(&self) -> bool {
+        self.roots.is_some()
+    }
+
+    pub(crate) fn roots(&self) -> Option<Arc<RootCertStore>> {
+        self.roots.clone()
     }
 
     /// The acceptor of an SSL listener (`client_certificates`) or a SASL_SSL one.

@@ -523,7 +523,8 @@ fn listeners(
         return Ok(Listeners::single(
             &bind,
             advertised.map(|e| (e.host, e.port)),
-        ));
+            kafka.text("listener.security.protocol.map"),
+        )?);
     }
     if kafka_listen.is_some() || advertised.is_some() {
         bail!(
@@ -563,25 +564,33 @@ fn security(
         .listeners
         .iter()
         .find(|l| l.name == listeners.inter_broker);
-    if let Some(l) =
-        inter.filter(|l| clustered && l.protocol != strata_security::SecurityProtocol::Plaintext)
-    {
+    let truststore = kafka.text("ssl.truststore.location");
+    if let Some(l) = inter.filter(|l| clustered && l.protocol.sasl()) {
         bail!(
-            "inter.broker.listener.name {} is {}: brokers replicate and send transaction markers over PLAINTEXT only so far; give them a PLAINTEXT listener on the internal network",
+            "inter.broker.listener.name {} is {}: brokers connect to each other over PLAINTEXT or SSL (mTLS) only so far",
             l.name,
             l.protocol.name()
         );
     }
-    if !listeners.any_tls() {
+    let meta_tls = kafka
+        .get("strata.meta.tls")
+        .is_some_and(|(v, _)| v == "true");
+    let peer_tls = meta_tls
+        || inter.is_some_and(|l| clustered && l.protocol == strata_security::SecurityProtocol::Ssl);
+    if peer_tls && truststore.is_empty() {
+        bail!(
+            "TLS between nodes (strata.meta.tls, or an SSL inter-broker listener) needs ssl.truststore.location: the CA bundle peers' certificates are checked against"
+        );
+    }
+    if !listeners.any_tls() && !meta_tls {
         return Ok(None);
     }
     let keystore = kafka.text("ssl.keystore.location");
     if keystore.is_empty() {
         bail!(
-            "a listener uses SSL or SASL_SSL but ssl.keystore.location is not set (a PEM file with the private key and certificate chain)"
+            "TLS (an SSL or SASL_SSL listener, or strata.meta.tls) needs ssl.keystore.location (a PEM file with the private key and certificate chain)"
         );
     }
-    let truststore = kafka.text("ssl.truststore.location");
     Ok(Some(TlsSettings {
         keystore: PathBuf::from(keystore),
         truststore: (!truststore.is_empty()).then(|| PathBuf::from(truststore)),

@@ -236,6 +236,17 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
         .map(TlsServer::load)
         .transpose()
         .context("loading the TLS keystore (ssl.keystore.location)")?;
+    // The quorum's transport: mTLS with the node's keystore when strata.meta.tls is on.
+    let meta_transport = match (
+        &tls,
+        cfg.kafka
+            .get("strata.meta.tls")
+            .is_some_and(|(v, _)| v == "true"),
+    ) {
+        (Some(tls), true) => strata_security::transport::Transport::tls(tls)
+            .context("strata.meta.tls: the metadata quorum's TLS")?,
+        _ => strata_security::transport::Transport::Plain,
+    };
     let oauth = cfg
         .kafka
         .oauth()
@@ -262,6 +273,19 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
         .map(|a| a.ip())
         .filter(|ip| !ip.is_unspecified());
     let stop_http = CancellationToken::new();
+    // The keystore is re-read for the whole process: Kafka listeners, connections to
+    // other brokers and the metadata quorum's TLS all follow it.
+    if let Some(tls) = &tls {
+        let reloads = metrics.kafka.tls_reloads_total.clone();
+        tokio::spawn(tls.clone().watch(
+            cfg.kafka.ssl_reload_interval(),
+            stop_http.clone(),
+            move |ok| {
+                let result = if ok { "reloaded" } else { "failed" };
+                reloads.with_label_values(&[result]).inc();
+            },
+        ));
+    }
     let admin_state = Arc::new(Admin {
         meta: OnceLock::new(),
         broker: OnceLock::new(),
@@ -284,6 +308,7 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
             write_timeout: k.meta_write_timeout(),
             snapshot_every: k.meta_snapshot_every(),
             quorum: cfg.clustered().then(|| Quorum {
+                transport: meta_transport.clone(),
                 voters: cfg.voters.clone(),
                 advertised: cfg.meta_advertised.clone(),
                 source: meta_source,
