@@ -299,13 +299,18 @@ fn jwt_validator() -> &'static strata_security::oauth::JwtValidator {
         if let Err(e) = written {
             panic!("writing the JWKS: {e}");
         }
-        match strata_security::oauth::JwtValidator::load(strata_security::oauth::OauthSettings {
-            jwks: path,
+        let settings = strata_security::oauth::OauthSettings {
+            jwks: strata_security::oauth::JwksSource::File(path),
             issuer: Some("https://idp.example".into()),
             audience: vec!["kafka".into()],
             subject_claim: "sub".into(),
             clock_skew_s: 30,
-        }) {
+        };
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => panic!("runtime: {e}"),
+        };
+        match runtime.block_on(strata_security::oauth::JwtValidator::load(settings)) {
             Ok(v) => v,
             Err(e) => panic!("JWKS: {e}"),
         }

@@ -562,16 +562,32 @@ def oauth_conf(b, pki: Pki, token_fn) -> dict:
     }
 
 
-def test_oauthbearer_tokens_from_our_own_idp_are_checked(broker_factory, pki, tmp_path):
-    """OAUTHBEARER with RS256 JWTs against a JWKS file: a valid token logs in (and
-    becomes the principal ACLs would see) with confluent-kafka, kafka-python and
-    KafkaJS; expired tokens, another issuer or audience, and a key the JWKS does not
-    hold are refused; a rotated JWKS is picked up."""
+@pytest.fixture
+def jwks_server(tmp_path):
+    """An HTTP server for tmp_path's files (the identity provider's JWKS endpoint)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_oauthbearer_tokens_from_our_own_idp_are_checked(broker_factory, pki, tmp_path, jwks_server):
+    """OAUTHBEARER with RS256 JWTs against a JWKS fetched over HTTP: a valid token logs
+    in (and becomes the principal ACLs would see) with confluent-kafka, kafka-python
+    and KafkaJS; expired tokens, another issuer or audience, and a key the JWKS does
+    not hold are refused; a rotated JWKS is picked up."""
     idp = IdP(tmp_path)
     b = broker_factory(env=secure_env(
         pki,
         STRATA_KAFKA_SASL_ENABLED_MECHANISMS="SCRAM-SHA-512,OAUTHBEARER",
-        STRATA_KAFKA_SASL_OAUTHBEARER_JWKS_ENDPOINT_URL=f"file://{idp.jwks}",
+        STRATA_KAFKA_SASL_OAUTHBEARER_JWKS_ENDPOINT_URL=f"{jwks_server}/jwks.json",
         STRATA_KAFKA_SASL_OAUTHBEARER_JWKS_ENDPOINT_REFRESH_MS="200",
         STRATA_KAFKA_SASL_OAUTHBEARER_EXPECTED_ISSUER=ISSUER,
         STRATA_KAFKA_SASL_OAUTHBEARER_EXPECTED_AUDIENCE=AUDIENCE,

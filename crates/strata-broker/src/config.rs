@@ -168,7 +168,7 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         ConfigType::String,
         "",
         Check::Any,
-        "The JWKS OAUTHBEARER tokens are checked against: a file path or file:// URL, re-read every sasl.oauthbearer.jwks.endpoint.refresh.ms.",
+        "The JWKS OAUTHBEARER tokens are checked against: an http(s) URL, a file:// URL or a path, read again every sasl.oauthbearer.jwks.endpoint.refresh.ms.",
     ),
     def(
         "sasl.oauthbearer.jwks.endpoint.refresh.ms",
@@ -1329,8 +1329,7 @@ impl BrokerConfig {
         }
         let issuer = self.text("sasl.oauthbearer.expected.issuer").trim();
         Ok(Some(strata_security::oauth::OauthSettings {
-            jwks: strata_security::oauth::OauthSettings::jwks_path(url)
-                .map_err(|e| e.to_string())?,
+            jwks: strata_security::oauth::JwksSource::parse(url).map_err(|e| e.to_string())?,
             issuer: (!issuer.is_empty()).then(|| issuer.to_string()),
             audience: self
                 .text("sasl.oauthbearer.expected.audience")

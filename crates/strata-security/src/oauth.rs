@@ -3,10 +3,11 @@
 //! ES256/384; never `none` or a shared secret), unexpired (with clock skew), from the
 //! expected issuer and for an expected audience. Its subject claim names the principal.
 //!
-//! The JWKS is read from a file (or `file://` URL) and re-read when it changes, as an
-//! identity provider's keys rotate.
+//! The JWKS is read from a file (`file://` URL or path) or fetched from an http(s) URL
+//! (the `http-jwks` feature), and read again periodically, as an identity provider's
+//! keys rotate.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -23,11 +24,27 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// Where the JWKS comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+impl std::fmt::Display for JwksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(p) => write!(f, "{}", p.display()),
+            Self::Url(u) => f.write_str(u),
+        }
+    }
+}
+
 /// Kafka's `sasl.oauthbearer.*` validation settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OauthSettings {
-    /// `sasl.oauthbearer.jwks.endpoint.url`: a file path or `file://` URL.
-    pub jwks: PathBuf,
+    /// `sasl.oauthbearer.jwks.endpoint.url`.
+    pub jwks: JwksSource,
     /// `sasl.oauthbearer.expected.issuer`.
     pub issuer: Option<String>,
     /// `sasl.oauthbearer.expected.audience`: the token's `aud` must name one of these.
@@ -38,18 +55,51 @@ pub struct OauthSettings {
     pub clock_skew_s: i64,
 }
 
-impl OauthSettings {
-    /// The JWKS location from Kafka's URL setting: a path, or a `file://` URL.
-    pub fn jwks_path(url: &str) -> Result<PathBuf, OauthError> {
+impl JwksSource {
+    /// From Kafka's URL setting: an http(s) URL, a `file://` URL, or a path.
+    pub fn parse(url: &str) -> Result<Self, OauthError> {
         if let Some(path) = url.strip_prefix("file://") {
-            return Ok(PathBuf::from(path));
+            return Ok(Self::File(PathBuf::from(path)));
         }
         if url.starts_with("http://") || url.starts_with("https://") {
+            if cfg!(feature = "http-jwks") {
+                return Ok(Self::Url(url.to_string()));
+            }
             return Err(OauthError::Setting(format!(
-                "sasl.oauthbearer.jwks.endpoint.url {url}: only files are read so far; fetch the JWKS to a file (a sidecar or an init container) and name it as file:///path"
+                "sasl.oauthbearer.jwks.endpoint.url {url}: this build reads JWKS files only"
             )));
         }
-        Ok(PathBuf::from(url))
+        Ok(Self::File(PathBuf::from(url)))
+    }
+
+    /// The document's bytes.
+    async fn fetch(&self) -> Result<Vec<u8>, OauthError> {
+        let err = |reason: String| OauthError::Jwks {
+            path: self.to_string(),
+            reason,
+        };
+        match self {
+            Self::File(path) => tokio::fs::read(path).await.map_err(|e| err(e.to_string())),
+            #[cfg(feature = "http-jwks")]
+            Self::Url(url) => {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| err(e.to_string()))?;
+                let resp = client
+                    .get(url)
+                    .send()
+                    .await
+                    .and_then(reqwest::Response::error_for_status)
+                    .map_err(|e| err(e.to_string()))?;
+                resp.bytes()
+                    .await
+                    .map(|b| b.to_vec())
+                    .map_err(|e| err(e.to_string()))
+            }
+            #[cfg(not(feature = "http-jwks"))]
+            Self::Url(_) => Err(err("this build reads JWKS files only".into())),
+        }
     }
 }
 
@@ -173,29 +223,28 @@ pub struct JwtValidator {
     keys: RwLock<(Vec<u8>, Vec<Jwk>)>,
 }
 
-fn read_jwks(path: &Path) -> Result<(Vec<u8>, Vec<Jwk>), OauthError> {
-    let err = |reason: String| OauthError::Jwks {
-        path: path.display().to_string(),
+async fn read_jwks(source: &JwksSource) -> Result<(Vec<u8>, Vec<Jwk>), OauthError> {
+    let text = source.fetch().await?;
+    let keys = parse_jwks(&text).map_err(|reason| OauthError::Jwks {
+        path: source.to_string(),
         reason,
-    };
-    let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let keys = parse_jwks(&text).map_err(err)?;
+    })?;
     Ok((text, keys))
 }
 
 impl JwtValidator {
-    pub fn load(settings: OauthSettings) -> Result<Self, OauthError> {
-        let keys = read_jwks(&settings.jwks)?;
+    pub async fn load(settings: OauthSettings) -> Result<Self, OauthError> {
+        let keys = read_jwks(&settings.jwks).await?;
         Ok(Self {
             settings,
             keys: RwLock::new(keys),
         })
     }
 
-    /// Reads the JWKS again; `Ok(true)` if it changed. A file that does not parse
-    /// leaves the keys in force.
-    pub fn reload(&self) -> Result<bool, OauthError> {
-        let (text, keys) = read_jwks(&self.settings.jwks)?;
+    /// Reads the JWKS again; `Ok(true)` if it changed. A document that does not parse
+    /// (or a fetch that fails) leaves the keys in force.
+    pub async fn reload(&self) -> Result<bool, OauthError> {
+        let (text, keys) = read_jwks(&self.settings.jwks).await?;
         let mut current = self.keys.write().unwrap_or_else(|p| p.into_inner());
         if current.0 == text {
             return Ok(false);
@@ -211,8 +260,8 @@ impl JwtValidator {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
-            match self.reload() {
-                Ok(true) => info!(jwks = %self.settings.jwks.display(), "JWKS reloaded"),
+            match self.reload().await {
+                Ok(true) => info!(jwks = %self.settings.jwks, "JWKS reloaded"),
                 Ok(false) => {}
                 Err(e) => warn!(error = %e, "JWKS does not load; the keys before stay in force"),
             }
@@ -404,24 +453,25 @@ mod tests {
         }
     }
 
-    fn validator(dir: &Path, keys: &[Value]) -> JwtValidator {
+    async fn validator(dir: &std::path::Path, keys: &[Value]) -> JwtValidator {
         let path = dir.join("jwks.json");
         std::fs::write(&path, serde_json::json!({ "keys": keys }).to_string()).unwrap();
         JwtValidator::load(OauthSettings {
-            jwks: path,
+            jwks: JwksSource::File(path),
             issuer: Some("https://idp.example".into()),
             audience: vec!["kafka".into()],
             subject_claim: "sub".into(),
             clock_skew_s: 30,
         })
+        .await
         .unwrap()
     }
 
-    #[test]
-    fn tokens_are_checked_for_signature_expiry_issuer_and_audience() {
+    #[tokio::test]
+    async fn tokens_are_checked_for_signature_expiry_issuer_and_audience() {
         let dir = tempfile::tempdir().unwrap();
         let idp = Issuer::new("k1");
-        let v = validator(dir.path(), &[idp.jwk()]);
+        let v = validator(dir.path(), &[idp.jwk()]).await;
         let now = 1_800_000_000;
         let good = serde_json::json!({"sub": "alice", "iss": "https://idp.example", "aud": ["kafka", "x"], "exp": now + 60});
         assert_eq!(
@@ -504,7 +554,7 @@ mod tests {
             serde_json::json!({ "keys": [idp.jwk(), stranger.jwk()] }).to_string(),
         )
         .unwrap();
-        assert!(v.reload().unwrap());
+        assert!(v.reload().await.unwrap());
         assert!(v.validate(&stranger.token(good), now).is_ok());
     }
 
@@ -527,10 +577,17 @@ mod tests {
         ] {
             assert_eq!(bearer_token(bad), Err(OauthError::Message), "{bad:?}");
         }
-        assert!(OauthSettings::jwks_path("https://idp/jwks").is_err());
         assert_eq!(
-            OauthSettings::jwks_path("file:///etc/jwks.json").unwrap(),
-            PathBuf::from("/etc/jwks.json")
+            JwksSource::parse("https://idp/jwks").unwrap(),
+            JwksSource::Url("https://idp/jwks".into())
+        );
+        assert_eq!(
+            JwksSource::parse("file:///etc/jwks.json").unwrap(),
+            JwksSource::File(PathBuf::from("/etc/jwks.json"))
+        );
+        assert_eq!(
+            JwksSource::parse("/etc/jwks.json").unwrap(),
+            JwksSource::File(PathBuf::from("/etc/jwks.json"))
         );
     }
 }

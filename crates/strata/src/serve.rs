@@ -247,14 +247,14 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
             .context("strata.meta.tls: the metadata quorum's TLS")?,
         _ => strata_security::transport::Transport::Plain,
     };
-    let oauth = cfg
-        .kafka
-        .oauth()
-        .map_err(anyhow::Error::msg)?
-        .map(strata_security::oauth::JwtValidator::load)
-        .transpose()
-        .context("loading the JWKS (sasl.oauthbearer.jwks.endpoint.url)")?
-        .map(Arc::new);
+    let oauth = match cfg.kafka.oauth().map_err(anyhow::Error::msg)? {
+        Some(settings) => Some(Arc::new(
+            strata_security::oauth::JwtValidator::load(settings)
+                .await
+                .context("loading the JWKS (sasl.oauthbearer.jwks.endpoint.url)")?,
+        )),
+        None => None,
+    };
     let http = TcpListener::bind(&cfg.http_listen)
         .await
         .with_context(|| format!("binding the HTTP listener to {}", cfg.http_listen))?;
