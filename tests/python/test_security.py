@@ -702,3 +702,34 @@ def test_a_cluster_on_mtls_replicates_and_rides_a_certificate_rotation(cluster_f
 
     wait_until(lambda: "metadata listener: handshake failed" in n.process.log_text(), 10,
                "the plaintext peer refused")
+
+
+def test_the_http_port_speaks_tls_and_keeps_api_routes_behind_the_token(broker_factory, pki):
+    """strata.http.tls: health, readiness, metrics and /api/v1 over TLS with the same
+    keystore; a plain HTTP request gets no answer; /api/v1 wants the bearer token."""
+    import urllib.error
+    import urllib.request
+
+    b = broker_factory(env=secure_env(pki, STRATA_HTTP_TLS="true", STRATA_HTTP_ADMIN_TOKEN="tok-3e9"))
+    https = b.http.replace("http://", "https://")
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+
+    def get(path: str, token: str | None = None) -> int:
+        req = urllib.request.Request(https + path)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert get("/readyz") == 200
+    assert get("/metrics") == 200
+    assert get("/api/v1/cluster") == 401
+    assert get("/api/v1/cluster", "tok-3e9") == 200
+    import http.client
+
+    # Plain HTTP to the TLS port: a TLS alert back, never an HTTP answer.
+    with pytest.raises((urllib.error.URLError, http.client.HTTPException, OSError)):
+        urllib.request.urlopen(b.http + "/readyz", timeout=5)

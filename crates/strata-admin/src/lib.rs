@@ -152,6 +152,47 @@ pub fn router(state: Shared, access: Access) -> Router {
         .layer(middleware::from_fn_with_state(Arc::new(access), guard))
 }
 
+/// A connection the caller accepted (and perhaps wrapped in TLS) for [`serve_incoming`].
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Connections handed over through a channel, as axum's listener.
+struct Incoming {
+    rx: tokio::sync::mpsc::Receiver<(Box<dyn Io>, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for Incoming {
+    type Io = Box<dyn Io>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // No more connections: wait for the shutdown signal.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Serves the routes on connections the caller accepts (e.g. after a TLS handshake)
+/// and sends through `rx`, until `shutdown` is cancelled.
+pub async fn serve_incoming(
+    rx: tokio::sync::mpsc::Receiver<(Box<dyn Io>, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+    state: Shared,
+    access: Access,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(Incoming { rx, local }, router(state, access))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
 /// Serves the routes on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,

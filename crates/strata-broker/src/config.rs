@@ -290,6 +290,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "How often ssl.keystore.location is checked for a new certificate. Read at start-up.",
     ),
     def(
+        "strata.http.tls",
+        ConfigType::Boolean,
+        "false",
+        Check::Any,
+        "Serve the HTTP port (health, readiness, metrics, /api/v1) over TLS with ssl.keystore.location. Read at start-up.",
+    ),
+    def(
         "strata.http.admin-token",
         ConfigType::String,
         "",

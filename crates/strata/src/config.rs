@@ -582,13 +582,16 @@ fn security(
             "TLS between nodes (strata.meta.tls, or an SSL inter-broker listener) needs ssl.truststore.location: the CA bundle peers' certificates are checked against"
         );
     }
-    if !listeners.any_tls() && !meta_tls {
+    let http_tls = kafka
+        .get("strata.http.tls")
+        .is_some_and(|(v, _)| v == "true");
+    if !listeners.any_tls() && !meta_tls && !http_tls {
         return Ok(None);
     }
     let keystore = kafka.text("ssl.keystore.location");
     if keystore.is_empty() {
         bail!(
-            "TLS (an SSL or SASL_SSL listener, or strata.meta.tls) needs ssl.keystore.location (a PEM file with the private key and certificate chain)"
+            "TLS (an SSL or SASL_SSL listener, strata.meta.tls or strata.http.tls) needs ssl.keystore.location (a PEM file with the private key and certificate chain)"
         );
     }
     Ok(Some(TlsSettings {

@@ -195,6 +195,55 @@ fn http_access(cfg: &ServeConfig) -> strata_admin::Access {
     }
 }
 
+/// The HTTP routes over TLS (`strata.http.tls`): connections are accepted and their
+/// handshakes run here, each in its own task so a slow client holds up no other, and
+/// handed to the routes.
+async fn serve_https(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<Admin>,
+    access: strata_admin::Access,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let accepting = {
+        let stop = stop.clone();
+        async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "http listener: accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let io: Box<dyn strata_admin::Io> = Box::new(tls);
+                            let _ = tx.send((io, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "http: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "http: no TLS handshake within 10 s"),
+                    }
+                });
+            }
+        }
+    };
+    let serving = strata_admin::serve_incoming(rx, local, state, access, stop);
+    let ((), served) = tokio::join!(accepting, serving);
+    served
+}
+
 /// Binds every Kafka listener.
 async fn bind_kafka(cfg: &ServeConfig) -> anyhow::Result<Vec<KafkaListener>> {
     let mut bound = Vec::new();
@@ -292,12 +341,25 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
         meta_only: !cfg.roles.broker,
         metrics: metrics.clone(),
     });
-    let admin = tokio::spawn(strata_admin::serve(
-        http,
-        admin_state.clone(),
-        http_access(&cfg),
-        stop_http.clone(),
-    ));
+    let http_tls = cfg
+        .kafka
+        .get("strata.http.tls")
+        .is_some_and(|(v, _)| v == "true");
+    let admin = match (&tls, http_tls) {
+        (Some(tls), true) => tokio::spawn(serve_https(
+            http,
+            tls.acceptor(false),
+            admin_state.clone(),
+            http_access(&cfg),
+            stop_http.clone(),
+        )),
+        _ => tokio::spawn(strata_admin::serve(
+            http,
+            admin_state.clone(),
+            http_access(&cfg),
+            stop_http.clone(),
+        )),
+    };
     info!(addr = %http_addr, "http listener ready");
     if let Some(l) = &meta_listener {
         info!(addr = %l.local_addr()?, voters = ?cfg.voters, "metadata listener ready");
