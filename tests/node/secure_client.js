@@ -14,7 +14,12 @@ async function main() {
   const kafka = new Kafka({
     clientId: 'strata-secure-kafkajs',
     brokers: cfg.bootstrap.split(','),
-    ssl: cfg.ca ? { ca: [fs.readFileSync(cfg.ca, 'utf8')] } : false,
+    ssl: cfg.ca
+      ? {
+          ca: [fs.readFileSync(cfg.ca, 'utf8')],
+          ...(cfg.cert ? { cert: fs.readFileSync(cfg.cert, 'utf8'), key: fs.readFileSync(cfg.key, 'utf8') } : {}),
+        }
+      : false,
     sasl: !cfg.sasl
       ? undefined
       : cfg.sasl.token

@@ -375,12 +375,18 @@ def test_scram_users_are_managed_with_the_admin_api(secure, pki):
 
 
 def test_kcat_kafka_python_and_kafkajs_over_tls_and_sasl(secure, pki):
-    """The other client libraries: kcat (SASL_SSL SCRAM-SHA-256, SSL with a client
-    certificate), kafka-python (SASL_SSL SCRAM-SHA-512 and PLAIN, SSL) and KafkaJS
-    (SASL_SSL SCRAM-SHA-512 and PLAIN)."""
+    """The other client libraries: kcat (SASL_SSL with SCRAM-SHA-256, SCRAM-SHA-512 and
+    PLAIN, SSL with a client certificate), kafka-python (SASL_SSL SCRAM-SHA-512,
+    SASL_PLAINTEXT PLAIN, SSL with a client certificate) and KafkaJS (SASL_SSL
+    SCRAM-SHA-512 and PLAIN, SSL with a client certificate)."""
     # kcat
+    def sasl(mechanism: str, user: str, password: str) -> list[str]:
+        return ["-X", f"sasl.mechanisms={mechanism}", "-X", f"sasl.username={user}", "-X", f"sasl.password={password}"]
+
     for listener, extra in [
-        ("SASLTLS", ["-X", "sasl.mechanisms=SCRAM-SHA-256", "-X", "sasl.username=alice", "-X", f"sasl.password={ALICE_PASSWORD}"]),
+        ("SASLTLS", sasl("SCRAM-SHA-256", "alice", ALICE_PASSWORD)),
+        ("SASLTLS", sasl("SCRAM-SHA-512", "admin", ADMIN_PASSWORD)),
+        ("SASLTLS", sasl("PLAIN", "alice", ALICE_PASSWORD)),
         ("TLS", ["-X", f"ssl.certificate.location={pki.client_cert}", "-X", f"ssl.key.location={pki.client_key}"]),
     ]:
         topic = unique(f"kcat-{listener.lower()}")
@@ -433,6 +439,13 @@ def test_kcat_kafka_python_and_kafkajs_over_tls_and_sasl(secure, pki):
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["ok"], (mechanism, out, r.stderr[-2000:])
         assert out["values"] == [f"kafkajs-{i}" for i in range(COUNT)]
+    topic = unique("kjs-mtls")
+    cfg = {"bootstrap": addr(secure, "TLS"), "topic": topic, "count": COUNT, "ca": str(pki.ca_pem),
+           "cert": str(pki.client_cert), "key": str(pki.client_key)}
+    r = subprocess.run([node, str(NODE_DIR / "secure_client.js"), json.dumps(cfg)], cwd=str(NODE_DIR),
+                       capture_output=True, text=True, timeout=90)
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["ok"], ("mTLS", out, r.stderr[-2000:])
     cfg = {"bootstrap": addr(secure, "SASLTLS"), "topic": unique("kjs-bad"), "count": 1, "ca": str(pki.ca_pem),
            "retries": 0, "sasl": {"mechanism": "scram-sha-256", "username": "alice", "password": "nope"}}
     r = subprocess.run([node, str(NODE_DIR / "secure_client.js"), json.dumps(cfg)], cwd=str(NODE_DIR),
