@@ -715,6 +715,18 @@ def test_a_cluster_on_mtls_replicates_and_rides_a_certificate_rotation(cluster_f
 
     wait_until(lambda: "metadata listener: handshake failed" in n.process.log_text(), 10,
                "the plaintext peer refused")
+    # A client's certificate from the same CA gets through TLS but is no quorum peer.
+    ctx = ssl.create_default_context(cafile=str(pki.ca_pem))
+    ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    with socket.create_connection((n.host, n.meta_port), timeout=10) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname=n.host) as tls:
+                tls.sendall(struct.pack(">I", 2) + b"{}")
+                assert tls.recv(64) == b"", "the quorum answered a client's certificate"
+        except (ssl.SSLError, ConnectionError):
+            pass
+    wait_until(lambda: "is not one of this cluster's nodes" in n.process.log_text(), 10,
+               "the client certificate refused as a quorum peer")
 
 
 def test_the_http_port_speaks_tls_and_keeps_api_routes_behind_the_token(broker_factory, pki):

@@ -996,7 +996,23 @@ fn every_api_checks_its_acl_for_a_principal_without_any() {
         let _ = nobody.request_kind(k.max_version, &req);
         checked.push(api);
     }
+    // A follower's fetch (a replica id) from a principal without CLUSTER_ACTION is refused
+    // before it is handled: it would otherwise move the leader's view of its followers.
+    let ResponseKind::Fetch(f) = nobody.request_kind(12, &{
+        let RequestKind::Fetch(mut r) = sample(ApiKey::Fetch, 12, "every", id) else {
+            panic!()
+        };
+        r.replica_id = BrokerId(0);
+        RequestKind::Fetch(r)
+    }) else {
+        panic!()
+    };
+    assert_eq!(f.responses[0].partitions[0].error_code, 29);
     let (_, metrics) = broker.http_get("/metrics");
+    assert!(
+        metrics.contains(r#"strata_kafka_authorization_denied_total{api="Fetch",operation="CLUSTER_ACTION",resource_type="CLUSTER"} 1"#),
+        "{metrics}"
+    );
     for api in &checked {
         let label = format!("api=\"{api:?}\"");
         let denied: f64 = metrics

@@ -154,6 +154,16 @@ fn a_sasl_listener_admits_only_the_handshake_until_a_client_authenticates() {
     c.set_read_timeout(Duration::from_secs(10));
     assert!(c.is_closed());
 
+    // Before authentication, frames above Kafka's sasl.server.max.receive.size (512 KiB)
+    // close the connection: no stranger holds the request memory budget.
+    let mut c = RawClient::connect(s.kafka);
+    c.send_raw(&(600_000i32).to_be_bytes()).unwrap();
+    assert!(c.is_closed());
+    let too_large = s
+        .metric("strata_kafka_connection_errors_total{reason=\"frame_too_large\"}")
+        .unwrap_or(0.0);
+    assert_eq!(too_large, 1.0);
+
     let failures = s
         .metric("strata_kafka_authentications_total{mechanism=\"PLAIN\",result=\"failure\"}")
         .unwrap_or(0.0);

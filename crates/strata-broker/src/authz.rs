@@ -38,7 +38,9 @@ impl Authz {
                 .principal
                 .as_ref()
                 .map_or_else(|| "User:ANONYMOUS".to_string(), ToString::to_string),
-            host: session.peer.ip().to_string(),
+            // An IPv4 client of a dual-stack listener is ::ffff:a.b.c.d: ACL hosts name
+            // it as a.b.c.d.
+            host: session.peer.ip().to_canonical().to_string(),
             acls: broker.meta.read(|s| s.acls.clone()),
             authorizer: authorizer.clone(),
             api,

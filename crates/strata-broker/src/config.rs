@@ -283,6 +283,13 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "The metadata quorum's RPCs over mTLS: each node presents ssl.keystore.location and accepts only peers whose certificates chain to ssl.truststore.location. Every node of the cluster must agree. Read at start-up.",
     ),
     def(
+        "strata.meta.tls-peers",
+        ConfigType::String,
+        "",
+        Check::Any,
+        "With strata.meta.tls: the certificate subjects (User:CN=...,O=..., separated by semicolons) accepted as quorum peers; empty: this node's own subject. Clients' certificates from the same CA never reach the quorum.",
+    ),
+    def(
         "strata.ssl.reload-interval-ms",
         ConfigType::Long,
         "5000",

@@ -22,7 +22,12 @@ use tracing::{debug, warn};
 
 use crate::broker::Broker;
 use crate::handlers::{self, Outcome};
-use crate::session::{ListenerInfo, Session};
+use crate::session::{ListenerInfo, Sasl, Session};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Largest frame a SASL listener reads before the client has authenticated (Kafka's
+/// `sasl.server.max.receive.size` default).
+const SASL_MAX_RECEIVE: usize = 512 * 1024;
 
 /// How long a client has to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +147,10 @@ async fn serve_session<R, W>(
     // produce requests wait for their sync is appended at once and shares the next one.
     let (frames, mut arrived) = mpsc::channel(1);
     let stop = CancellationToken::new();
-    let reader = read_frames(broker, rd, frames, &stop, closing);
+    // Until a SASL client has authenticated, its frames are held to Kafka's
+    // sasl.server.max.receive.size: a stranger cannot take the request memory budget.
+    let authenticated = AtomicBool::new(session.principal.is_some());
+    let reader = read_frames(broker, rd, frames, &stop, &authenticated, closing);
     let answerer = async {
         let mut waiting = FuturesOrdered::new();
         let mut reading = true;
@@ -164,7 +172,12 @@ async fn serve_session<R, W>(
                             }
                         }
                     }
-                    match handlers::handle(broker, frame, &mut session).await {
+                    let outcome = handlers::handle(broker, frame, &mut session).await;
+                    authenticated.store(
+                        session.principal.is_some() && matches!(session.sasl, Sasl::Idle),
+                        Ordering::Relaxed,
+                    );
+                    match outcome {
                         // Its own task: the wait holds the partition's sync turn and
                         // must finish (the high watermark depends on it) even if this
                         // connection stops polling it, or ends.
@@ -263,6 +276,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
     rd: R,
     frames: mpsc::Sender<(Bytes, InMemory)>,
     stop: &CancellationToken,
+    authenticated: &AtomicBool,
     closing: &impl Fn(&'static str, &str),
 ) {
     let m = &broker.metrics.kafka;
@@ -302,6 +316,15 @@ async fn read_frames<R: AsyncRead + Unpin>(
             closing("negative_frame_size", &format!("frame size {size}"));
             break;
         };
+        if !authenticated.load(Ordering::Relaxed) && size > SASL_MAX_RECEIVE {
+            closing(
+                "frame_too_large",
+                &format!(
+                    "request of {size} bytes before authentication exceeds {SASL_MAX_RECEIVE}"
+                ),
+            );
+            break;
+        }
         if size > max {
             closing(
                 "frame_too_large",

@@ -404,7 +404,7 @@ impl RunningBroker {
         // itself; nor does it need the truststore, which the command line requires in a
         // cluster with an SSL inter-broker listener.)
         let inter_broker = match (inter_protocol.tls(), &opts.tls) {
-            (true, Some(tls)) if tls.has_truststore() => Transport::tls(tls)
+            (true, Some(tls)) if tls.has_truststore() => Transport::tls(tls, Vec::new())
                 .map_err(|e| StartError::Security(format!("inter-broker TLS: {e}")))?,
             _ => Transport::Plain,
         };

@@ -40,6 +40,8 @@ pub(crate) struct Session {
     pub listener: Arc<ListenerInfo>,
     /// `None` until a SASL listener's client has authenticated.
     pub principal: Option<Principal>,
+    /// The mechanism it authenticated with (a re-authentication must use the same).
+    pub mechanism: Option<Mechanism>,
     pub sasl: Sasl,
     /// When the SASL session ends unless the client re-authenticates (KIP-368,
     /// `connections.max.reauth.ms`).
@@ -62,6 +64,7 @@ impl Session {
             peer,
             listener,
             principal,
+            mechanism: None,
             sasl: Sasl::Idle,
             expires: None,
         }

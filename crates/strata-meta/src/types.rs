@@ -67,12 +67,22 @@ pub struct ClusterState {
 
 /// What is kept of a SCRAM user's password: the salt, the iteration count and the two
 /// keys derived from the salted password (the password itself never is).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct ScramCredential {
     pub salt: Vec<u8>,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
     pub iterations: u32,
+}
+
+/// The keys stay out of logs (commands are logged at trace level): with them a user can
+/// be impersonated.
+impl std::fmt::Debug for ScramCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredential")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A listener of a broker as clients of that listener are told to reach it.

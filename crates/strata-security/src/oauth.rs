@@ -62,6 +62,19 @@ impl JwksSource {
             return Ok(Self::File(PathBuf::from(path)));
         }
         if url.starts_with("http://") || url.starts_with("https://") {
+            // Plain http would let anyone on the path swap the signing keys: only for a
+            // JWKS served on this host.
+            let host = url
+                .split_once("://")
+                .map_or("", |(_, rest)| rest)
+                .split(['/', ':'])
+                .next()
+                .unwrap_or("");
+            if url.starts_with("http://") && !matches!(host, "localhost" | "127.0.0.1") {
+                return Err(OauthError::Setting(format!(
+                    "sasl.oauthbearer.jwks.endpoint.url {url}: use https (http only for a JWKS served on this host)"
+                )));
+            }
             if cfg!(feature = "http-jwks") {
                 return Ok(Self::Url(url.to_string()));
             }
@@ -353,10 +366,10 @@ impl JwtValidator {
         let s = &self.settings;
         let time = |name| claims.get(name).and_then(Value::as_f64).map(|v| v as i64);
         let exp = time("exp").ok_or(OauthError::Malformed("no exp claim"))?;
-        if now_s > exp + s.clock_skew_s {
+        if now_s > exp.saturating_add(s.clock_skew_s) {
             return Err(OauthError::Expired);
         }
-        if time("nbf").is_some_and(|nbf| now_s + s.clock_skew_s < nbf) {
+        if time("nbf").is_some_and(|nbf| now_s.saturating_add(s.clock_skew_s) < nbf) {
             return Err(OauthError::NotYetValid);
         }
         if let Some(want) = &s.issuer
@@ -581,6 +594,8 @@ mod tests {
             JwksSource::parse("https://idp/jwks").unwrap(),
             JwksSource::Url("https://idp/jwks".into())
         );
+        assert!(JwksSource::parse("http://idp.example/jwks").is_err());
+        assert!(JwksSource::parse("http://127.0.0.1:8080/jwks").is_ok());
         assert_eq!(
             JwksSource::parse("file:///etc/jwks.json").unwrap(),
             JwksSource::File(PathBuf::from("/etc/jwks.json"))

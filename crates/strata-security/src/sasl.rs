@@ -187,7 +187,18 @@ fn plain(token: &[u8], store: &dyn CredentialStore) -> Step {
             expires_s: None,
         },
         Some(_) => Step::Failed("wrong password".to_string()),
-        None => Step::Failed("unknown user".to_string()),
+        None => {
+            // As long as a wrong password takes, so timing does not tell which users
+            // exist.
+            static DUMMY: std::sync::OnceLock<Option<Credential>> = std::sync::OnceLock::new();
+            let dummy = DUMMY.get_or_init(|| {
+                Credential::from_password(ScramHash::Sha512, "", crate::scram::MIN_ITERATIONS).ok()
+            });
+            if let Some(d) = dummy {
+                let _ = d.verifies(password);
+            }
+            Step::Failed("unknown user".to_string())
+        }
     }
 }
 

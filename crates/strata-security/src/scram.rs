@@ -100,13 +100,23 @@ impl ScramHash {
 }
 
 /// What the broker keeps of a SCRAM user's password.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     pub hash: ScramHash,
     pub salt: Vec<u8>,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
     pub iterations: u32,
+}
+
+/// The keys stay out of logs: with them a user can be impersonated.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("hash", &self.hash)
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a credential cannot be made.

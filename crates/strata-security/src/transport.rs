@@ -14,7 +14,7 @@ use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::tls::{KeyStore, TlsError, TlsServer};
+use crate::tls::{KeyStore, TlsError, TlsServer, certificate_principal};
 
 /// A connection, plain or TLS.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -62,6 +62,28 @@ impl std::fmt::Debug for Transport {
 pub struct PeerTls {
     connector: tokio_rustls::TlsConnector,
     acceptor: tokio_rustls::TlsAcceptor,
+    keys: Arc<KeyStore>,
+    /// Principals accepted as peers; empty: this node's own certificate subject.
+    peers: Vec<String>,
+}
+
+impl PeerTls {
+    /// Whether the verified certificate `der` belongs to a node of this cluster: the
+    /// truststore's CA may also sign clients', which must not reach the quorum.
+    fn is_peer(&self, der: &[u8]) -> bool {
+        let Some(who) = certificate_principal(der).map(|p| p.to_string()) else {
+            return false;
+        };
+        if self.peers.is_empty() {
+            let mine = self.keys.current();
+            return mine
+                .cert
+                .first()
+                .and_then(|c| certificate_principal(c))
+                .is_some_and(|me| me.to_string() == who);
+        }
+        self.peers.contains(&who)
+    }
 }
 
 impl ResolvesClientCert for KeyStore {
@@ -82,8 +104,10 @@ impl std::fmt::Debug for KeyStore {
 
 impl Transport {
     /// mTLS with `server`'s keystore (followed as it is re-read) and truststore, which
-    /// peers' certificates must chain to (required: a node accepts only its cluster).
-    pub fn tls(server: &TlsServer) -> Result<Self, TlsError> {
+    /// peers' certificates must chain to (required). Accepted connections must also
+    /// come from one of `peers` (principals such as `User:CN=strata,O=Example`), or,
+    /// if none are named, from a certificate with this node's own subject.
+    pub fn tls(server: &TlsServer, peers: Vec<String>) -> Result<Self, TlsError> {
         let roots = server.roots().ok_or(TlsError::NoTruststore("required"))?;
         let provider = crate::tls::provider();
         let client = ClientConfig::builder_with_provider(provider.clone())
@@ -100,6 +124,8 @@ impl Transport {
         Ok(Self::Tls(Arc::new(PeerTls {
             connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(accept)),
+            keys: server.keys(),
+            peers,
         })))
     }
 
@@ -128,7 +154,17 @@ impl Transport {
         let _ = tcp.set_nodelay(true);
         match self {
             Self::Plain => Ok(Box::new(tcp)),
-            Self::Tls(t) => Ok(Box::new(t.acceptor.accept(tcp).await?)),
+            Self::Tls(t) => {
+                let tls = t.acceptor.accept(tcp).await?;
+                let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                if !peer.is_some_and(|c| t.is_peer(c)) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::PermissionDenied,
+                        "the peer's certificate is not one of this cluster's nodes",
+                    ));
+                }
+                Ok(Box::new(tls))
+            }
         }
     }
 }

@@ -292,8 +292,17 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
             .get("strata.meta.tls")
             .is_some_and(|(v, _)| v == "true"),
     ) {
-        (Some(tls), true) => strata_security::transport::Transport::tls(tls)
-            .context("strata.meta.tls: the metadata quorum's TLS")?,
+        (Some(tls), true) => strata_security::transport::Transport::tls(
+            tls,
+            cfg.kafka
+                .text("strata.meta.tls-peers")
+                .split(';')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
+        .context("strata.meta.tls: the metadata quorum's TLS")?,
         _ => strata_security::transport::Transport::Plain,
     };
     let oauth = match cfg.kafka.oauth().map_err(anyhow::Error::msg)? {

@@ -93,7 +93,35 @@ pub(super) fn gate(
         }
         RequestKind::Fetch(r) => {
             let follower = r.replica_id.0 >= 0 || r.replica_state.replica_id.0 >= 0;
-            let cluster = !follower || authz.cluster(Operation::ClusterAction);
+            // A follower's fetch moves the leader's view of it (ISR, high watermark):
+            // refused before it is handled, never after.
+            if follower && !authz.cluster(Operation::ClusterAction) {
+                let topics = r
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        fetch_response::FetchableTopicResponse::default()
+                            .with_topic(t.topic.clone())
+                            .with_topic_id(t.topic_id)
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        fetch_response::PartitionData::default()
+                                            .with_partition_index(p.partition)
+                                            .with_error_code(TOPIC_DENIED)
+                                            .with_high_watermark(-1)
+                                            .with_last_stable_offset(-1)
+                                            .with_log_start_offset(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                return refuse(ResponseKind::Fetch(
+                    FetchResponse::default().with_responses(topics),
+                ));
+            }
             // Fetch v13+ names topics by id (a session's may not be in this request).
             let b = broker.clone();
             (
@@ -104,8 +132,7 @@ pub(super) fn gate(
                             true => b.topic_by_id(t.topic_id).map(|t| t.name),
                             false => Some(t.topic.to_string()),
                         };
-                        let allowed = cluster
-                            && (follower || name.is_none_or(|n| a.topic(Operation::Read, &n)));
+                        let allowed = follower || name.is_none_or(|n| a.topic(Operation::Read, &n));
                         if !allowed {
                             for p in &mut t.partitions {
                                 *p = fetch_response::PartitionData::default()
@@ -211,6 +238,15 @@ pub(super) fn gate(
             (
                 RequestKind::CreateTopics(r),
                 after!(CreateTopics, |resp| {
+                    // A created topic's configs are shown only to who may describe them.
+                    for t in &mut resp.topics {
+                        if t.configs.is_some()
+                            && !a.sees(Operation::DescribeConfigs, ResourceType::Topic, &t.name)
+                        {
+                            t.configs = None;
+                            t.topic_config_error_code = TOPIC_DENIED;
+                        }
+                    }
                     resp.topics.extend(refused.into_iter().map(|t| {
                         create_topics_response::CreatableTopicResult::default()
                             .with_name(t.name)
@@ -585,7 +621,10 @@ pub(super) fn gate(
             )
         }
         RequestKind::InitProducerId(r) => {
-            let allowed = match &r.transactional_id {
+            // An empty transactional id is an idempotent producer's (as the handler
+            // treats it), checked as one.
+            let txn_id = r.transactional_id.as_ref().filter(|id| !id.is_empty());
+            let allowed = match txn_id {
                 Some(id) => authz.txn(Operation::Write, id),
                 None => {
                     authz.sees(
@@ -597,7 +636,7 @@ pub(super) fn gate(
                 }
             };
             if !allowed {
-                let code = if r.transactional_id.is_some() {
+                let code = if txn_id.is_some() {
                     TXN_DENIED
                 } else {
                     CLUSTER_DENIED
@@ -778,6 +817,8 @@ pub(super) fn gate(
             RequestKind::DescribeTransactions(r),
             after!(DescribeTransactions, |resp| {
                 for t in &mut resp.transaction_states {
+                    t.topics
+                        .retain(|d| a.sees(Operation::Describe, ResourceType::Topic, &d.topic));
                     if !a.txn(Operation::Describe, &t.transactional_id) {
                         *t = describe_transactions_response::TransactionState::default()
                             .with_transactional_id(t.transactional_id.clone())

@@ -170,9 +170,11 @@ fn step(
             answer,
             expires_s,
         } => {
-            // Re-authentication (KIP-368) may renew the session, not change who it is.
+            // Re-authentication (KIP-368) may renew the session, not change who it is or
+            // how it logs in.
+            let other_mechanism = session.mechanism.is_some_and(|m| m != mechanism);
             if let Some(before) = &session.principal
-                && *before != principal
+                && (*before != principal || other_mechanism)
             {
                 counter("failure");
                 warn!(peer = %session.peer, %before, after = %principal, "re-authentication as another principal refused");
@@ -188,6 +190,7 @@ fn step(
             });
             session.expires = lifetime.map(|l| Instant::now() + l);
             session.principal = Some(principal);
+            session.mechanism = Some(mechanism);
             Ok((answer, lifetime))
         }
         Step::Failed(reason) => {
