@@ -240,8 +240,13 @@ mod tests {
     }
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        get_with(addr, path, "").await
+    }
+
+    /// A GET with extra header lines (`auth`, each ending in CRLF).
+    async fn get_with(addr: std::net::SocketAddr, path: &str, auth: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
             .await
             .unwrap();
         let mut out = String::new();
@@ -302,16 +307,6 @@ mod tests {
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.0 404"));
         stop.cancel();
         server.await.unwrap().unwrap();
-    }
-
-    async fn get_with(addr: std::net::SocketAddr, path: &str, auth: &str) -> String {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
     }
 
     #[tokio::test]

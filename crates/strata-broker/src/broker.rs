@@ -186,21 +186,27 @@ impl Broker {
     /// The coordinator of consumer group `group`: one of the live brokers, by a hash of
     /// the group id, so groups spread over brokers and move when one dies (their
     /// committed offsets are in the metadata service, so the new one has them at once).
-    pub(crate) fn coordinator_of(&self, group: &str) -> Option<strata_meta::BrokerInfo> {
+    /// `f` sees it under the metadata read lock (nothing is copied out but what it returns).
+    pub(crate) fn coordinator_of<T>(
+        &self,
+        group: &str,
+        f: impl FnOnce(&strata_meta::BrokerInfo) -> T,
+    ) -> Option<T> {
         self.meta.read(|s| {
             let live: Vec<&strata_meta::BrokerInfo> = s.live_brokers().collect();
             if live.is_empty() {
                 return None;
             }
-            let b = live[crc32c::crc32c(group.as_bytes()) as usize % live.len()];
-            Some(b.clone())
+            Some(f(
+                live[crc32c::crc32c(group.as_bytes()) as usize % live.len()]
+            ))
         })
     }
 
     /// `NOT_COORDINATOR` if another broker coordinates `group`.
     pub(crate) fn not_coordinator(&self, group: &str) -> Option<ResponseError> {
-        match self.coordinator_of(group) {
-            Some(b) if b.node_id != self.node_id => Some(ResponseError::NotCoordinator),
+        match self.coordinator_of(group, |b| b.node_id) {
+            Some(id) if id != self.node_id => Some(ResponseError::NotCoordinator),
             _ => None,
         }
     }

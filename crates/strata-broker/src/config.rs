@@ -1277,7 +1277,8 @@ impl BrokerConfig {
             .unwrap_or(0)
     }
 
-    fn flag(&self, name: &str) -> bool {
+    /// A boolean setting's value.
+    pub fn flag(&self, name: &str) -> bool {
         self.get(name).is_some_and(|(v, _)| v == "true")
     }
 

@@ -572,9 +572,7 @@ fn security(
             l.protocol.name()
         );
     }
-    let meta_tls = kafka
-        .get("strata.meta.tls")
-        .is_some_and(|(v, _)| v == "true");
+    let meta_tls = kafka.flag("strata.meta.tls");
     let peer_tls = meta_tls
         || inter.is_some_and(|l| clustered && l.protocol == strata_security::SecurityProtocol::Ssl);
     if peer_tls && truststore.is_empty() {
@@ -582,10 +580,7 @@ fn security(
             "TLS between nodes (strata.meta.tls, or an SSL inter-broker listener) needs ssl.truststore.location: the CA bundle peers' certificates are checked against"
         );
     }
-    let http_tls = kafka
-        .get("strata.http.tls")
-        .is_some_and(|(v, _)| v == "true");
-    if !listeners.any_tls() && !meta_tls && !http_tls {
+    if !listeners.any_tls() && !meta_tls && !kafka.flag("strata.http.tls") {
         return Ok(None);
     }
     let keystore = kafka.text("ssl.keystore.location");

@@ -187,11 +187,7 @@ fn http_access(cfg: &ServeConfig) -> strata_admin::Access {
     strata_admin::Access {
         token: (!token.is_empty()).then(|| token.to_string()),
         api_closed: secured,
-        probes_closed: secured
-            && cfg
-                .kafka
-                .get("strata.http.probes-require-token")
-                .is_some_and(|(v, _)| v == "true"),
+        probes_closed: secured && cfg.kafka.flag("strata.http.probes-require-token"),
     }
 }
 
@@ -286,12 +282,7 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
         .transpose()
         .context("loading the TLS keystore (ssl.keystore.location)")?;
     // The quorum's transport: mTLS with the node's keystore when strata.meta.tls is on.
-    let meta_transport = match (
-        &tls,
-        cfg.kafka
-            .get("strata.meta.tls")
-            .is_some_and(|(v, _)| v == "true"),
-    ) {
+    let meta_transport = match (&tls, cfg.kafka.flag("strata.meta.tls")) {
         (Some(tls), true) => strata_security::transport::Transport::tls(
             tls,
             cfg.kafka
@@ -350,11 +341,7 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
         meta_only: !cfg.roles.broker,
         metrics: metrics.clone(),
     });
-    let http_tls = cfg
-        .kafka
-        .get("strata.http.tls")
-        .is_some_and(|(v, _)| v == "true");
-    let admin = match (&tls, http_tls) {
+    let admin = match (&tls, cfg.kafka.flag("strata.http.tls")) {
         (Some(tls), true) => tokio::spawn(serve_https(
             http,
             tls.acceptor(false),

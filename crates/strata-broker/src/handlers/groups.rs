@@ -65,10 +65,12 @@ pub(super) fn find_coordinator(
     let answer = |key: &StrBytes| -> Coordinator {
         let c = Coordinator::default().with_key(key.clone());
         if req.key_type == 0 || req.key_type == 1 {
-            let found = broker.coordinator_of(key).and_then(|b| {
-                let (host, port) = b.endpoint_for(&ctx.listener.name)?;
-                Some((b.node_id, host.to_string(), port))
-            });
+            let found = broker
+                .coordinator_of(key, |b| {
+                    let (host, port) = b.endpoint_for(&ctx.listener.name)?;
+                    Some((b.node_id, host.to_string(), port))
+                })
+                .flatten();
             match found {
                 Some((id, host, port)) => c
                     .with_node_id(BrokerId(id))
