@@ -749,7 +749,9 @@ def test_the_replay_cache_survives_a_restart(broker_factory, rgw_store, restart)
     if restart == "sigterm":
         assert broker.stop() == 0
     else:
-        time.sleep(2)  # the cache's disk writes are asynchronous: let them land
+        # The cache's disk writes are asynchronous: SIGKILL once they have all landed.
+        wait_until(lambda: metric(broker, "strata_tier_cache_disk_pending_blocks") == 0, 30,
+                   "the cache's disk tier to have every fetched block", interval=0.2)
         broker.kill()
     broker.start()
     consume_and_compare(broker, topic, size, produced.ends)

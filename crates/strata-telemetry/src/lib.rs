@@ -147,6 +147,8 @@ pub struct TierMetrics {
     pub upload_duration_seconds: Histogram,
     pub read_bytes_total: IntCounterVec,
     pub cache_requests_total: IntCounterVec,
+    /// Blocks fetched from the store whose write to the cache's disk tier is unfinished.
+    pub cache_disk_pending_blocks: IntGauge,
     pub remote_segments_deleted_total: IntCounter,
     pub gc_deleted_objects_total: IntCounter,
     pub produce_throttled_total: IntCounter,
@@ -559,6 +561,10 @@ impl Metrics {
                 "strata_tier_cache_requests_total",
                 "Block reads of remote data, by result (hit: served by the cache; miss: needed a GET)",
                 &[RESULT],
+            )?,
+            cache_disk_pending_blocks: r.gauge(
+                "strata_tier_cache_disk_pending_blocks",
+                "Blocks fetched from the object store not yet written to the cache's disk tier (a crash now means a GET for them after the restart)",
             )?,
             remote_segments_deleted_total: r.counter(
                 "strata_tier_remote_segments_deleted_total",

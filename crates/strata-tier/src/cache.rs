@@ -137,8 +137,11 @@ impl BlockCache {
             })
             .await
             .map_err(|e| TierError::Cache(format!("{key} block {index}: {e}")))?;
+        let missed = fetched.load(Ordering::Relaxed);
+        if missed {
+            self.track_disk_write();
+        }
         if reader {
-            let missed = fetched.load(Ordering::Relaxed);
             self.metrics
                 .cache_requests_total
                 .with_label_values(&[if missed { "miss" } else { "hit" }])
@@ -243,14 +246,33 @@ impl BlockCache {
     pub async fn whole(&self, key: &str) -> Result<Bytes> {
         let store = self.store.clone();
         let object = key.to_string();
+        let fetched = Arc::new(AtomicBool::new(false));
+        let flag = fetched.clone();
         let entry = self
             .cache
             .get_or_fetch(&format!("{key}#all"), move || async move {
+                flag.store(true, Ordering::Relaxed);
                 store.get(&object).await
             })
             .await
             .map_err(|e| TierError::Cache(format!("{key}: {e}")))?;
+        if fetched.load(Ordering::Relaxed) {
+            self.track_disk_write();
+        }
         Ok(entry.value().clone())
+    }
+
+    /// Counts an entry just fetched from the store in `strata_tier_cache_disk_pending_blocks`
+    /// until the disk tier's flusher has written it: foyer queued it for the disk as the
+    /// fetch returned, and its `wait` resolves once everything queued before is written.
+    fn track_disk_write(&self) {
+        let pending = self.metrics.cache_disk_pending_blocks.clone();
+        pending.inc();
+        let cache = self.cache.clone();
+        tokio::spawn(async move {
+            cache.storage().wait().await;
+            pending.dec();
+        });
     }
 
     /// Drops the cached blocks of a deleted object (best effort: unknown blocks are just
