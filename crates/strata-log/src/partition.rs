@@ -594,7 +594,7 @@ impl Partition {
             next += h.last_offset_delta as i64 + 1;
         }
         inner.epochs.begin(leader_epoch, base_offset)?;
-        self.write_batches(&mut inner, data, &placed, now_ms)?;
+        self.write_batches(&mut inner, Bytes::from(data), &placed, now_ms)?;
         inner.producers.apply(producer_update);
         let info = AppendInfo {
             base_offset,
@@ -639,7 +639,7 @@ impl Partition {
             reason: format!("a marker built here does not validate: {e}"),
         })?;
         inner.epochs.begin(leader_epoch, offset)?;
-        self.write_batches(&mut inner, data, &[header], now_ms)?;
+        self.write_batches(&mut inner, Bytes::from(data), &[header], now_ms)?;
         inner
             .producers
             .end_txn(producer_id, producer_epoch, control, offset, now_ms);
@@ -665,7 +665,7 @@ impl Partition {
     /// Idempotent producers' state follows the batches, so it travels with the log.
     pub fn append_replicated(
         &self,
-        records: &[u8],
+        records: &Bytes,
         headers: &[BatchHeader],
         now_ms: i64,
     ) -> Result<usize> {
@@ -695,8 +695,8 @@ impl Partition {
         if taken.is_empty() {
             return Ok(0);
         }
-        let data =
-            records[from..from + taken.iter().map(|h| h.total_len()).sum::<usize>()].to_vec();
+        // A view of the fetched bytes, not a copy: they are written as they came.
+        let data = records.slice(from..from + taken.iter().map(|h| h.total_len()).sum::<usize>());
         for h in &taken {
             inner
                 .epochs
@@ -718,7 +718,7 @@ impl Partition {
     fn write_batches(
         &self,
         inner: &mut Inner,
-        data: Vec<u8>,
+        data: Bytes,
         placed: &[BatchHeader],
         now_ms: i64,
     ) -> Result<()> {
@@ -753,9 +753,7 @@ impl Partition {
             active.track(h, pos);
             pos += h.total_len() as u64;
         }
-        inner
-            .tail
-            .push(base_offset, last_offset + 1, Bytes::from(data));
+        inner.tail.push(base_offset, last_offset + 1, data);
         Ok(())
     }
 
@@ -1247,11 +1245,24 @@ impl Partition {
     /// Whether [`Partition::read`] at `offset` would be answered from memory right now
     /// (no file I/O, so no need for a blocking thread).
     pub fn reads_from_memory(&self, offset: i64) -> bool {
+        self.in_memory(offset, Upto::HighWatermark)
+    }
+
+    /// [`Partition::reads_from_memory`] for [`Partition::read_replica`], which reads up
+    /// to the durable end: a follower fetches above the high watermark (the watermark
+    /// moves only once every follower has fetched past it).
+    pub fn replica_reads_from_memory(&self, offset: i64) -> bool {
+        self.in_memory(offset, Upto::Durable)
+    }
+
+    fn in_memory(&self, offset: i64, upto: Upto) -> bool {
         let inner = self.inner.lock();
         let o = inner.offsets();
-        offset >= o.local_start
-            && offset <= o.high_watermark
-            && (offset == o.high_watermark || inner.tail.covers(offset))
+        let limit = match upto {
+            Upto::Durable => o.durable_end,
+            Upto::HighWatermark | Upto::LastStable => o.high_watermark,
+        };
+        offset >= o.local_start && offset <= limit && (offset == limit || inner.tail.covers(offset))
     }
 
     /// The first record at or after `timestamp` (its offset and timestamp), or `None` if

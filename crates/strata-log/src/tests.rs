@@ -434,6 +434,31 @@ fn assert_reads_agree(mem: &Partition, disk: &Partition, budgets: &[usize]) {
 }
 
 #[tokio::test]
+async fn a_follower_reading_above_the_high_watermark_is_served_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open_with_tail(dir.path(), small(1 << 20), TailCache::new(1 << 20));
+    p.expect_replication();
+    for i in 0..4 {
+        append(&p, 2, i, 0);
+    }
+    sync(&p).await;
+    p.set_replicated_hw(Some(2));
+    let o = p.offsets();
+    assert_eq!((o.high_watermark, o.durable_end), (2, 8));
+    // Consumers may not see offset 4 yet; a follower copies it, from memory.
+    assert!(!p.reads_from_memory(4));
+    assert!(p.replica_reads_from_memory(4));
+    assert!(
+        p.replica_reads_from_memory(8),
+        "at the durable end: nothing to read"
+    );
+    assert!(!p.replica_reads_from_memory(9));
+    let r = p.read_replica(4, 1 << 20).unwrap();
+    assert!(r.from_memory);
+    assert_eq!(batches(&r.records), vec![(4, 2), (6, 2)]);
+}
+
+#[tokio::test]
 async fn the_tail_in_memory_reads_exactly_like_the_files() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = small(1024);

@@ -1,7 +1,7 @@
 //! A minimal Kafka client over one TCP connection, one request in flight at a time: what
 //! a follower uses to fetch from its leader (and `strata bench` to drive a broker).
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use kafka_protocol::messages::{ApiKey, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use strata_security::transport::{BoxStream, Transport};
@@ -35,6 +35,9 @@ pub struct KafkaConn {
     stream: BoxStream,
     next: i32,
     client_id: &'static str,
+    /// Where responses are read: its memory is taken again once every view of the last
+    /// response is dropped, so a follower's fetches do not each map and zero a new buffer.
+    rx: BytesMut,
 }
 
 impl KafkaConn {
@@ -63,6 +66,7 @@ impl KafkaConn {
             stream,
             next: 1,
             client_id,
+            rx: BytesMut::new(),
         })
     }
 
@@ -119,15 +123,16 @@ impl KafkaConn {
                 addr: self.addr.clone(),
                 reason: format!("response size {len}"),
             })?;
-        let mut frame = vec![0u8; len];
-        self.stream
-            .read_exact(&mut frame)
-            .await
-            .map_err(|source| ClientError::Io {
-                addr: self.addr.clone(),
-                source,
-            })?;
-        let mut frame = Bytes::from(frame);
+        // Capacity only: the bytes are written once, as they arrive.
+        self.rx.clear();
+        self.rx.reserve(len);
+        let mut body = (&mut self.stream).take(len as u64);
+        while self.rx.len() < len {
+            if body.read_buf(&mut self.rx).await.map_err(io)? == 0 {
+                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        let mut frame = self.rx.split_to(len).freeze();
         let protocol = |reason: String| ClientError::Protocol {
             addr: self.addr.clone(),
             reason,

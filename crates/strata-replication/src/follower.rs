@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::try_join_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
@@ -358,6 +359,7 @@ async fn fetch(
             .map(|(topic, part)| ((topic, part.partition), part))
             .collect();
     }
+    let mut appended: Vec<(&Follow, i64)> = Vec::new();
     for t in resp.responses {
         for p in t.partitions {
             let Some((key, f)) = aligned
@@ -369,7 +371,8 @@ async fn fetch(
             match ResponseError::try_from_code(p.error_code) {
                 None => {
                     let records = p.records.unwrap_or_default();
-                    append(s, f, records, p.high_watermark).await?;
+                    append(s, f, &records)?;
+                    appended.push((f, p.high_watermark));
                 }
                 Some(ResponseError::OffsetOutOfRange) => {
                     // Behind the leader's log start (its retention moved on): start again
@@ -393,6 +396,18 @@ async fn fetch(
             }
         }
     }
+    // The partitions' syncs run side by side; the next fetch tells the leader.
+    try_join_all(appended.iter().map(|(f, _)| {
+        let end = f.log.offsets().log_end;
+        f.log.wait_durable(end)
+    }))
+    .await
+    .map_err(|e| e.to_string())?;
+    for (f, leader_hw) in appended {
+        // Consumers of this replica see up to the leader's high watermark.
+        let end = f.log.offsets().durable_end;
+        f.log.set_replicated_hw(Some(leader_hw.min(end)));
+    }
     Ok(())
 }
 
@@ -402,23 +417,17 @@ fn mark_unaligned(s: &Shared, key: &PartitionKey) {
     }
 }
 
-/// Appends fetched batches to the follower's log, makes them durable (the next fetch
-/// tells the leader so), and lets consumers of this replica see up to the leader's
-/// high watermark.
-async fn append(s: &Shared, f: &Follow, records: Bytes, leader_hw: i64) -> Result<(), String> {
-    if !records.is_empty() {
-        let headers = batch::validate_log(&records)
-            .map_err(|e| format!("the leader sent a bad batch for {}: {e}", f.topic))?;
-        let (log, data, now) = (f.log.clone(), records.clone(), (s.now_ms)());
-        tokio::task::spawn_blocking(move || log.append_replicated(&data, &headers, now))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let end = f.log.offsets().log_end;
-        f.log.wait_durable(end).await.map_err(|e| e.to_string())?;
-        s.metrics.fetched_bytes_total.inc_by(records.len() as u64);
+/// Appends fetched batches to the follower's log, on this task as the leader's produce
+/// path does (a write to the page cache; the sync runs on the blocking pool later).
+fn append(s: &Shared, f: &Follow, records: &Bytes) -> Result<(), String> {
+    if records.is_empty() {
+        return Ok(());
     }
-    let end = f.log.offsets().durable_end;
-    f.log.set_replicated_hw(Some(leader_hw.min(end)));
+    let headers = batch::validate_log(records)
+        .map_err(|e| format!("the leader sent a bad batch for {}: {e}", f.topic))?;
+    f.log
+        .append_replicated(records, &headers, (s.now_ms)())
+        .map_err(|e| e.to_string())?;
+    s.metrics.fetched_bytes_total.inc_by(records.len() as u64);
     Ok(())
 }

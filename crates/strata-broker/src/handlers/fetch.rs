@@ -352,7 +352,11 @@ async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchR
             .collect();
         // Consumers at the tail are answered from memory on this thread; anything that
         // may read a segment file goes to a blocking thread.
-        let (mut found, mut total) = if readable.iter().all(|r| r.log.reads_from_memory(r.offset)) {
+        let from_memory = |r: &Readable| match r.replica {
+            true => r.log.replica_reads_from_memory(r.offset),
+            false => r.log.reads_from_memory(r.offset),
+        };
+        let (mut found, mut total) = if readable.iter().all(from_memory) {
             read_all(&readable, max_bytes)
         } else {
             let work = readable.clone();
