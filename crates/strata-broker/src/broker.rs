@@ -50,7 +50,7 @@ pub struct Broker {
     /// OAUTHBEARER's token validator, if configured.
     pub(crate) oauth: Option<Arc<strata_security::oauth::JwtValidator>>,
     pub(crate) meta: MetaNode,
-    pub(crate) logs: LogManager,
+    pub(crate) logs: Arc<LogManager>,
     pub(crate) metrics: Metrics,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) shutdown: CancellationToken,
@@ -59,7 +59,7 @@ pub struct Broker {
     pub(crate) producer_ids: Arc<crate::producer_ids::ProducerIds>,
     /// The transaction coordinator of the transactional ids this broker coordinates.
     pub(crate) txn: crate::txn::TxnCoordinator,
-    pub(crate) tier: crate::tiering::Tier,
+    pub(crate) tier: Arc<crate::tiering::Tier>,
     /// The topics epoch of metadata the local logs were last reconciled with.
     pub(crate) reconciled_epoch: std::sync::atomic::AtomicU64,
     /// When this broker started: the age of an empty group's offsets counts from here at
@@ -546,7 +546,7 @@ impl Broker {
             let target = if !leads {
                 None
             } else if tiered {
-                self.tiered_retention_target(
+                self.tier.tiered_retention_target(
                     key,
                     &log,
                     now,
@@ -592,7 +592,8 @@ impl Broker {
             Ok(other) => return Err(format!("metadata answered {other:?}")),
             Err(e) => return Err(e.to_string()),
         }
-        self.remove_remote_below(key.topic_id, key.partition, target)
+        self.tier
+            .remove_remote_below(key.topic_id, key.partition, target)
             .await;
         log.advance_log_start(target, self.now_ms())
             .map(|_| ())

@@ -23,7 +23,7 @@ use crate::config::BrokerConfig;
 use crate::groups::coordinator::{GroupConfig, GroupCoordinator};
 use crate::groups::offsets::OffsetWriter;
 use crate::session::ListenerInfo;
-use crate::tiering::Tier;
+use crate::tiering::{Tier, TierHandles};
 use strata_meta::ListenerEndpoint;
 use strata_security::SecurityProtocol;
 use strata_security::tls::TlsServer;
@@ -441,10 +441,11 @@ impl RunningBroker {
         let log_dir = opts.log_dir.clone();
         let metrics = opts.metrics.log.clone();
         let tail = TailCache::new(opts.config.wal_cache_bytes());
-        let logs =
+        let logs = Arc::new(
             tokio::task::spawn_blocking(move || LogManager::open(log_dir, metrics, tail, now))
                 .await
-                .map_err(|e| StartError::Listener(std::io::Error::other(e)))??;
+                .map_err(|e| StartError::Listener(std::io::Error::other(e)))??,
+        );
         let registering = tokio::time::Instant::now();
         let epoch = Broker::register(
             &meta,
@@ -483,14 +484,19 @@ impl RunningBroker {
             opts.metrics.tier.clone(),
         )
         .await?;
-        let tier = Tier::new(
+        let tier = Arc::new(Tier::new(
             store,
             cache,
-            opts.config.upload_concurrency(),
-            opts.config.multipart_part_bytes(),
-            opts.cache_dir.clone(),
-            opts.config.cache_disk_bytes() as u64,
-        );
+            TierHandles {
+                node_id: opts.node_id,
+                meta: meta.clone(),
+                logs: logs.clone(),
+                config: opts.config.clone(),
+                clock: opts.clock.clone(),
+                metrics: opts.metrics.tier.clone(),
+                cache_dir: opts.cache_dir.clone(),
+            },
+        ));
         let replication = {
             let clock = opts.clock.clone();
             let (partition_bytes, response_bytes) = opts.config.replica_fetch_bytes();
@@ -582,8 +588,14 @@ impl RunningBroker {
         };
         let background = vec![
             spawn("metadata watch", Box::pin(broker.clone().run_background())),
-            spawn("uploader", Box::pin(broker.clone().run_uploads())),
-            spawn("garbage collector", Box::pin(broker.clone().run_gc())),
+            spawn(
+                "uploader",
+                Box::pin(broker.tier.clone().run_uploads(broker.shutdown.clone())),
+            ),
+            spawn(
+                "garbage collector",
+                Box::pin(broker.tier.clone().run_gc(broker.shutdown.clone())),
+            ),
             spawn("scrubber", Box::pin(broker.clone().run_scrub())),
             spawn("heartbeat", Box::pin(broker.clone().run_heartbeats())),
             spawn(

@@ -3,6 +3,11 @@
 //! (retention, DeleteRecords, topic deletion, orphans), and holding produce back when too
 //! much data is not yet uploaded.
 //!
+//! [`Tier`] works from narrow handles, never the [`crate::broker::Broker`]: the object
+//! store and its cache, the metadata node (manifests, topics), the partition logs, the
+//! broker's static config, its clock and the tier metrics. It does not touch groups,
+//! transactions, replication or the request handlers, which call it.
+//!
 //! The order that keeps data safe: an upload is recorded in the manifest (Raft) only after
 //! both objects are written, and a local segment is deleted only after the manifest names
 //! it; remote data is removed from the manifest first and its objects deleted afterwards,
@@ -16,18 +21,21 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::ResponseError;
 use parking_lot::Mutex;
-use strata_log::{Partition, PartitionKey, SealedSegment, SegmentInfo, plan_retention};
+use strata_log::{LogManager, Partition, PartitionKey, SealedSegment, SegmentInfo, plan_retention};
 use strata_meta::{
-    Command, CommandResult, PartitionMeta, RemoteAbortedTxn, RemoteSegmentMeta, TopicMeta,
+    Command, CommandResult, MetaNode, PartitionMeta, RemoteAbortedTxn, RemoteSegmentMeta, TopicMeta,
 };
 use strata_protocol::batch::HeaderIter;
+use strata_telemetry::TierMetrics;
 use strata_tier::layout::{Kind, ObjectName};
 use strata_tier::{BlockCache, RemoteSegment, Store, TierError, layout};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, info, warn};
 use uuid::Uuid;
 
-use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::config::{BrokerConfig, TopicConfig};
 
 /// How often the uploader looks for sealed segments.
 const UPLOAD_TICK: Duration = Duration::from_secs(1);
@@ -42,10 +50,29 @@ struct UploadState {
     next_attempt_ms: i64,
 }
 
+/// What tiering works with besides the store and its cache: the rest of the broker it
+/// may see.
+pub(crate) struct TierHandles {
+    pub(crate) node_id: i32,
+    pub(crate) meta: MetaNode,
+    pub(crate) logs: Arc<LogManager>,
+    pub(crate) config: BrokerConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) metrics: TierMetrics,
+    /// The block cache's disk tier: its directory.
+    pub(crate) cache_dir: std::path::PathBuf,
+}
+
 /// The object store, its cache and the uploader's state.
 pub(crate) struct Tier {
     pub(crate) store: Store,
     pub(crate) cache: BlockCache,
+    node_id: i32,
+    meta: MetaNode,
+    logs: Arc<LogManager>,
+    config: BrokerConfig,
+    clock: Arc<dyn Clock>,
+    metrics: TierMetrics,
     uploads: Mutex<HashMap<PartitionKey, UploadState>>,
     slots: Semaphore,
     part_bytes: usize,
@@ -53,7 +80,7 @@ pub(crate) struct Tier {
     /// raised by every append in between, so admission sees a burst at once.
     unuploaded: AtomicU64,
     /// The unuploaded-bytes cap in force: the configured one, or less when the data
-    /// directory's file system has less room (see [`Broker::disk_cap`]).
+    /// directory's file system has less room (see [`Tier::disk_cap`]).
     cap: AtomicU64,
     /// The cap and its reason as last logged.
     cap_logged: Mutex<Option<(u64, &'static str)>>,
@@ -63,26 +90,37 @@ pub(crate) struct Tier {
 }
 
 impl Tier {
-    pub(crate) fn new(
-        store: Store,
-        cache: BlockCache,
-        concurrency: usize,
-        part_bytes: usize,
-        cache_dir: std::path::PathBuf,
-        cache_bytes: u64,
-    ) -> Self {
+    pub(crate) fn new(store: Store, cache: BlockCache, h: TierHandles) -> Self {
         Self {
             store,
             cache,
+            slots: Semaphore::new(h.config.upload_concurrency()),
+            part_bytes: h.config.multipart_part_bytes(),
+            cache_bytes: h.config.cache_disk_bytes() as u64,
+            node_id: h.node_id,
+            meta: h.meta,
+            logs: h.logs,
+            config: h.config,
+            clock: h.clock,
+            metrics: h.metrics,
             uploads: Mutex::new(HashMap::new()),
-            slots: Semaphore::new(concurrency),
-            part_bytes,
             unuploaded: AtomicU64::new(0),
             cap: AtomicU64::new(u64::MAX),
             cap_logged: Mutex::new(None),
-            cache_dir,
-            cache_bytes,
+            cache_dir: h.cache_dir,
         }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn topic_by_id(&self, id: Uuid) -> Option<TopicMeta> {
+        self.meta.read(|s| s.topic_by_id(id).cloned())
+    }
+
+    fn topic_config(&self, topic: &TopicMeta) -> TopicConfig {
+        TopicConfig::resolve(&topic.configs, &self.config)
     }
 }
 
@@ -106,7 +144,7 @@ fn jitter(ms: i64) -> i64 {
     ms / 2 + rand::random_range(0..=ms / 2)
 }
 
-impl Broker {
+impl Tier {
     /// The aborted transactions the manifest's segments record that overlap offsets
     /// `from..to`: (producer id, first offset).
     pub(crate) fn remote_aborted(&self, key: PartitionKey, from: i64, to: i64) -> Vec<(i64, i64)> {
@@ -208,8 +246,7 @@ impl Broker {
             return Err(ResponseError::OffsetOutOfRange);
         }
         if let Some(after) = after {
-            self.tier
-                .cache
+            self.cache
                 .prefetch(&after.key, after.size, &after.index_key);
         }
         let reads = planned.iter().enumerate().map(|(i, seg)| {
@@ -218,8 +255,7 @@ impl Broker {
             } else {
                 (seg.base_offset, seg.size as usize)
             };
-            self.tier
-                .cache
+            self.cache
                 .read_batches(seg, from, budget, min_one && i == 0)
         });
         let results = futures::future::join_all(reads).await;
@@ -289,7 +325,6 @@ impl Broker {
             .unwrap_or_default();
         for s in &candidates {
             match self
-                .tier
                 .cache
                 .offset_for_timestamp(s, timestamp, log_start)
                 .await
@@ -321,12 +356,12 @@ impl Broker {
     /// Uploads sealed segments until shutdown, one per partition at a time and at most
     /// `strata.tier.upload-concurrency` at once; also rolls quiet active segments past
     /// `segment.ms` and refreshes the unuploaded-data gauges.
-    pub(crate) async fn run_uploads(self: Arc<Self>) {
+    pub(crate) async fn run_uploads(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(UPLOAD_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             let now = self.now_ms();
@@ -335,7 +370,7 @@ impl Broker {
             // back until `segment.ms`); a partition that still has sealed segments queued
             // is left alone, so an unreachable store does not turn its tail into a stream
             // of tiny segments.
-            let over_cap = self.tier.unuploaded.load(Ordering::Relaxed) >= self.cap_in_force();
+            let over_cap = self.unuploaded.load(Ordering::Relaxed) >= self.cap_in_force();
             let mut total = (0u64, 0usize);
             for (key, log) in self.logs.partitions() {
                 let Some(topic) = self.topic_by_id(key.topic_id) else {
@@ -352,16 +387,16 @@ impl Broker {
                 total = (total.0 + bytes, total.1 + segments);
                 self.maybe_upload(key, &topic, log, now);
             }
-            self.tier.unuploaded.store(total.0, Ordering::Relaxed);
+            self.unuploaded.store(total.0, Ordering::Relaxed);
             self.update_cap(total.0);
-            self.metrics.tier.unuploaded_bytes.set(total.0 as i64);
-            self.metrics.tier.unuploaded_segments.set(total.1 as i64);
+            self.metrics.unuploaded_bytes.set(total.0 as i64);
+            self.metrics.unuploaded_segments.set(total.1 as i64);
         }
     }
 
     /// Counts freshly appended bytes of a tiered topic towards the unuploaded total.
     pub(crate) fn note_unuploaded(&self, bytes: u64) {
-        self.tier.unuploaded.fetch_add(bytes, Ordering::Relaxed);
+        self.unuploaded.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Starts uploading the partition's oldest sealed segment that is not in the store, if
@@ -383,7 +418,7 @@ impl Broker {
             return;
         }
         {
-            let mut uploads = self.tier.uploads.lock();
+            let mut uploads = self.uploads.lock();
             let state = uploads.entry(key).or_default();
             if state.in_flight || state.next_attempt_ms > now {
                 return;
@@ -400,7 +435,7 @@ impl Broker {
                 span.record("strata.bytes", seg.size as i64);
                 let result = this.upload(key, epoch, &seg, &log).instrument(span).await;
                 let now = this.now_ms();
-                let mut uploads = this.tier.uploads.lock();
+                let mut uploads = this.uploads.lock();
                 let state = uploads.entry(key).or_default();
                 state.in_flight = false;
                 match result {
@@ -418,7 +453,7 @@ impl Broker {
                         state.failures += 1;
                         let backoff = (250i64 << state.failures.min(8)).min(MAX_BACKOFF_MS);
                         state.next_attempt_ms = now + jitter(backoff);
-                        this.metrics.tier.upload_errors_total.inc();
+                        this.metrics.upload_errors_total.inc();
                         warn!(
                             topic = %name,
                             partition = key.partition,
@@ -442,7 +477,7 @@ impl Broker {
         seg: &SealedSegment,
         log: &Arc<Partition>,
     ) -> Result<(), String> {
-        let _slot = self.tier.slots.acquire().await.map_err(|e| e.to_string())?;
+        let _slot = self.slots.acquire().await.map_err(|e| e.to_string())?;
         // Never upload a damaged segment: check every batch first (once per segment).
         let (checker, base) = (log.clone(), seg.base_offset);
         tokio::task::spawn_blocking(move || checker.verify_segment(base))
@@ -453,7 +488,7 @@ impl Broker {
         let name = ObjectName::new_upload(key.topic_id, key.partition, seg.base_offset, epoch);
         let seg_key = name.key();
         let idx_key = name.with_kind(Kind::Index).key();
-        let store = &self.tier.store;
+        let store = &self.store;
         let written = async {
             store
                 .put_file(
@@ -461,7 +496,7 @@ impl Broker {
                     seg.file.clone(),
                     &seg.path,
                     seg.size,
-                    self.tier.part_bytes,
+                    self.part_bytes,
                     4,
                 )
                 .await?;
@@ -528,7 +563,7 @@ impl Broker {
             Err(e) => return Err(format!("committing the manifest entry: {e}")),
         }
         log.set_remote_end(seg.next_offset);
-        let m = &self.metrics.tier;
+        let m = &self.metrics;
         m.uploads_total.inc();
         m.uploaded_bytes_total.inc_by(seg.size);
         m.upload_duration_seconds
@@ -583,12 +618,12 @@ impl Broker {
         };
         for s in &removed {
             for k in [&s.key, &s.index_key] {
-                if let Err(e) = self.tier.store.delete(k).await {
+                if let Err(e) = self.store.delete(k).await {
                     warn!(key = %k, error = %e, "could not delete a remote object; the garbage collector will");
                 }
             }
-            self.tier.cache.forget(&s.key, s.size).await;
-            self.metrics.tier.remote_segments_deleted_total.inc();
+            self.cache.forget(&s.key, s.size).await;
+            self.metrics.remote_segments_deleted_total.inc();
         }
         if !removed.is_empty() {
             info!(%topic_id, partition, below, segments = removed.len(), "deleted remote segments");
@@ -597,13 +632,13 @@ impl Broker {
 
     /// Deletes every object of a deleted topic (its manifest went with it).
     pub(crate) async fn purge_topic_objects(&self, topic_id: Uuid) {
-        match self.tier.store.list(&layout::topic_prefix(topic_id)).await {
+        match self.store.list(&layout::topic_prefix(topic_id)).await {
             Ok(objects) => {
                 for o in &objects {
-                    match self.tier.store.delete(&o.key).await {
+                    match self.store.delete(&o.key).await {
                         Ok(()) => {
                             if ObjectName::parse(&o.key).is_some_and(|p| p.kind == Kind::Segment) {
-                                self.metrics.tier.remote_segments_deleted_total.inc();
+                                self.metrics.remote_segments_deleted_total.inc();
                             }
                         }
                         Err(e) => {
@@ -637,13 +672,13 @@ impl Broker {
             (topics, keys)
         });
         let mut deleted = 0;
-        for o in self.tier.store.list("").await? {
+        for o in self.store.list("").await? {
             let Some(parsed) = ObjectName::parse(&o.key) else {
                 continue;
             };
             let orphan = !known_topics.contains(&parsed.topic_id) || !referenced.contains(&o.key);
             if orphan && now - o.last_modified_ms > self.config.gc_grace_ms() {
-                match self.tier.store.delete(&o.key).await {
+                match self.store.delete(&o.key).await {
                     Ok(()) => deleted += 1,
                     Err(e) => {
                         warn!(key = %o.key, error = %e, "could not delete an orphaned object; the next pass will retry")
@@ -653,19 +688,16 @@ impl Broker {
         }
         if deleted > 0 {
             info!(objects = deleted, "garbage-collected orphaned objects");
-            self.metrics
-                .tier
-                .gc_deleted_objects_total
-                .inc_by(deleted as u64);
+            self.metrics.gc_deleted_objects_total.inc_by(deleted as u64);
         }
         Ok(deleted)
     }
 
-    pub(crate) async fn run_gc(self: Arc<Self>) {
+    pub(crate) async fn run_gc(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.config.gc_interval_ms()));
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return,
                 _ = tick.tick() => {
                     if let Err(e) = self.collect_garbage().await {
                         warn!(error = %e, "object garbage collection failed");
@@ -690,8 +722,8 @@ impl Broker {
             let dev = |p: &std::path::Path| rustix::fs::stat(p).ok().map(|s| s.st_dev);
             dev(dir).is_some() && dev(dir) == dev(root)
         };
-        let cache_growth = if same_fs(&self.tier.cache_dir) {
-            let used: u64 = std::fs::read_dir(&self.tier.cache_dir)
+        let cache_growth = if same_fs(&self.cache_dir) {
+            let used: u64 = std::fs::read_dir(&self.cache_dir)
                 .map(|entries| {
                     entries
                         .flatten()
@@ -700,7 +732,7 @@ impl Broker {
                         .sum()
                 })
                 .unwrap_or(0);
-            self.tier.cache_bytes.saturating_sub(used)
+            self.cache_bytes.saturating_sub(used)
         } else {
             0
         };
@@ -741,8 +773,8 @@ impl Broker {
                 };
             }
         }
-        self.tier.cap.store(cap, Ordering::Relaxed);
-        let mut logged = self.tier.cap_logged.lock();
+        self.cap.store(cap, Ordering::Relaxed);
+        let mut logged = self.cap_logged.lock();
         let changed = logged
             .is_none_or(|(before, reason)| reason != why || cap.abs_diff(before) > before / 10);
         if changed {
@@ -757,10 +789,9 @@ impl Broker {
     }
 
     /// The unuploaded-bytes cap in force: `strata.wal.max-unuploaded-bytes`, or less when
-    /// the data directory's free space says so (see [`Broker::update_cap`]).
+    /// the data directory's free space says so (see [`Tier::update_cap`]).
     fn cap_in_force(&self) -> u64 {
-        self.tier
-            .cap
+        self.cap
             .load(Ordering::Relaxed)
             .min(self.config.max_unuploaded_bytes())
     }
@@ -772,14 +803,14 @@ impl Broker {
     pub(crate) async fn admit_produce(&self, wait: Duration) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let pending = self.tier.unuploaded.load(Ordering::Relaxed);
+            let pending = self.unuploaded.load(Ordering::Relaxed);
             let cap = self.cap_in_force();
             if pending < cap {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                self.metrics.tier.produce_throttled_total.inc();
-                let why = match self.tier.cap_logged.lock().as_ref() {
+                self.metrics.produce_throttled_total.inc();
+                let why = match self.cap_logged.lock().as_ref() {
                     Some((_, why)) => *why,
                     None => "strata.wal.max-unuploaded-bytes",
                 };

@@ -203,8 +203,9 @@ async fn read_remote_all(
         .filter_map(|(i, (f, t))| match f {
             Found::Remote(_) => Some(async move {
                 let budget = t.max_bytes.min(remaining);
-                let span = broker.tier_span("remote.read", t.key, t.offset);
+                let span = broker.tier.tier_span("remote.read", t.key, t.offset);
                 let read = broker
+                    .tier
                     .read_remote(
                         t.key.topic_id,
                         t.key.partition,
@@ -426,7 +427,7 @@ fn aborted_in(
         .map(|a| (a.producer_id, a.first_offset))
         .collect();
     if offset < log.offsets().remote_end {
-        found.extend(broker.remote_aborted(key, offset, end));
+        found.extend(broker.tier.remote_aborted(key, offset, end));
         found.sort_unstable();
         found.dedup();
     }

@@ -29,6 +29,7 @@ async fn by_timestamp(
     let o = log.offsets();
     if o.log_start < o.local_start
         && let Some(found) = broker
+            .tier
             .remote_offset_for_timestamp(
                 key.topic_id,
                 key.partition,
@@ -76,7 +77,7 @@ async fn lookup(
                 .map(|s| s.max_timestamp)
                 .max()
                 .unwrap_or(-1);
-            let remote = broker.remote_max_timestamp(key, o.local_start);
+            let remote = broker.tier.remote_max_timestamp(key, o.local_start);
             let max = local.max(remote);
             if max < 0 {
                 return Ok((-1, -1));

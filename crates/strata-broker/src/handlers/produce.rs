@@ -162,7 +162,7 @@ fn append(
         .append(&records, &headers, leader_epoch, now)
         .map_err(|e| Failure(errors::log_error(&e), e.to_string()))?;
     if config.uploads() {
-        broker.note_unuploaded(records.len() as u64);
+        broker.tier.note_unuploaded(records.len() as u64);
     }
     broker
         .metrics
@@ -404,7 +404,7 @@ pub(super) async fn handle(
         .any(|tm| broker.topic_config(tm).uploads());
     let wait = Duration::from_millis((req.timeout_ms.max(0) as u64 / 2).min(10_000));
     let admitted = match tiered {
-        true => broker.admit_produce(wait).await,
+        true => broker.tier.admit_produce(wait).await,
         false => Ok(()),
     };
     if let Err(reason) = admitted {

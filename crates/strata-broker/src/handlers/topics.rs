@@ -246,7 +246,7 @@ pub(super) async fn delete(
                     warn!(topic = %gone.name, error = %e, "could not delete topic data yet");
                 }
                 let b = broker.clone();
-                tokio::spawn(async move { b.purge_topic_objects(gone.id).await });
+                tokio::spawn(async move { b.tier.purge_topic_objects(gone.id).await });
                 responses.push(result);
             }
             Ok(_) => responses
