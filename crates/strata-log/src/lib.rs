@@ -31,7 +31,7 @@ pub use index::SegmentIndex;
 pub use manager::{LogManager, PartitionKey};
 pub use partition::{
     AppendInfo, LogConfig, Offsets, Partition, ReadResult, SealedSegment, SegmentInfo,
-    plan_retention,
+    plan_retention, wait_durable_all,
 };
 pub use producers::{AbortedTxn, ProducerError, ProducerInfo};
 pub use tail::TailCache;

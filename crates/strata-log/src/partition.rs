@@ -262,6 +262,93 @@ impl Inner {
     }
 }
 
+/// One fdatasync of a partition's active segment, as prepared under its flush lock.
+#[derive(Clone)]
+struct SyncJob {
+    file: Arc<File>,
+    path: PathBuf,
+    base: i64,
+    size: u64,
+    next: i64,
+    acked: Arc<AckedMark>,
+    topic: String,
+    partition: i32,
+}
+
+impl SyncJob {
+    /// Blocking: the sync, then the durable mark.
+    fn run(&self) -> std::io::Result<()> {
+        self.file.sync_data()?;
+        // Only the log's sync makes data durable; the mark follows it (see `acked`), and
+        // failing to write it is not the produce's failure.
+        if let Err(e) = self.acked.set(self.next) {
+            warn!(topic = %self.topic, partition = self.partition, error = %e, "could not record the durable offset");
+        }
+        Ok(())
+    }
+}
+
+/// [`Partition::wait_durable`] for several partitions at once (a follower's fetch
+/// response): the syncs they need run in one blocking-pool task instead of a hand-off
+/// each. A partition another task is syncing already rides on that sync, as
+/// `wait_durable` would. One result per wait, in order.
+pub async fn wait_durable_all(waits: &[(&Partition, i64)]) -> Vec<Result<()>> {
+    let mut results: Vec<Result<()>> = waits.iter().map(|_| Ok(())).collect();
+    let mut locks = Vec::new();
+    let mut jobs: Vec<(usize, SyncJob)> = Vec::new();
+    for (i, (p, offset)) in waits.iter().enumerate() {
+        if p.is_durable(*offset) {
+            continue;
+        }
+        let Ok(lock) = p.flush.try_lock() else {
+            continue;
+        };
+        match p.sync_job() {
+            Ok(Some(job)) => {
+                jobs.push((i, job));
+                locks.push(lock);
+            }
+            Ok(None) => {}
+            Err(e) => results[i] = Err(e),
+        }
+    }
+    if !jobs.is_empty() {
+        let started = Instant::now();
+        let run: Vec<SyncJob> = jobs.iter().map(|(_, job)| job.clone()).collect();
+        let synced =
+            tokio::task::spawn_blocking(move || run.iter().map(SyncJob::run).collect::<Vec<_>>())
+                .await;
+        let outcomes: Vec<std::io::Result<()>> = match synced {
+            Ok(all) => all,
+            Err(e) => jobs
+                .iter()
+                .map(|_| Err(std::io::Error::other(e.to_string())))
+                .collect(),
+        };
+        for ((i, job), result) in jobs.iter().zip(outcomes) {
+            if let Err(e) = waits[*i].0.finish_sync(job, result, started) {
+                results[*i] = Err(e);
+            }
+        }
+    }
+    drop(locks);
+    // What is left (synced by another task, or written since) waits as usual.
+    let rest = futures::future::join_all(waits.iter().zip(&results).map(
+        |((p, offset), r)| async move {
+            match r {
+                Ok(()) => p.wait_durable(*offset).await,
+                Err(_) => Ok(()),
+            }
+        },
+    ))
+    .await;
+    results
+        .into_iter()
+        .zip(rest)
+        .map(|(first, then)| first.and(then))
+        .collect()
+}
+
 /// How far a read may go.
 #[derive(Clone, Copy)]
 enum Upto {
@@ -881,54 +968,67 @@ impl Partition {
     /// Returns once everything before `offset` is on disk (group commit, see module docs).
     pub async fn wait_durable(&self, offset: i64) -> Result<()> {
         loop {
-            if *self.durable_tx.borrow() >= offset {
+            if self.is_durable(offset) {
                 return Ok(());
             }
             let _flusher = self.flush.lock().await;
-            if *self.durable_tx.borrow() >= offset {
+            if self.is_durable(offset) {
                 return Ok(());
             }
-            let (file, path, base, size, next) = {
-                let inner = self.inner.lock();
-                self.check_online(&inner)?;
-                let Some(a) = inner.active() else {
-                    return Ok(());
-                };
-                (
-                    a.file.clone(),
-                    a.path.clone(),
-                    a.base_offset,
-                    a.size,
-                    a.next_offset,
-                )
+            let Some(job) = self.sync_job()? else {
+                return Ok(());
             };
             let started = Instant::now();
-            let (acked, topic, partition) =
-                (self.acked.clone(), self.topic.clone(), self.partition);
-            let synced = tokio::task::spawn_blocking(move || {
-                file.sync_data()?;
-                // Only the log's sync makes data durable; the mark follows it (see
-                // `acked`), and failing to write it is not the produce's failure.
-                if let Err(e) = acked.set(next) {
-                    warn!(topic = %topic, partition, error = %e, "could not record the durable offset");
-                }
-                Ok(())
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            self.metrics
-                .sync_duration_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.syncs_total.inc();
-            let mut inner = self.inner.lock();
-            if let Err(e) = synced {
-                let err = LogError::io("fsync", &path, e);
-                self.fail(&mut inner, &err);
-                return Err(err);
-            }
-            inner.advance_hw(base, size, next);
-            self.publish_hw(&inner);
+            let run = job.clone();
+            let synced = tokio::task::spawn_blocking(move || run.run())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            self.finish_sync(&job, synced, started)?;
         }
+    }
+
+    fn is_durable(&self, offset: i64) -> bool {
+        *self.durable_tx.borrow() >= offset
+    }
+
+    /// The sync that makes everything written so far durable (`None`: nothing to sync).
+    /// Only under the flush lock.
+    fn sync_job(&self) -> Result<Option<SyncJob>> {
+        let inner = self.inner.lock();
+        self.check_online(&inner)?;
+        Ok(inner.active().map(|a| SyncJob {
+            file: a.file.clone(),
+            path: a.path.clone(),
+            base: a.base_offset,
+            size: a.size,
+            next: a.next_offset,
+            acked: self.acked.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+        }))
+    }
+
+    /// Records how a sync from [`Partition::sync_job`] went: the durable end moves, or
+    /// the log goes offline.
+    fn finish_sync(
+        &self,
+        job: &SyncJob,
+        synced: std::io::Result<()>,
+        started: Instant,
+    ) -> Result<()> {
+        self.metrics
+            .sync_duration_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.syncs_total.inc();
+        let mut inner = self.inner.lock();
+        if let Err(e) = synced {
+            let err = LogError::io("fsync", &job.path, e);
+            self.fail(&mut inner, &err);
+            return Err(err);
+        }
+        inner.advance_hw(job.base, job.size, job.next);
+        self.publish_hw(&inner);
+        Ok(())
     }
 
     /// Tells waiters where the durable end and the consumer high watermark are now.

@@ -7,7 +7,9 @@ use strata_protocol::batch::test_util::simple_batch;
 use strata_protocol::batch::{self, HeaderIter};
 use strata_telemetry::Metrics;
 
-use crate::{LogConfig, LogError, LogManager, Partition, PartitionKey, TailCache};
+use crate::{
+    LogConfig, LogError, LogManager, Partition, PartitionKey, TailCache, wait_durable_all,
+};
 
 pub(crate) fn metrics() -> strata_telemetry::LogMetrics {
     Metrics::new().unwrap().log
@@ -431,6 +433,36 @@ fn assert_reads_agree(mem: &Partition, disk: &Partition, budgets: &[usize]) {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn several_partitions_are_made_durable_together() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let parts: Vec<Partition> = dirs
+        .iter()
+        .map(|d| open_with_tail(d.path(), small(1 << 20), TailCache::new(1 << 20)))
+        .collect();
+    for (n, p) in parts.iter().enumerate() {
+        for i in 0..=n {
+            append(p, 2, i as i64, 0);
+        }
+        assert!(p.offsets().durable_end < p.offsets().log_end);
+    }
+    // One of them is being synced by another task meanwhile: the batch rides on it.
+    let (first, rest) = parts.split_first().unwrap();
+    let other = first.wait_durable(first.offsets().log_end);
+    let waits: Vec<(&Partition, i64)> = parts.iter().map(|p| (p, p.offsets().log_end)).collect();
+    let (alone, together) = tokio::join!(other, wait_durable_all(&waits));
+    alone.unwrap();
+    assert_eq!(together.len(), 3);
+    for (r, p) in together.into_iter().zip(&parts) {
+        r.unwrap();
+        let o = p.offsets();
+        assert_eq!(o.durable_end, o.log_end);
+    }
+    // Already durable: nothing to do, still one answer each.
+    let again = wait_durable_all(&[(&rest[0], 2), (&rest[1], 6)]).await;
+    assert!(again.iter().all(|r| r.is_ok()));
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::try_join_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
@@ -19,7 +18,7 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, OffsetForLeaderEpochRequest, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use strata_log::{Partition, PartitionKey};
+use strata_log::{Partition, PartitionKey, wait_durable_all};
 use strata_protocol::batch;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -396,13 +395,14 @@ async fn fetch(
             }
         }
     }
-    // The partitions' syncs run side by side; the next fetch tells the leader.
-    try_join_all(appended.iter().map(|(f, _)| {
-        let end = f.log.offsets().log_end;
-        f.log.wait_durable(end)
-    }))
-    .await
-    .map_err(|e| e.to_string())?;
+    // One hand-off syncs them all; the next fetch tells the leader.
+    let waits: Vec<(&Partition, i64)> = appended
+        .iter()
+        .map(|(f, _)| (f.log.as_ref(), f.log.offsets().log_end))
+        .collect();
+    for synced in wait_durable_all(&waits).await {
+        synced.map_err(|e| e.to_string())?;
+    }
     for (f, leader_hw) in appended {
         // Consumers of this replica see up to the leader's high watermark.
         let end = f.log.offsets().durable_end;
