@@ -435,6 +435,34 @@ fn assert_reads_agree(mem: &Partition, disk: &Partition, budgets: &[usize]) {
     }
 }
 
+#[test]
+fn reads_append_exactly_the_bytes_asked_for() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(&data)
+        .unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    // Onto an empty Vec, onto one with data, and onto one with more room than asked for.
+    let mut out = Vec::new();
+    crate::partition::read_append(&file, 1000, 5, &mut out).unwrap();
+    assert_eq!(out, data[5..1005]);
+    crate::partition::read_append(&file, 50_000, 40_000, &mut out).unwrap();
+    assert_eq!(out[1000..], data[40_000..90_000]);
+    let mut roomy = Vec::with_capacity(1 << 20);
+    roomy.extend_from_slice(b"head");
+    crate::partition::read_append(&file, 10, 99_990, &mut roomy).unwrap();
+    assert_eq!(&roomy[..4], b"head");
+    assert_eq!(roomy[4..], data[99_990..]);
+    // Past the end of the file: an error (the caller drops the read).
+    let mut short = Vec::new();
+    let err = crate::partition::read_append(&file, 20, 99_990, &mut short).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+}
+
 #[tokio::test]
 async fn several_partitions_are_made_durable_together() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
