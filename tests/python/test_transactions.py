@@ -451,3 +451,59 @@ def test_exactly_once_when_the_coordinator_then_a_partition_leader_is_killed(clu
         assert not missing, f"partition {p}: {len(missing)} records never copied, e.g. {sorted(missing)[:5]}"
         assert out[p] == inp[p], f"partition {p}: copied out of order"
     print(f"{len(pipes)} pipeline(s); copied {pipe.copied}, {pipe.aborted} transactions aborted, {pipe.restarts} producers replaced")
+
+
+def test_an_idle_transactional_id_expires_and_one_in_use_does_not(broker_factory):
+    """transactional.id.expiration.ms: an id with no transaction open and no request for
+    that long is forgotten (ListTransactions no longer lists it, DescribeTransactions
+    answers TRANSACTIONAL_ID_NOT_FOUND) and starts afresh with InitProducerId; an id that
+    keeps committing transactions stays."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import TransactionalIdNotFoundError
+
+    broker = broker_factory(env={
+        "STRATA_KAFKA_TRANSACTIONAL_ID_EXPIRATION_MS": "3000",
+        "STRATA_KAFKA_TRANSACTION_REMOVE_EXPIRED_TRANSACTION_CLEANUP_INTERVAL_MS": "200",
+        "STRATA_KAFKA_TRANSACTION_ABORT_TIMED_OUT_TRANSACTION_CLEANUP_INTERVAL_MS": "200",
+    })
+    topic = unique("expiry")
+    create(broker, (topic, 1))
+    idle, busy = unique("idle"), unique("busy")
+    first = txn_producer(broker, idle)
+    first.begin_transaction()
+    send(first, topic, 1, "first", 3)
+    first.commit_transaction(30)
+    old_id = None
+    ka = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        old_id = ka.describe_transactions([idle])[idle].producer_id
+        # `busy` commits a transaction every half second, well within the expiration.
+        keeper = txn_producer(broker, busy)
+        expired = lambda: sum(metric_values(broker.metrics(), "strata_txn_expired_ids_total"))  # noqa: E731
+        deadline = time.monotonic() + 30
+        while expired() < 1:
+            assert time.monotonic() < deadline, "the idle transactional id did not expire"
+            keeper.begin_transaction()
+            send(keeper, topic, 1, "keep", 1)
+            keeper.commit_transaction(30)
+            time.sleep(0.5)
+        assert expired() == 1, "only the idle id expires"
+        listed = {t.transactional_id for ts in ka.list_transactions().values() for t in ts}
+        assert busy in listed and idle not in listed, listed
+        with pytest.raises(TransactionalIdNotFoundError):
+            ka.describe_transactions([idle])
+        keeper.begin_transaction()
+        send(keeper, topic, 1, "keep", 1)
+        keeper.commit_transaction(30)
+        # The id starts afresh: a new producer id, and transactions work under it.
+        again = txn_producer(broker, idle)
+        again.begin_transaction()
+        send(again, topic, 1, "again", 2)
+        again.commit_transaction(30)
+        described = ka.describe_transactions([idle])[idle]
+        assert described.producer_id != old_id and described.producer_epoch == 0, described
+    finally:
+        ka.close()
+    values = read(broker, topic, 1, "read_committed")[0]
+    assert [v for v in values if v.startswith(b"first")] == [b"first-0-0", b"first-0-1", b"first-0-2"]
+    assert [v for v in values if v.startswith(b"again")] == [b"again-0-0", b"again-0-1"]

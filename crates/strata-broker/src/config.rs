@@ -482,6 +482,20 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "How often the transaction coordinator aborts transactions past their timeout and finishes transactions whose markers a failed coordinator left unwritten.",
     ),
     def(
+        "transactional.id.expiration.ms",
+        ConfigType::Int,
+        "604800000",
+        Check::AtLeast(1),
+        "A transactional id with no transaction open and no request for this long is forgotten: its producer gets INVALID_PRODUCER_ID_MAPPING if it comes back, and InitProducerId starts it afresh.",
+    ),
+    def(
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+        ConfigType::Int,
+        "3600000",
+        Check::AtLeast(1),
+        "How often the transaction coordinator looks for transactional ids past transactional.id.expiration.ms (checked on its transaction.abort.timed.out.transaction.cleanup.interval.ms tick).",
+    ),
+    def(
         "broker.session.timeout.ms",
         ConfigType::Int,
         "9000",
@@ -1523,6 +1537,16 @@ impl BrokerConfig {
         std::time::Duration::from_millis(
             self.number("transaction.abort.timed.out.transaction.cleanup.interval.ms") as u64,
         )
+    }
+
+    /// `transactional.id.expiration.ms`: how long an idle transactional id is kept.
+    pub fn transactional_id_expiration_ms(&self) -> i64 {
+        self.number("transactional.id.expiration.ms")
+    }
+
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
+    pub fn transactional_id_expiry_interval_ms(&self) -> i64 {
+        self.number("transaction.remove.expired.transaction.cleanup.interval.ms")
     }
 
     pub fn broker_session_timeout(&self) -> std::time::Duration {

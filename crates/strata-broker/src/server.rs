@@ -525,7 +525,11 @@ impl RunningBroker {
         let txn = crate::txn::TxnCoordinator::new(
             meta.clone(),
             producer_ids.clone(),
-            opts.config.transaction_max_timeout_ms(),
+            crate::txn::TxnConfig {
+                max_timeout_ms: opts.config.transaction_max_timeout_ms(),
+                id_expiration_ms: opts.config.transactional_id_expiration_ms(),
+                expiry_interval_ms: opts.config.transactional_id_expiry_interval_ms(),
+            },
             opts.metrics.txn.clone(),
         );
         let broker = Arc::new(Broker {

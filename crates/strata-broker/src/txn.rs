@@ -59,11 +59,26 @@ pub(crate) const TRANSACTION_VERSION: i16 = 2;
 /// then; what is left is finished in the background).
 const MARKER_WAIT: Duration = Duration::from_secs(10);
 
+/// The coordinator's settings, from the broker config.
+pub(crate) struct TxnConfig {
+    /// `transaction.max.timeout.ms`.
+    pub max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`.
+    pub id_expiration_ms: i64,
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
+    pub expiry_interval_ms: i64,
+}
+
 pub(crate) struct TxnCoordinator {
     meta: MetaNode,
     producer_ids: Arc<ProducerIds>,
     /// `transaction.max.timeout.ms`.
     max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms` and how often to look for expired ids.
+    expiration_ms: i64,
+    expiry_every_ms: i64,
+    /// When this broker last looked for expired ids.
+    expiry_checked_ms: std::sync::atomic::AtomicI64,
     /// Orders this broker's steps on one transactional id.
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     metrics: TxnMetrics,
@@ -90,13 +105,16 @@ impl TxnCoordinator {
     pub(crate) fn new(
         meta: MetaNode,
         producer_ids: Arc<ProducerIds>,
-        max_timeout_ms: i32,
+        cfg: TxnConfig,
         metrics: TxnMetrics,
     ) -> Self {
         Self {
             meta,
             producer_ids,
-            max_timeout_ms,
+            max_timeout_ms: cfg.max_timeout_ms,
+            expiration_ms: cfg.id_expiration_ms,
+            expiry_every_ms: cfg.expiry_interval_ms,
+            expiry_checked_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             locks: parking_lot::Mutex::default(),
             metrics,
         }
@@ -415,6 +433,56 @@ impl TxnCoordinator {
                 Ok(_) => {}
                 Err(e) => {
                     warn!(transactional_id = %id, error = %e, "could not abort a timed-out transaction")
+                }
+            }
+        }
+        self.expire_idle(mine, now_ms).await;
+    }
+
+    /// Forgets the ids this broker coordinates that have had no transaction open and no
+    /// request for `transactional.id.expiration.ms`, at most every
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
+    async fn expire_idle(&self, mine: &(dyn Fn(&str) -> bool + Send + Sync), now_ms: i64) {
+        use std::sync::atomic::Ordering;
+        let last = self.expiry_checked_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < self.expiry_every_ms {
+            return;
+        }
+        self.expiry_checked_ms.store(now_ms, Ordering::Relaxed);
+        let idle_since = now_ms.saturating_sub(self.expiration_ms);
+        let expired: Vec<(String, i64, i16)> = self.meta.read(|s| {
+            s.transactions
+                .iter()
+                .filter(|(id, t)| {
+                    mine(id)
+                        && matches!(
+                            t.state,
+                            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                        )
+                        && t.updated_ms <= idle_since
+                })
+                .map(|(id, t)| (id.clone(), t.producer_id, t.producer_epoch))
+                .collect()
+        });
+        for (id, producer_id, producer_epoch) in expired {
+            let lock = self.lock(&id);
+            let Ok(_held) = lock.try_lock() else {
+                continue; // a client is using it right now
+            };
+            // The quorum checks again that nothing changed it since `idle_since`.
+            let expire = TxnCommand::Expire {
+                transactional_id: id.clone(),
+                producer_id,
+                producer_epoch,
+                idle_since_ms: idle_since,
+            };
+            match self.step(expire).await {
+                Ok(_) => {
+                    self.metrics.expired_ids_total.inc();
+                    info!(transactional_id = %id, producer_id, expiration_ms = self.expiration_ms, "transactional id expired");
+                }
+                Err(e) => {
+                    tracing::debug!(transactional_id = %id, error = %e, "transactional id not expired: it changed meanwhile")
                 }
             }
         }

@@ -172,6 +172,17 @@ pub enum TxnCommand {
         producer_epoch: i16,
         now_ms: i64,
     },
+    /// Forgets an idle transactional id (Kafka's `transactional.id.expiration.ms`): only
+    /// between transactions, only as of producer `producer_id`/`producer_epoch`, and only
+    /// if nothing changed it after `idle_since_ms`, so a client step that raced the
+    /// expiry wins. A producer that comes back with the old id and epoch then gets
+    /// INVALID_PRODUCER_ID_MAPPING, and InitProducerId starts the id afresh.
+    Expire {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        idle_since_ms: i64,
+    },
 }
 
 impl ClusterState {
@@ -367,6 +378,22 @@ impl ClusterState {
                 self.commit_offsets(offsets);
                 Ok(meta)
             }
+            TxnCommand::Expire {
+                transactional_id,
+                producer_id,
+                producer_epoch,
+                idle_since_ms,
+            } => {
+                let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
+                if !matches!(t.state, Empty | CompleteCommit | CompleteAbort)
+                    || t.updated_ms > idle_since_ms
+                {
+                    return Err(TxnRefusal::InvalidState);
+                }
+                self.transactions
+                    .remove(&transactional_id)
+                    .ok_or(TxnRefusal::UnknownProducer)
+            }
         }
     }
 
@@ -506,6 +533,50 @@ mod tests {
             configs: BTreeMap::new(),
         });
         s
+    }
+
+    fn expire(epoch: i16, idle_since_ms: i64) -> TxnCommand {
+        TxnCommand::Expire {
+            transactional_id: "t".into(),
+            producer_id: 7,
+            producer_epoch: epoch,
+            idle_since_ms,
+        }
+    }
+
+    #[test]
+    fn only_an_idle_transactional_id_between_transactions_expires() {
+        let mut s = state();
+        apply(&mut s, init("t", 0, None)).unwrap();
+        apply(&mut s, add(0, &[("out", 0)], &[])).unwrap();
+        // Open, or being decided: never.
+        assert_eq!(apply(&mut s, expire(0, 100)), Err(TxnRefusal::InvalidState));
+        apply(&mut s, prepare(0, true, false)).unwrap();
+        assert_eq!(apply(&mut s, expire(0, 100)), Err(TxnRefusal::InvalidState));
+        apply(&mut s, complete(0)).unwrap();
+        // Changed after the cutoff (completed at 10): a client was still using it.
+        assert_eq!(apply(&mut s, expire(0, 9)), Err(TxnRefusal::InvalidState));
+        // Another producer (a newer epoch took over): the expiry was planned on stale state.
+        assert_eq!(
+            apply(&mut s, expire(1, 100)),
+            Err(TxnRefusal::UnknownProducer)
+        );
+        assert!(s.transactions.contains_key("t"));
+        let gone = apply(&mut s, expire(0, 10)).unwrap();
+        assert_eq!(
+            (gone.producer_id, gone.state),
+            (7, TxnState::CompleteCommit)
+        );
+        assert!(!s.transactions.contains_key("t"));
+        // The old producer is unknown now; a new InitProducerId starts the id afresh.
+        assert_eq!(
+            apply(&mut s, add(0, &[("out", 0)], &[])),
+            Err(TxnRefusal::UnknownProducer)
+        );
+        assert_eq!(
+            apply(&mut s, init("t", 0, None)).unwrap().state,
+            TxnState::Empty
+        );
     }
 
     #[test]

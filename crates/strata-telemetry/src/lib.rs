@@ -106,6 +106,7 @@ pub struct GroupMetrics {
 pub struct TxnMetrics {
     pub completed_total: IntCounterVec,
     pub timed_out_total: IntCounter,
+    pub expired_ids_total: IntCounter,
     pub open: IntGauge,
     pub oldest_open_seconds: IntGauge,
 }
@@ -588,6 +589,10 @@ impl Metrics {
             timed_out_total: r.counter(
                 "strata_txn_timed_out_total",
                 "Transactions this coordinator aborted because they outlived transaction.timeout.ms",
+            )?,
+            expired_ids_total: r.counter(
+                "strata_txn_expired_ids_total",
+                "Transactional ids this coordinator forgot after transactional.id.expiration.ms without use",
             )?,
             open: r.gauge(
                 "strata_txn_open",
