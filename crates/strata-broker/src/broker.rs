@@ -793,6 +793,7 @@ impl Broker {
                 epoch: 0,
                 fenced: false,
                 transaction_version: crate::txn::TRANSACTION_VERSION,
+                metadata_version: strata_meta::METADATA_VERSION,
                 listeners: listeners.to_vec(),
             }))
             .await?

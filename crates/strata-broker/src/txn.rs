@@ -55,6 +55,12 @@ pub(crate) trait MarkerWriter: Send + Sync {
 /// TxnOffsetCommit v5). ApiVersions finalizes it once every registered broker has it.
 pub(crate) const TRANSACTION_VERSION: i16 = 2;
 
+/// The metadata version that brought `TxnCommand::Expire` (see `strata_meta::METADATA_VERSION`).
+const EXPIRE_METADATA_VERSION: u16 = 1;
+
+/// Most transactional ids one coordinator pass expires (each is a quorum write).
+const EXPIRE_PER_PASS: usize = 1000;
+
 /// How long EndTxn waits for the markers before answering (the decision is durable by
 /// then; what is left is finished in the background).
 const MARKER_WAIT: Duration = Duration::from_secs(10);
@@ -380,21 +386,26 @@ impl TxnCoordinator {
         markers: &dyn MarkerWriter,
         now_ms: i64,
     ) {
-        let (work, open, oldest) = self.meta.read(|s| {
-            let ours: Vec<(&String, &TxnMeta)> =
-                s.transactions.iter().filter(|(id, _)| mine(id)).collect();
-            let open: Vec<i64> = ours
+        // `mine` reads the metadata itself: it is asked outside this read, since a read
+        // taken under another waits behind any writer queued in between (a deadlock).
+        let all: Vec<(String, Option<i64>, bool)> = self.meta.read(|s| {
+            s.transactions
                 .iter()
-                .filter(|(_, t)| t.state == TxnState::Ongoing)
-                .map(|(_, t)| t.started_ms)
-                .collect();
-            let work: Vec<String> = ours
-                .into_iter()
-                .filter(|(_, t)| due(t, now_ms))
-                .map(|(id, _)| id.clone())
-                .collect();
-            (work, open.len(), open.into_iter().min())
+                .map(|(id, t)| {
+                    let open = (t.state == TxnState::Ongoing).then_some(t.started_ms);
+                    (id.clone(), open, due(t, now_ms))
+                })
+                .collect()
         });
+        let ours: Vec<(String, Option<i64>, bool)> =
+            all.into_iter().filter(|(id, _, _)| mine(id)).collect();
+        let open: Vec<i64> = ours.iter().filter_map(|(_, open, _)| *open).collect();
+        let (open, oldest) = (open.len(), open.iter().copied().min());
+        let work: Vec<String> = ours
+            .into_iter()
+            .filter(|(_, _, due)| *due)
+            .map(|(id, _, _)| id)
+            .collect();
         self.metrics.open.set(open as i64);
         self.metrics
             .oldest_open_seconds
@@ -441,30 +452,36 @@ impl TxnCoordinator {
 
     /// Forgets the ids this broker coordinates that have had no transaction open and no
     /// request for `transactional.id.expiration.ms`, at most every
-    /// `transaction.remove.expired.transaction.cleanup.interval.ms`.
+    /// `transaction.remove.expired.transaction.cleanup.interval.ms` and at most
+    /// [`EXPIRE_PER_PASS`] a pass (the rest wait for the next), once every broker applies
+    /// the command (a rolling upgrade may still be under way).
     async fn expire_idle(&self, mine: &(dyn Fn(&str) -> bool + Send + Sync), now_ms: i64) {
         use std::sync::atomic::Ordering;
         let last = self.expiry_checked_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last) < self.expiry_every_ms {
             return;
         }
-        self.expiry_checked_ms.store(now_ms, Ordering::Relaxed);
         let idle_since = now_ms.saturating_sub(self.expiration_ms);
-        let expired: Vec<(String, i64, i16)> = self.meta.read(|s| {
-            s.transactions
+        let (version, idle): (u16, Vec<(String, i64, i16)>) = self.meta.read(|s| {
+            let idle = s
+                .transactions
                 .iter()
-                .filter(|(id, t)| {
-                    mine(id)
-                        && matches!(
-                            t.state,
-                            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
-                        )
-                        && t.updated_ms <= idle_since
+                .filter(|(_, t)| {
+                    matches!(
+                        t.state,
+                        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                    ) && t.updated_ms <= idle_since
                 })
                 .map(|(id, t)| (id.clone(), t.producer_id, t.producer_epoch))
-                .collect()
+                .collect();
+            (s.metadata_version(), idle)
         });
-        for (id, producer_id, producer_epoch) in expired {
+        if version < EXPIRE_METADATA_VERSION {
+            return;
+        }
+        self.expiry_checked_ms.store(now_ms, Ordering::Relaxed);
+        let ours = idle.into_iter().filter(|(id, _, _)| mine(id));
+        for (id, producer_id, producer_epoch) in ours.take(EXPIRE_PER_PASS) {
             let lock = self.lock(&id);
             let Ok(_held) = lock.try_lock() else {
                 continue; // a client is using it right now
@@ -480,6 +497,12 @@ impl TxnCoordinator {
                 Ok(_) => {
                     self.metrics.expired_ids_total.inc();
                     info!(transactional_id = %id, producer_id, expiration_ms = self.expiration_ms, "transactional id expired");
+                }
+                // Not committed: the quorum is away; the next pass tries again.
+                Err(ResponseError::CoordinatorNotAvailable | ResponseError::UnknownServerError) => {
+                    self.expiry_checked_ms.store(last, Ordering::Relaxed);
+                    warn!(transactional_id = %id, "could not expire a transactional id: the metadata quorum did not answer");
+                    return;
                 }
                 Err(e) => {
                     tracing::debug!(transactional_id = %id, error = %e, "transactional id not expired: it changed meanwhile")

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -276,22 +276,31 @@ struct SyncJob {
 }
 
 impl SyncJob {
-    /// Blocking: the sync, then the durable mark.
-    fn run(&self) -> std::io::Result<()> {
-        self.file.sync_data()?;
+    /// Blocking: the sync, then the durable mark; with how long the sync took.
+    fn run(&self) -> (std::io::Result<()>, Duration) {
+        let started = Instant::now();
+        if let Err(e) = self.file.sync_data() {
+            return (Err(e), started.elapsed());
+        }
+        let took = started.elapsed();
         // Only the log's sync makes data durable; the mark follows it (see `acked`), and
         // failing to write it is not the produce's failure.
         if let Err(e) = self.acked.set(self.next) {
             warn!(topic = %self.topic, partition = self.partition, error = %e, "could not record the durable offset");
         }
-        Ok(())
+        (Ok(()), took)
     }
 }
 
+/// Syncs one blocking-pool task of [`wait_durable_all`] makes, one after another: a few
+/// share a hand-off, and many partitions still sync side by side (on a disk, syncs of
+/// different files in flight together cost little more than one).
+const SYNCS_PER_TASK: usize = 4;
+
 /// [`Partition::wait_durable`] for several partitions at once (a follower's fetch
-/// response): the syncs they need run in one blocking-pool task instead of a hand-off
-/// each. A partition another task is syncing already rides on that sync, as
-/// `wait_durable` would. One result per wait, in order.
+/// response): the syncs they need share blocking-pool tasks ([`SYNCS_PER_TASK`] each)
+/// instead of a hand-off each. A partition another task is syncing already rides on that
+/// sync, as `wait_durable` would. One result per wait, in order.
 pub async fn wait_durable_all(waits: &[(&Partition, i64)]) -> Vec<Result<()>> {
     let mut results: Vec<Result<()>> = waits.iter().map(|_| Ok(())).collect();
     let mut locks = Vec::new();
@@ -312,21 +321,21 @@ pub async fn wait_durable_all(waits: &[(&Partition, i64)]) -> Vec<Result<()>> {
             Err(e) => results[i] = Err(e),
         }
     }
-    if !jobs.is_empty() {
-        let started = Instant::now();
-        let run: Vec<SyncJob> = jobs.iter().map(|(_, job)| job.clone()).collect();
-        let synced =
-            tokio::task::spawn_blocking(move || run.iter().map(SyncJob::run).collect::<Vec<_>>())
-                .await;
-        let outcomes: Vec<std::io::Result<()>> = match synced {
+    let tasks = jobs.chunks(SYNCS_PER_TASK).map(|chunk| {
+        let run: Vec<SyncJob> = chunk.iter().map(|(_, job)| job.clone()).collect();
+        tokio::task::spawn_blocking(move || run.iter().map(SyncJob::run).collect::<Vec<_>>())
+    });
+    let done = futures::future::join_all(tasks).await;
+    for (chunk, outcome) in jobs.chunks(SYNCS_PER_TASK).zip(done) {
+        let outcomes = match outcome {
             Ok(all) => all,
-            Err(e) => jobs
+            Err(e) => chunk
                 .iter()
-                .map(|_| Err(std::io::Error::other(e.to_string())))
+                .map(|_| (Err(std::io::Error::other(e.to_string())), Duration::ZERO))
                 .collect(),
         };
-        for ((i, job), result) in jobs.iter().zip(outcomes) {
-            if let Err(e) = waits[*i].0.finish_sync(job, result, started) {
+        for ((i, job), (synced, took)) in chunk.iter().zip(outcomes) {
+            if let Err(e) = waits[*i].0.finish_sync(job, synced, took) {
                 results[*i] = Err(e);
             }
         }
@@ -978,12 +987,11 @@ impl Partition {
             let Some(job) = self.sync_job()? else {
                 return Ok(());
             };
-            let started = Instant::now();
             let run = job.clone();
-            let synced = tokio::task::spawn_blocking(move || run.run())
+            let (synced, took) = tokio::task::spawn_blocking(move || run.run())
                 .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            self.finish_sync(&job, synced, started)?;
+                .unwrap_or_else(|e| (Err(std::io::Error::other(e)), Duration::ZERO));
+            self.finish_sync(&job, synced, took)?;
         }
     }
 
@@ -1014,11 +1022,11 @@ impl Partition {
         &self,
         job: &SyncJob,
         synced: std::io::Result<()>,
-        started: Instant,
+        took: Duration,
     ) -> Result<()> {
         self.metrics
             .sync_duration_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         self.metrics.syncs_total.inc();
         let mut inner = self.inner.lock();
         if let Err(e) = synced {
@@ -1752,8 +1760,9 @@ pub(crate) fn read_append(
     let goal = out.len() + n;
     while out.len() < goal {
         let at = pos + (out.len() + n - goal) as u64;
-        // `reserve_exact` leaves room for exactly the missing bytes (pread fills at most
-        // the spare capacity it is given, and the Vec grows by what it read).
+        // pread fills the Vec's spare capacity, which is more than the missing bytes
+        // when `out` had room already (a partial batch trimmed off an earlier read): the
+        // excess is dropped below.
         match rustix::io::pread(file, rustix::buffer::spare_capacity(out), at) {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
             Ok(_) => {}

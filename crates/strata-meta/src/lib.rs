@@ -65,6 +65,12 @@ pub mod fuzzing {
     }
 }
 
+/// The set of metadata commands this software applies, in the order they appeared:
+/// 1 added [`TxnCommand::Expire`]. Brokers register it
+/// ([`BrokerInfo::metadata_version`]); a command is proposed only once every registered
+/// broker applies it (see [`ClusterState::metadata_version`]).
+pub const METADATA_VERSION: u16 = 1;
+
 pub use controller::ControllerConfig;
 pub use controller::Election;
 pub use controller::NoElection;

@@ -97,6 +97,7 @@ async fn state_and_results_survive_restart() {
         epoch: 1,
         fenced: false,
         transaction_version: 2,
+        metadata_version: crate::METADATA_VERSION,
         listeners: vec![],
     };
     assert_eq!(

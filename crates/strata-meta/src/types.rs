@@ -133,6 +133,12 @@ pub struct BrokerInfo {
     /// version from before the field). The cluster finalizes the lowest of its brokers'.
     #[serde(default)]
     pub transaction_version: i16,
+    /// The newest [`crate::METADATA_VERSION`] the broker's software applies (0: a
+    /// version from before the field). A command new in version N is proposed only once
+    /// every registered broker has N, so no node of a rolling upgrade meets a command it
+    /// cannot decode.
+    #[serde(default)]
+    pub metadata_version: u16,
     /// Every listener's advertised address; `host`/`port` above are the inter-broker
     /// listener's. Empty in registrations from before listeners were named: then
     /// `host`/`port` serve every client.
@@ -465,6 +471,16 @@ impl ClusterState {
         self.topics
             .values_mut()
             .flat_map(|t| t.partitions.iter_mut())
+    }
+
+    /// The metadata version every registered broker applies (0 with none registered):
+    /// commands newer than it must not be proposed yet.
+    pub fn metadata_version(&self) -> u16 {
+        self.brokers
+            .values()
+            .map(|b| b.metadata_version)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Brokers that are registered and not fenced, by id.

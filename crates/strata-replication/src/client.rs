@@ -35,8 +35,11 @@ pub struct KafkaConn {
     stream: BoxStream,
     next: i32,
     client_id: &'static str,
-    /// Where responses are read: its memory is taken again once every view of the last
-    /// response is dropped, so a follower's fetches do not each map and zero a new buffer.
+    /// Where responses are read, into memory that is not zero-filled first. Its
+    /// allocation is taken again once every view of the last response is dropped; a
+    /// follower's log keeps views of what it appended in its tail cache, so there a
+    /// response mostly gets a new allocation (what the cache charges for is the views'
+    /// length, while a view keeps its whole response alive until evicted).
     rx: BytesMut,
 }
 

@@ -272,10 +272,14 @@ async fn fetch(
         .iter()
         .map(|(k, f)| {
             let o = f.log.offsets();
+            // The leader counts this offset as durable here (its high watermark follows
+            // it): the durable end, which lags the log end only if an earlier round
+            // appended and then failed or was abandoned before its sync. Batches the
+            // log already has are skipped when they come again.
             let part = FetchPartition::default()
                 .with_partition(k.partition)
                 .with_current_leader_epoch(f.leader_epoch)
-                .with_fetch_offset(o.log_end)
+                .with_fetch_offset(o.durable_end)
                 .with_log_start_offset(o.log_start)
                 .with_partition_max_bytes(s.cfg.fetch_partition_bytes);
             (f.topic.clone(), part)
@@ -370,8 +374,14 @@ async fn fetch(
             match ResponseError::try_from_code(p.error_code) {
                 None => {
                     let records = p.records.unwrap_or_default();
-                    append(s, f, &records)?;
-                    appended.push((f, p.high_watermark));
+                    match append(s, f, &records) {
+                        Ok(()) => appended.push((f, p.high_watermark)),
+                        // This partition only: the others of the response go on.
+                        Err(e) => {
+                            warn!(topic = %f.topic, partition = p.partition_index, error = %e, "could not append what the leader sent");
+                            mark_unaligned(s, key);
+                        }
+                    }
                 }
                 Some(ResponseError::OffsetOutOfRange) => {
                     // Behind the leader's log start (its retention moved on): start again
@@ -395,13 +405,15 @@ async fn fetch(
             }
         }
     }
-    // One hand-off syncs them all; the next fetch tells the leader.
+    // Synced together; the next fetch tells the leader how far (the durable end).
     let waits: Vec<(&Partition, i64)> = appended
         .iter()
         .map(|(f, _)| (f.log.as_ref(), f.log.offsets().log_end))
         .collect();
-    for synced in wait_durable_all(&waits).await {
-        synced.map_err(|e| e.to_string())?;
+    for (synced, (f, _)) in wait_durable_all(&waits).await.into_iter().zip(&appended) {
+        if let Err(e) = synced {
+            warn!(topic = %f.topic, error = %e, "could not sync what the leader sent");
+        }
     }
     for (f, leader_hw) in appended {
         // Consumers of this replica see up to the leader's high watermark.
@@ -418,7 +430,8 @@ fn mark_unaligned(s: &Shared, key: &PartitionKey) {
 }
 
 /// Appends fetched batches to the follower's log, on this task as the leader's produce
-/// path does (a write to the page cache; the sync runs on the blocking pool later).
+/// path does (a write to the page cache, plus the sealing syncs when the segment rolls;
+/// the sync that makes the batches durable comes after, for the whole response).
 fn append(s: &Shared, f: &Follow, records: &Bytes) -> Result<(), String> {
     if records.is_empty() {
         return Ok(());
