@@ -1368,13 +1368,12 @@ impl BrokerConfig {
         Ok(Some(strata_security::oauth::OauthSettings {
             jwks: strata_security::oauth::JwksSource::parse(url).map_err(|e| e.to_string())?,
             issuer: (!issuer.is_empty()).then(|| issuer.to_string()),
-            audience: self
-                .text("sasl.oauthbearer.expected.audience")
-                .split(',')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .map(str::to_string)
-                .collect(),
+            audience: strata_security::list_entries(
+                self.text("sasl.oauthbearer.expected.audience"),
+                ',',
+            )
+            .map(str::to_string)
+            .collect(),
             subject_claim: self.text("sasl.oauthbearer.sub.claim.name").to_string(),
             clock_skew_s: self.number("sasl.oauthbearer.clock.skew.seconds"),
         }))

@@ -466,12 +466,7 @@ impl TxnCoordinator {
             let idle = s
                 .transactions
                 .iter()
-                .filter(|(_, t)| {
-                    matches!(
-                        t.state,
-                        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
-                    ) && t.updated_ms <= idle_since
-                })
+                .filter(|(_, t)| t.state.between_transactions() && t.updated_ms <= idle_since)
                 .map(|(id, t)| (id.clone(), t.producer_id, t.producer_epoch))
                 .collect();
             (s.metadata_version(), idle)

@@ -263,7 +263,6 @@ impl Inner {
 }
 
 /// One fdatasync of a partition's active segment, as prepared under its flush lock.
-#[derive(Clone)]
 struct SyncJob {
     file: Arc<File>,
     path: PathBuf,
@@ -304,7 +303,7 @@ const SYNCS_PER_TASK: usize = 4;
 pub async fn wait_durable_all(waits: &[(&Partition, i64)]) -> Vec<Result<()>> {
     let mut results: Vec<Result<()>> = waits.iter().map(|_| Ok(())).collect();
     let mut locks = Vec::new();
-    let mut jobs: Vec<(usize, SyncJob)> = Vec::new();
+    let mut jobs: Vec<(usize, Arc<SyncJob>)> = Vec::new();
     for (i, (p, offset)) in waits.iter().enumerate() {
         if p.is_durable(*offset) {
             continue;
@@ -322,8 +321,8 @@ pub async fn wait_durable_all(waits: &[(&Partition, i64)]) -> Vec<Result<()>> {
         }
     }
     let tasks = jobs.chunks(SYNCS_PER_TASK).map(|chunk| {
-        let run: Vec<SyncJob> = chunk.iter().map(|(_, job)| job.clone()).collect();
-        tokio::task::spawn_blocking(move || run.iter().map(SyncJob::run).collect::<Vec<_>>())
+        let run: Vec<Arc<SyncJob>> = chunk.iter().map(|(_, job)| job.clone()).collect();
+        tokio::task::spawn_blocking(move || run.iter().map(|job| job.run()).collect::<Vec<_>>())
     });
     let done = futures::future::join_all(tasks).await;
     for (chunk, outcome) in jobs.chunks(SYNCS_PER_TASK).zip(done) {
@@ -1001,18 +1000,20 @@ impl Partition {
 
     /// The sync that makes everything written so far durable (`None`: nothing to sync).
     /// Only under the flush lock.
-    fn sync_job(&self) -> Result<Option<SyncJob>> {
+    fn sync_job(&self) -> Result<Option<Arc<SyncJob>>> {
         let inner = self.inner.lock();
         self.check_online(&inner)?;
-        Ok(inner.active().map(|a| SyncJob {
-            file: a.file.clone(),
-            path: a.path.clone(),
-            base: a.base_offset,
-            size: a.size,
-            next: a.next_offset,
-            acked: self.acked.clone(),
-            topic: self.topic.clone(),
-            partition: self.partition,
+        Ok(inner.active().map(|a| {
+            Arc::new(SyncJob {
+                file: a.file.clone(),
+                path: a.path.clone(),
+                base: a.base_offset,
+                size: a.size,
+                next: a.next_offset,
+                acked: self.acked.clone(),
+                topic: self.topic.clone(),
+                partition: self.partition,
+            })
         }))
     }
 
@@ -1757,9 +1758,10 @@ pub(crate) fn read_append(
     out: &mut Vec<u8>,
 ) -> std::io::Result<()> {
     out.reserve_exact(n);
-    let goal = out.len() + n;
+    let start = out.len();
+    let goal = start + n;
     while out.len() < goal {
-        let at = pos + (out.len() + n - goal) as u64;
+        let at = pos + (out.len() - start) as u64;
         // pread fills the Vec's spare capacity, which is more than the missing bytes
         // when `out` had room already (a partial batch trimmed off an earlier read): the
         // excess is dropped below.

@@ -47,6 +47,15 @@ impl TxnState {
     pub fn preparing(self) -> bool {
         matches!(self, Self::PrepareCommit | Self::PrepareAbort)
     }
+
+    /// No transaction open or being decided: the producer may be re-initialized, and an
+    /// idle id may expire.
+    pub fn between_transactions(self) -> bool {
+        matches!(
+            self,
+            Self::Empty | Self::CompleteCommit | Self::CompleteAbort
+        )
+    }
 }
 
 /// One transactional producer and its current transaction.
@@ -215,9 +224,7 @@ impl ClusterState {
                 if current.map(|t| (t.producer_id, t.producer_epoch)) != expect {
                     return Err(TxnRefusal::Concurrent);
                 }
-                if current
-                    .is_some_and(|t| matches!(t.state, Ongoing | PrepareCommit | PrepareAbort))
-                {
+                if current.is_some_and(|t| !t.state.between_transactions()) {
                     return Err(TxnRefusal::Concurrent);
                 }
                 let meta = TxnMeta {
@@ -312,9 +319,7 @@ impl ClusterState {
                 let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
                 // Transaction version 2 aborts even with nothing open (the client may have
                 // begun one it never sent a batch of): the epoch moves on all the same.
-                let empty_abort = client_bump
-                    && !commit
-                    && matches!(t.state, Empty | CompleteCommit | CompleteAbort);
+                let empty_abort = client_bump && !commit && t.state.between_transactions();
                 match t.state {
                     Ongoing => {}
                     // (An ended transaction left no partitions, groups or offsets behind.)
@@ -385,9 +390,7 @@ impl ClusterState {
                 idle_since_ms,
             } => {
                 let t = self.current_txn(&transactional_id, producer_id, producer_epoch)?;
-                if !matches!(t.state, Empty | CompleteCommit | CompleteAbort)
-                    || t.updated_ms > idle_since_ms
-                {
+                if !t.state.between_transactions() || t.updated_ms > idle_since_ms {
                     return Err(TxnRefusal::InvalidState);
                 }
                 self.transactions

@@ -310,10 +310,7 @@ impl Authorizer {
     /// Kafka's `super.users`: `User:a;User:b`.
     pub fn new(super_users: &str, allow_if_no_acl: bool) -> Self {
         Self {
-            super_users: super_users
-                .split(';')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
+            super_users: crate::list_entries(super_users, ';')
                 .map(str::to_string)
                 .collect(),
             allow_if_no_acl,

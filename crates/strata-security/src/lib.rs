@@ -21,4 +21,10 @@ pub mod tls;
 pub mod transport;
 
 pub use listeners::{Listener, ListenerError, SecurityProtocol};
+
+/// The entries of a list-valued setting (`User:a;User:b`, `aud-1,aud-2`): split at `sep`,
+/// trimmed, the empty ones dropped.
+pub fn list_entries(s: &str, sep: char) -> impl Iterator<Item = &str> {
+    s.split(sep).map(str::trim).filter(|e| !e.is_empty())
+}
 pub use sasl::{Mechanism, Principal};

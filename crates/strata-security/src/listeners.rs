@@ -107,13 +107,9 @@ fn parse_entry(setting: &'static str, entry: &str) -> Result<(String, String, u1
     Ok((name, host.trim_matches(['[', ']']).to_string(), port))
 }
 
-fn entries(s: &str) -> impl Iterator<Item = &str> {
-    s.split(',').map(str::trim).filter(|e| !e.is_empty())
-}
-
 /// Kafka's `listener.security.protocol.map`, name to protocol.
 pub fn parse_protocol_map(s: &str) -> Result<BTreeMap<String, SecurityProtocol>, ListenerError> {
-    entries(s)
+    crate::list_entries(s, ',')
         .map(|e| {
             let (name, proto) = e
                 .split_once(':')
@@ -143,7 +139,7 @@ impl Listeners {
     ) -> Result<Self, ListenerError> {
         let map = parse_protocol_map(protocol_map)?;
         let mut out: Vec<Listener> = Vec::new();
-        for entry in entries(listeners) {
+        for entry in crate::list_entries(listeners, ',') {
             let (name, host, port) = parse_entry("listeners", entry)?;
             if out.iter().any(|l| l.name == name) {
                 return Err(ListenerError::DuplicateName(name));
@@ -180,7 +176,7 @@ impl Listeners {
         if out.is_empty() {
             return Err(ListenerError::Empty);
         }
-        for entry in entries(advertised) {
+        for entry in crate::list_entries(advertised, ',') {
             let (name, host, port) = parse_entry("advertised.listeners", entry)?;
             let listener = out
                 .iter_mut()

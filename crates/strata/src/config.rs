@@ -120,7 +120,7 @@ fn parse_roles(s: &str) -> anyhow::Result<Roles> {
         broker: false,
         meta: false,
     };
-    for r in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+    for r in strata_security::list_entries(s, ',') {
         match r {
             "broker" => roles.broker = true,
             "meta" | "controller" => roles.meta = true,
@@ -136,7 +136,7 @@ fn parse_roles(s: &str) -> anyhow::Result<Roles> {
 /// `ID@HOST:PORT,...` into id → address.
 fn parse_voters(s: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     let mut voters = BTreeMap::new();
-    for v in s.split(',').map(str::trim).filter(|v| !v.is_empty()) {
+    for v in strata_security::list_entries(s, ',') {
         let (id, addr) = v
             .split_once('@')
             .with_context(|| format!("--meta-voters entry {v:?} is not ID@HOST:PORT"))?;

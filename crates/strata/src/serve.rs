@@ -285,11 +285,7 @@ pub async fn run(cfg: ServeConfig, metrics: Metrics) -> anyhow::Result<()> {
     let meta_transport = match (&tls, cfg.kafka.flag("strata.meta.tls")) {
         (Some(tls), true) => strata_security::transport::Transport::tls(
             tls,
-            cfg.kafka
-                .text("strata.meta.tls-peers")
-                .split(';')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
+            strata_security::list_entries(cfg.kafka.text("strata.meta.tls-peers"), ';')
                 .map(str::to_string)
                 .collect(),
         )
