@@ -759,7 +759,7 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         ConfigType::Long,
         "2147483648",
         Check::AtLeast(16777216),
-        "Local-disk tier of the remote-read block cache (under <data-dir>/cache).",
+        "Local-disk tier of the remote-read block cache (under <data-dir>/cache); at most half of the room its file system has. Read at start-up.",
     ),
     def(
         "strata.tier.cache.block-bytes",

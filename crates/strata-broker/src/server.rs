@@ -472,11 +472,16 @@ impl RunningBroker {
             max_size: opts.config.group_max_size(),
         });
         let offsets = OffsetWriter::start(meta.clone(), opts.metrics.group.clone());
+        let cache_bytes = crate::tiering::cache_disk_bytes(
+            opts.config.cache_disk_bytes() as u64,
+            &opts.cache_dir,
+            logs.root(),
+        );
         let cache = BlockCache::open(
             CacheConfig {
                 dir: opts.cache_dir.clone(),
                 memory_bytes: opts.config.cache_memory_bytes(),
-                disk_bytes: opts.config.cache_disk_bytes(),
+                disk_bytes: cache_bytes as usize,
                 block_bytes: opts.config.cache_block_bytes(),
                 readahead_blocks: opts.config.cache_readahead_blocks(),
             },
@@ -495,6 +500,7 @@ impl RunningBroker {
                 clock: opts.clock.clone(),
                 metrics: opts.metrics.tier.clone(),
                 cache_dir: opts.cache_dir.clone(),
+                cache_bytes,
             },
         ));
         let replication = {

@@ -14,6 +14,7 @@
 //! so a crash in between leaves orphans (collected later), never dangling entries.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -59,8 +60,9 @@ pub(crate) struct TierHandles {
     pub(crate) config: BrokerConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: TierMetrics,
-    /// The block cache's disk tier: its directory.
+    /// The block cache's disk tier: its directory and size (see [`cache_disk_bytes`]).
     pub(crate) cache_dir: std::path::PathBuf,
+    pub(crate) cache_bytes: u64,
 }
 
 /// The object store, its cache and the uploader's state.
@@ -89,6 +91,67 @@ pub(crate) struct Tier {
     cache_bytes: u64,
 }
 
+/// The smallest disk tier the block cache gets: one of its 16 MiB regions (and the
+/// least `strata.tier.cache.disk-bytes` accepts).
+const MIN_CACHE_DISK_BYTES: u64 = 16 << 20;
+
+/// The size of the block cache's disk tier: `strata.tier.cache.disk-bytes`, but at most
+/// half of the room its file system has for it (the free space plus what the cache
+/// already holds there) when it shares that file system with the log. The
+/// unuploaded-bytes cap keeps what the cache may still grow by free (see
+/// [`Tier::disk_cap`]), so a cache sized beyond the free space would leave producers none
+/// on a small disk; half leaves the other half to the log. Stable across restarts: what
+/// the cache holds counts as room. The configured size if the file system cannot be asked.
+pub(crate) fn cache_disk_bytes(configured: u64, cache_dir: &Path, log_dir: &Path) -> u64 {
+    let asked =
+        std::fs::create_dir_all(cache_dir).and_then(|()| Ok(rustix::fs::statvfs(cache_dir)?));
+    let Ok(fs) = asked else {
+        return configured;
+    };
+    let room = fs
+        .f_bavail
+        .saturating_mul(fs.f_frsize)
+        .saturating_add(disk_usage(cache_dir));
+    let size = cache_share(configured, room, same_fs(cache_dir, log_dir));
+    if size < configured {
+        info!(
+            size_bytes = size,
+            configured_bytes = configured,
+            room_bytes = room,
+            "the block cache's disk tier is limited to half the room its file system has (it shares it with the log)"
+        );
+    }
+    size
+}
+
+/// [`cache_disk_bytes`] for a file system with `room` bytes for the cache.
+fn cache_share(configured: u64, room: u64, shared_with_log: bool) -> u64 {
+    match shared_with_log {
+        true => configured.min(room / 2).max(MIN_CACHE_DISK_BYTES),
+        false => configured,
+    }
+}
+
+/// Whether `a` and `b` exist on one file system.
+fn same_fs(a: &Path, b: &Path) -> bool {
+    let dev = |p: &Path| rustix::fs::stat(p).ok().map(|s| s.st_dev);
+    dev(a).is_some() && dev(a) == dev(b)
+}
+
+/// Bytes the files directly in `dir` take on disk (allocated blocks: sparse files count
+/// what they hold). 0 if it cannot be read.
+fn disk_usage(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| rustix::fs::stat(e.path()).ok())
+                .map(|st| (st.st_blocks as u64) * 512)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 impl Tier {
     pub(crate) fn new(store: Store, cache: BlockCache, h: TierHandles) -> Self {
         Self {
@@ -96,7 +159,7 @@ impl Tier {
             cache,
             slots: Semaphore::new(h.config.upload_concurrency()),
             part_bytes: h.config.multipart_part_bytes(),
-            cache_bytes: h.config.cache_disk_bytes() as u64,
+            cache_bytes: h.cache_bytes,
             node_id: h.node_id,
             meta: h.meta,
             logs: h.logs,
@@ -718,21 +781,8 @@ impl Tier {
         let available = fs.f_bavail.saturating_mul(fs.f_frsize);
         let size = fs.f_blocks.saturating_mul(fs.f_frsize);
         let reserve = self.config.disk_reserve_bytes(size);
-        let same_fs = |dir: &std::path::Path| {
-            let dev = |p: &std::path::Path| rustix::fs::stat(p).ok().map(|s| s.st_dev);
-            dev(dir).is_some() && dev(dir) == dev(root)
-        };
-        let cache_growth = if same_fs(&self.cache_dir) {
-            let used: u64 = std::fs::read_dir(&self.cache_dir)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .filter_map(|e| rustix::fs::stat(e.path()).ok())
-                        .map(|st| (st.st_blocks as u64) * 512)
-                        .sum()
-                })
-                .unwrap_or(0);
-            self.cache_bytes.saturating_sub(used)
+        let cache_growth = if same_fs(&self.cache_dir, root) {
+            self.cache_bytes.saturating_sub(disk_usage(&self.cache_dir))
         } else {
             0
         };
@@ -820,5 +870,53 @@ impl Tier {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_cache_takes_at_most_half_the_room_it_shares_with_the_log() {
+        // Room to spare: the configured size.
+        assert_eq!(cache_share(2048 * MIB, 100_000 * MIB, true), 2048 * MIB);
+        // A small disk: half of it, so producers keep the other half.
+        assert_eq!(cache_share(2048 * MIB, 3000 * MIB, true), 1500 * MIB);
+        // Next to nothing: still one region.
+        assert_eq!(cache_share(2048 * MIB, MIB, true), MIN_CACHE_DISK_BYTES);
+        // A file system of its own: what was asked for.
+        assert_eq!(cache_share(2048 * MIB, 3000 * MIB, false), 2048 * MIB);
+    }
+
+    #[test]
+    fn the_cache_size_comes_from_its_file_system() {
+        let data = tempfile::tempdir().unwrap();
+        let cache = data.path().join("cache");
+        let fs = rustix::fs::statvfs(data.path()).unwrap();
+        let size = cache_disk_bytes(u64::MAX / 4, &cache, data.path());
+        assert!(cache.is_dir());
+        // Half the free space, give or take what other processes write meanwhile.
+        assert!(size <= fs.f_blocks * fs.f_frsize / 2, "{size}");
+        assert!(size >= MIN_CACHE_DISK_BYTES);
+        assert_eq!(cache_disk_bytes(32 * MIB, &cache, data.path()), 32 * MIB);
+    }
+
+    #[test]
+    fn disk_usage_counts_allocated_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(disk_usage(dir.path()), 0);
+        std::fs::write(dir.path().join("written"), vec![1u8; 8 << 20]).unwrap();
+        // A sparse region file, as the cache creates them, holds nothing yet.
+        std::fs::File::create(dir.path().join("sparse"))
+            .unwrap()
+            .set_len(1 << 30)
+            .unwrap();
+        let used = disk_usage(dir.path());
+        assert!((8 * MIB..16 * MIB).contains(&used), "{used}");
+        assert_eq!(disk_usage(&dir.path().join("missing")), 0);
     }
 }
