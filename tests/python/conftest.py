@@ -185,6 +185,11 @@ class StrataBroker:
         }
         env.setdefault("RUST_BACKTRACE", "1")
         env["NO_COLOR"] = "1"
+        # The block cache's disk tier is kept free on the data directory's file system
+        # (the unuploaded-bytes cap leaves room for it to grow): 256 MiB instead of the
+        # default 2 GiB per broker, so that clusters of test brokers produce on a machine
+        # with a few GB free. Tests that size the cache set it themselves.
+        env["STRATA_TIER_CACHE_DISK_BYTES"] = str(256 << 20)
         env.update(self.extra_env)
         named = "STRATA_KAFKA_LISTENERS" in env
         listeners = len(env.get("STRATA_KAFKA_LISTENERS", "").split(","))
