@@ -10,7 +10,9 @@ use strata_protocol::BatchError;
 pub fn log_error(e: &LogError) -> ResponseError {
     match e {
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
-        LogError::Superseded { .. } => ResponseError::NotLeaderOrFollower,
+        LogError::Superseded { .. } | LogError::Truncated { .. } => {
+            ResponseError::NotLeaderOrFollower
+        }
         // Fetches read such offsets from the object store; anything else asking the
         // local log for them cannot be served from this storage.
         LogError::NotLocal { .. }

@@ -34,6 +34,10 @@ pub enum LogError {
         "records before offset {offset} from leader epoch {epoch} were replaced by a newer leader's"
     )]
     Superseded { epoch: i32, offset: i64 },
+    /// Waiting for records that are no longer there: the log was cut back below them
+    /// (this replica lost leadership and truncated to the new leader's log).
+    #[error("the log now ends at offset {log_end}, before {offset}: the records up to it were cut")]
+    Truncated { offset: i64, log_end: i64 },
     #[error("partition directory {path} has an unexpected name")]
     BadDirectory { path: PathBuf },
     /// An idempotent producer's batch was refused; nothing of the append was written.

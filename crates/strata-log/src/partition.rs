@@ -973,7 +973,8 @@ impl Partition {
         Ok(())
     }
 
-    /// Returns once everything before `offset` is on disk (group commit, see module docs).
+    /// Returns once everything before `offset` is on disk (group commit, see module docs),
+    /// or with [`LogError::Truncated`] if the log no longer reaches `offset`.
     pub async fn wait_durable(&self, offset: i64) -> Result<()> {
         loop {
             if self.is_durable(offset) {
@@ -991,6 +992,14 @@ impl Partition {
                 .await
                 .unwrap_or_else(|e| (Err(std::io::Error::other(e)), Duration::ZERO));
             self.finish_sync(&job, synced, took)?;
+            // Everything the log has is durable now; syncing again would not bring
+            // `offset` closer.
+            if job.next < offset {
+                return Err(LogError::Truncated {
+                    offset,
+                    log_end: job.next,
+                });
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+use std::time::Duration;
 
 use strata_protocol::batch::test_util::simple_batch;
 use strata_protocol::batch::{self, HeaderIter};
@@ -818,6 +819,33 @@ async fn a_replicated_partition_shows_consumers_nothing_until_its_high_watermark
     // Once declared, it stays: a later declaration does not reset what was set.
     p.expect_replication();
     assert_eq!(p.offsets().high_watermark, 5);
+}
+
+#[tokio::test]
+async fn a_durability_wait_fails_when_its_records_are_cut_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), LogConfig::default());
+    p.expect_replication();
+    append(&p, 2, 100, 0);
+    sync(&p).await;
+    append(&p, 3, 100, 0);
+    // Cut back before the wait for the second batch starts syncing: it must end, not
+    // sync over and over for records the log no longer has.
+    p.truncate_to(2, 0).unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(30), p.wait_durable(5)).await;
+    let err = waited.expect("the wait ended").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LogError::Truncated {
+                offset: 5,
+                log_end: 2
+            }
+        ),
+        "{err}"
+    );
+    // What the log has is still waited for as before.
+    p.wait_durable(2).await.unwrap();
 }
 
 #[tokio::test]
