@@ -388,9 +388,12 @@ impl TxnCoordinator {
     ) {
         // `mine` reads the metadata itself: it is asked outside this read, since a read
         // taken under another waits behind any writer queued in between (a deadlock).
+        // Only what the pass acts on or counts: ids between transactions and not yet due
+        // (most of them, in a large cluster) are not copied.
         let all: Vec<(String, Option<i64>, bool)> = self.meta.read(|s| {
             s.transactions
                 .iter()
+                .filter(|(_, t)| t.state == TxnState::Ongoing || due(t, now_ms))
                 .map(|(id, t)| {
                     let open = (t.state == TxnState::Ongoing).then_some(t.started_ms);
                     (id.clone(), open, due(t, now_ms))
