@@ -195,6 +195,9 @@ struct Inner {
     replicated: Option<i64>,
     /// The leader-epoch history.
     epochs: LeaderEpochs,
+    /// How many times the log was cut back ([`Partition::truncate_to`]): a sync prepared
+    /// before a cut synced bytes that are gone, and must not count for what replaced them.
+    cuts: u64,
 }
 
 impl Inner {
@@ -263,31 +266,22 @@ impl Inner {
 }
 
 /// One fdatasync of a partition's active segment, as prepared under its flush lock.
-struct SyncJob {
+pub(crate) struct SyncJob {
     file: Arc<File>,
     path: PathBuf,
     base: i64,
     size: u64,
     next: i64,
-    acked: Arc<AckedMark>,
-    topic: String,
-    partition: i32,
+    /// [`Inner::cuts`] when it was prepared.
+    cuts: u64,
 }
 
 impl SyncJob {
-    /// Blocking: the sync, then the durable mark; with how long the sync took.
-    fn run(&self) -> (std::io::Result<()>, Duration) {
+    /// Blocking: the sync, with how long it took.
+    pub(crate) fn run(&self) -> (std::io::Result<()>, Duration) {
         let started = Instant::now();
-        if let Err(e) = self.file.sync_data() {
-            return (Err(e), started.elapsed());
-        }
-        let took = started.elapsed();
-        // Only the log's sync makes data durable; the mark follows it (see `acked`), and
-        // failing to write it is not the produce's failure.
-        if let Err(e) = self.acked.set(self.next) {
-            warn!(topic = %self.topic, partition = self.partition, error = %e, "could not record the durable offset");
-        }
-        (Ok(()), took)
+        let synced = self.file.sync_data();
+        (synced, started.elapsed())
     }
 }
 
@@ -383,7 +377,7 @@ pub struct Partition {
     metrics: LogMetrics,
     gauges: Gauges,
     /// The highest offset ever made durable, kept beside the segments.
-    acked: Arc<AckedMark>,
+    acked: AckedMark,
 }
 
 /// This partition's series of the per-partition gauges, resolved once.
@@ -506,6 +500,7 @@ impl Partition {
             tail: Tail::new(tail),
             replicated: None,
             epochs: LeaderEpochs::open(&dir),
+            cuts: 0,
         };
         // Offsets once made durable are never handed out again, even if recovery cut
         // them off (a damaged tail): the log goes on after a gap, as Kafka's does after
@@ -561,7 +556,7 @@ impl Partition {
             durable_tx: watch::Sender::new(hw),
             metrics,
             gauges,
-            acked: Arc::new(acked),
+            acked,
         };
         p.publish_metrics(&p.inner.lock());
         Ok(p)
@@ -887,6 +882,7 @@ impl Partition {
         let (end, base, size) = (last.next_offset, last.base_offset, last.size);
         inner.epochs.truncate(end)?;
         inner.tail.clear();
+        inner.cuts += 1;
         inner.hw = inner.hw.min(end);
         if inner.hw_segment > base {
             inner.hw_segment = base;
@@ -905,6 +901,8 @@ impl Partition {
         }
         info!(topic = %self.topic, partition = self.partition, offset = end, "truncated the log to the leader's");
         self.publish_metrics(&inner);
+        // What is appended at these offsets again is durable only once synced.
+        self.durable_tx.send_modify(|d| *d = (*d).min(end));
         drop(inner);
         // Wake acknowledgement waiters: what they wait for may be gone.
         self.hw_tx.send_modify(|_| {});
@@ -1009,7 +1007,7 @@ impl Partition {
 
     /// The sync that makes everything written so far durable (`None`: nothing to sync).
     /// Only under the flush lock.
-    fn sync_job(&self) -> Result<Option<Arc<SyncJob>>> {
+    pub(crate) fn sync_job(&self) -> Result<Option<Arc<SyncJob>>> {
         let inner = self.inner.lock();
         self.check_online(&inner)?;
         Ok(inner.active().map(|a| {
@@ -1019,16 +1017,15 @@ impl Partition {
                 base: a.base_offset,
                 size: a.size,
                 next: a.next_offset,
-                acked: self.acked.clone(),
-                topic: self.topic.clone(),
-                partition: self.partition,
+                cuts: inner.cuts,
             })
         }))
     }
 
-    /// Records how a sync from [`Partition::sync_job`] went: the durable end moves, or
-    /// the log goes offline.
-    fn finish_sync(
+    /// Records how a sync from [`Partition::sync_job`] went: the durable end moves (unless
+    /// the log was cut back meanwhile: then it synced bytes that are gone), or the log
+    /// goes offline.
+    pub(crate) fn finish_sync(
         &self,
         job: &SyncJob,
         synced: std::io::Result<()>,
@@ -1044,7 +1041,15 @@ impl Partition {
             self.fail(&mut inner, &err);
             return Err(err);
         }
+        if inner.cuts != job.cuts {
+            return Ok(());
+        }
         inner.advance_hw(job.base, job.size, job.next);
+        // Only the log's sync makes data durable; the mark follows it (see `acked`), and
+        // failing to write it is not the produce's failure.
+        if let Err(e) = self.acked.set(job.next) {
+            warn!(topic = %self.topic, partition = self.partition, error = %e, "could not record the durable offset");
+        }
         self.publish_hw(&inner);
         Ok(())
     }

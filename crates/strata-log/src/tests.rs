@@ -849,6 +849,40 @@ async fn a_durability_wait_fails_when_its_records_are_cut_away() {
 }
 
 #[tokio::test]
+async fn a_sync_from_before_a_cut_does_not_make_what_replaced_it_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), LogConfig::default());
+    append(&p, 2, 100, 0);
+    sync(&p).await;
+    append(&p, 3, 100, 0);
+    // A sync of offsets 2..5 is prepared; the log is cut back to 2 and 2..5 written
+    // again before it finishes.
+    let stale = p.sync_job().unwrap().unwrap();
+    p.truncate_to(2, 0).unwrap();
+    append(&p, 3, 200, 0);
+    let (synced, took) = stale.run();
+    p.finish_sync(&stale, synced, took).unwrap();
+    assert_eq!(p.offsets().durable_end, 2, "the new 2..5 were never synced");
+    p.wait_durable(5).await.unwrap();
+    assert_eq!(p.offsets().durable_end, 5);
+}
+
+#[tokio::test]
+async fn records_written_again_after_a_cut_are_synced_before_they_count_as_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = open(dir.path(), LogConfig::default());
+    append(&p, 2, 100, 0);
+    append(&p, 3, 100, 0);
+    sync(&p).await;
+    p.truncate_to(2, 0).unwrap();
+    assert_eq!(p.offsets().durable_end, 2);
+    append(&p, 3, 200, 0);
+    // Offsets 2..5 were durable once, but these records are new: the wait syncs them.
+    p.wait_durable(5).await.unwrap();
+    assert_eq!(p.offsets().durable_end, 5);
+}
+
+#[tokio::test]
 async fn an_acknowledgement_wait_fails_when_its_records_are_cut_away() {
     let dir = tempfile::tempdir().unwrap();
     let p = open(dir.path(), LogConfig::default());
