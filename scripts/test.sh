@@ -36,7 +36,7 @@ step "client tests (Python clients, kcat, KafkaJS, tiered storage on radosgw)"
 # What the brokers under test will have: a failure that comes from the machine (a disk
 # with little room left, too little memory) shows here rather than only as timeouts.
 echo "cores: $(nproc); memory: $(free -m | awk '/^Mem:/ {print $7 " MiB available"}')"
-df -h "${TMPDIR:-/tmp}" /dev/shm | sed 's/^/    /'
+df -h "${TMPDIR:-/tmp}" /dev/shm 2>&1 | sed 's/^/    /' || true
 # A systemic failure stops after a few tests, with their broker logs in the summary,
 # instead of running every remaining test into its timeout.
 .venv/bin/python -m pytest tests/python -q --timeout 300 --maxfail 5

@@ -91,17 +91,17 @@ pub(crate) struct Tier {
     cache_bytes: u64,
 }
 
-/// The smallest disk tier the block cache gets: one of its 16 MiB regions (and the
-/// least `strata.tier.cache.disk-bytes` accepts).
-const MIN_CACHE_DISK_BYTES: u64 = 16 << 20;
+/// The smallest disk tier the block cache is cut down to: four of its 16 MiB regions
+/// (fewer leave it next to nothing to evict between), unless configured smaller.
+const MIN_CACHE_DISK_BYTES: u64 = 64 << 20;
 
 /// The size of the block cache's disk tier: `strata.tier.cache.disk-bytes`, but at most
 /// half of the room its file system has for it (the free space plus what the cache
 /// already holds there) when it shares that file system with the log. The
 /// unuploaded-bytes cap keeps what the cache may still grow by free (see
 /// [`Tier::disk_cap`]), so a cache sized beyond the free space would leave producers none
-/// on a small disk; half leaves the other half to the log. Stable across restarts: what
-/// the cache holds counts as room. The configured size if the file system cannot be asked.
+/// on a small disk; half leaves the other half to the log. What the cache holds counts
+/// as room, so the size stays put across restarts while the log's size does. The configured size if the file system cannot be asked.
 pub(crate) fn cache_disk_bytes(configured: u64, cache_dir: &Path, log_dir: &Path) -> u64 {
     let asked =
         std::fs::create_dir_all(cache_dir).and_then(|()| Ok(rustix::fs::statvfs(cache_dir)?));
@@ -127,7 +127,7 @@ pub(crate) fn cache_disk_bytes(configured: u64, cache_dir: &Path, log_dir: &Path
 /// [`cache_disk_bytes`] for a file system with `room` bytes for the cache.
 fn cache_share(configured: u64, room: u64, shared_with_log: bool) -> u64 {
     match shared_with_log {
-        true => configured.min(room / 2).max(MIN_CACHE_DISK_BYTES),
+        true => configured.min((room / 2).max(MIN_CACHE_DISK_BYTES)),
         false => configured,
     }
 }
@@ -886,8 +886,9 @@ mod tests {
         assert_eq!(cache_share(2048 * MIB, 100_000 * MIB, true), 2048 * MIB);
         // A small disk: half of it, so producers keep the other half.
         assert_eq!(cache_share(2048 * MIB, 3000 * MIB, true), 1500 * MIB);
-        // Next to nothing: still one region.
+        // Next to nothing: still a few regions, or what was asked if less.
         assert_eq!(cache_share(2048 * MIB, MIB, true), MIN_CACHE_DISK_BYTES);
+        assert_eq!(cache_share(16 * MIB, MIB, true), 16 * MIB);
         // A file system of its own: what was asked for.
         assert_eq!(cache_share(2048 * MIB, 3000 * MIB, false), 2048 * MIB);
     }

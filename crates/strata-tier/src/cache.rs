@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -57,6 +57,37 @@ fn block_key(key: &str, block: u64, index: u64) -> String {
     format!("{key}#{block}#{index}")
 }
 
+/// The disk tier's unit of allocation and eviction (foyer's block, one file each).
+const REGION_BYTES: usize = 16 << 20;
+/// How foyer names the file of each region of the disk tier, before its 8-digit index.
+const REGION_FILE_PREFIX: &str = "foyer-storage-direct-fs-";
+
+/// Deletes the region files of a disk tier that held more than `regions` regions: after
+/// it shrank (a smaller `disk_bytes` than last time) foyer never opens them again, and
+/// they would keep their disk space for good.
+fn drop_regions_beyond(dir: &Path, regions: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let index = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(REGION_FILE_PREFIX))
+            .and_then(|i| i.parse::<usize>().ok());
+        if index.is_some_and(|i| i >= regions) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a region file the smaller disk tier no longer uses")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "could not remove a region file the disk tier no longer uses")
+                }
+            }
+        }
+    }
+}
+
 impl BlockCache {
     pub async fn open(cfg: CacheConfig, store: Store, metrics: TierMetrics) -> Result<Self> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| TierError::Io {
@@ -64,6 +95,7 @@ impl BlockCache {
             path: cfg.dir.clone(),
             source: e,
         })?;
+        drop_regions_beyond(&cfg.dir, cfg.disk_bytes / REGION_BYTES);
         // Direct I/O keeps cached blocks out of the page cache (they are cached already)
         // and saves a copy per block; file systems without it (tmpfs) get buffered I/O.
         let device = match FsDeviceBuilder::new(&cfg.dir)
@@ -94,7 +126,7 @@ impl BlockCache {
             .with_weighter(|key: &String, value: &Bytes| key.len() + value.len())
             .storage()
             .with_recover_mode(RecoverMode::Quiet)
-            .with_engine_config(BlockEngineConfig::new(device))
+            .with_engine_config(BlockEngineConfig::new(device).with_block_size(REGION_BYTES))
             .build()
             .await
             .map_err(|e| TierError::Cache(e.to_string()))?;

@@ -295,11 +295,22 @@ impl Backend {
 
     /// A cache whose disk tier is in `dir` (which a later cache may open again).
     async fn cache_at(&self, dir: PathBuf, block_bytes: u64, readahead_blocks: u64) -> BlockCache {
+        self.cache_sized(dir, 64 << 20, block_bytes, readahead_blocks)
+            .await
+    }
+
+    async fn cache_sized(
+        &self,
+        dir: PathBuf,
+        disk_bytes: usize,
+        block_bytes: u64,
+        readahead_blocks: u64,
+    ) -> BlockCache {
         BlockCache::open(
             CacheConfig {
                 dir,
                 memory_bytes: 64 << 20,
-                disk_bytes: 64 << 20,
+                disk_bytes,
                 block_bytes,
                 readahead_blocks,
             },
@@ -426,6 +437,7 @@ on_both_backends!(
     cache_forget_and_errors,
     cache_reopened_with_another_block_size_reads_right,
     cache_survives_a_reopen,
+    cache_shrunk_on_a_reopen_keeps_no_unused_files,
     cache_drops_corrupt_blocks_after_a_reopen,
     read_batches_of_uploaded_segment,
     read_batches_counts_the_bytes_it_serves,
@@ -1439,6 +1451,28 @@ async fn cache_survives_a_reopen(b: Backend) {
         b.kind
     );
     assert_eq!(b.cache_requests("hit") - hits, 13, "{}", b.kind);
+    cache.close().await;
+}
+
+/// A disk tier opened again with less room keeps no files of the regions it lost (they
+/// would hold their disk space for good), and still serves reads.
+async fn cache_shrunk_on_a_reopen_keeps_no_unused_files(b: Backend) {
+    let dir = b.scratch("cache-shrunk");
+    let files = |dir: &std::path::Path| std::fs::read_dir(dir).unwrap().count();
+    let size = 3 * BLOCK;
+    let data = pattern(size as usize, 13);
+    b.store
+        .put("s/obj", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let cache = b.cache_sized(dir.clone(), 64 << 20, BLOCK, 0).await;
+    assert_eq!(cache.read("s/obj", size, 0..size).await.unwrap(), data);
+    cache.close().await;
+    drop(cache);
+    assert_eq!(files(&dir), 4, "{}: one file per 16 MiB region", b.kind);
+    let cache = b.cache_sized(dir.clone(), 32 << 20, BLOCK, 0).await;
+    assert_eq!(files(&dir), 2, "{}", b.kind);
+    assert_eq!(cache.read("s/obj", size, 0..size).await.unwrap(), data);
     cache.close().await;
 }
 
