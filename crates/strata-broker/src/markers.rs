@@ -67,6 +67,12 @@ impl Broker {
                 if replicated && self.replication.isr(key).is_none() {
                     return (p, Err(ResponseError::NotLeaderOrFollower));
                 }
+                // Markers are written as acks=all data is: not while fewer replicas are
+                // in sync than the topic's min.insync.replicas (the coordinator retries).
+                let in_sync = placement.map_or(0, |pm| pm.isr.len());
+                if in_sync < self.topic_config(&meta).min_insync_replicas() {
+                    return (p, Err(ResponseError::NotEnoughReplicas));
+                }
                 let written = log.append_marker(
                     marker.producer_id,
                     marker.producer_epoch,

@@ -148,3 +148,40 @@ async fn committed_offsets_of_empty_groups_expire_after_the_retention() {
     assert_eq!(expired(), 2);
     running.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Transaction markers are written as acks=all data is: a partition with fewer in-sync
+/// replicas than its `min.insync.replicas` refuses them with NOT_ENOUGH_REPLICAS and
+/// writes nothing (the coordinator retries); others take them.
+#[tokio::test]
+async fn markers_are_refused_below_min_insync_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock(AtomicI64::new(1_800_000_000_000)));
+    let running = start(dir.path(), clock, &[]).await;
+    let b = running.broker.clone();
+    let strict = BTreeMap::from([("min.insync.replicas".to_string(), "2".to_string())]);
+    for (name, configs) in [("strict", strict), ("plain", BTreeMap::new())] {
+        let t = b.check_new_topic(name, 1, 1, &configs).unwrap();
+        b.create_topic(t).await.unwrap();
+    }
+    let marker = crate::txn::Marker {
+        producer_id: 7,
+        producer_epoch: 0,
+        commit: true,
+    };
+    let log_end = |name: &str| {
+        let topic = b.topic(name).unwrap();
+        b.partition_log(&topic, 0).unwrap().offsets().log_end
+    };
+    let refused = b.write_local_markers(marker, "strict", &[0]).await;
+    assert!(
+        matches!(
+            refused.as_slice(),
+            [(0, Err(kafka_protocol::ResponseError::NotEnoughReplicas))]
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(log_end("strict"), 0);
+    let written = b.write_local_markers(marker, "plain", &[0]).await;
+    assert!(matches!(written.as_slice(), [(0, Ok(()))]), "{written:?}");
+    assert_eq!(log_end("plain"), 1);
+}
