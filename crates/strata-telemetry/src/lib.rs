@@ -148,7 +148,7 @@ pub struct TierMetrics {
     pub upload_duration_seconds: Histogram,
     pub read_bytes_total: IntCounterVec,
     pub cache_requests_total: IntCounterVec,
-    /// Blocks fetched from the store whose write to the cache's disk tier is unfinished.
+    /// Blocks being fetched from the store or not yet in the cache's disk tier.
     pub cache_disk_pending_blocks: IntGauge,
     pub remote_segments_deleted_total: IntCounter,
     pub gc_deleted_objects_total: IntCounter,
@@ -565,7 +565,7 @@ impl Metrics {
             )?,
             cache_disk_pending_blocks: r.gauge(
                 "strata_tier_cache_disk_pending_blocks",
-                "Blocks fetched from the object store not yet written to the cache's disk tier (a crash now means a GET for them after the restart)",
+                "Blocks being fetched from the object store, or fetched and not yet in the cache's disk tier (a crash now means a GET for them after the restart)",
             )?,
             remote_segments_deleted_total: r.counter(
                 "strata_tier_remote_segments_deleted_total",

@@ -15,6 +15,7 @@ use foyer::{
     HybridCachePolicy, RecoverMode,
 };
 use futures::future::try_join_all;
+use prometheus::IntGauge;
 use strata_telemetry::TierMetrics;
 
 use crate::error::{Result, TierError};
@@ -88,6 +89,58 @@ fn drop_regions_beyond(dir: &Path, regions: usize) {
     }
 }
 
+/// How many times (about 10 ms apart, after a flush each) a fetched entry is looked for
+/// in the disk tier's index before it counts as not written (foyer drops disk writes
+/// when its queues overflow).
+const DISK_WRITE_POLLS: u32 = 300;
+
+/// One fetch from the store for cache entry `name`, counted as pending for the disk
+/// tier from the moment it starts until the disk tier's index has the entry.
+struct DiskWrite {
+    cache: HybridCache<String, Bytes>,
+    pending: IntGauge,
+    name: String,
+}
+
+/// Takes the count back when dropped: a fetch that failed or was abandoned, or once
+/// the entry is on disk.
+struct Pending(IntGauge);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl DiskWrite {
+    /// Runs `fetch`; if it succeeds, follows the entry to the disk. Foyer queues it for
+    /// the disk when the first of the readers waiting on this fetch sees it (not
+    /// necessarily the one that started it), so what ends the count is the entry showing
+    /// up in the disk tier's index, not the end of one reader's wait.
+    async fn after<F>(self, fetch: F) -> Result<Bytes>
+    where
+        F: std::future::Future<Output = Result<Bytes>>,
+    {
+        self.pending.inc();
+        let pending = Pending(self.pending.clone());
+        let fetched = fetch.await;
+        if fetched.is_ok() {
+            tokio::spawn(async move {
+                let storage = self.cache.storage();
+                for _ in 0..DISK_WRITE_POLLS {
+                    storage.wait().await;
+                    if storage.may_contains(&self.name) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                drop(pending);
+            });
+        }
+        fetched
+    }
+}
+
 impl BlockCache {
     pub async fn open(cfg: CacheConfig, store: Store, metrics: TierMetrics) -> Result<Self> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| TierError::Io {
@@ -155,11 +208,12 @@ impl BlockCache {
         let fresh = self.fresh.clone();
         let name = block_key(key, self.block, index);
         let entry_name = name.clone();
+        let write = self.disk_write(&name);
         let entry = self
             .cache
             .get_or_fetch(&name, move || async move {
                 flag.store(true, Ordering::Relaxed);
-                let data = store.get_range(&object, range).await?;
+                let data = write.after(store.get_range(&object, range)).await?;
                 let mut fresh = fresh.lock().unwrap_or_else(|e| e.into_inner());
                 if fresh.len() >= MAX_FRESH {
                     fresh.clear();
@@ -170,9 +224,6 @@ impl BlockCache {
             .await
             .map_err(|e| TierError::Cache(format!("{key} block {index}: {e}")))?;
         let missed = fetched.load(Ordering::Relaxed);
-        if missed {
-            self.track_disk_write();
-        }
         if reader {
             self.metrics
                 .cache_requests_total
@@ -278,33 +329,25 @@ impl BlockCache {
     pub async fn whole(&self, key: &str) -> Result<Bytes> {
         let store = self.store.clone();
         let object = key.to_string();
-        let fetched = Arc::new(AtomicBool::new(false));
-        let flag = fetched.clone();
+        let name = format!("{key}#all");
+        let write = self.disk_write(&name);
         let entry = self
             .cache
-            .get_or_fetch(&format!("{key}#all"), move || async move {
-                flag.store(true, Ordering::Relaxed);
-                store.get(&object).await
+            .get_or_fetch(&name, move || async move {
+                write.after(store.get(&object)).await
             })
             .await
             .map_err(|e| TierError::Cache(format!("{key}: {e}")))?;
-        if fetched.load(Ordering::Relaxed) {
-            self.track_disk_write();
-        }
         Ok(entry.value().clone())
     }
 
-    /// Counts an entry just fetched from the store in `strata_tier_cache_disk_pending_blocks`
-    /// until the disk tier's flusher has written it: foyer queued it for the disk as the
-    /// fetch returned, and its `wait` resolves once everything queued before is written.
-    fn track_disk_write(&self) {
-        let pending = self.metrics.cache_disk_pending_blocks.clone();
-        pending.inc();
-        let cache = self.cache.clone();
-        tokio::spawn(async move {
-            cache.storage().wait().await;
-            pending.dec();
-        });
+    /// What counts a fetch of entry `name` in `strata_tier_cache_disk_pending_blocks`.
+    fn disk_write(&self, name: &str) -> DiskWrite {
+        DiskWrite {
+            cache: self.cache.clone(),
+            pending: self.metrics.cache_disk_pending_blocks.clone(),
+            name: name.to_string(),
+        }
     }
 
     /// Drops the cached blocks of a deleted object (best effort: unknown blocks are just
