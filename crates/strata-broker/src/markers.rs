@@ -19,7 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use strata_meta::TxnState;
 use strata_protocol::batch::ControlType;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, too_few_in_sync};
 use crate::errors;
 use crate::txn::{Marker, MarkerWriter};
 
@@ -69,8 +69,7 @@ impl Broker {
                 }
                 // Markers are written as acks=all data is: not while fewer replicas are
                 // in sync than the topic's min.insync.replicas (the coordinator retries).
-                let in_sync = placement.map_or(0, |pm| pm.isr.len());
-                if in_sync < self.topic_config(&meta).min_insync_replicas() {
+                if too_few_in_sync(placement, &self.topic_config(&meta)).is_some() {
                     return (p, Err(ResponseError::NotEnoughReplicas));
                 }
                 let written = log.append_marker(

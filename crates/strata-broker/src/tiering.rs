@@ -101,7 +101,8 @@ const MIN_CACHE_DISK_BYTES: u64 = 64 << 20;
 /// unuploaded-bytes cap keeps what the cache may still grow by free (see
 /// [`Tier::disk_cap`]), so a cache sized beyond the free space would leave producers none
 /// on a small disk; half leaves the other half to the log. What the cache holds counts
-/// as room, so the size stays put across restarts while the log's size does. The configured size if the file system cannot be asked.
+/// as room, so the size stays put across restarts while the log's size does. The
+/// configured size if the file system cannot be asked.
 pub(crate) fn cache_disk_bytes(configured: u64, cache_dir: &Path, log_dir: &Path) -> u64 {
     let asked =
         std::fs::create_dir_all(cache_dir).and_then(|()| Ok(rustix::fs::statvfs(cache_dir)?));

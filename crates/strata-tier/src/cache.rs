@@ -94,17 +94,23 @@ fn drop_regions_beyond(dir: &Path, regions: usize) {
 /// when its queues overflow).
 const DISK_WRITE_POLLS: u32 = 300;
 
-/// One fetch from the store for cache entry `name`, counted as pending for the disk
-/// tier from the moment it starts until the disk tier's index has the entry.
+/// What follows a fetch from the store to the disk tier: it counts as pending from the
+/// moment it starts until the disk tier's index has the entry.
 struct DiskWrite {
     cache: HybridCache<String, Bytes>,
     pending: IntGauge,
-    name: String,
 }
 
-/// Takes the count back when dropped: a fetch that failed or was abandoned, or once
-/// the entry is on disk.
+/// One count in the pending gauge, taken back when dropped: a fetch that failed or was
+/// abandoned, or once the entry is on disk.
 struct Pending(IntGauge);
+
+impl Pending {
+    fn start(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
 
 impl Drop for Pending {
     fn drop(&mut self) {
@@ -113,23 +119,23 @@ impl Drop for Pending {
 }
 
 impl DiskWrite {
-    /// Runs `fetch`; if it succeeds, follows the entry to the disk. Foyer queues it for
+    /// Runs `fetch` of entry `name`; if it succeeds, follows the entry to the disk. Foyer
+    /// queues it for
     /// the disk when the first of the readers waiting on this fetch sees it (not
     /// necessarily the one that started it), so what ends the count is the entry showing
     /// up in the disk tier's index, not the end of one reader's wait.
-    async fn after<F>(self, fetch: F) -> Result<Bytes>
+    async fn after<F>(self, name: String, fetch: F) -> Result<Bytes>
     where
         F: std::future::Future<Output = Result<Bytes>>,
     {
-        self.pending.inc();
-        let pending = Pending(self.pending.clone());
+        let pending = Pending::start(self.pending);
         let fetched = fetch.await;
         if fetched.is_ok() {
             tokio::spawn(async move {
                 let storage = self.cache.storage();
                 for _ in 0..DISK_WRITE_POLLS {
                     storage.wait().await;
-                    if storage.may_contains(&self.name) {
+                    if storage.may_contains(&name) {
                         break;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -208,12 +214,13 @@ impl BlockCache {
         let fresh = self.fresh.clone();
         let name = block_key(key, self.block, index);
         let entry_name = name.clone();
-        let write = self.disk_write(&name);
+        let write = self.disk_write();
         let entry = self
             .cache
             .get_or_fetch(&name, move || async move {
                 flag.store(true, Ordering::Relaxed);
-                let data = write.after(store.get_range(&object, range)).await?;
+                let fetch = store.get_range(&object, range);
+                let data = write.after(entry_name.clone(), fetch).await?;
                 let mut fresh = fresh.lock().unwrap_or_else(|e| e.into_inner());
                 if fresh.len() >= MAX_FRESH {
                     fresh.clear();
@@ -330,23 +337,23 @@ impl BlockCache {
         let store = self.store.clone();
         let object = key.to_string();
         let name = format!("{key}#all");
-        let write = self.disk_write(&name);
+        let write = self.disk_write();
+        let entry_name = name.clone();
         let entry = self
             .cache
             .get_or_fetch(&name, move || async move {
-                write.after(store.get(&object)).await
+                write.after(entry_name, store.get(&object)).await
             })
             .await
             .map_err(|e| TierError::Cache(format!("{key}: {e}")))?;
         Ok(entry.value().clone())
     }
 
-    /// What counts a fetch of entry `name` in `strata_tier_cache_disk_pending_blocks`.
-    fn disk_write(&self, name: &str) -> DiskWrite {
+    /// What counts a fetch in `strata_tier_cache_disk_pending_blocks`.
+    fn disk_write(&self) -> DiskWrite {
         DiskWrite {
             cache: self.cache.clone(),
             pending: self.metrics.cache_disk_pending_blocks.clone(),
-            name: name.to_string(),
         }
     }
 

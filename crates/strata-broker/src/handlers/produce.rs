@@ -18,7 +18,7 @@ use strata_meta::{TopicMeta, TxnState};
 use strata_protocol::batch::{self, BatchHeader};
 use tracing::warn;
 
-use crate::broker::{Broker, LEASE_LAPSED};
+use crate::broker::{Broker, LEASE_LAPSED, too_few_in_sync};
 use crate::config::TopicConfig;
 use crate::errors;
 
@@ -118,14 +118,12 @@ fn append(
     let placement = usize::try_from(data.index)
         .ok()
         .and_then(|i| topic.partitions.get(i));
-    let in_sync = placement.map_or(0, |p| p.isr.len());
-    if acks == -1 && in_sync < config.min_insync_replicas() {
+    if acks == -1
+        && let Some((in_sync, min)) = too_few_in_sync(placement, &config)
+    {
         return Err(Failure(
             ResponseError::NotEnoughReplicas,
-            format!(
-                "{in_sync} in-sync replica(s), min.insync.replicas is {}",
-                config.min_insync_replicas()
-            ),
+            format!("{in_sync} in-sync replica(s), min.insync.replicas is {min}"),
         ));
     }
     let now = broker.now_ms();
