@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import time
 import urllib.request
@@ -24,7 +23,7 @@ import pytest
 
 # Before anything imports confluent_kafka's client classes (see client_tracking).
 from client_tracking import release_clients  # isort: skip
-from strata_helpers import partition_dirs
+from strata_helpers import file_sizes, partition_dirs
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 30.0
@@ -320,15 +319,7 @@ class StrataBroker:
             f"no directory for {topic}-{partition} under {self.data_dir}: "
             f"{sorted(str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob('*'))[:50]}"
         )
-        total = 0
-        for d in dirs:
-            for f in d.rglob("*"):
-                try:
-                    st = f.stat()
-                except FileNotFoundError:
-                    continue  # deleted by retention between the listing and the stat
-                if stat.S_ISREG(st.st_mode):
-                    total += st.st_size
+        total = sum(sum(file_sizes(d, recursive=True).values()) for d in dirs)
         return total
 
 

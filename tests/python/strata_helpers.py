@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import re
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -140,6 +141,22 @@ def partition_dirs(data_dir: Path, topic: str, partition: int) -> list[Path]:
         if d.is_dir():
             found.append(d)
     return found
+
+
+def file_sizes(root: Path, pattern: str = "*", recursive: bool = False) -> dict[Path, int]:
+    """Sizes of the regular files under `root` whose names match `pattern` (`rglob` when
+    `recursive`). The broker deletes segments and objects while a test lists them
+    (retention, local trimming after upload), so a file gone between the listing and the
+    stat is skipped, not an error."""
+    out = {}
+    for f in (root.rglob(pattern) if recursive else root.glob(pattern)):
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out[f] = st.st_size
+    return out
 
 
 def assign_consumer(broker, **extra) -> Consumer:

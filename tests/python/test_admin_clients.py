@@ -45,7 +45,7 @@ from kafka.admin import ConfigResourceType as KConfigResourceType
 from kafka.admin import OffsetSpec as KOffsetSpec
 from kafka.structs import OffsetAndMetadata
 
-from strata_helpers import HOUR_MS, assign_consumer, now_ms, partition_dirs, unique, wait_until
+from strata_helpers import HOUR_MS, assign_consumer, file_sizes, now_ms, partition_dirs, unique, wait_until
 
 # confluent-kafka's alter_configs (AlterConfigs, replace semantics) is deprecated in favour
 # of incremental_alter_configs, but it is the API under test here
@@ -998,8 +998,7 @@ def test_describe_log_dirs_kafka_python(broker):
     assert sizes[2] == 0, sizes
     # the size is that of the partition's segment files
     for p in (0, 1, 2):
-        on_disk = sum(f.stat().st_size for d in partition_dirs(broker.data_dir, topic, p)
-                      for f in d.iterdir() if f.suffix == ".log")
+        on_disk = sum(sum(file_sizes(d, "*.log").values()) for d in partition_dirs(broker.data_dir, topic, p))
         assert sizes[p] == on_disk, (p, sizes[p], on_disk)
     # asking for one partition gives just that one
     ((only_dir,),) = [e["log_dirs"] for e in only]

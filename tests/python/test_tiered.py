@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import socket
-import stat
 import subprocess
 import threading
 import time
@@ -47,6 +46,7 @@ from strata_helpers import (
     HOUR_MS,
     assign_consumer,
     consume_all,
+    file_sizes,
     metric_values,
     now_ms,
     parse_metrics,
@@ -76,15 +76,7 @@ class LocalObjects:
 
     def keys(self, broker) -> dict[str, int]:
         root = self.root(broker)
-        out = {}
-        for p in root.rglob("*"):
-            try:
-                st = p.stat()
-            except FileNotFoundError:
-                continue  # deleted by the broker while we list
-            if stat.S_ISREG(st.st_mode):
-                out[str(p.relative_to(root))] = st.st_size
-        return out
+        return {str(p.relative_to(root)): size for p, size in file_sizes(root, recursive=True).items()}
 
     def get(self, broker, key: str) -> bytes:
         return (self.root(broker) / key).read_bytes()
@@ -459,7 +451,7 @@ def segment_key(store, broker, tid: str, p: int, base: int) -> str:
 def local_segments(broker, topic: str, p: int) -> list[tuple[int, int]]:
     """(base offset, size) of the partition's segment files, oldest first."""
     (d,) = partition_dirs(broker.data_dir, topic, p)
-    return sorted((int(f.stem), f.stat().st_size) for f in d.glob("*.log"))
+    return sorted((int(f.stem), size) for f, size in file_sizes(d, "*.log").items())
 
 
 def sealed_local(broker, topic: str, p: int) -> list[tuple[int, int]]:
@@ -541,7 +533,7 @@ def test_offload_200mb_and_replay_through_the_cache(broker_factory, objstore):
         total = 0
         for p in range(partitions):
             for d in partition_dirs(broker.data_dir, topic, p):
-                total += sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+                total += sum(file_sizes(d).values())
         return total
 
     def sample():
