@@ -1396,6 +1396,13 @@ def test_deleting_a_topic_deletes_its_objects(broker_factory, objstore):
     assert n_segments >= 10
     other_keys = {k for k in objstore.keys(broker) if k.startswith(other_tid + "/")}
     deleted_before = metric(broker, "strata_tier_remote_segments_deleted_total")
+    per_topic = ("strata_objstore_topic_requests_total", "strata_objstore_topic_bytes_total")
+
+    def series(label: str) -> list[float]:
+        text = broker.metrics()
+        return [v for name in per_topic for v in metric_values(text, name, topic=label)]
+
+    assert metric(broker, "strata_objstore_topic_requests_total", topic=topic, op="put") >= n_segments
 
     delete_topic(broker, topic)
     wait_until(
@@ -1404,6 +1411,10 @@ def test_deleting_a_topic_deletes_its_objects(broker_factory, objstore):
         "the deleted topic's objects to be deleted",
         interval=0.5,
     )
+    # Its per-topic cost series go with it (under its name or its id); the other's stay.
+    wait_until(lambda: not series(topic), 30, "the deleted topic's per-topic series to go", interval=0.5)
+    assert not series(tid)
+    assert series(other)
     # The other topic's objects are untouched, and it still reads back.
     assert {k for k in objstore.keys(broker) if k.startswith(other_tid + "/")} >= other_keys
     consume_and_compare(broker, other, 1000, kept.ends)

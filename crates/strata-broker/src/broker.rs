@@ -483,6 +483,7 @@ impl Broker {
     pub(crate) fn reconcile(&self) {
         let topics: Vec<TopicMeta> = self.meta.read(|s| s.topics.values().cloned().collect());
         let live: std::collections::BTreeSet<Uuid> = topics.iter().map(|t| t.id).collect();
+        self.tier.store.forget_topics_except(&live);
         let endpoints: std::collections::HashMap<i32, String> = self.meta.read(|s| {
             s.brokers
                 .values()

@@ -1,6 +1,6 @@
 //! The object store seam: a client built from Strata's settings, every call instrumented.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -95,9 +95,26 @@ pub struct Store {
     metrics: TierMetrics,
     topic_namer: Arc<OnceLock<TopicNamer>>,
     /// Names the namer gave, by topic id: the namer looks through the metadata, and
-    /// every request asks (a deleted topic also keeps the name it had).
+    /// every request asks. Entries of deleted topics go with their series
+    /// ([`Store::forget_topics_except`]).
     topic_names: Arc<Mutex<HashMap<Uuid, String>>>,
 }
+
+/// Every operation an attempt is counted under: the `op` label values of the
+/// per-topic request series, removed with their topic.
+const OPS: [&str; 9] = [
+    "put",
+    "put_multipart",
+    "upload_part",
+    "complete_multipart",
+    "get",
+    "get_range",
+    "delete",
+    "list",
+    "head",
+];
+/// The `direction` label values of the per-topic byte series.
+const DIRECTIONS: [&str; 2] = ["upload", "download"];
 
 /// Where the S3 client's credentials come from, in the order the AWS SDKs look.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -501,7 +518,8 @@ impl Store {
     }
 
     /// Installs the names the per-topic metrics use (once; later calls are ignored).
-    /// Without it, or for a topic it does not know, a topic is labelled by its id.
+    /// Without it, a topic is labelled by its id; with it, a topic the namer does not
+    /// know (deleted, or not in this broker's metadata yet) only counts in the totals.
     pub fn set_topic_namer(&self, namer: TopicNamer) {
         let _ = self.topic_namer.set(namer);
     }
@@ -512,17 +530,51 @@ impl Store {
         if let Some(name) = self.topic_names.lock().get(&id) {
             return Some(name.clone());
         }
-        match self.topic_namer.get().and_then(|name| name(id)) {
-            Some(name) => {
-                self.topic_names.lock().insert(id, name.clone());
-                Some(name)
+        let Some(namer) = self.topic_namer.get() else {
+            return Some(id.to_string());
+        };
+        let name = namer(id)?;
+        self.topic_names.lock().insert(id, name.clone());
+        Some(name)
+    }
+
+    /// Removes the per-topic series of every topic not in `live` (the ids the metadata
+    /// has now), so deleted topics do not stay in the metrics for good. A name that a
+    /// live topic has too (deleted and created again) keeps its series.
+    pub fn forget_topics_except(&self, live: &BTreeSet<Uuid>) {
+        let gone: Vec<String> = {
+            let mut names = self.topic_names.lock();
+            let dead: Vec<String> = names
+                .iter()
+                .filter(|(id, _)| !live.contains(id))
+                .map(|(_, name)| name.clone())
+                .collect();
+            names.retain(|id, _| live.contains(id));
+            let kept: HashSet<&String> = names.values().collect();
+            dead.into_iter().filter(|n| !kept.contains(n)).collect()
+        };
+        for name in &gone {
+            for op in OPS {
+                let _ = self
+                    .metrics
+                    .objstore_topic_requests_total
+                    .remove_label_values(&[name.as_str(), op]);
             }
-            None => Some(id.to_string()),
+            for direction in DIRECTIONS {
+                let _ = self
+                    .metrics
+                    .objstore_topic_bytes_total
+                    .remove_label_values(&[name.as_str(), direction]);
+            }
         }
     }
 
     /// Counts `bytes` moved in `direction` for the topic `key` belongs to.
     fn count_topic_bytes(&self, key: &str, direction: &str, bytes: usize) {
+        debug_assert!(
+            DIRECTIONS.contains(&direction),
+            "{direction} is missing from DIRECTIONS"
+        );
         if let Some(topic) = self.topic_label(key) {
             self.metrics
                 .objstore_topic_bytes_total
@@ -559,6 +611,7 @@ impl Store {
         bytes: u64,
         call: impl Future<Output = object_store::Result<T>>,
     ) -> Result<T> {
+        debug_assert!(OPS.contains(&op), "{op} is missing from OPS");
         let started = Instant::now();
         let deadline = self.deadline(bytes);
         let result = match tokio::time::timeout(deadline, call).await {

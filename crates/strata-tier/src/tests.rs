@@ -717,6 +717,101 @@ async fn put_file_multipart(b: Backend) {
     assert_eq!(got, data[r.start as usize..r.end as usize], "{}", b.kind);
 }
 
+/// The per-topic series (`strata_objstore_topic_*`) as (topic, op or direction).
+fn topic_series(b: &Backend) -> Vec<(String, String)> {
+    use prometheus::core::Collector;
+    let t = &b.metrics.tier;
+    let mut out: Vec<(String, String)> = t
+        .objstore_topic_requests_total
+        .collect()
+        .into_iter()
+        .chain(t.objstore_topic_bytes_total.collect())
+        .flat_map(|family| family.get_metric().to_vec())
+        .map(|m| {
+            let label = |name: &str| {
+                m.get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+            };
+            let topic = label("topic").unwrap_or_default();
+            (
+                topic,
+                label("op").or(label("direction")).unwrap_or_default(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn per_topic_series_go_with_their_topic() {
+    let b = Backend::file().await;
+    let (orders, payments, payments_again) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let metadata: Arc<parking_lot::Mutex<BTreeMap<Uuid, String>>> = Arc::default();
+    metadata.lock().extend([
+        (orders, "orders".to_string()),
+        (payments, "payments".to_string()),
+    ]);
+    let names = metadata.clone();
+    b.store
+        .set_topic_namer(Arc::new(move |id| names.lock().get(&id).cloned()));
+    let s = &b.store;
+    s.put(&format!("{orders}/a"), Bytes::from_static(b"12345"))
+        .await
+        .unwrap();
+    s.get(&format!("{orders}/a")).await.unwrap();
+    s.put(&format!("{payments}/b"), Bytes::from_static(b"678"))
+        .await
+        .unwrap();
+    let pair = |t: &str, o: &str| (t.to_string(), o.to_string());
+    assert_eq!(
+        topic_series(&b),
+        vec![
+            pair("orders", "download"),
+            pair("orders", "get"),
+            pair("orders", "put"),
+            pair("orders", "upload"),
+            pair("payments", "put"),
+            pair("payments", "upload"),
+        ]
+    );
+
+    // "orders" is deleted: its series go; deleting its objects afterwards counts in the
+    // totals only, under neither its name nor its id.
+    metadata.lock().remove(&orders);
+    s.forget_topics_except(&metadata.lock().keys().copied().collect());
+    let deletes = b.requests("delete", "ok");
+    s.delete(&format!("{orders}/a")).await.unwrap();
+    assert_eq!(b.requests("delete", "ok"), deletes + 1);
+    assert_eq!(
+        topic_series(&b),
+        vec![pair("payments", "put"), pair("payments", "upload")]
+    );
+
+    // "payments" deleted and created again under a new id: the name's series stay.
+    metadata.lock().remove(&payments);
+    metadata
+        .lock()
+        .insert(payments_again, "payments".to_string());
+    s.put(&format!("{payments_again}/c"), Bytes::from_static(b"9"))
+        .await
+        .unwrap();
+    s.forget_topics_except(&metadata.lock().keys().copied().collect());
+    assert_eq!(
+        topic_series(&b),
+        vec![pair("payments", "put"), pair("payments", "upload")]
+    );
+    let puts = b
+        .metrics
+        .tier
+        .objstore_topic_requests_total
+        .with_label_values(&["payments", "put"])
+        .get();
+    assert_eq!(puts, 2);
+}
+
 async fn check_passes_and_leaves_nothing(b: Backend) {
     b.store.check().await.unwrap();
     b.store.check().await.unwrap();
