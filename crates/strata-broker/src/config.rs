@@ -765,8 +765,8 @@ pub static BROKER_CONFIGS: &[ConfigDef] = &[
         "strata.tier.cache.block-bytes",
         ConfigType::Int,
         "4194304",
-        Check::AtLeast(4096),
-        "Size of one cached block, and of one ranged GET.",
+        Check::Range(4096, strata_tier::MAX_BLOCK_BYTES as i64),
+        "Size of one cached block, and of one ranged GET; at most 8 MiB (the disk tier stores nothing larger).",
     ),
     def(
         "strata.tier.cache.readahead-blocks",
@@ -1774,6 +1774,17 @@ mod tests {
                 "{name} is missing from docs/configuration.md"
             );
         }
+    }
+
+    #[test]
+    fn cache_blocks_the_disk_tier_cannot_store_are_refused() {
+        let too_big = (strata_tier::MAX_BLOCK_BYTES + 1).to_string();
+        let e = BrokerConfig::from_pairs([("strata.tier.cache.block-bytes", too_big.as_str())])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be between 4096 and 8388608"), "{e}");
+        let c = BrokerConfig::from_pairs([("strata.tier.cache.block-bytes", "8388608")]).unwrap();
+        assert_eq!(c.cache_block_bytes(), strata_tier::MAX_BLOCK_BYTES);
     }
 
     #[test]

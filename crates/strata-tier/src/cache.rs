@@ -60,6 +60,13 @@ fn block_key(key: &str, block: u64, index: u64) -> String {
 
 /// The disk tier's unit of allocation and eviction (foyer's block, one file each).
 const REGION_BYTES: usize = 16 << 20;
+
+/// The largest cache block: foyer's disk tier never writes an entry larger than one of
+/// its regions ([`REGION_BYTES`]; 16 MiB blocks were fetched again after every
+/// restart), so bigger blocks would only ever be cached in memory. Half a region leaves
+/// room for the entry's key and header.
+pub const MAX_BLOCK_BYTES: u64 = REGION_BYTES as u64 / 2;
+
 /// How foyer names the file of each region of the disk tier, before its 8-digit index.
 const REGION_FILE_PREFIX: &str = "foyer-storage-direct-fs-";
 
@@ -149,6 +156,12 @@ impl DiskWrite {
 
 impl BlockCache {
     pub async fn open(cfg: CacheConfig, store: Store, metrics: TierMetrics) -> Result<Self> {
+        if cfg.block_bytes > MAX_BLOCK_BYTES {
+            return Err(TierError::Cache(format!(
+                "a cache block of {} bytes is larger than the disk tier stores ({MAX_BLOCK_BYTES})",
+                cfg.block_bytes
+            )));
+        }
         std::fs::create_dir_all(&cfg.dir).map_err(|e| TierError::Io {
             op: "create",
             path: cfg.dir.clone(),

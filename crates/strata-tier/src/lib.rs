@@ -17,7 +17,7 @@ pub mod layout;
 mod reader;
 mod store;
 
-pub use cache::{BlockCache, CacheConfig};
+pub use cache::{BlockCache, CacheConfig, MAX_BLOCK_BYTES};
 pub use error::TierError;
 pub use reader::RemoteSegment;
 pub use store::{

@@ -30,7 +30,9 @@ use strata_telemetry::Metrics;
 use tempfile::TempDir;
 use uuid::Uuid;
 
-use crate::{BlockCache, CacheConfig, RemoteSegment, Store, StoreConfig, TierError, layout};
+use crate::{
+    BlockCache, CacheConfig, MAX_BLOCK_BYTES, RemoteSegment, Store, StoreConfig, TierError, layout,
+};
 
 // --- harness ----------------------------------------------------------------------------
 
@@ -1547,6 +1549,54 @@ async fn cache_survives_a_reopen(b: Backend) {
     );
     assert_eq!(b.cache_requests("hit") - hits, 13, "{}", b.kind);
     cache.close().await;
+}
+
+/// A block of the largest size the configuration allows reaches the disk tier (the
+/// reopened cache serves it without a GET); a larger one is refused when the cache
+/// opens, as foyer would only ever keep it in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn largest_blocks_reach_the_disk_tier_and_larger_are_refused() {
+    let b = Backend::file().await;
+    let dir = b.scratch("cache-largest");
+    let size = MAX_BLOCK_BYTES;
+    let data = pattern(size as usize, 17);
+    b.store
+        .put("l/obj", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let cache = b
+        .cache_sized(dir.clone(), 256 << 20, MAX_BLOCK_BYTES, 0)
+        .await;
+    assert_eq!(cache.read("l/obj", size, 0..size).await.unwrap(), data);
+    cache.close().await;
+    drop(cache);
+    let gets = b.requests("get_range", "ok");
+    let cache = b
+        .cache_sized(dir.clone(), 256 << 20, MAX_BLOCK_BYTES, 0)
+        .await;
+    assert_eq!(cache.read("l/obj", size, 0..size).await.unwrap(), data);
+    assert_eq!(
+        b.requests("get_range", "ok"),
+        gets,
+        "blocks of the largest size were not on disk"
+    );
+    cache.close().await;
+    let refused = BlockCache::open(
+        CacheConfig {
+            dir,
+            memory_bytes: 64 << 20,
+            disk_bytes: 64 << 20,
+            block_bytes: MAX_BLOCK_BYTES + 1,
+            readahead_blocks: 0,
+        },
+        b.store.clone(),
+        b.metrics.tier.clone(),
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(TierError::Cache(e)) if e.contains("larger than the disk tier stores")),
+        "a block larger than the disk tier stores was accepted"
+    );
 }
 
 /// A disk tier opened again with less room keeps no files of the regions it lost (they
