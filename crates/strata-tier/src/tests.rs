@@ -1599,6 +1599,40 @@ async fn largest_blocks_reach_the_disk_tier_and_larger_are_refused() {
     );
 }
 
+/// Blocks fetched together all reach the disk tier: foyer drops a write when the bytes
+/// waiting for its flusher pass a threshold, and with its defaults (16 MiB) a read of
+/// eight 4 MiB blocks at once left five of them in memory only, fetched again after the
+/// next restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_fetched_blocks_reaches_the_disk_tier() {
+    let b = Backend::file().await;
+    let dir = b.scratch("cache-burst");
+    let block = 4 << 20;
+    let size = 8 * block;
+    let data = pattern(size as usize, 19);
+    b.store
+        .put("burst/obj", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let cache = b.cache_sized(dir.clone(), 256 << 20, block, 0).await;
+    assert_eq!(cache.read("burst/obj", size, 0..size).await.unwrap(), data);
+    eventually(Duration::from_secs(10), "the blocks to be written", || {
+        b.metrics.tier.cache_disk_pending_blocks.get() == 0
+    })
+    .await;
+    cache.close().await;
+    drop(cache);
+    let gets = b.requests("get_range", "ok");
+    let cache = b.cache_sized(dir, 256 << 20, block, 0).await;
+    assert_eq!(cache.read("burst/obj", size, 0..size).await.unwrap(), data);
+    assert_eq!(
+        b.requests("get_range", "ok") - gets,
+        0,
+        "blocks fetched together were fetched again after a reopen"
+    );
+    cache.close().await;
+}
+
 /// A disk tier opened again with less room keeps no files of the regions it lost (they
 /// would hold their disk space for good), and still serves reads.
 async fn cache_shrunk_on_a_reopen_keeps_no_unused_files(b: Backend) {
