@@ -1551,39 +1551,41 @@ async fn cache_survives_a_reopen(b: Backend) {
     cache.close().await;
 }
 
+/// Puts an object of `blocks` blocks of `block` bytes, reads all of it at once through a
+/// fresh cache (256 MiB of disk), lets the writes to its disk tier settle, closes it, and
+/// reads the object again through the reopened cache: how many ranged GETs that second
+/// read needed (0: every block was on disk).
+async fn refetched_after_reopen(b: &Backend, name: &str, block: u64, blocks: u64) -> u64 {
+    let dir = b.scratch(name);
+    let (key, size) = (format!("{name}/obj"), blocks * block);
+    let data = pattern(size as usize, blocks);
+    b.store.put(&key, Bytes::from(data.clone())).await.unwrap();
+    let open = || b.cache_sized(dir.clone(), 256 << 20, block, 0);
+    let cache = open().await;
+    assert_eq!(cache.read(&key, size, 0..size).await.unwrap(), data);
+    eventually(Duration::from_secs(10), "the blocks to be written", || {
+        b.metrics.tier.cache_disk_pending_blocks.get() == 0
+    })
+    .await;
+    cache.close().await;
+    let gets = b.requests("get_range", "ok");
+    let cache = open().await;
+    assert_eq!(cache.read(&key, size, 0..size).await.unwrap(), data);
+    cache.close().await;
+    b.requests("get_range", "ok") - gets
+}
+
 /// A block of the largest size the configuration allows reaches the disk tier (the
 /// reopened cache serves it without a GET); a larger one is refused when the cache
 /// opens, as foyer would only ever keep it in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn largest_blocks_reach_the_disk_tier_and_larger_are_refused() {
     let b = Backend::file().await;
-    let dir = b.scratch("cache-largest");
-    let size = MAX_BLOCK_BYTES;
-    let data = pattern(size as usize, 17);
-    b.store
-        .put("l/obj", Bytes::from(data.clone()))
-        .await
-        .unwrap();
-    let cache = b
-        .cache_sized(dir.clone(), 256 << 20, MAX_BLOCK_BYTES, 0)
-        .await;
-    assert_eq!(cache.read("l/obj", size, 0..size).await.unwrap(), data);
-    cache.close().await;
-    drop(cache);
-    let gets = b.requests("get_range", "ok");
-    let cache = b
-        .cache_sized(dir.clone(), 256 << 20, MAX_BLOCK_BYTES, 0)
-        .await;
-    assert_eq!(cache.read("l/obj", size, 0..size).await.unwrap(), data);
-    assert_eq!(
-        b.requests("get_range", "ok"),
-        gets,
-        "blocks of the largest size were not on disk"
-    );
-    cache.close().await;
+    let refetched = refetched_after_reopen(&b, "largest", MAX_BLOCK_BYTES, 1).await;
+    assert_eq!(refetched, 0, "a block of the largest size was not on disk");
     let refused = BlockCache::open(
         CacheConfig {
-            dir,
+            dir: b.scratch("too-large"),
             memory_bytes: 64 << 20,
             disk_bytes: 64 << 20,
             block_bytes: MAX_BLOCK_BYTES + 1,
@@ -1606,31 +1608,11 @@ async fn largest_blocks_reach_the_disk_tier_and_larger_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_fetched_blocks_reaches_the_disk_tier() {
     let b = Backend::file().await;
-    let dir = b.scratch("cache-burst");
-    let block = 4 << 20;
-    let size = 8 * block;
-    let data = pattern(size as usize, 19);
-    b.store
-        .put("burst/obj", Bytes::from(data.clone()))
-        .await
-        .unwrap();
-    let cache = b.cache_sized(dir.clone(), 256 << 20, block, 0).await;
-    assert_eq!(cache.read("burst/obj", size, 0..size).await.unwrap(), data);
-    eventually(Duration::from_secs(10), "the blocks to be written", || {
-        b.metrics.tier.cache_disk_pending_blocks.get() == 0
-    })
-    .await;
-    cache.close().await;
-    drop(cache);
-    let gets = b.requests("get_range", "ok");
-    let cache = b.cache_sized(dir, 256 << 20, block, 0).await;
-    assert_eq!(cache.read("burst/obj", size, 0..size).await.unwrap(), data);
+    let refetched = refetched_after_reopen(&b, "burst", 4 << 20, 8).await;
     assert_eq!(
-        b.requests("get_range", "ok") - gets,
-        0,
+        refetched, 0,
         "blocks fetched together were fetched again after a reopen"
     );
-    cache.close().await;
 }
 
 /// A disk tier opened again with less room keeps no files of the regions it lost (they
