@@ -67,17 +67,6 @@ const REGION_BYTES: usize = 16 << 20;
 /// room for the entry's key and header.
 pub const MAX_BLOCK_BYTES: u64 = REGION_BYTES as u64 / 2;
 
-/// The disk tier's flush buffer (foyer allocates two, filled as blocks wait for the
-/// disk, so up to twice this is committed once cold reads have filled them). A write
-/// that does not fit it is dropped, not queued: with foyer's 16 MiB a read of eight
-/// 4 MiB blocks at once left up to five of them in memory only; with 64 MiB, none of
-/// eight and one of sixteen.
-const FLUSH_BUFFER_BYTES: usize = 64 << 20;
-
-/// Bytes of entries waiting for the flusher above which foyer drops further writes
-/// (16 MiB by default). The entries are the memory tier's, shared, not copies.
-const SUBMIT_QUEUE_BYTES: usize = 256 << 20;
-
 /// How foyer names the file of each region of the disk tier, before its 8-digit index.
 const REGION_FILE_PREFIX: &str = "foyer-storage-direct-fs-";
 
@@ -209,12 +198,7 @@ impl BlockCache {
             .with_weighter(|key: &String, value: &Bytes| key.len() + value.len())
             .storage()
             .with_recover_mode(RecoverMode::Quiet)
-            .with_engine_config(
-                BlockEngineConfig::new(device)
-                    .with_block_size(REGION_BYTES)
-                    .with_buffer_pool_size(FLUSH_BUFFER_BYTES)
-                    .with_submit_queue_size_threshold(SUBMIT_QUEUE_BYTES),
-            )
+            .with_engine_config(BlockEngineConfig::new(device).with_block_size(REGION_BYTES))
             .build()
             .await
             .map_err(|e| TierError::Cache(e.to_string()))?;

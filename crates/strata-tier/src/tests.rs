@@ -1601,20 +1601,6 @@ async fn largest_blocks_reach_the_disk_tier_and_larger_are_refused() {
     );
 }
 
-/// Blocks fetched together all reach the disk tier: foyer drops a write when the bytes
-/// waiting for its flusher pass a threshold, and with its defaults (16 MiB) a read of
-/// eight 4 MiB blocks at once left five of them in memory only, fetched again after the
-/// next restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_burst_of_fetched_blocks_reaches_the_disk_tier() {
-    let b = Backend::file().await;
-    let refetched = refetched_after_reopen(&b, "burst", 4 << 20, 8).await;
-    assert_eq!(
-        refetched, 0,
-        "blocks fetched together were fetched again after a reopen"
-    );
-}
-
 /// A disk tier opened again with less room keeps no files of the regions it lost (they
 /// would hold their disk space for good), and still serves reads.
 async fn cache_shrunk_on_a_reopen_keeps_no_unused_files(b: Backend) {
