@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Replay throughput side by side, in one run on this machine: a consumer reading a topic
 # from offset 0 (1) off the broker's local disk, (2) from a real S3 server (a throw-away
-# Ceph radosgw from scripts/rgw.sh) with the block cache cold, and (3) again, from the
-# cache. Uses the release build and `strata bench`; prints bench's lines, the ratios,
-# and the CPU time the broker and radosgw spent on each replay (on a small machine the
-# S3 server competes with the broker and the consumer for the same cores).
+# Ceph radosgw from scripts/rgw.sh) with the block cache cold, (3) again, from the
+# cache, and (4) once more after a broker restart, from the cache's recovered disk tier.
+# Uses the release build (or STRATA_BIN) and `strata bench`; prints bench's lines, the
+# ratios, and the CPU time the broker and radosgw spent on each replay (on a small
+# machine the S3 server competes with the broker and the consumer for the same cores).
 #
 #   scripts/bench-replay.sh [MESSAGES] [SIZE]      defaults: 1000000 messages of 1024 B
 #
@@ -27,7 +28,7 @@ if [ -n "${BENCH_PIN:-}" ]; then
   rgw_cpus="taskset -c $last" strata_cpus="taskset -c 0-$((last - 1))"
 fi
 TOPIC=replay
-BIN=target/release/strata
+BIN="${STRATA_BIN:-target/release/strata}"
 PY=.venv/bin/python
 
 work="$(mktemp -d /tmp/strata-bench-replay.XXXXXX)"
@@ -45,8 +46,10 @@ trap cleanup EXIT
 say() { printf '\n== %s\n' "$*"; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-say "building the release binary"
-CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo build --release --bin strata
+if [ -z "${STRATA_BIN:-}" ]; then
+  say "building the release binary"
+  CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}" cargo build --release --bin strata
+fi
 
 say "starting radosgw"
 # Room for every object, plus headroom for the OSD's own use.
@@ -64,7 +67,7 @@ EOF
 kafka_port="$(free_port)"
 http_port="$(free_port)"
 start_broker() {
-  $strata_cpus env "$@" "$BIN" serve --data-dir "$work/data" \
+  $strata_cpus env -u STRATA_BIN "$@" "$BIN" serve --data-dir "$work/data" \
     --kafka-listen "127.0.0.1:$kafka_port" --http-listen "127.0.0.1:$http_port" \
     --object-store s3://bench/strata --s3-endpoint "$RGW_ENDPOINT" \
     --s3-allow-http --s3-path-style >>"$work/strata.log" 2>&1 &
@@ -83,7 +86,7 @@ stop_broker() {
   wait "$broker" || true
   broker=""
 }
-bench() { $strata_cpus "$BIN" bench --bootstrap "127.0.0.1:$kafka_port" --topic "$TOPIC" "$@"; }
+bench() { $strata_cpus env -u STRATA_BIN "$BIN" bench --bootstrap "127.0.0.1:$kafka_port" --topic "$TOPIC" "$@"; }
 # Polls the admin API until the Python expression over `ps` (the topic's partitions) holds.
 wait_partitions() {
   local what="$1" cond="$2"
@@ -96,6 +99,11 @@ wait_partitions() {
   done
   echo "timed out waiting for $what" >&2
   exit 1
+}
+# Ranged GETs the broker has made so far.
+get_ranges() {
+  curl -fs "http://127.0.0.1:$http_port/metrics" |
+    sed -n 's/^strata_objstore_requests_total{op="get_range",outcome="ok"} \([0-9]*\).*/\1/p'
 }
 consume_mbps() { sed -n 's/^consume: .*: \([0-9.]*\) MB\/s.*/\1/p'; }
 # CPU seconds (user + system) a process has used so far.
@@ -148,16 +156,28 @@ cold_out="$(replay)"
 say "replay 3: from the block cache"
 cache_out="$(replay)"
 
+say "replay 4: from the block cache after a restart (its disk tier is recovered)"
+stop_broker
+sync
+echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+start_broker STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0 STRATA_TIER_CACHE_DISK_BYTES="$cache_bytes"
+gets_before="$(get_ranges)"
+restart_out="$(replay)"
+restart_gets=$(($(get_ranges) - gets_before))
+
 local_mbps="$(consume_mbps <<<"$local_out")"
 cold_mbps="$(consume_mbps <<<"$cold_out")"
 cache_mbps="$(consume_mbps <<<"$cache_out")"
+restart_mbps="$(consume_mbps <<<"$restart_out")"
 local_cpu="$(tail -n 1 <<<"$local_out")"
 cold_cpu="$(tail -n 1 <<<"$cold_out")"
 cache_cpu="$(tail -n 1 <<<"$cache_out")"
+restart_cpu="$(tail -n 1 <<<"$restart_out")"
 say "summary ($MESSAGES x $SIZE B, $PARTITIONS partitions, segment.bytes $SEGMENT_BYTES)"
 "$PY" - <<EOF
-local, cold, cache = $local_mbps, $cold_mbps, $cache_mbps
-cpu = {"local": "$local_cpu".split(), "cold": "$cold_cpu".split(), "cache": "$cache_cpu".split()}
+local, cold, cache, restart = $local_mbps, $cold_mbps, $cache_mbps, $restart_mbps
+cpu = {"local": "$local_cpu".split(), "cold": "$cold_cpu".split(), "cache": "$cache_cpu".split(),
+       "restart": "$restart_cpu".split()}
 def line(name, label, mbps):
     broker, rgw = (float(x) for x in cpu[name])
     ratio = "" if name == "local" else f"{mbps / local:.2f} x local"
@@ -165,4 +185,6 @@ def line(name, label, mbps):
 line("local", "local disk", local)
 line("cold", "object store cold", cold)
 line("cache", "block cache", cache)
+line("restart", "cache, restarted", restart)
+print(f"ranged GETs during the replay after the restart: $restart_gets")
 EOF
