@@ -92,6 +92,19 @@ fn name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
+/// `items` grouped by their topic, topics in the order they first appear (requests
+/// name each topic once, with its partitions).
+fn by_topic<'a, T>(items: impl IntoIterator<Item = (&'a str, T)>) -> Vec<(&'a str, Vec<T>)> {
+    let mut out: Vec<(&'a str, Vec<T>)> = Vec::new();
+    for (topic, item) in items {
+        match out.iter_mut().find(|(t, _)| *t == topic) {
+            Some((_, list)) => list.push(item),
+            None => out.push((topic, vec![item])),
+        }
+    }
+    out
+}
+
 /// The partitions followed from `leader`, as they are now.
 fn followed_from(s: &Shared, leader: i32) -> Vec<(PartitionKey, Follow)> {
     s.followed
@@ -171,14 +184,7 @@ async fn align(
     if unaligned.is_empty() {
         return Ok(());
     }
-    let mut by_topic: Vec<(String, Vec<&(PartitionKey, Follow)>)> = Vec::new();
-    for p in unaligned {
-        match by_topic.iter_mut().find(|(t, _)| *t == p.1.topic) {
-            Some((_, list)) => list.push(p),
-            None => by_topic.push((p.1.topic.clone(), vec![p])),
-        }
-    }
-    let topics = by_topic
+    let topics = by_topic(unaligned.into_iter().map(|p| (p.1.topic.as_str(), p)))
         .iter()
         .map(|(topic, list)| {
             OffsetForLeaderTopic::default()
@@ -288,39 +294,33 @@ async fn fetch(
     // Until this fetch is answered, the session's state is unknown.
     let epoch = std::mem::take(&mut session.epoch);
     let full = epoch == 0;
-    let mut topics: Vec<FetchTopic> = Vec::new();
-    for (topic, part) in &wanted {
-        if !full && session.sent.get(&(topic.clone(), part.partition)) == Some(part) {
-            continue;
-        }
-        match topics.iter_mut().find(|t| t.topic.as_str() == topic) {
-            Some(t) => t.partitions.push(part.clone()),
-            None => topics.push(
+    let changed = wanted.iter().filter(|(topic, part)| {
+        full || session.sent.get(&(topic.clone(), part.partition)) != Some(part)
+    });
+    let topics: Vec<FetchTopic> =
+        by_topic(changed.map(|(topic, part)| (topic.as_str(), part.clone())))
+            .into_iter()
+            .map(|(topic, parts)| {
                 FetchTopic::default()
                     .with_topic(name(topic))
-                    .with_partitions(vec![part.clone()]),
-            ),
-        }
-    }
-    let mut forgotten: Vec<ForgottenTopic> = Vec::new();
-    if !full {
-        for (topic, partition) in session.sent.keys() {
-            if wanted
+                    .with_partitions(parts)
+            })
+            .collect();
+    let dropped = session.sent.keys().filter(|(topic, partition)| {
+        !full
+            && !wanted
                 .iter()
                 .any(|(t, p)| t == topic && p.partition == *partition)
-            {
-                continue;
-            }
-            match forgotten.iter_mut().find(|t| t.topic.as_str() == topic) {
-                Some(t) => t.partitions.push(*partition),
-                None => forgotten.push(
-                    ForgottenTopic::default()
-                        .with_topic(name(topic))
-                        .with_partitions(vec![*partition]),
-                ),
-            }
-        }
-    }
+    });
+    let forgotten: Vec<ForgottenTopic> =
+        by_topic(dropped.map(|(topic, partition)| (topic.as_str(), *partition)))
+            .into_iter()
+            .map(|(topic, parts)| {
+                ForgottenTopic::default()
+                    .with_topic(name(topic))
+                    .with_partitions(parts)
+            })
+            .collect();
     // A full fetch names the session it replaces, so the leader drops it at once.
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(s.me))
@@ -443,4 +443,19 @@ fn append(s: &Shared, f: &Follow, records: &Bytes) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     s.metrics.fetched_bytes_total.inc_by(records.len() as u64);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::by_topic;
+
+    #[test]
+    fn by_topic_groups_in_order_of_first_appearance() {
+        let items = [("b", 0), ("a", 1), ("b", 2), ("c", 3), ("a", 4)];
+        assert_eq!(
+            by_topic(items),
+            vec![("b", vec![0, 2]), ("a", vec![1, 4]), ("c", vec![3])]
+        );
+        assert!(by_topic(Vec::<(&str, i32)>::new()).is_empty());
+    }
 }
