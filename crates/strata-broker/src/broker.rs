@@ -165,6 +165,20 @@ pub(crate) fn new_partition(replicas: Vec<i32>) -> PartitionMeta {
     }
 }
 
+/// For an acks=all write to a partition placed as `placement` (records, or a transaction
+/// marker): `(in sync, min.insync.replicas)` when fewer replicas are in sync than the
+/// topic needs, so that it must be refused with NOT_ENOUGH_REPLICAS.
+pub(crate) fn too_few_in_sync(
+    placement: Option<&PartitionMeta>,
+    config: &TopicConfig,
+) -> Option<(usize, usize)> {
+    let (in_sync, min) = (
+        placement.map_or(0, |p| p.isr.len()),
+        config.min_insync_replicas(),
+    );
+    (in_sync < min).then_some((in_sync, min))
+}
+
 impl Broker {
     pub(crate) fn now_ms(&self) -> i64 {
         self.clock.now_ms()
@@ -238,23 +252,7 @@ impl Broker {
     pub(crate) fn topic_config(&self, topic: &TopicMeta) -> TopicConfig {
         TopicConfig::resolve(&topic.configs, &self.config)
     }
-}
 
-/// For an acks=all write to a partition placed as `placement` (records, or a transaction
-/// marker): `(in sync, min.insync.replicas)` when fewer replicas are in sync than the
-/// topic needs, so that it must be refused with NOT_ENOUGH_REPLICAS.
-pub(crate) fn too_few_in_sync(
-    placement: Option<&PartitionMeta>,
-    config: &TopicConfig,
-) -> Option<(usize, usize)> {
-    let (in_sync, min) = (
-        placement.map_or(0, |p| p.isr.len()),
-        config.min_insync_replicas(),
-    );
-    (in_sync < min).then_some((in_sync, min))
-}
-
-impl Broker {
     /// Checks a creation request against names, sizes and configs (not existence).
     pub(crate) fn check_new_topic(
         &self,
