@@ -92,17 +92,24 @@ fn name(topic: &str) -> TopicName {
     TopicName(StrBytes::from_string(topic.to_string()))
 }
 
-/// `items` grouped by their topic, topics in the order they first appear (requests
-/// name each topic once, with its partitions).
-fn by_topic<'a, T>(items: impl IntoIterator<Item = (&'a str, T)>) -> Vec<(&'a str, Vec<T>)> {
-    let mut out: Vec<(&'a str, Vec<T>)> = Vec::new();
+/// `items` grouped by their topic, topics in the order they first appear, each group
+/// made into a request's topic entry by `entry` (requests name each topic once, with
+/// its partitions).
+fn by_topic<'a, T, E>(
+    items: impl IntoIterator<Item = (&'a str, T)>,
+    entry: impl Fn(TopicName, Vec<T>) -> E,
+) -> Vec<E> {
+    let mut groups: Vec<(&'a str, Vec<T>)> = Vec::new();
     for (topic, item) in items {
-        match out.iter_mut().find(|(t, _)| *t == topic) {
+        match groups.iter_mut().find(|(t, _)| *t == topic) {
             Some((_, list)) => list.push(item),
-            None => out.push((topic, vec![item])),
+            None => groups.push((topic, vec![item])),
         }
     }
-    out
+    groups
+        .into_iter()
+        .map(|(topic, list)| entry(name(topic), list))
+        .collect()
 }
 
 /// The partitions followed from `leader`, as they are now.
@@ -184,23 +191,18 @@ async fn align(
     if unaligned.is_empty() {
         return Ok(());
     }
-    let topics = by_topic(unaligned.into_iter().map(|p| (p.1.topic.as_str(), p)))
-        .iter()
-        .map(|(topic, list)| {
-            OffsetForLeaderTopic::default()
-                .with_topic(name(topic))
-                .with_partitions(
-                    list.iter()
-                        .map(|(k, f)| {
-                            OffsetForLeaderPartition::default()
-                                .with_partition(k.partition)
-                                .with_current_leader_epoch(f.leader_epoch)
-                                .with_leader_epoch(f.log.latest_epoch().map_or(-1, |(e, _)| e))
-                        })
-                        .collect(),
-                )
-        })
-        .collect();
+    let asked = unaligned.into_iter().map(|(k, f)| {
+        let partition = OffsetForLeaderPartition::default()
+            .with_partition(k.partition)
+            .with_current_leader_epoch(f.leader_epoch)
+            .with_leader_epoch(f.log.latest_epoch().map_or(-1, |(e, _)| e));
+        (f.topic.as_str(), partition)
+    });
+    let topics = by_topic(asked, |topic, partitions| {
+        OffsetForLeaderTopic::default()
+            .with_topic(topic)
+            .with_partitions(partitions)
+    });
     let req = OffsetForLeaderEpochRequest::default()
         .with_replica_id(BrokerId(s.me))
         .with_topics(topics);
@@ -297,30 +299,28 @@ async fn fetch(
     let changed = wanted.iter().filter(|(topic, part)| {
         full || session.sent.get(&(topic.clone(), part.partition)) != Some(part)
     });
-    let topics: Vec<FetchTopic> =
-        by_topic(changed.map(|(topic, part)| (topic.as_str(), part.clone())))
-            .into_iter()
-            .map(|(topic, parts)| {
-                FetchTopic::default()
-                    .with_topic(name(topic))
-                    .with_partitions(parts)
-            })
-            .collect();
+    let topics = by_topic(
+        changed.map(|(topic, part)| (topic.as_str(), part.clone())),
+        |topic, parts| {
+            FetchTopic::default()
+                .with_topic(topic)
+                .with_partitions(parts)
+        },
+    );
     let dropped = session.sent.keys().filter(|(topic, partition)| {
         !full
             && !wanted
                 .iter()
                 .any(|(t, p)| t == topic && p.partition == *partition)
     });
-    let forgotten: Vec<ForgottenTopic> =
-        by_topic(dropped.map(|(topic, partition)| (topic.as_str(), *partition)))
-            .into_iter()
-            .map(|(topic, parts)| {
-                ForgottenTopic::default()
-                    .with_topic(name(topic))
-                    .with_partitions(parts)
-            })
-            .collect();
+    let forgotten = by_topic(
+        dropped.map(|(topic, partition)| (topic.as_str(), *partition)),
+        |topic, parts| {
+            ForgottenTopic::default()
+                .with_topic(topic)
+                .with_partitions(parts)
+        },
+    );
     // A full fetch names the session it replaces, so the leader drops it at once.
     let req = FetchRequest::default()
         .with_replica_id(BrokerId(s.me))
@@ -447,15 +447,22 @@ fn append(s: &Shared, f: &Follow, records: &Bytes) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use kafka_protocol::messages::TopicName;
+
     use super::by_topic;
 
     #[test]
     fn by_topic_groups_in_order_of_first_appearance() {
+        let entry = |topic: TopicName, items: Vec<i32>| (topic.0.to_string(), items);
         let items = [("b", 0), ("a", 1), ("b", 2), ("c", 3), ("a", 4)];
         assert_eq!(
-            by_topic(items),
-            vec![("b", vec![0, 2]), ("a", vec![1, 4]), ("c", vec![3])]
+            by_topic(items, entry),
+            vec![
+                ("b".to_string(), vec![0, 2]),
+                ("a".to_string(), vec![1, 4]),
+                ("c".to_string(), vec![3])
+            ]
         );
-        assert!(by_topic(Vec::<(&str, i32)>::new()).is_empty());
+        assert!(by_topic(Vec::<(&str, i32)>::new(), entry).is_empty());
     }
 }
