@@ -148,7 +148,8 @@ echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
 # rather than a cache too small for a sequential replay (which evicts everything first).
 cache_bytes=$((MESSAGES * (SIZE + 64) * 5 / 4 + (256 << 20)))
 [ "$cache_bytes" -gt 2147483648 ] || cache_bytes=2147483648
-start_broker STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0 STRATA_TIER_CACHE_DISK_BYTES="$cache_bytes"
+cached=(STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0 STRATA_TIER_CACHE_DISK_BYTES="$cache_bytes")
+start_broker "${cached[@]}"
 
 say "replay 2: from the object store, block cache cold"
 cold_out="$(replay)"
@@ -160,7 +161,7 @@ say "replay 4: from the block cache after a restart (its disk tier is recovered)
 stop_broker
 sync
 echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-start_broker STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0 STRATA_TIER_CACHE_DISK_BYTES="$cache_bytes"
+start_broker "${cached[@]}"
 gets_before="$(get_ranges)"
 restart_out="$(replay)"
 restart_gets=$(($(get_ranges) - gets_before))

@@ -319,8 +319,7 @@ class StrataBroker:
             f"no directory for {topic}-{partition} under {self.data_dir}: "
             f"{sorted(str(p.relative_to(self.data_dir)) for p in self.data_dir.rglob('*'))[:50]}"
         )
-        total = sum(sum(file_sizes(d, recursive=True).values()) for d in dirs)
-        return total
+        return sum(sum(file_sizes(d, recursive=True).values()) for d in dirs)
 
 
 @pytest.fixture
