@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Replay throughput side by side, in one run on this machine: a consumer reading a topic
-# from offset 0 (1) off the broker's local disk, (2) from a real S3 server (a throw-away
-# Ceph radosgw from scripts/rgw.sh) with the block cache cold, (3) again, from the
-# cache, and (4) once more after a broker restart, from the cache's recovered disk tier.
+# from offset 0 (1) off the broker's local disk, (1b) again after a broker restart with
+# the page cache dropped, (2) from a real S3 server (a throw-away Ceph radosgw from
+# scripts/rgw.sh) with the block cache cold, (3) again, from the cache, and (4) once more
+# after a broker restart with the page cache dropped, from the cache's recovered disk
+# tier (compared with 1 and with 1b, its like).
 # Uses the release build (or STRATA_BIN) and `strata bench`; prints bench's lines, the
 # ratios, and the CPU time the broker and radosgw spent on each replay (on a small
 # machine the S3 server competes with the broker and the consumer for the same cores).
@@ -105,17 +107,25 @@ get_ranges() {
   curl -fs "http://127.0.0.1:$http_port/metrics" |
     sed -n 's/^strata_objstore_requests_total{op="get_range",outcome="ok"} \([0-9]*\).*/\1/p'
 }
+# Blocks the cache's disk tier has dropped instead of writing so far.
+dropped_blocks() {
+  curl -fs "http://127.0.0.1:$http_port/metrics" |
+    awk '/^strata_tier_cache_disk_dropped_blocks_total/ { n += $2 } END { print n + 0 }'
+}
 consume_mbps() { sed -n 's/^consume: .*: \([0-9.]*\) MB\/s.*/\1/p'; }
 # CPU seconds (user + system) a process has used so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"; }
 # Runs a replay; prints bench's consume line, then the CPU seconds the broker and
 # radosgw spent on it.
 replay() {
-  local rgw b0 r0 line
+  local rgw b0 r0 out
   rgw="$(cat "$work/rgw/run/radosgw.pid")"
   b0="$(cpu_s "$broker")" r0="$(cpu_s "$rgw")"
-  line="$(bench --consume-only | tee /dev/stderr | grep '^consume:')"
-  echo "$line"
+  out="$(bench --consume-only)"
+  # Shown as it is, on stderr (not `tee /dev/stderr`: reopening it truncates a log file
+  # that stderr is redirected to).
+  printf '%s\n' "$out" >&2
+  grep '^consume:' <<<"$out"
   echo "$(cpu_s "$broker") $b0 $(cpu_s "$rgw") $r0" | awk '{ printf "%.2f %.2f\n", $1 - $2, $3 - $4 }'
 }
 
@@ -135,6 +145,13 @@ done
 say "replay 1: from local disk (segments in the page cache, the newest in the tail cache)"
 local_out="$(replay)"
 
+say "replay 1b: from local disk after a broker restart, the page cache dropped"
+stop_broker
+sync
+echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+start_broker
+local_restart_out="$(replay)"
+
 say "waiting until every sealed segment is uploaded and deleted locally"
 stop_broker
 start_broker STRATA_KAFKA_LOG_LOCAL_RETENTION_BYTES=0 STRATA_KAFKA_LOG_RETENTION_CHECK_INTERVAL_MS=500
@@ -153,6 +170,7 @@ start_broker "${cached[@]}"
 
 say "replay 2: from the object store, block cache cold"
 cold_out="$(replay)"
+cold_dropped="$(dropped_blocks)"
 
 say "replay 3: from the block cache"
 cache_out="$(replay)"
@@ -167,25 +185,31 @@ restart_out="$(replay)"
 restart_gets=$(($(get_ranges) - gets_before))
 
 local_mbps="$(consume_mbps <<<"$local_out")"
+local_restart_mbps="$(consume_mbps <<<"$local_restart_out")"
 cold_mbps="$(consume_mbps <<<"$cold_out")"
 cache_mbps="$(consume_mbps <<<"$cache_out")"
 restart_mbps="$(consume_mbps <<<"$restart_out")"
 local_cpu="$(tail -n 1 <<<"$local_out")"
+local_restart_cpu="$(tail -n 1 <<<"$local_restart_out")"
 cold_cpu="$(tail -n 1 <<<"$cold_out")"
 cache_cpu="$(tail -n 1 <<<"$cache_out")"
 restart_cpu="$(tail -n 1 <<<"$restart_out")"
 say "summary ($MESSAGES x $SIZE B, $PARTITIONS partitions, segment.bytes $SEGMENT_BYTES)"
 "$PY" - <<EOF
-local, cold, cache, restart = $local_mbps, $cold_mbps, $cache_mbps, $restart_mbps
-cpu = {"local": "$local_cpu".split(), "cold": "$cold_cpu".split(), "cache": "$cache_cpu".split(),
-       "restart": "$restart_cpu".split()}
-def line(name, label, mbps):
+local, local_restart = $local_mbps, $local_restart_mbps
+cold, cache, restart = $cold_mbps, $cache_mbps, $restart_mbps
+cpu = {"local": "$local_cpu".split(), "local_restart": "$local_restart_cpu".split(),
+       "cold": "$cold_cpu".split(), "cache": "$cache_cpu".split(), "restart": "$restart_cpu".split()}
+def line(name, label, mbps, base=None):
     broker, rgw = (float(x) for x in cpu[name])
-    ratio = "" if name == "local" else f"{mbps / local:.2f} x local"
-    print(f"{label:<18}{mbps:8.1f} MB/s   {ratio:<13} CPU s: broker {broker:6.2f}, radosgw {rgw:6.2f}")
+    ratio = "" if base is None else f"{mbps / base:.2f} x {'local' if base == local else 'local restarted'}"
+    print(f"{label:<18}{mbps:8.1f} MB/s   {ratio:<23} CPU s: broker {broker:6.2f}, radosgw {rgw:6.2f}")
 line("local", "local disk", local)
-line("cold", "object store cold", cold)
-line("cache", "block cache", cache)
-line("restart", "cache, restarted", restart)
+line("local_restart", "local, restarted", local_restart, local)
+line("cold", "object store cold", cold, local)
+line("cache", "block cache", cache, local)
+line("restart", "cache, restarted", restart, local)
+line("restart", "cache, restarted", restart, local_restart)
+print(f"blocks the disk tier dropped during the cold replay: $cold_dropped")
 print(f"ranged GETs during the replay after the restart: $restart_gets")
 EOF

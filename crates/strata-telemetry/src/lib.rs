@@ -150,6 +150,8 @@ pub struct TierMetrics {
     pub cache_requests_total: IntCounterVec,
     /// Blocks being fetched from the store or not yet in the cache's disk tier.
     pub cache_disk_pending_blocks: IntGauge,
+    /// Blocks the cache's disk tier dropped instead of writing, by reason.
+    pub cache_disk_dropped_blocks_total: IntCounterVec,
     pub remote_segments_deleted_total: IntCounter,
     pub gc_deleted_objects_total: IntCounter,
     pub produce_throttled_total: IntCounter,
@@ -566,6 +568,11 @@ impl Metrics {
             cache_disk_pending_blocks: r.gauge(
                 "strata_tier_cache_disk_pending_blocks",
                 "Blocks being fetched from the object store, or fetched and not yet in the cache's disk tier (a crash now means a GET for them after the restart)",
+            )?,
+            cache_disk_dropped_blocks_total: r.counter_vec(
+                "strata_tier_cache_disk_dropped_blocks_total",
+                "Blocks the cache's disk tier dropped instead of writing, by reason (queue_full, buffer_full): kept in memory only, they cost a GET again once evicted or after a restart",
+                &[REASON],
             )?,
             remote_segments_deleted_total: r.counter(
                 "strata_tier_remote_segments_deleted_total",

@@ -18,6 +18,7 @@ use futures::future::try_join_all;
 use prometheus::IntGauge;
 use strata_telemetry::TierMetrics;
 
+use crate::cache_drops::DroppedWrites;
 use crate::error::{Result, TierError};
 use crate::store::Store;
 
@@ -192,6 +193,9 @@ impl BlockCache {
         // a recovered block is the object's; entries whose checksum fails are dropped.
         let cache = HybridCacheBuilder::new()
             .with_name("strata-blocks")
+            .with_metrics_registry(Box::new(DroppedWrites::new(
+                metrics.cache_disk_dropped_blocks_total.clone(),
+            )))
             .with_policy(HybridCachePolicy::WriteOnInsertion)
             .memory(cfg.memory_bytes)
             .with_weighter(|key: &String, value: &Bytes| key.len() + value.len())

@@ -12,6 +12,7 @@
 //! the segment format only through `strata-log` (batch headers, index files).
 
 mod cache;
+mod cache_drops;
 mod error;
 pub mod layout;
 mod reader;

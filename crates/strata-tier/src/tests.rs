@@ -1604,6 +1604,46 @@ async fn largest_blocks_reach_the_disk_tier_and_larger_are_refused() {
     );
 }
 
+/// Blocks foyer drops instead of writing to the disk tier (a burst four times its write
+/// queue) are counted, and they are exactly the blocks fetched again after a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_dropped_before_the_disk_are_counted() {
+    let b = Backend::file().await;
+    let dir = b.scratch("burst");
+    let (block, blocks) = (4u64 << 20, 16u64);
+    let size = block * blocks;
+    let data = pattern(size as usize, 19);
+    b.store
+        .put("burst/obj", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let dropped = || {
+        let d = &b.metrics.tier.cache_disk_dropped_blocks_total;
+        d.with_label_values(&["queue_full"]).get() + d.with_label_values(&["buffer_full"]).get()
+    };
+    let open = || b.cache_sized(dir.clone(), 256 << 20, block, 0);
+    let cache = open().await;
+    // One read of every block: all fetched at once.
+    assert_eq!(cache.read("burst/obj", size, 0..size).await.unwrap(), data);
+    eventually(
+        Duration::from_secs(20),
+        "every fetched block written or given up on",
+        || b.metrics.tier.cache_disk_pending_blocks.get() == 0,
+    )
+    .await;
+    cache.close().await;
+    let (gets, dropped) = (b.requests("get_range", "ok"), dropped());
+    let cache = open().await;
+    assert_eq!(cache.read("burst/obj", size, 0..size).await.unwrap(), data);
+    cache.close().await;
+    let refetched = b.requests("get_range", "ok") - gets;
+    assert!(dropped > 0, "a burst of {blocks} blocks dropped none");
+    assert_eq!(
+        refetched, dropped,
+        "blocks fetched again after the reopen against blocks counted as dropped"
+    );
+}
+
 /// A disk tier opened again with less room keeps no files of the regions it lost (they
 /// would hold their disk space for good), and still serves reads.
 async fn cache_shrunk_on_a_reopen_keeps_no_unused_files(b: Backend) {
