@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCachePolicy, RecoverMode,
+    HybridCachePolicy, HybridCacheProperties, Location, RecoverMode,
 };
+use foyer_memory::FetchTarget;
 use futures::future::try_join_all;
 use prometheus::IntGauge;
 use strata_telemetry::TierMetrics;
@@ -225,35 +226,68 @@ impl BlockCache {
         let range = index * self.block..((index + 1) * self.block).min(size);
         let store = self.store.clone();
         let object = key.to_string();
-        let fetched = Arc::new(AtomicBool::new(false));
-        let flag = fetched.clone();
         let fresh = self.fresh.clone();
         let name = block_key(key, self.block, index);
-        let entry_name = name.clone();
-        let write = self.disk_write();
-        let entry = self
-            .cache
-            .get_or_fetch(&name, move || async move {
-                flag.store(true, Ordering::Relaxed);
-                let fetch = store.get_range(&object, range);
-                let data = write.after(entry_name.clone(), fetch).await?;
+        let fresh_name = name.clone();
+        let (data, missed) = self
+            .entry(name, async move {
+                let data = store.get_range(&object, range).await?;
                 let mut fresh = fresh.lock().unwrap_or_else(|e| e.into_inner());
                 if fresh.len() >= MAX_FRESH {
                     fresh.clear();
                 }
-                fresh.insert(entry_name, data.len() as u64);
-                Ok::<_, TierError>(data)
+                fresh.insert(fresh_name, data.len() as u64);
+                Ok(data)
             })
             .await
             .map_err(|e| TierError::Cache(format!("{key} block {index}: {e}")))?;
-        let missed = fetched.load(Ordering::Relaxed);
         if reader {
             self.metrics
                 .cache_requests_total
                 .with_label_values(&[if missed { "miss" } else { "hit" }])
                 .inc();
         }
-        Ok(entry.value().clone())
+        Ok(data)
+    }
+
+    /// Entry `name`: from memory, else from the disk tier, else from `fetch` (one fetch
+    /// shared by every reader waiting for it), then written to the disk tier. Also says
+    /// whether this call ran the fetch.
+    ///
+    /// A fetched entry is queued for the disk once, by the reader that fetched it. foyer
+    /// would queue it again from every reader that waited on the fetch and on every later
+    /// hit through `get_or_fetch`, rewriting blocks already on disk: those rewrites filled
+    /// its write queue, and blocks fetched for the first time were dropped for them.
+    async fn entry<F>(
+        &self,
+        name: String,
+        fetch: F,
+    ) -> std::result::Result<(Bytes, bool), foyer::Error>
+    where
+        F: std::future::Future<Output = Result<Bytes>> + Send + 'static,
+    {
+        if let Some(hit) = self.cache.memory().get(&name) {
+            return Ok((hit.value().clone(), false));
+        }
+        let fetched = Arc::new(AtomicBool::new(false));
+        let flag = fetched.clone();
+        let write = self.disk_write();
+        let entry_name = name.clone();
+        let entry = self
+            .cache
+            .get_or_fetch(&name, move || async move {
+                flag.store(true, Ordering::Relaxed);
+                let value = write.after(entry_name, fetch).await?;
+                // In memory only, as far as foyer's own disk writes go (see above).
+                let properties = HybridCacheProperties::default().with_location(Location::InMem);
+                Ok::<_, TierError>(FetchTarget::Entry { value, properties })
+            })
+            .await?;
+        let missed = fetched.load(Ordering::Relaxed);
+        if missed {
+            self.cache.storage().enqueue(entry.piece(), false);
+        }
+        Ok((entry.value().clone(), missed))
     }
 
     /// Bytes `range` of object `key` (which has `size` bytes), and the next blocks
@@ -352,17 +386,14 @@ impl BlockCache {
     pub async fn whole(&self, key: &str) -> Result<Bytes> {
         let store = self.store.clone();
         let object = key.to_string();
-        let name = format!("{key}#all");
-        let write = self.disk_write();
-        let entry_name = name.clone();
-        let entry = self
-            .cache
-            .get_or_fetch(&name, move || async move {
-                write.after(entry_name, store.get(&object)).await
-            })
+        let (data, _) = self
+            .entry(
+                format!("{key}#all"),
+                async move { store.get(&object).await },
+            )
             .await
             .map_err(|e| TierError::Cache(format!("{key}: {e}")))?;
-        Ok(entry.value().clone())
+        Ok(data)
     }
 
     /// What counts a fetch in `strata_tier_cache_disk_pending_blocks`.

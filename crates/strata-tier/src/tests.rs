@@ -1644,6 +1644,54 @@ async fn blocks_dropped_before_the_disk_are_counted() {
     );
 }
 
+/// Cache hits write nothing to the disk tier: a block read over and over (from memory,
+/// and after a reopen from disk) is queued for the disk once, when it is fetched. foyer's
+/// `get_or_fetch` queued a rewrite on every hit, which filled its write queue (drops).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hits_do_not_rewrite_blocks() {
+    let b = Backend::file().await;
+    let dir = b.scratch("hits");
+    let block = 4u64 << 20;
+    let size = 2 * block;
+    let data = pattern(size as usize, 23);
+    b.store
+        .put("hits/obj", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    let dropped = || {
+        let d = &b.metrics.tier.cache_disk_dropped_blocks_total;
+        d.with_label_values(&["queue_full"]).get() + d.with_label_values(&["buffer_full"]).get()
+    };
+    let open = || b.cache_sized(dir.clone(), 256 << 20, block, 0);
+    let data = &data;
+    let reads = |cache: BlockCache| async move {
+        for i in 0..40 {
+            let at = (i % 2) * block + i;
+            let got = cache.read("hits/obj", size, at..at + 100).await.unwrap();
+            assert_eq!(got, data[at as usize..at as usize + 100]);
+        }
+        cache
+    };
+    let cache = reads(open().await).await;
+    eventually(Duration::from_secs(20), "both blocks written", || {
+        b.metrics.tier.cache_disk_pending_blocks.get() == 0
+    })
+    .await;
+    cache.close().await;
+    let gets = b.requests("get_range", "ok");
+    reads(open().await).await.close().await;
+    assert_eq!(
+        b.requests("get_range", "ok"),
+        gets,
+        "blocks were not on disk"
+    );
+    assert_eq!(
+        dropped(),
+        0,
+        "hits queued disk writes (and some were dropped)"
+    );
+}
+
 /// A disk tier opened again with less room keeps no files of the regions it lost (they
 /// would hold their disk space for good), and still serves reads.
 async fn cache_shrunk_on_a_reopen_keeps_no_unused_files(b: Backend) {
