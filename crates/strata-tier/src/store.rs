@@ -999,7 +999,9 @@ fn diagnose(e: &TierError, credentials: &Credentials) -> String {
         )
     } else if all.contains("InvalidAccessKeyId")
         || all.contains("SignatureDoesNotMatch")
-        || all.contains("403")
+        // The status as object_store shows it (Display, Debug), not any "403" (a port).
+        || all.contains("403 Forbidden")
+        || all.contains("status: 403")
         || all.contains("AccessDenied")
     {
         let from = match credentials {

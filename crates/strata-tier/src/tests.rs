@@ -917,12 +917,13 @@ async fn check_fails_for_wrong_credentials() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_fails_for_unreachable_endpoint() {
-    // A port nothing listens on: bind one, note it, close it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port nothing listens on: bind one, note it, close it. One with "403" in it: the
+    // error quotes the URL, and a port is not an HTTP status (it once read as refused
+    // credentials).
+    let port = [4030u16, 14030, 24030, 4039]
+        .into_iter()
+        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port with 403 in it");
     let m = Metrics::new().unwrap();
     let cfg = StoreConfig {
         url: "s3://bucket/prefix".into(),
