@@ -659,6 +659,59 @@ def test_compressed_batches_roundtrip(broker, codec):
     assert_same(topic, 1, want[1][-3:], got[1], first_offset=len(want[1]) - 3)
 
 
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+def test_large_batches_are_sent_from_the_segment_files(broker_factory, codec):
+    """Batches of 16 KiB and more are sent to a plaintext consumer straight from the
+    segment files (sendfile, counted in strata_kafka_fetch_sendfile_bytes_total), across
+    segment rolls, beside small batches that are copied; the consumer gets every message
+    as produced, from the start and from the middle of the log."""
+    # No in-memory tail: every read goes to the segment files.
+    broker = broker_factory(env={"STRATA_WAL_CACHE_BYTES": "0"})
+    topic = unique(f"sendfile-{codec}")
+    create_topic(broker, topic, 2, {"segment.bytes": str(300_000)})
+    base = now_ms() - 60_000
+    rng = random.Random(11)
+    msgs = make_messages(3000, 2, base_ts=base, seed=5)
+    msgs += [
+        Msg(i % 2, b"big-%d" % i, rng.randbytes(rng.choice([900, 3000, 9000])), [], base + 30_000 + i)
+        for i in range(1500)
+    ]
+    # Big batches (many records each), then a few small ones at the end.
+    produce_all(broker, topic, msgs, "all", **{"compression.type": codec, "linger.ms": 200, "batch.size": 1_000_000})
+    small = [Msg(i % 2, b"s%d" % i, b"v" * 10, [], base + 40_000 + i) for i in range(20)]
+    for m in small:
+        produce_all(broker, topic, [m], "all")
+    msgs += small
+    before = broker.metrics()
+    want = by_partition(msgs, 2)
+    got = consume_all(broker, topic, {p: len(want[p]) for p in range(2)})
+    for p in range(2):
+        assert_same(topic, p, want[p], got[p])
+    got = consume_all(broker, topic, {1: len(want[1])}, start=len(want[1]) // 2)
+    assert_same(topic, 1, want[1][len(want[1]) // 2 :], got[1], first_offset=len(want[1]) // 2)
+
+    def delta(before: str, after: str, name: str) -> float:
+        return sum(metric_values(after, name)) - sum(metric_values(before, name))
+
+    def fetched_and_sent(before: str) -> tuple[float, float]:
+        after = broker.metrics()
+        return (
+            delta(before, after, "strata_kafka_fetch_bytes_total"),
+            delta(before, after, "strata_kafka_fetch_sendfile_bytes_total"),
+        )
+
+    fetched, sent = fetched_and_sent(before)
+    assert fetched > 1_000_000, fetched
+    assert 0.5 * fetched < sent <= fetched, f"{sent} of {fetched} fetched bytes sent from the files"
+    # A read that starts at a small batch is copied.
+    before = broker.metrics()
+    start = len(want[0]) - 5
+    got = consume_all(broker, topic, {0: len(want[0])}, start=start)
+    assert_same(topic, 0, want[0][start:], got[0], first_offset=start)
+    fetched, sent = fetched_and_sent(before)
+    assert fetched > 0 and sent == 0, (fetched, sent)
+
+
 def test_message_larger_than_topic_max_is_refused(broker):
     topic = unique("maxmsg")
     create_topic(broker, topic, 1, {"max.message.bytes": "2000"})

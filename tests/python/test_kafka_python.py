@@ -391,6 +391,29 @@ def test_fetch_returns_a_batch_larger_than_the_fetch_limits(broker):
     assert_same(topic, 0, msgs, got[0])
 
 
+def test_batches_sent_from_the_segment_files(broker_factory):
+    """Batches of 30 KB reach kafka-python straight from the segment files (sendfile),
+    also one per fetch when each exceeds the fetch limits (KIP-74), as produced."""
+    # No in-memory tail: every read goes to the segment files.
+    broker = broker_factory(env={"STRATA_WAL_CACHE_BYTES": "0"})
+    topic = unique("files")
+    create_topic(broker, topic, 1, {"segment.bytes": "200000"})
+    msgs = [Msg(0, b"k%d" % i, bytes([i % 250 + 1]) * 30_000, [("i", b"%d" % i)], now_ms() + i) for i in range(40)]
+    produce_all(broker, topic, msgs, 1)
+    before = broker.metrics()
+    got = consume_all(broker, topic, {0: len(msgs)}, timeout=30)
+    assert_same(topic, 0, msgs, got[0])
+    got = consume_all(broker, topic, {0: len(msgs)}, timeout=30, start=7, max_partition_fetch_bytes=1000,
+                      fetch_max_bytes=1000)
+    assert_same(topic, 0, msgs[7:], got[0], first_offset=7)
+    after = broker.metrics()
+    fetched, sent = (
+        sum(metric_values(after, n)) - sum(metric_values(before, n))
+        for n in ("strata_kafka_fetch_bytes_total", "strata_kafka_fetch_sendfile_bytes_total")
+    )
+    assert fetched > 2_000_000 and sent > 0.9 * fetched, (fetched, sent)
+
+
 def test_validate_only_and_delete_by_topic_id(broker):
     topic = unique("vonly")
     a = admin(broker)

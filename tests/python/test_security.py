@@ -306,6 +306,46 @@ def test_confluent_kafka_over_ssl_and_every_sasl_mechanism(secure, pki):
     assert ADMIN_PASSWORD not in log and ALICE_PASSWORD not in log
 
 
+def test_large_batches_are_copied_over_tls_and_sent_from_the_files_over_sasl_plaintext(broker_factory, pki):
+    """A TLS connection must encrypt what it sends, so its record bytes are read into the
+    broker (never sendfile); a SASL_PLAINTEXT connection gets large batches straight from
+    the segment files. Both read every value as produced."""
+    b = broker_factory(env=secure_env(pki, STRATA_WAL_CACHE_BYTES="0"))
+    topic = unique("files")
+    values = [bytes([i % 251]) * 3000 + str(i).encode() for i in range(2000)]
+    admin_conf = librdkafka_conf(b, pki, "SASL", "admin", ADMIN_PASSWORD)
+    p = Producer({**admin_conf, "linger.ms": 200, "batch.size": 1_000_000})
+    for v in values:
+        p.produce(topic, v, partition=0)
+    assert p.flush(30) == 0
+
+    def read_all(conf: dict) -> tuple[float, float]:
+        """Reads the topic through `conf`; the fetched and sendfile bytes it cost."""
+        before = b.metrics()
+        c = Consumer({**conf, "group.id": unique("g"), "enable.auto.commit": False})
+        try:
+            c.assign([TopicPartition(topic, 0, 0)])
+            got: list[bytes] = []
+            deadline = time.monotonic() + 30
+            while len(got) < len(values) and time.monotonic() < deadline:
+                m = c.poll(0.5)
+                if m is not None and m.error() is None:
+                    got.append(m.value())
+            assert got == values, f"{len(got)} values read, {len(values)} produced (or they differ)"
+        finally:
+            c.close()
+        after = b.metrics()
+        return tuple(
+            sum(metric_values(after, n)) - sum(metric_values(before, n))
+            for n in ("strata_kafka_fetch_bytes_total", "strata_kafka_fetch_sendfile_bytes_total")
+        )
+
+    fetched, sent = read_all(librdkafka_conf(b, pki, "TLS"))
+    assert fetched > 5_000_000 and sent == 0, (fetched, sent)
+    fetched, sent = read_all(admin_conf)
+    assert fetched > 5_000_000 and sent > 0.5 * fetched, (fetched, sent)
+
+
 def test_refused_clients_get_kafkas_errors_and_others_keep_working(secure, pki):
     """Wrong password, unknown user, a mechanism that is not enabled, a client certificate
     from another CA, none at all, plaintext on the TLS port, and a request before

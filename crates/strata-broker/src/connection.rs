@@ -10,17 +10,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::future::{self, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
 use strata_telemetry::KafkaMetrics;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::broker::Broker;
+use crate::frame_sink::{FrameSink, write_frame};
 use crate::handlers::{self, Outcome};
 use crate::session::{ListenerInfo, Sasl, Session};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,7 +140,7 @@ async fn serve_session<R, W>(
     closing: &impl Fn(&'static str, &str),
 ) where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: FrameSink,
 {
     let m = &broker.metrics.kafka;
     let peer = session.peer;
@@ -226,7 +227,7 @@ async fn serve_session<R, W>(
 }
 
 /// Writes one outcome; `false` once the connection is done.
-async fn respond<W: AsyncWrite + Unpin>(
+async fn respond<W: FrameSink>(
     wr: &mut W,
     mut outcome: Outcome,
     peer: SocketAddr,
@@ -239,7 +240,7 @@ async fn respond<W: AsyncWrite + Unpin>(
             Outcome::Respond(mut resp) => {
                 let len = resp.remaining() as u64;
                 // Flushing matters for TLS, whose records may wait in the session.
-                let written = match wr.write_all_buf(&mut resp).await {
+                let written = match write_frame(wr, &mut resp).await {
                     Ok(()) => wr.flush().await,
                     Err(e) => Err(e),
                 };
@@ -253,7 +254,7 @@ async fn respond<W: AsyncWrite + Unpin>(
             Outcome::Silent => return true,
             Outcome::Last { mut frame, reason } => {
                 let len = frame.remaining() as u64;
-                if wr.write_all_buf(&mut frame).await.is_ok() {
+                if write_frame(wr, &mut frame).await.is_ok() {
                     m.bytes_out_total.inc_by(len);
                     let _ = wr.flush().await;
                 }

@@ -18,6 +18,7 @@ mod config;
 mod connection;
 mod errors;
 mod fetch_sessions;
+mod frame_sink;
 mod groups;
 pub(crate) mod handlers;
 mod lease;

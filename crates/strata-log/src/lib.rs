@@ -30,8 +30,8 @@ pub use error::{LogError, Result};
 pub use index::SegmentIndex;
 pub use manager::{LogManager, PartitionKey};
 pub use partition::{
-    AppendInfo, LogConfig, Offsets, Partition, ReadResult, SealedSegment, SegmentInfo,
-    plan_retention, wait_durable_all,
+    AppendInfo, FileRange, LogConfig, Offsets, Partition, ReadResult, SealedSegment, SegmentInfo,
+    Upto, plan_retention, wait_durable_all,
 };
 pub use producers::{AbortedTxn, ProducerError, ProducerInfo};
 pub use tail::TailCache;

@@ -22,6 +22,7 @@ use parking_lot::Mutex;
 use prometheus::IntGauge;
 use strata_protocol::batch::{self, BatchHeader, ControlType, HeaderIter};
 use strata_protocol::records;
+pub use strata_protocol::vectored::FileRange;
 use strata_telemetry::LogMetrics;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -91,11 +92,52 @@ pub struct AppendInfo {
 /// The result of a read: whole batches as stored, and the offsets at the time of reading.
 #[derive(Debug, Clone)]
 pub struct ReadResult {
+    /// The batches, in memory; empty when they were left in `files`.
     pub records: Bytes,
+    /// The batches as ranges of segment files, in order (a read that asked for files and
+    /// met batches fit for them; see [`Partition::read_with`]).
+    pub files: Vec<FileRange>,
     pub offsets: Offsets,
     /// Served from the in-memory tail, without reading a segment file.
     pub from_memory: bool,
+    /// The offset after the last batch in `files`.
+    files_end: Option<i64>,
 }
+
+impl ReadResult {
+    /// Batches read into memory (`from_memory`: from the in-memory tail).
+    pub fn in_memory(records: Bytes, offsets: Offsets, from_memory: bool) -> Self {
+        Self {
+            records,
+            files: Vec::new(),
+            offsets,
+            from_memory,
+            files_end: None,
+        }
+    }
+
+    /// Bytes of batches read, in memory or in files.
+    pub fn size(&self) -> usize {
+        self.records.len() + self.files.iter().map(|f| f.len).sum::<usize>()
+    }
+
+    /// The offset after the last batch read, if any was.
+    pub fn next_offset(&self) -> Option<i64> {
+        self.files_end.or_else(|| {
+            HeaderIter::new(&self.records)
+                .last()
+                .map(|(_, h)| h.next_offset())
+        })
+    }
+}
+
+/// A read whose first batch is smaller than this is read into memory even when it may
+/// be left in files: finding whole-batch boundaries costs a header read per batch, and
+/// for small batches a copy costs less.
+const MIN_FILE_BATCH: usize = 16 << 10;
+
+/// Most batch headers read to find where a read left in files ends (it ends there).
+const MAX_FILE_BATCHES: usize = 256;
 
 /// A sealed local segment, as the uploader sees it.
 #[derive(Debug, Clone)]
@@ -352,8 +394,8 @@ pub async fn wait_durable_all(waits: &[(&Partition, i64)]) -> Vec<Result<()>> {
 }
 
 /// How far a read may go.
-#[derive(Clone, Copy)]
-enum Upto {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upto {
     /// The durable end: a follower copying the log.
     Durable,
     /// The high watermark: a read_uncommitted consumer.
@@ -1156,7 +1198,7 @@ impl Partition {
     /// partition of a fetch). Only synced data is returned. Blocking file I/O: call it
     /// from a blocking context.
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
-        self.read_upto(offset, max_bytes, min_one, Upto::HighWatermark)
+        self.read_with(offset, max_bytes, min_one, Upto::HighWatermark, false)
     }
 
     /// [`Partition::read`] for a read_committed consumer: up to the last stable offset.
@@ -1166,21 +1208,28 @@ impl Partition {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<ReadResult> {
-        self.read_upto(offset, max_bytes, min_one, Upto::LastStable)
+        self.read_with(offset, max_bytes, min_one, Upto::LastStable, false)
     }
 
     /// [`Partition::read`] for a replica copying the log: up to the durable end rather
     /// than the high watermark.
     pub fn read_replica(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        self.read_upto(offset, max_bytes, true, Upto::Durable)
+        self.read_with(offset, max_bytes, true, Upto::Durable, false)
     }
 
-    fn read_upto(
+    /// A read up to `upto`; with `files`, batches of segment files may be left where they
+    /// are, as file ranges in [`ReadResult::files`] for the caller to send with
+    /// `sendfile`, when the first batch is at least 16 KiB and in a verified segment
+    /// (otherwise they are read into memory). Both return the same batches, except that
+    /// a read left in files stops after 256 batches, and before a damaged or unverified
+    /// segment.
+    pub fn read_with(
         &self,
         offset: i64,
         max_bytes: usize,
         min_one: bool,
         upto: Upto,
+        files: bool,
     ) -> Result<ReadResult> {
         let (plan, offsets, limit) = {
             let inner = self.inner.lock();
@@ -1200,11 +1249,7 @@ impl Partition {
             // At or past the high watermark (up to the log end, as in Kafka): nothing to
             // read yet.
             if offset >= limit {
-                return Ok(ReadResult {
-                    records: Bytes::new(),
-                    offsets,
-                    from_memory: true,
-                });
+                return Ok(ReadResult::in_memory(Bytes::new(), offsets, true));
             }
             if offset < offsets.local_start {
                 return Err(LogError::NotLocal {
@@ -1213,11 +1258,7 @@ impl Partition {
                 });
             }
             if let Some(records) = inner.tail.read(offset, limit, max_bytes, min_one) {
-                return Ok(ReadResult {
-                    records,
-                    offsets,
-                    from_memory: true,
-                });
+                return Ok(ReadResult::in_memory(records, offsets, true));
             }
             let first = inner
                 .segments
@@ -1251,6 +1292,16 @@ impl Partition {
             }
             (plan, offsets, limit)
         };
+        if files && let Some((ranges, end)) = file_ranges(&plan, offset, max_bytes, min_one, limit)
+        {
+            return Ok(ReadResult {
+                records: Bytes::new(),
+                files: ranges,
+                offsets,
+                from_memory: false,
+                files_end: Some(end),
+            });
+        }
         let mut out = Vec::new();
         for seg in plan {
             let budget = max_bytes.saturating_sub(out.len());
@@ -1275,11 +1326,7 @@ impl Partition {
             .last()
             .map_or(0, |(at, h)| at + h.total_len());
         out.truncate(visible);
-        Ok(ReadResult {
-            records: Bytes::from(out),
-            offsets,
-            from_memory: false,
-        })
+        Ok(ReadResult::in_memory(Bytes::from(out), offsets, false))
     }
 
     /// Records that sealed segment `base` is damaged (once: logged and counted) and says
@@ -1788,6 +1835,84 @@ pub(crate) fn read_append(
         out.truncate(goal);
     }
     Ok(())
+}
+
+/// The whole batches from the one holding `offset`, within `max_bytes` (at least one with
+/// `min_one`) and ending at or before `limit`, as ranges of the segment files of `plan`:
+/// as far as they qualify (see [`Partition::read_with`]), and the offset after the last
+/// batch; `None` if the first batch does not qualify. Anything unexpected (damage, a cut
+/// file, an I/O error) ends the ranges there: a read of what follows, into memory, deals
+/// with it.
+fn file_ranges(
+    plan: &[ReadPlan],
+    offset: i64,
+    max_bytes: usize,
+    min_one: bool,
+    limit: i64,
+) -> Option<(Vec<FileRange>, i64)> {
+    let mut ranges: Vec<FileRange> = Vec::new();
+    let mut total = 0usize;
+    let mut headers = 0usize;
+    let mut end = None;
+    for seg in plan {
+        if seg.verify || seg.damage.is_some() {
+            break;
+        }
+        let header = |pos| {
+            Segment::header_at(&seg.file, &seg.path, pos, seg.end)
+                .ok()
+                .flatten()
+        };
+        let mut pos = seg.start;
+        // Skip batches that end before `offset`.
+        let mut next = loop {
+            headers += 1;
+            match header(pos) {
+                Some(h) if h.last_offset() < offset => pos += h.total_len() as u64,
+                other => break other,
+            }
+        };
+        let start = pos;
+        while let Some(h) = next.take() {
+            let len = h.total_len();
+            let first = total == 0 && pos == start;
+            let fits = total + (pos - start) as usize + len <= max_bytes || (first && min_one);
+            if (first && len < MIN_FILE_BATCH)
+                || !fits
+                || h.next_offset() > limit
+                || pos + len as u64 > seg.end
+                || headers > MAX_FILE_BATCHES
+            {
+                break;
+            }
+            pos += len as u64;
+            end = Some(h.next_offset());
+            headers += 1;
+            next = header(pos);
+        }
+        let len = (pos - start) as usize;
+        if len > 0 {
+            // The kernel starts reading what is not cached yet, so that sending it later
+            // (on the connection's thread) waits less for the disk.
+            let _ = rustix::fs::fadvise(
+                &*seg.file,
+                start,
+                std::num::NonZeroU64::new(len as u64),
+                rustix::fs::Advice::WillNeed,
+            );
+            ranges.push(FileRange {
+                file: seg.file.clone(),
+                pos: start,
+                len,
+            });
+            total += len;
+        }
+        // On to the next segment only if this one was read to its end.
+        if pos < seg.end || len == 0 {
+            break;
+        }
+    }
+    end.map(|end| (ranges, end))
 }
 
 /// Appends to `out` the whole batches of one segment from the one holding `offset`, within

@@ -436,6 +436,86 @@ fn assert_reads_agree(mem: &Partition, disk: &Partition, budgets: &[usize]) {
     }
 }
 
+/// The bytes of a read's file ranges, in order.
+fn file_bytes(r: &crate::ReadResult) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    for f in &r.files {
+        let mut buf = vec![0u8; f.len];
+        f.file.read_exact_at(&mut buf, f.pos).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+/// A read that may leave batches in the segment files gives, as file ranges, exactly the
+/// bytes a read into memory returns, at every offset, budget and bound; it reads into
+/// memory when its first batch is small, and from segments not verified yet.
+#[tokio::test]
+async fn reads_left_in_files_hold_the_bytes_a_copying_read_returns() {
+    use crate::Upto;
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(200 << 10);
+    let p = open(dir.path(), config.clone());
+    for i in 0..30 {
+        let n = if i % 5 == 3 { 4 } else { 1000 + 150 * (i % 7) };
+        append(&p, n, i as i64, 0);
+        // Each sync seals the segments rolled before it.
+        sync(&p).await;
+    }
+    // Written, not durable: beyond what any read may return.
+    append(&p, 1500, 99, 0);
+    assert!(p.segments().len() > 3, "the run spans several segments");
+    let big = simple_batch(1000, 0).len();
+    assert!(big >= 16 << 10, "{big}");
+    let budgets = [0, 1, big - 1, big, big + 1, 3 * big, 1 << 20];
+    let compare = |p: &Partition| {
+        let o = p.offsets();
+        let mut in_files = Vec::new();
+        for offset in (o.local_start..o.high_watermark).step_by(97) {
+            for &max in &budgets {
+                for min_one in [true, false] {
+                    for upto in [Upto::HighWatermark, Upto::LastStable, Upto::Durable] {
+                        let copied = p.read_with(offset, max, min_one, upto, false).unwrap();
+                        let got = p.read_with(offset, max, min_one, upto, true).unwrap();
+                        assert!(copied.files.is_empty());
+                        let bytes = if got.files.is_empty() {
+                            got.records.to_vec()
+                        } else {
+                            in_files.push(offset);
+                            assert!(got.records.is_empty());
+                            file_bytes(&got)
+                        };
+                        assert!(
+                            bytes == copied.records,
+                            "offset {offset}, max_bytes {max}, min_one {min_one}, {upto:?}"
+                        );
+                        assert_eq!(got.size(), copied.records.len());
+                        assert_eq!(got.next_offset(), copied.next_offset());
+                    }
+                }
+            }
+        }
+        in_files
+    };
+    let in_files = compare(&p).len();
+    assert!(in_files > 100, "only {in_files} reads were left in files");
+    drop(p);
+    // Reopened, the sealed segments are not verified: reads from them are copied (and
+    // their CRCs checked); only the active segment's are left in files.
+    let p = open(dir.path(), config);
+    let segments = p.segments();
+    assert_eq!(p.unverified_segments().len(), segments.len() - 1);
+    let active = segments.last().unwrap().base_offset;
+    let unverified = compare(&p);
+    assert!(unverified.iter().all(|&o| o >= active), "{unverified:?}");
+    for s in &segments {
+        p.verify_segment(s.base_offset).unwrap();
+    }
+    // (The batch that was not durable came back with the reopen: more to read.)
+    assert!(compare(&p).len() >= in_files);
+}
+
 #[test]
 fn reads_append_exactly_the_bytes_asked_for() {
     use std::io::Write;

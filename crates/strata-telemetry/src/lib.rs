@@ -64,6 +64,8 @@ pub struct KafkaMetrics {
     pub request_bytes_in_memory: IntGauge,
     pub produce_records_bytes_total: IntCounter,
     pub fetch_records_bytes_total: IntCounter,
+    /// Of those, the bytes sent from segment files with `sendfile`.
+    pub fetch_sendfile_bytes_total: IntCounter,
     pub fetch_sessions: IntGauge,
     pub fetch_session_partitions: IntGauge,
     pub fetch_session_evictions_total: IntCounter,
@@ -348,6 +350,10 @@ impl Metrics {
             fetch_records_bytes_total: r.counter(
                 "strata_kafka_fetch_bytes_total",
                 "Record-batch bytes returned by Fetch requests",
+            )?,
+            fetch_sendfile_bytes_total: r.counter(
+                "strata_kafka_fetch_sendfile_bytes_total",
+                "Record-batch bytes of Fetch responses sent straight from segment files with sendfile (plaintext listeners), not copied through the broker",
             )?,
             fetch_sessions: r.gauge(
                 "strata_kafka_fetch_sessions",

@@ -11,8 +11,9 @@ use kafka_protocol::messages::fetch_response::{
     AbortedTransaction, FetchableTopicResponse, PartitionData,
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId, TopicName};
-use strata_log::{LogError, Partition, PartitionKey};
+use strata_log::{LogError, Partition, PartitionKey, Upto};
 use strata_protocol::batch::HeaderIter;
+use strata_protocol::vectored::FileRecords;
 use tokio::time::Instant;
 use tracing::{Instrument, warn};
 use uuid::Uuid;
@@ -52,6 +53,9 @@ struct Readable {
     replica: bool,
     /// A read_committed consumer (reads up to the last stable offset).
     committed: bool,
+    /// Batches may be left in their segment files, for `sendfile` (a plaintext
+    /// connection).
+    files: bool,
 }
 
 /// The broker that sent a replica fetch, if this is one.
@@ -166,15 +170,18 @@ fn read_all(targets: &[Readable], max_bytes: usize) -> (Vec<Found>, usize) {
     for t in targets {
         let budget = t.max_bytes.min(max_bytes.saturating_sub(total));
         let read = if t.replica {
-            t.log.read_replica(t.offset, budget)
-        } else if t.committed {
-            t.log.read_committed(t.offset, budget, total == 0)
+            t.log
+                .read_with(t.offset, budget, true, Upto::Durable, t.files)
         } else {
-            t.log.read(t.offset, budget, total == 0)
+            let upto = match t.committed {
+                true => Upto::LastStable,
+                false => Upto::HighWatermark,
+            };
+            t.log.read_with(t.offset, budget, total == 0, upto, t.files)
         };
         match read {
             Ok(r) => {
-                total += r.records.len();
+                total += r.size();
                 found.push(Found::Data(r));
             }
             Err(LogError::NotLocal { .. }) => found.push(Found::Remote(t.log.offsets())),
@@ -241,13 +248,9 @@ async fn read_remote_all(
             continue;
         };
         found[i] = match result {
-            Ok(records) if *total > 0 && *total + records.len() > max_bytes => {
-                Found::Data(strata_log::ReadResult {
-                    records: Bytes::new(),
-                    offsets,
-                    from_memory: false,
-                })
-            }
+            Ok(records) if *total > 0 && *total + records.len() > max_bytes => Found::Data(
+                strata_log::ReadResult::in_memory(Bytes::new(), offsets, false),
+            ),
             Ok(records) => {
                 // Tiered data lies below the last stable offset but for a transaction
                 // left open since: read_committed stops there too.
@@ -257,11 +260,7 @@ async fn read_remote_all(
                     records
                 };
                 *total += records.len();
-                Found::Data(strata_log::ReadResult {
-                    records,
-                    offsets,
-                    from_memory: false,
-                })
+                Found::Data(strata_log::ReadResult::in_memory(records, offsets, false))
             }
             Err(code) => Found::Error(code),
         };
@@ -279,23 +278,35 @@ fn below(records: Bytes, end: i64) -> Bytes {
 
 /// Serves a Fetch: a full fetch (which may open a fetch session, KIP-227), or an
 /// incremental one of a session, answered with only the partitions that have news.
+/// With `files` (a plaintext connection), batches may stay in their segment files: the
+/// response's records are then markers of the returned [`FileRecords`].
 pub(super) async fn handle(
     broker: &Arc<Broker>,
     req: FetchRequest,
     version: i16,
     span: &tracing::Span,
-) -> FetchResponse {
+    files: bool,
+) -> (FetchResponse, FileRecords) {
     let sessions = &broker.fetch_sessions;
     let now = broker.clock.now_ms();
     let slots = broker.config.fetch_session_slots();
     let begin = match sessions.begin(&req, version, now) {
         Ok(b) => b,
-        Err(code) => return FetchResponse::default().with_error_code(code.code()),
+        Err(code) => {
+            let resp = FetchResponse::default().with_error_code(code.code());
+            return (resp, FileRecords::default());
+        }
     };
     match begin {
-        Begin::Sessionless => serve(broker, &req, version).instrument(span.clone()).await,
+        Begin::Sessionless => {
+            serve(broker, &req, version, files)
+                .instrument(span.clone())
+                .await
+        }
         Begin::New => {
-            let resp = serve(broker, &req, version).instrument(span.clone()).await;
+            let (resp, in_files) = serve(broker, &req, version, files)
+                .instrument(span.clone())
+                .await;
             let wants = slots > 0 && resp.error_code == 0;
             let id = if wants {
                 let follower = replica_of(&req, version).is_some();
@@ -303,19 +314,24 @@ pub(super) async fn handle(
             } else {
                 0
             };
-            resp.with_session_id(id)
+            (resp.with_session_id(id), in_files)
         }
         Begin::Incremental { id, request } => {
-            let resp = serve(broker, &request, version)
+            let (resp, in_files) = serve(broker, &request, version, files)
                 .instrument(span.clone())
                 .await;
-            sessions.filter(id, resp)
+            (sessions.filter(id, resp), in_files)
         }
     }
 }
 
 /// Answers a full fetch of the partitions `req` names.
-async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchResponse {
+async fn serve(
+    broker: &Arc<Broker>,
+    req: &FetchRequest,
+    version: i16,
+    files: bool,
+) -> (FetchResponse, FileRecords) {
     let (topics, targets) = resolve(broker, req, version);
     let replica = replica_of(req, version).is_some();
     let committed = !replica && req.isolation_level == 1;
@@ -331,6 +347,7 @@ async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchR
                 max_bytes: t.max_bytes,
                 replica,
                 committed,
+                files,
             })
         })
         .collect();
@@ -375,7 +392,7 @@ async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchR
         let in_memory: usize = found
             .iter()
             .map(|f| match f {
-                Found::Data(r) if r.from_memory => r.records.len(),
+                Found::Data(r) if r.from_memory => r.size(),
                 _ => 0,
             })
             .sum();
@@ -406,8 +423,8 @@ async fn serve(broker: &Arc<Broker>, req: &FetchRequest, version: i16) -> FetchR
     build(broker, topics, targets, found, req.isolation_level)
 }
 
-/// The aborted transactions a read_committed consumer needs to skip in `records`, read
-/// from `offset` (Kafka lists those that overlap the fetched range): those the log knows,
+/// The aborted transactions a read_committed consumer needs to skip in what it read from
+/// `offset` up to `end` (Kafka lists those that overlap the fetched range): those the log knows,
 /// and those the manifest records for uploaded segments (which this broker may never have
 /// held, or whose local copies and snapshots are gone).
 fn aborted_in(
@@ -415,12 +432,11 @@ fn aborted_in(
     key: PartitionKey,
     log: &Partition,
     offset: i64,
-    records: &Bytes,
+    end: Option<i64>,
 ) -> Vec<AbortedTransaction> {
-    let Some((_, last)) = HeaderIter::new(records).last() else {
+    let Some(end) = end else {
         return Vec::new();
     };
-    let end = last.next_offset();
     let mut found: Vec<(i64, i64)> = log
         .aborted_transactions(offset, end)
         .into_iter()
@@ -447,7 +463,8 @@ fn build(
     targets: Vec<Target>,
     found: Vec<Found>,
     isolation_level: i8,
-) -> FetchResponse {
+) -> (FetchResponse, FileRecords) {
+    let mut in_files = FileRecords::default();
     let mut responses: Vec<FetchableTopicResponse> = topics
         .into_iter()
         .map(|(name, id)| {
@@ -486,35 +503,47 @@ fn build(
             (Found::Error(ResponseError::OffsetOutOfRange), Ok(log)) => log.offsets().log_start,
             _ => -1,
         };
-        let part = match outcome {
-            Found::Data(r) => {
-                broker
-                    .metrics
-                    .kafka
-                    .fetch_records_bytes_total
-                    .inc_by(r.records.len() as u64);
-                let part = match &t.log {
-                    Ok(log) if committed => part.with_aborted_transactions(Some(aborted_in(
-                        broker, t.key, log, t.offset, &r.records,
-                    ))),
-                    _ => part,
-                };
-                part.with_high_watermark(r.offsets.high_watermark)
-                    .with_last_stable_offset(r.offsets.last_stable)
-                    .with_log_start_offset(r.offsets.log_start)
-                    .with_records(Some(r.records))
-            }
-            Found::Remote(_) => part.with_error_code(ResponseError::KafkaStorageError.code()),
-            Found::Error(code) => part
-                .with_error_code(code.code())
-                .with_high_watermark(-1)
-                .with_last_stable_offset(-1)
-                .with_log_start_offset(log_start)
-                .with_records(Some(Bytes::new())),
-        };
+        let part =
+            match outcome {
+                Found::Data(r) => {
+                    broker
+                        .metrics
+                        .kafka
+                        .fetch_records_bytes_total
+                        .inc_by(r.size() as u64);
+                    let part =
+                        match &t.log {
+                            Ok(log) if committed => part.with_aborted_transactions(Some(
+                                aborted_in(broker, t.key, log, t.offset, r.next_offset()),
+                            )),
+                            _ => part,
+                        };
+                    let records = if r.files.is_empty() {
+                        r.records
+                    } else {
+                        broker
+                            .metrics
+                            .kafka
+                            .fetch_sendfile_bytes_total
+                            .inc_by(r.size() as u64);
+                        in_files.add(r.files)
+                    };
+                    part.with_high_watermark(r.offsets.high_watermark)
+                        .with_last_stable_offset(r.offsets.last_stable)
+                        .with_log_start_offset(r.offsets.log_start)
+                        .with_records(Some(records))
+                }
+                Found::Remote(_) => part.with_error_code(ResponseError::KafkaStorageError.code()),
+                Found::Error(code) => part
+                    .with_error_code(code.code())
+                    .with_high_watermark(-1)
+                    .with_last_stable_offset(-1)
+                    .with_log_start_offset(log_start)
+                    .with_records(Some(Bytes::new())),
+            };
         if let Some(topic) = responses.get_mut(t.topic) {
             topic.partitions.push(part);
         }
     }
-    FetchResponse::default().with_responses(responses)
+    (FetchResponse::default().with_responses(responses), in_files)
 }

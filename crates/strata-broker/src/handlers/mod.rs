@@ -31,12 +31,13 @@ use kafka_protocol::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
 use kafka_protocol::protocol::StrBytes;
 use strata_protocol::frame::{self, RequestPrefix};
-use strata_protocol::vectored::{self, Frame};
+use strata_protocol::vectored::{self, FileRecords, Frame};
 use tracing::{Instrument, debug};
 
 use crate::authz::Authz;
 use crate::broker::Broker;
 use crate::session::{ListenerInfo, Session};
+use strata_security::SecurityProtocol;
 
 /// Who sent a request.
 pub(crate) struct RequestCtx {
@@ -115,6 +116,7 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
                 api,
                 0,
                 api_versions::unsupported_version(),
+                FileRecords::default(),
             );
         }
         return close(
@@ -146,10 +148,12 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
                 version,
                 started,
                 Some(*resp),
+                FileRecords::default(),
             );
         }
         Err(authorize::Refused::Close(detail)) => return close("acks0_produce_error", detail),
     };
+    let mut files = FileRecords::default();
     let mut response = match request {
         RequestKind::ApiVersions(r) => {
             let finalized = broker.transaction_version();
@@ -166,7 +170,16 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
         RequestKind::SaslAuthenticate(r) => {
             let (resp, failed) = sasl::authenticate(broker, &r, version, session);
             let body = Some(ResponseKind::SaslAuthenticate(resp));
-            let outcome = finish(broker, prefix.correlation_id, api, version, started, body);
+            let files = FileRecords::default();
+            let outcome = finish(
+                broker,
+                prefix.correlation_id,
+                api,
+                version,
+                started,
+                body,
+                files,
+            );
             return match (failed, outcome) {
                 (true, Outcome::Respond(frame)) => Outcome::Last {
                     frame,
@@ -203,7 +216,8 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
                             if let Some(after) = after {
                                 after(&mut body);
                             }
-                            finish(&broker, correlation_id, api, version, started, Some(body))
+                            let (body, files) = (Some(body), FileRecords::default());
+                            finish(&broker, correlation_id, api, version, started, body, files)
                         }
                         .boxed(),
                     );
@@ -218,8 +232,14 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
         }
         RequestKind::Fetch(r) => {
             let span = spans::fetch(broker, &ctx, version, &r);
-            let resp = fetch::handle(broker, r, version, &span).await;
-            spans::fetch_done(&span, &resp);
+            // Batches stay in their segment files for sendfile, which TLS cannot use.
+            let plaintext = matches!(
+                session.listener.protocol,
+                SecurityProtocol::Plaintext | SecurityProtocol::SaslPlaintext
+            );
+            let (resp, in_files) = fetch::handle(broker, r, version, &span, plaintext).await;
+            spans::fetch_done(&span, &resp, &in_files);
+            files = in_files;
             Some(ResponseKind::Fetch(resp))
         }
         RequestKind::ListOffsets(r) => Some(ResponseKind::ListOffsets(
@@ -331,11 +351,12 @@ pub(crate) async fn handle(broker: &Arc<Broker>, frame: Bytes, session: &mut Ses
         version,
         started,
         response,
+        files,
     )
 }
 
 /// Counts a handled request (its duration from `started`, its error codes) and encodes
-/// its response, if it has one.
+/// its response, if it has one (a Fetch response's records may be markers of `files`).
 fn finish(
     broker: &Broker,
     correlation_id: i32,
@@ -343,6 +364,7 @@ fn finish(
     version: i16,
     started: Instant,
     response: Option<ResponseKind>,
+    files: FileRecords,
 ) -> Outcome {
     let label = api_label(api);
     let m = &broker.metrics.kafka;
@@ -360,7 +382,7 @@ fn finish(
                     .with_label_values(&[label, &name])
                     .inc();
             }
-            encode(broker, correlation_id, api, version, body)
+            encode(broker, correlation_id, api, version, body, files)
         }
     }
 }
@@ -371,11 +393,14 @@ fn encode(
     api: ApiKey,
     version: i16,
     body: ResponseKind,
+    files: FileRecords,
 ) -> Outcome {
     // Fetch responses are mostly record bytes: they are written from where they are,
     // beside the encoded fields (vectored I/O), not copied into the response.
     let encoded = match body {
-        ResponseKind::Fetch(r) => vectored::encode_fetch_response(correlation_id, version, r),
+        ResponseKind::Fetch(r) => {
+            vectored::encode_fetch_response(correlation_id, version, r, files)
+        }
         body => frame::encode_response(correlation_id, api, version, &body).map(Frame::from),
     };
     match encoded {

@@ -5,6 +5,7 @@
 //! Nothing is built while export is off.
 
 use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceRequest, ProduceResponse};
+use strata_protocol::vectored::FileRecords;
 use tracing::Span;
 use tracing::field::Empty;
 use uuid::Uuid;
@@ -143,13 +144,13 @@ pub(super) fn fetch(broker: &Broker, ctx: &RequestCtx, version: i16, req: &Fetch
     )
 }
 
-pub(super) fn fetch_done(span: &Span, resp: &FetchResponse) {
+pub(super) fn fetch_done(span: &Span, resp: &FetchResponse, files: &FileRecords) {
     if span.is_none() {
         return;
     }
     let partitions = || resp.responses.iter().flat_map(|t| &t.partitions);
     let bytes: usize = partitions()
-        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+        .map(|p| p.records.as_ref().map_or(0, |r| files.records_len(r)))
         .sum();
     span.record("strata.bytes", bytes as i64);
     record_error(
