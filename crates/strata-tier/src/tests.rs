@@ -266,6 +266,22 @@ impl Backend {
     }
 
     /// `strata_objstore_requests_total{op, outcome}`.
+    /// Blocks the cache's disk tier dropped, for any reason.
+    fn disk_dropped(&self) -> u64 {
+        let d = &self.metrics.tier.cache_disk_dropped_blocks_total;
+        d.with_label_values(&["queue_full"]).get() + d.with_label_values(&["buffer_full"]).get()
+    }
+
+    /// Stores `size` bytes of `pattern(_, seed)` as `key` and returns them.
+    async fn put_pattern(&self, key: &str, size: u64, seed: u64) -> Vec<u8> {
+        let data = pattern(size as usize, seed);
+        self.store
+            .put(key, Bytes::from(data.clone()))
+            .await
+            .unwrap();
+        data
+    }
+
     fn requests(&self, op: &str, outcome: &str) -> u64 {
         self.metrics
             .tier
@@ -1613,15 +1629,7 @@ async fn blocks_dropped_before_the_disk_are_counted() {
     let dir = b.scratch("burst");
     let (block, blocks) = (4u64 << 20, 16u64);
     let size = block * blocks;
-    let data = pattern(size as usize, 19);
-    b.store
-        .put("burst/obj", Bytes::from(data.clone()))
-        .await
-        .unwrap();
-    let dropped = || {
-        let d = &b.metrics.tier.cache_disk_dropped_blocks_total;
-        d.with_label_values(&["queue_full"]).get() + d.with_label_values(&["buffer_full"]).get()
-    };
+    let data = b.put_pattern("burst/obj", size, 19).await;
     let open = || b.cache_sized(dir.clone(), 256 << 20, block, 0);
     let cache = open().await;
     // One read of every block: all fetched at once.
@@ -1633,7 +1641,7 @@ async fn blocks_dropped_before_the_disk_are_counted() {
     )
     .await;
     cache.close().await;
-    let (gets, dropped) = (b.requests("get_range", "ok"), dropped());
+    let (gets, dropped) = (b.requests("get_range", "ok"), b.disk_dropped());
     let cache = open().await;
     assert_eq!(cache.read("burst/obj", size, 0..size).await.unwrap(), data);
     cache.close().await;
@@ -1654,15 +1662,7 @@ async fn hits_do_not_rewrite_blocks() {
     let dir = b.scratch("hits");
     let block = 4u64 << 20;
     let size = 2 * block;
-    let data = pattern(size as usize, 23);
-    b.store
-        .put("hits/obj", Bytes::from(data.clone()))
-        .await
-        .unwrap();
-    let dropped = || {
-        let d = &b.metrics.tier.cache_disk_dropped_blocks_total;
-        d.with_label_values(&["queue_full"]).get() + d.with_label_values(&["buffer_full"]).get()
-    };
+    let data = b.put_pattern("hits/obj", size, 23).await;
     let open = || b.cache_sized(dir.clone(), 256 << 20, block, 0);
     let data = &data;
     let reads = |cache: BlockCache| async move {
@@ -1687,7 +1687,7 @@ async fn hits_do_not_rewrite_blocks() {
         "blocks were not on disk"
     );
     assert_eq!(
-        dropped(),
+        b.disk_dropped(),
         0,
         "hits queued disk writes (and some were dropped)"
     );
