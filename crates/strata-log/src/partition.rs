@@ -1192,37 +1192,22 @@ impl Partition {
         inner.epochs.begin(epoch, end)
     }
 
-    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`.
-    /// With `min_one`, the first batch comes back even if it is larger than `max_bytes`,
-    /// so a consumer can make progress past it (Kafka's KIP-74 rule for the first
-    /// partition of a fetch). Only synced data is returned. Blocking file I/O: call it
-    /// from a blocking context.
+    /// [`Partition::read_with`] up to the high watermark, into memory.
     pub fn read(&self, offset: i64, max_bytes: usize, min_one: bool) -> Result<ReadResult> {
         self.read_with(offset, max_bytes, min_one, Upto::HighWatermark, false)
     }
 
-    /// [`Partition::read`] for a read_committed consumer: up to the last stable offset.
-    pub fn read_committed(
-        &self,
-        offset: i64,
-        max_bytes: usize,
-        min_one: bool,
-    ) -> Result<ReadResult> {
-        self.read_with(offset, max_bytes, min_one, Upto::LastStable, false)
-    }
-
-    /// [`Partition::read`] for a replica copying the log: up to the durable end rather
-    /// than the high watermark.
-    pub fn read_replica(&self, offset: i64, max_bytes: usize) -> Result<ReadResult> {
-        self.read_with(offset, max_bytes, true, Upto::Durable, false)
-    }
-
-    /// A read up to `upto`; with `files`, batches of segment files may be left where they
-    /// are, as file ranges in [`ReadResult::files`] for the caller to send with
-    /// `sendfile`, when the first batch is at least 16 KiB and in a verified segment
-    /// (otherwise they are read into memory). Both return the same batches, except that
-    /// a read left in files stops after 256 batches, and before a damaged or unverified
-    /// segment.
+    /// Reads whole batches starting with the one that holds `offset`, up to `max_bytes`.
+    /// With `min_one`, the first batch comes back even if it is larger than `max_bytes`,
+    /// so a consumer can make progress past it (Kafka's KIP-74 rule for the first
+    /// partition of a fetch). Only synced data is returned, up to `upto`. Blocking file
+    /// I/O: call it from a blocking context.
+    ///
+    /// With `files`, batches of segment files may be left where they are, as file ranges
+    /// in [`ReadResult::files`] for the caller to send with `sendfile`, when the first
+    /// batch is at least 16 KiB and in a verified segment (otherwise they are read into
+    /// memory). Both return the same batches, except that a read left in files stops
+    /// after 256 batches, and before a damaged or unverified segment.
     pub fn read_with(
         &self,
         offset: i64,

@@ -594,7 +594,9 @@ async fn a_follower_reading_above_the_high_watermark_is_served_from_memory() {
         "at the durable end: nothing to read"
     );
     assert!(!p.replica_reads_from_memory(9));
-    let r = p.read_replica(4, 1 << 20).unwrap();
+    let r = p
+        .read_with(4, 1 << 20, true, crate::Upto::Durable, false)
+        .unwrap();
     assert!(r.from_memory);
     assert_eq!(batches(&r.records), vec![(4, 2), (6, 2)]);
 }
@@ -885,7 +887,10 @@ async fn a_replicated_partition_shows_consumers_nothing_until_its_high_watermark
     assert_eq!(p.offsets().high_watermark, 0);
     assert!(p.read(0, 1 << 20, true).unwrap().records.is_empty());
     assert!(
-        !p.read_replica(0, 1 << 20).unwrap().records.is_empty(),
+        !p.read_with(0, 1 << 20, true, crate::Upto::Durable, false)
+            .unwrap()
+            .records
+            .is_empty(),
         "replicas still copy it"
     );
     // The leader's word moves it, never past the durable end.

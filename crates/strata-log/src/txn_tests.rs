@@ -20,9 +20,11 @@ fn marker(p: &Partition, pid: i64, epoch: i16, control: ControlType) -> i64 {
         .base_offset
 }
 
-/// (base offset, record count, is a marker) of each batch `read_committed` returns.
+/// (base offset, record count, is a marker) of each batch a read_committed read returns.
 fn committed_read(p: &Partition, from: i64) -> Vec<(i64, i32, bool)> {
-    let r = p.read_committed(from, 1 << 20, true).unwrap();
+    let r = p
+        .read_with(from, 1 << 20, true, crate::Upto::LastStable, false)
+        .unwrap();
     HeaderIter::new(&r.records)
         .map(|(_, h)| (h.base_offset, h.record_count, h.is_control()))
         .collect()

@@ -128,10 +128,10 @@ impl Drop for Pending {
 }
 
 impl DiskWrite {
-    /// Runs `fetch` of entry `name`; if it succeeds, follows the entry to the disk. Foyer
-    /// queues it for the disk when the first of the readers waiting on this fetch sees it
-    /// (not necessarily the one that started it), so what ends the count is the entry
-    /// showing up in the disk tier's index, not the end of one reader's wait.
+    /// Runs `fetch` of entry `name`; if it succeeds, follows the entry to the disk. The
+    /// reader that ran the fetch queues it for the disk once foyer holds it (see
+    /// [`BlockCache::entry`]), so what ends the count is the entry showing up in the disk
+    /// tier's index, not the end of one reader's wait.
     async fn after<F>(self, name: String, fetch: F) -> Result<Bytes>
     where
         F: std::future::Future<Output = Result<Bytes>>,

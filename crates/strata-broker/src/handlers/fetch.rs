@@ -503,44 +503,36 @@ fn build(
             (Found::Error(ResponseError::OffsetOutOfRange), Ok(log)) => log.offsets().log_start,
             _ => -1,
         };
-        let part =
-            match outcome {
-                Found::Data(r) => {
-                    broker
-                        .metrics
-                        .kafka
-                        .fetch_records_bytes_total
-                        .inc_by(r.size() as u64);
-                    let part =
-                        match &t.log {
-                            Ok(log) if committed => part.with_aborted_transactions(Some(
-                                aborted_in(broker, t.key, log, t.offset, r.next_offset()),
-                            )),
-                            _ => part,
-                        };
-                    let records = if r.files.is_empty() {
-                        r.records
-                    } else {
-                        broker
-                            .metrics
-                            .kafka
-                            .fetch_sendfile_bytes_total
-                            .inc_by(r.size() as u64);
-                        in_files.add(r.files)
-                    };
-                    part.with_high_watermark(r.offsets.high_watermark)
-                        .with_last_stable_offset(r.offsets.last_stable)
-                        .with_log_start_offset(r.offsets.log_start)
-                        .with_records(Some(records))
-                }
-                Found::Remote(_) => part.with_error_code(ResponseError::KafkaStorageError.code()),
-                Found::Error(code) => part
-                    .with_error_code(code.code())
-                    .with_high_watermark(-1)
-                    .with_last_stable_offset(-1)
-                    .with_log_start_offset(log_start)
-                    .with_records(Some(Bytes::new())),
-            };
+        let part = match outcome {
+            Found::Data(r) => {
+                let m = &broker.metrics.kafka;
+                m.fetch_records_bytes_total.inc_by(r.size() as u64);
+                let part = match &t.log {
+                    Ok(log) if committed => {
+                        let aborted = aborted_in(broker, t.key, log, t.offset, r.next_offset());
+                        part.with_aborted_transactions(Some(aborted))
+                    }
+                    _ => part,
+                };
+                let records = if r.files.is_empty() {
+                    r.records
+                } else {
+                    m.fetch_sendfile_bytes_total.inc_by(r.size() as u64);
+                    in_files.add(r.files)
+                };
+                part.with_high_watermark(r.offsets.high_watermark)
+                    .with_last_stable_offset(r.offsets.last_stable)
+                    .with_log_start_offset(r.offsets.log_start)
+                    .with_records(Some(records))
+            }
+            Found::Remote(_) => part.with_error_code(ResponseError::KafkaStorageError.code()),
+            Found::Error(code) => part
+                .with_error_code(code.code())
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(log_start)
+                .with_records(Some(Bytes::new())),
+        };
         if let Some(topic) = responses.get_mut(t.topic) {
             topic.partitions.push(part);
         }
